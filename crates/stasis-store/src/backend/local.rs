@@ -1,0 +1,227 @@
+//! A backend in a local directory.
+//!
+//! `put` writes `<dir>/.tmp-*`, fdatasyncs it, and renames it to its key, so an object is
+//! whole or absent after a crash; `sync` fsyncs every directory touched since the last
+//! sync, which makes the renames (and deletes) durable. Reads map the object with mmap
+//! (objects are immutable once put) and keep a bounded number of maps open.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Backend, Bytes, ObjectMeta, check_key, slice_range};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+
+const TMP_PREFIX: &str = ".tmp-";
+
+/// Objects as files under a root directory.
+#[derive(Debug)]
+pub struct LocalBackend {
+    root: PathBuf,
+    dirty_dirs: Mutex<BTreeSet<PathBuf>>,
+    maps: quick_cache::sync::Cache<String, Bytes>,
+    tmp_counter: AtomicU64,
+}
+
+impl LocalBackend {
+    /// A backend rooted at `root`, which must exist.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let md = fs::metadata(&root).ctx(|| format!("opening {}", root.display()))?;
+        if !md.is_dir() {
+            return Err(Error::new(ErrorKind::Repository, format!("{} is not a directory", root.display())));
+        }
+        Ok(LocalBackend {
+            root,
+            dirty_dirs: Mutex::new(BTreeSet::new()),
+            maps: quick_cache::sync::Cache::new(512),
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn mark_dirty(&self, dir: PathBuf) {
+        self.dirty_dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(dir);
+    }
+
+    /// Create `dir` and any missing parents, marking the parents of new ones dirty.
+    fn make_dirs(&self, dir: &Path) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = dir.parent() {
+            self.make_dirs(parent)?;
+            match fs::create_dir(dir) {
+                Ok(()) => self.mark_dirty(parent.to_path_buf()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn map(&self, key: &str) -> Result<Bytes> {
+        if let Some(b) = self.maps.get(key) {
+            return Ok(b);
+        }
+        let path = self.path(key)?;
+        let file = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+        let len = file.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+        let bytes = if len == 0 {
+            Bytes::new()
+        } else {
+            // SAFETY: objects are immutable once put (written to a temporary name, then
+            // renamed); nothing in stasis writes to or truncates a stored object.
+            let map = unsafe { memmap2::Mmap::map(&file) }.ctx(|| format!("mapping {}", path.display()))?;
+            Bytes::from_owner(map)
+        };
+        self.maps.insert(key.to_string(), bytes.clone());
+        Ok(bytes)
+    }
+
+    fn walk(&self, dir: &Path, rel: &str, out: &mut Vec<ObjectMeta>) -> Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+        };
+        for entry in entries {
+            let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(TMP_PREFIX) {
+                continue;
+            }
+            let key = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+            let ft = entry.file_type().ctx(|| format!("stat {key}"))?;
+            if ft.is_dir() {
+                self.walk(&entry.path(), &key, out)?;
+            } else if ft.is_file() && check_key(&key).is_ok() {
+                let size = entry.metadata().ctx(|| format!("stat {key}"))?.len();
+                out.push(ObjectMeta { key, size });
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove leftover temporary files of crashed writers (gc calls this).
+    pub fn remove_temporaries(&self) -> Result<u64> {
+        fn go(dir: &Path, n: &mut u64) -> std::io::Result<()> {
+            for entry in fs::read_dir(dir)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    go(&entry.path(), n)?;
+                } else if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                    fs::remove_file(entry.path())?;
+                    *n += 1;
+                }
+            }
+            Ok(())
+        }
+        let mut n = 0;
+        go(&self.root, &mut n).ctx(|| "removing temporary files".to_string())?;
+        Ok(n)
+    }
+}
+
+impl Backend for LocalBackend {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let path = self.path(key)?;
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        self.make_dirs(&dir)?;
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
+        let result = (|| -> std::io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(data)?;
+            f.sync_data()?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io(format!("writing {}", path.display()), e));
+        }
+        self.maps.remove(key);
+        self.mark_dirty(dir);
+        Ok(())
+    }
+
+    fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes> {
+        let whole = self.map(key)?;
+        slice_range(key, whole, range)
+    }
+
+    fn size(&self, key: &str) -> Result<u64> {
+        let path = self.path(key)?;
+        Ok(fs::metadata(&path).ctx(|| format!("stat {}", path.display()))?.len())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        // Start the walk at the deepest directory the prefix names.
+        let (dir_rel, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        if !dir_rel.is_empty() {
+            check_key(dir_rel)?;
+        }
+        let mut out = Vec::new();
+        self.walk(&self.root.join(dir_rel), dir_rel, &mut out)?;
+        out.retain(|m| m.key.starts_with(prefix));
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        self.maps.remove(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("deleting {}", path.display()), e)),
+        }
+        self.mark_dirty(path.parent().unwrap_or(&self.root).to_path_buf());
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        let dirs = std::mem::take(&mut *self.dirty_dirs.lock().unwrap_or_else(|p| p.into_inner()));
+        for dir in dirs {
+            let f = File::open(&dir).ctx(|| format!("opening {}", dir.display()))?;
+            f.sync_all().ctx(|| format!("fsync {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conformance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = LocalBackend::open(dir.path()).expect("open");
+        super::super::tests::conformance(&b);
+    }
+
+    #[test]
+    fn temporaries_are_invisible_and_removable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = LocalBackend::open(dir.path()).expect("open");
+        b.put("packs/aa/one", b"x").expect("put");
+        fs::write(dir.path().join("packs/aa/.tmp-1-1"), b"junk").expect("write");
+        assert_eq!(b.list("").expect("list").len(), 1);
+        assert_eq!(b.remove_temporaries().expect("rm"), 1);
+    }
+}

@@ -1,0 +1,118 @@
+//! The I/O seam: where objects (packs, index files, the config) live.
+//!
+//! The operations fit an object store: put a whole immutable object, read a byte range,
+//! list by prefix, delete, and `sync` (make every earlier put and delete durable).
+//! Committing never needs a rename or an in-place edit, so an S3 backend can implement
+//! the same trait. Keys are `/`-separated relative paths of `[a-z0-9._-]` segments.
+
+mod crash;
+mod local;
+mod memory;
+
+use std::fmt::Debug;
+use std::ops::Range;
+
+pub use bytes::Bytes;
+pub use crash::CrashBackend;
+pub use local::LocalBackend;
+pub use memory::MemoryBackend;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// An object's key and size, as `list` returns them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Storage for immutable objects.
+pub trait Backend: Send + Sync + Debug {
+    /// Store `data` under `key`, replacing nothing that differs: keys name their content
+    /// or are written once. The object is whole or absent after a crash; it is durable
+    /// after the next successful [`Backend::sync`].
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+
+    /// Read `range` of the object (all of it with `None`). A range past the end is an
+    /// error ([`ErrorKind::Corrupt`]: the object is shorter than its references say).
+    fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes>;
+
+    /// The size of an object.
+    fn size(&self, key: &str) -> Result<u64>;
+
+    /// Every object whose key starts with `prefix`, sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+
+    /// Remove an object (no error if it is already gone).
+    fn delete(&self, key: &str) -> Result<()>;
+
+    /// Make every earlier `put` and `delete` durable.
+    fn sync(&self) -> Result<()>;
+}
+
+/// Check that `key` is a well-formed relative object key.
+pub fn check_key(key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::InvalidInput, format!("bad object key {key:?}")))
+    }
+}
+
+/// Slice `whole` by `range`, or fail as a short object.
+pub(crate) fn slice_range(key: &str, whole: Bytes, range: Option<Range<u64>>) -> Result<Bytes> {
+    let Some(r) = range else { return Ok(whole) };
+    let len = whole.len() as u64;
+    if r.start > r.end || r.end > len {
+        return Err(Error::corrupt(format!(
+            "object {key} is {len} bytes, wanted range {}..{}",
+            r.start, r.end
+        )));
+    }
+    // Both ends are <= len, which is a usize.
+    Ok(whole.slice(r.start as usize..r.end as usize))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The behaviour every backend shares.
+    pub(crate) fn conformance(b: &dyn Backend) {
+        assert!(b.list("").expect("list").is_empty());
+        b.put("packs/ab/x.pack", b"hello world").expect("put");
+        b.put("index/one", b"idx").expect("put");
+        b.sync().expect("sync");
+        assert_eq!(&b.get("packs/ab/x.pack", None).expect("get")[..], b"hello world");
+        assert_eq!(&b.get("packs/ab/x.pack", Some(6..11)).expect("get")[..], b"world");
+        assert_eq!(b.get("packs/ab/x.pack", Some(6..12)).map_err(|e| e.kind()).err(), Some(ErrorKind::Corrupt));
+        assert_eq!(b.get("nope", None).map_err(|e| e.kind()).err(), Some(ErrorKind::NotFound));
+        assert_eq!(b.size("index/one").expect("size"), 3);
+        let keys: Vec<String> = b.list("packs/").expect("list").into_iter().map(|m| m.key).collect();
+        assert_eq!(keys, vec!["packs/ab/x.pack".to_string()]);
+        assert_eq!(b.list("").expect("list").len(), 2);
+        b.delete("index/one").expect("delete");
+        b.delete("index/one").expect("delete twice");
+        assert_eq!(b.list("index/").expect("list").len(), 0);
+        assert!(b.put("../evil", b"x").is_err());
+        assert!(b.put("a//b", b"x").is_err());
+    }
+
+    #[test]
+    fn keys() {
+        assert!(check_key("packs/00/abc.pack").is_ok());
+        assert!(check_key("").is_err());
+        assert!(check_key("/abs").is_err());
+        assert!(check_key("A").is_err());
+        assert!(check_key("a/../b").is_err());
+    }
+}

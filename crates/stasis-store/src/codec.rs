@@ -1,0 +1,361 @@
+//! Per-block compression: none, zstd (levels 1-19) or lz4 (levels 0-9).
+//!
+//! lz4 level 0 is lz4_flex's fast block mode; levels 1-9 use liblz4's HC mode (levels
+//! 4-12), which trades compression speed for size. All lz4 output is the plain lz4 block
+//! format, so one decoder (lz4_flex) reads every level. A block whose compressed form is
+//! not smaller than the block itself is stored raw ([`Codec::Raw`]).
+
+use std::cell::RefCell;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A compression algorithm a user can choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// Store blocks as they are.
+    None,
+    /// zstd, levels 1-19.
+    Zstd,
+    /// lz4, levels 0-9 (0 is the fast mode, 1-9 high compression).
+    Lz4,
+}
+
+impl Algorithm {
+    /// The level used when none is given.
+    pub fn default_level(self) -> i32 {
+        match self {
+            Algorithm::None => 0,
+            Algorithm::Zstd => 1,
+            Algorithm::Lz4 => 0,
+        }
+    }
+
+    /// The accepted level range.
+    pub fn levels(self) -> std::ops::RangeInclusive<i32> {
+        match self {
+            Algorithm::None => 0..=0,
+            Algorithm::Zstd => 1..=19,
+            Algorithm::Lz4 => 0..=9,
+        }
+    }
+
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::None => "none",
+            Algorithm::Zstd => "zstd",
+            Algorithm::Lz4 => "lz4",
+        }
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" | "off" => Ok(Algorithm::None),
+            "zstd" => Ok(Algorithm::Zstd),
+            "lz4" => Ok(Algorithm::Lz4),
+            _ => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("unknown compression {s:?} (expected zstd, lz4 or none)"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A validated compression setting: an algorithm and a level in its range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "CompressionRecord", into = "CompressionRecord")]
+pub struct Compression {
+    algorithm: Algorithm,
+    level: i32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CompressionRecord {
+    algorithm: Algorithm,
+    level: i32,
+}
+
+impl TryFrom<CompressionRecord> for Compression {
+    type Error = Error;
+    fn try_from(r: CompressionRecord) -> Result<Self> {
+        Compression::new(r.algorithm, Some(r.level))
+    }
+}
+
+impl From<Compression> for CompressionRecord {
+    fn from(c: Compression) -> Self {
+        CompressionRecord { algorithm: c.algorithm, level: c.level }
+    }
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression { algorithm: Algorithm::Zstd, level: 1 }
+    }
+}
+
+impl Compression {
+    /// `algorithm` at `level` (its default level when `None`); errors outside the range.
+    pub fn new(algorithm: Algorithm, level: Option<i32>) -> Result<Self> {
+        let level = level.unwrap_or(algorithm.default_level());
+        if !algorithm.levels().contains(&level) {
+            let r = algorithm.levels();
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "{algorithm} level {level} is out of range ({}..={})",
+                    r.start(),
+                    r.end()
+                ),
+            ));
+        }
+        Ok(Compression { algorithm, level })
+    }
+
+    /// No compression.
+    pub fn none() -> Self {
+        Compression { algorithm: Algorithm::None, level: 0 }
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The level.
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.algorithm {
+            Algorithm::None => f.write_str("none"),
+            a => write!(f, "{a}-{}", self.level),
+        }
+    }
+}
+
+/// How one stored block is encoded (a byte in pack and index entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Codec {
+    /// Stored as it is.
+    Raw = 0,
+    /// A zstd frame.
+    Zstd = 1,
+    /// An lz4 block (no size prefix; the raw length is kept beside it).
+    Lz4 = 2,
+}
+
+impl Codec {
+    /// The codec named by an on-disk byte.
+    pub fn from_u8(b: u8) -> Result<Codec> {
+        match b {
+            0 => Ok(Codec::Raw),
+            1 => Ok(Codec::Zstd),
+            2 => Ok(Codec::Lz4),
+            _ => Err(Error::corrupt(format!("unknown block codec {b}"))),
+        }
+    }
+}
+
+thread_local! {
+    static ZSTD_C: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static ZSTD_D: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn zstd_compress(level: i32, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    ZSTD_C.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            let c = zstd::bulk::Compressor::new(level)
+                .map_err(|e| Error::new(ErrorKind::Io, format!("zstd init: {e}")))?;
+            *slot = Some((level, c));
+        }
+        let Some((_, c)) = slot.as_mut() else {
+            return Err(Error::new(ErrorKind::Io, "zstd compressor missing"));
+        };
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+        c.compress_to_buffer(data, out)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("zstd compress: {e}")))?;
+        Ok(())
+    })
+}
+
+/// Compress `data` with `c` into `out`. Returns the codec used: [`Codec::Raw`] (and `out`
+/// left empty) when compression is off or did not make the block smaller.
+pub fn compress(c: Compression, data: &[u8], out: &mut Vec<u8>) -> Result<Codec> {
+    out.clear();
+    let codec = match c.algorithm {
+        Algorithm::None => return Ok(Codec::Raw),
+        Algorithm::Zstd => {
+            zstd_compress(c.level, data, out)?;
+            Codec::Zstd
+        }
+        Algorithm::Lz4 => {
+            if c.level == 0 {
+                out.resize(lz4_flex::block::get_maximum_output_size(data.len()), 0);
+                let n = lz4_flex::block::compress_into(data, out)
+                    .map_err(|e| Error::new(ErrorKind::Io, format!("lz4 compress: {e}")))?;
+                out.truncate(n);
+            } else {
+                let bound = lz4::block::compress_bound(data.len())
+                    .map_err(|e| Error::new(ErrorKind::Io, format!("lz4 bound: {e}")))?;
+                out.resize(bound, 0);
+                let mode = lz4::block::CompressionMode::HIGHCOMPRESSION(c.level + 3);
+                let n = lz4::block::compress_to_buffer(data, Some(mode), false, out)
+                    .map_err(|e| Error::new(ErrorKind::Io, format!("lz4hc compress: {e}")))?;
+                out.truncate(n);
+            }
+            Codec::Lz4
+        }
+    };
+    if out.len() >= data.len() {
+        out.clear();
+        return Ok(Codec::Raw);
+    }
+    Ok(codec)
+}
+
+/// Decode `stored` (encoded with `codec`) into `out`, which must come out `raw_len` long.
+pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    match codec {
+        Codec::Raw => {
+            if stored.len() != raw_len {
+                return Err(Error::corrupt(format!(
+                    "raw block is {} bytes, expected {raw_len}",
+                    stored.len()
+                )));
+            }
+            out.extend_from_slice(stored);
+        }
+        Codec::Zstd => {
+            ZSTD_D.with(|cell| -> Result<()> {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = Some(
+                        zstd::bulk::Decompressor::new()
+                            .map_err(|e| Error::new(ErrorKind::Io, format!("zstd init: {e}")))?,
+                    );
+                }
+                let Some(d) = slot.as_mut() else {
+                    return Err(Error::new(ErrorKind::Io, "zstd decompressor missing"));
+                };
+                out.reserve(raw_len);
+                d.decompress_to_buffer(stored, out)
+                    .map_err(|e| Error::corrupt(format!("zstd block does not decode: {e}")))?;
+                Ok(())
+            })?;
+        }
+        Codec::Lz4 => {
+            out.resize(raw_len, 0);
+            let n = lz4_flex::block::decompress_into(stored, out)
+                .map_err(|e| Error::corrupt(format!("lz4 block does not decode: {e}")))?;
+            out.truncate(n);
+        }
+    }
+    if out.len() != raw_len {
+        return Err(Error::corrupt(format!(
+            "block decoded to {} bytes, expected {raw_len}",
+            out.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn all_settings() -> Vec<Compression> {
+        let mut v = vec![Compression::none()];
+        for l in [1, 3, 9, 19] {
+            v.push(Compression::new(Algorithm::Zstd, Some(l)).expect("valid"));
+        }
+        for l in [0, 1, 5, 9] {
+            v.push(Compression::new(Algorithm::Lz4, Some(l)).expect("valid"));
+        }
+        v
+    }
+
+    fn block() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..9000),
+            (proptest::collection::vec(any::<u8>(), 1..64), 0usize..9000)
+                .prop_map(|(pat, n)| pat.iter().copied().cycle().take(n).collect()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip(data in block()) {
+            let mut enc = Vec::new();
+            let mut dec = Vec::new();
+            for c in all_settings() {
+                let codec = compress(c, &data, &mut enc).expect("compress");
+                let stored: &[u8] = if codec == Codec::Raw { &data } else { &enc };
+                prop_assert!(stored.len() <= data.len());
+                decompress(codec, stored, data.len(), &mut dec).expect("decompress");
+                prop_assert_eq!(&dec, &data);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(codec in 0u8..3, stored in proptest::collection::vec(any::<u8>(), 0..300), len in 0usize..5000) {
+            let mut out = Vec::new();
+            let codec = Codec::from_u8(codec).expect("valid codec byte");
+            if decompress(codec, &stored, len, &mut out).is_ok() {
+                prop_assert_eq!(out.len(), len);
+            }
+        }
+    }
+
+    #[test]
+    fn levels_are_checked() {
+        assert!(Compression::new(Algorithm::Zstd, Some(0)).is_err());
+        assert!(Compression::new(Algorithm::Zstd, Some(20)).is_err());
+        assert!(Compression::new(Algorithm::Lz4, Some(10)).is_err());
+        assert!(Compression::new(Algorithm::Lz4, Some(-1)).is_err());
+        assert!(Compression::new(Algorithm::Lz4, None).is_ok());
+    }
+
+    #[test]
+    fn incompressible_is_raw() {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let mut out = Vec::new();
+        let c = compress(Compression::default(), blake3::hash(&data).as_bytes(), &mut out).expect("ok");
+        assert_eq!(c, Codec::Raw);
+    }
+
+    #[test]
+    fn lz4_high_levels_compress_smaller() {
+        // Text-like data where HC finds more matches than the fast mode.
+        let text: Vec<u8> = (0..200_000u32)
+            .map(|i| b"the quick brown fox jumps over the lazy dog 0123456789"[((i * 7) ^ (i >> 5)) as usize % 54])
+            .collect();
+        let mut fast = Vec::new();
+        let mut hc = Vec::new();
+        compress(Compression::new(Algorithm::Lz4, Some(0)).expect("ok"), &text, &mut fast).expect("ok");
+        compress(Compression::new(Algorithm::Lz4, Some(9)).expect("ok"), &text, &mut hc).expect("ok");
+        assert!(hc.len() < fast.len(), "hc {} fast {}", hc.len(), fast.len());
+    }
+}

@@ -1,0 +1,293 @@
+//! The index: which pack, offset and length hold each blob.
+//!
+//! On storage it is a set of immutable index files (`index/<blake3 of the file>`), one
+//! per write session, each listing the blobs of the packs that session wrote:
+//! a [`raw::IndexHeader`], the pack table, [`raw::IndexEntry`]s sorted by id, and a
+//! blake3 of all of it. In memory it is one hash map. Index files only speed things up:
+//! [`Index::rebuild_from_packs`] recreates them from the packs' own entry tables.
+
+use std::collections::HashMap;
+
+use rustc_hash::FxBuildHasher;
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::backend::Backend;
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::id::{BlockId, Id, PackId};
+use crate::pack::{self, BlobKind, PackEntry};
+use crate::raw;
+
+/// Where a blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// The pack, as a position in [`Index::packs`].
+    pub pack: u32,
+    /// Offset of the stored bytes in the pack.
+    pub offset: u64,
+    /// Stored length.
+    pub stored_len: u32,
+    /// Uncompressed length.
+    pub raw_len: u32,
+    /// Encoding.
+    pub codec: Codec,
+    /// Data or tree.
+    pub kind: BlobKind,
+}
+
+/// The object key of an index file.
+pub fn index_key(id: &Id) -> String {
+    format!("index/{}", id.to_hex())
+}
+
+/// Every known blob's location.
+#[derive(Debug, Default)]
+pub struct Index {
+    packs: Vec<PackId>,
+    pack_pos: HashMap<PackId, u32, FxBuildHasher>,
+    blobs: HashMap<BlockId, Location, FxBuildHasher>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Load every index file of a backend.
+    pub fn load(backend: &dyn Backend) -> Result<Index> {
+        let mut idx = Index::new();
+        for meta in backend.list("index/")? {
+            let bytes = backend.get(&meta.key, None)?;
+            let (packs, entries) = decode_file(&bytes).map_err(|e| e.context(&meta.key))?;
+            if Id::of(&bytes).to_hex() != meta.key["index/".len()..] {
+                return Err(Error::corrupt(format!("{}: name does not match content", meta.key)));
+            }
+            for (pack_id, pe) in entries.iter().map(|(p, e)| (packs[*p as usize], e)) {
+                idx.insert(pack_id, pe);
+            }
+        }
+        Ok(idx)
+    }
+
+    /// Rebuild the index from the packs alone (reads every pack's entry table).
+    /// Returns the index and the packs whose tables could not be read.
+    pub fn rebuild_from_packs(backend: &dyn Backend) -> Result<(Index, Vec<(String, Error)>)> {
+        let mut idx = Index::new();
+        let mut bad = Vec::new();
+        for meta in backend.list("packs/")? {
+            let Some(pid) = pack::pack_id_of_key(&meta.key) else { continue };
+            match pack::read_entries(backend, &pid) {
+                Ok(entries) => {
+                    for e in &entries {
+                        idx.insert(pid, e);
+                    }
+                }
+                Err(e) => bad.push((meta.key, e)),
+            }
+        }
+        Ok((idx, bad))
+    }
+
+    fn pack_slot(&mut self, id: PackId) -> u32 {
+        if let Some(p) = self.pack_pos.get(&id) {
+            return *p;
+        }
+        let p = u32::try_from(self.packs.len()).unwrap_or(u32::MAX);
+        self.packs.push(id);
+        self.pack_pos.insert(id, p);
+        p
+    }
+
+    /// Record that `e` lives in pack `pack` (a blob already known keeps its location).
+    pub fn insert(&mut self, pack: PackId, e: &PackEntry) {
+        let slot = self.pack_slot(pack);
+        self.blobs.entry(e.id).or_insert(Location {
+            pack: slot,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            codec: e.codec,
+            kind: e.kind,
+        });
+    }
+
+    /// Where `id` is stored.
+    pub fn get(&self, id: &BlockId) -> Option<&Location> {
+        self.blobs.get(id)
+    }
+
+    /// Whether `id` is stored.
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.blobs.contains_key(id)
+    }
+
+    /// The pack id of a location's pack.
+    pub fn pack_id(&self, loc: &Location) -> PackId {
+        self.packs[loc.pack as usize]
+    }
+
+    /// Number of blobs.
+    pub fn len(&self) -> usize {
+        self.blobs.len()
+    }
+
+    /// No blobs.
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty()
+    }
+
+    /// Every blob and its location.
+    pub fn iter(&self) -> impl Iterator<Item = (&BlockId, &Location)> {
+        self.blobs.iter()
+    }
+
+    /// Every pack the index knows.
+    pub fn packs(&self) -> &[PackId] {
+        &self.packs
+    }
+}
+
+/// Encode an index file for `packs` (each with its entries). Returns its key and bytes.
+pub fn encode_file(packs: &[(PackId, Vec<PackEntry>)]) -> (String, Vec<u8>) {
+    let mut entries: Vec<raw::IndexEntry> = Vec::new();
+    for (pos, (_, es)) in packs.iter().enumerate() {
+        for e in es {
+            entries.push(raw::IndexEntry {
+                id: e.id.0,
+                pack: U32::new(u32::try_from(pos).unwrap_or(u32::MAX)),
+                stored_len: U32::new(e.stored_len),
+                offset: U64::new(e.offset),
+                raw_len: U32::new(e.raw_len),
+                codec: e.codec as u8,
+                kind: e.kind as u8,
+                reserved: [0; 2],
+            });
+        }
+    }
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    let header = raw::IndexHeader {
+        magic: raw::INDEX_MAGIC,
+        version: U32::new(raw::FORMAT_VERSION),
+        pack_count: U32::new(u32::try_from(packs.len()).unwrap_or(u32::MAX)),
+        entry_count: U64::new(entries.len() as u64),
+        reserved: [0; 8],
+    };
+    let mut buf = Vec::with_capacity(32 + packs.len() * 32 + entries.len() * 56 + 32);
+    buf.extend_from_slice(header.as_bytes());
+    for (id, _) in packs {
+        buf.extend_from_slice(&id.0);
+    }
+    buf.extend_from_slice(entries.as_bytes());
+    let sum = *blake3::hash(&buf).as_bytes();
+    buf.extend_from_slice(&sum);
+    (index_key(&Id::of(&buf)), buf)
+}
+
+/// Decode and check an index file: its packs and (pack position, entry) pairs.
+pub fn decode_file(bytes: &[u8]) -> Result<(Vec<PackId>, Vec<(u32, PackEntry)>)> {
+    let hsize = size_of::<raw::IndexHeader>();
+    if bytes.len() < hsize + 32 {
+        return Err(Error::corrupt("index file is truncated"));
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(Error::corrupt("index file checksum mismatch"));
+    }
+    let (header, rest) = raw::IndexHeader::read_from_prefix(body)
+        .map_err(|_| Error::corrupt("index file header is short"))?;
+    if header.magic != raw::INDEX_MAGIC || header.version.get() != raw::FORMAT_VERSION {
+        return Err(Error::corrupt("index file has a bad magic or version"));
+    }
+    let npacks = header.pack_count.get() as usize;
+    let nentries = usize::try_from(header.entry_count.get()).map_err(|_| Error::corrupt("index entry count"))?;
+    let want = npacks.checked_mul(32).and_then(|p| nentries.checked_mul(56).and_then(|e| e.checked_add(p)));
+    if want != Some(rest.len()) {
+        return Err(Error::corrupt("index file size does not match its header"));
+    }
+    let (pack_bytes, entry_bytes) = rest.split_at(npacks * 32);
+    let packs: Vec<PackId> = pack_bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut a = [0u8; 32];
+            a.copy_from_slice(c);
+            Id(a)
+        })
+        .collect();
+    let raws = <[raw::IndexEntry]>::ref_from_bytes(entry_bytes).map_err(|_| Error::corrupt("index entries misaligned"))?;
+    let mut out = Vec::with_capacity(raws.len());
+    for r in raws {
+        let pack = r.pack.get();
+        if pack as usize >= npacks {
+            return Err(Error::corrupt("index entry names a pack outside its table"));
+        }
+        out.push((
+            pack,
+            PackEntry {
+                id: Id(r.id),
+                kind: BlobKind::from_u8(r.kind)?,
+                codec: Codec::from_u8(r.codec)?,
+                offset: r.offset.get(),
+                stored_len: r.stored_len.get(),
+                raw_len: r.raw_len.get(),
+            },
+        ));
+    }
+    Ok((packs, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(seed: u8, off: u64) -> PackEntry {
+        PackEntry {
+            id: Id::of(&[seed]),
+            kind: if seed % 2 == 0 { BlobKind::Data } else { BlobKind::Tree },
+            codec: Codec::Zstd,
+            offset: off,
+            stored_len: 10 + u32::from(seed),
+            raw_len: 100,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn file_roundtrip(sizes in proptest::collection::vec(0usize..20, 0..5)) {
+            let mut seed = 0u8;
+            let packs: Vec<(PackId, Vec<PackEntry>)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let es = (0..*n).map(|k| { seed = seed.wrapping_add(1); entry(seed, 32 + k as u64 * 100) }).collect();
+                    (Id::of(&[i as u8, 0xff]), es)
+                })
+                .collect();
+            let (key, bytes) = encode_file(&packs);
+            prop_assert_eq!(key, index_key(&Id::of(&bytes)));
+            let (dp, de) = decode_file(&bytes).expect("decode");
+            prop_assert_eq!(dp.len(), packs.len());
+            let total: usize = packs.iter().map(|(_, e)| e.len()).sum();
+            prop_assert_eq!(de.len(), total);
+            for (p, e) in de {
+                prop_assert!(packs[p as usize].1.contains(&e));
+            }
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode_file(&bytes);
+        }
+
+        #[test]
+        fn any_flip_is_detected(pos in any::<prop::sample::Index>(), flip in 1u8..=255) {
+            let packs = vec![(Id::of(b"p"), vec![entry(1, 32), entry(2, 200)])];
+            let (_, mut bytes) = encode_file(&packs);
+            let i = pos.index(bytes.len());
+            bytes[i] ^= flip;
+            prop_assert!(decode_file(&bytes).is_err());
+        }
+    }
+}

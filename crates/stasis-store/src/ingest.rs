@@ -1,0 +1,312 @@
+//! Ingest: turn an input file into stored blocks and a manifest.
+//!
+//! Full ingest reads only the input's data regions (holes become [`BlockRef::Hole`]
+//! without being read), in batches; a reader thread fills the next batch while the
+//! current one is hashed, deduplicated and compressed on the rayon pool (both cores).
+//! Diff ingest reads only the data regions of a sparse diff layer and applies them over
+//! the parent's manifest: a hole in the layer keeps the parent's bytes, written bytes
+//! (zeros included) replace them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::sync_channel;
+
+use rayon::prelude::*;
+use rustc_hash::FxBuildHasher;
+use serde::Serialize;
+
+use crate::codec::{self, Codec};
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::Id;
+use crate::manifest::{self, BlockRef, Manifest, TreeBuilder};
+use crate::pack::BlobKind;
+use crate::source::{data_regions, is_zero};
+use crate::store::Writer;
+
+/// Bytes read per batch.
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// What an ingest saw and stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IngestStats {
+    /// Logical size of the payload.
+    pub size: u64,
+    /// Bytes in the input's data regions (what it allocates).
+    pub allocated: u64,
+    /// Bytes read from the input.
+    pub read: u64,
+    /// Blocks with stored data.
+    pub data_blocks: u64,
+    /// Blocks of written zeros.
+    pub zero_blocks: u64,
+    /// Hole blocks.
+    pub hole_blocks: u64,
+    /// Data blocks that were new to the repository.
+    pub new_blocks: u64,
+}
+
+/// Progress callback: called with bytes of the input processed since the last call.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
+
+/// Classify, deduplicate, compress and add a batch of blocks (`None` = a hole).
+fn store_blocks(w: &mut Writer<'_>, blocks: &[Option<&[u8]>], stats: &mut IngestStats) -> Result<Vec<BlockRef>> {
+    let refs: Vec<BlockRef> = blocks
+        .par_iter()
+        .map(|b| match b {
+            None => BlockRef::Hole,
+            Some(d) if is_zero(d) => BlockRef::Zero,
+            Some(d) => BlockRef::Data(Id::of(d)),
+        })
+        .collect();
+    let mut seen: HashSet<Id, FxBuildHasher> = HashSet::default();
+    let mut todo = Vec::new();
+    for (k, r) in refs.iter().enumerate() {
+        match r {
+            BlockRef::Hole => stats.hole_blocks += 1,
+            BlockRef::Zero => stats.zero_blocks += 1,
+            BlockRef::Data(id) => {
+                stats.data_blocks += 1;
+                if !w.knows(id) && seen.insert(*id) {
+                    todo.push(k);
+                }
+            }
+        }
+    }
+    let compression = w.compression();
+    let encoded: Vec<Result<(Codec, Vec<u8>)>> = todo
+        .par_iter()
+        .map(|&k| {
+            let data = blocks[k].unwrap_or_default();
+            let mut out = Vec::new();
+            let c = codec::compress(compression, data, &mut out)?;
+            Ok((c, out))
+        })
+        .collect();
+    for (&k, enc) in todo.iter().zip(encoded) {
+        let (codec, out) = enc?;
+        let data = blocks[k].unwrap_or_default();
+        let stored: &[u8] = if codec == Codec::Raw { data } else { &out };
+        let BlockRef::Data(id) = refs[k] else { continue };
+        let raw_len = u32::try_from(data.len()).map_err(|_| Error::new(ErrorKind::InvalidInput, "block too large"))?;
+        if w.add_encoded(id, BlobKind::Data, codec, raw_len, stored)? {
+            stats.new_blocks += 1;
+        }
+    }
+    Ok(refs)
+}
+
+/// One batch of a full ingest: blocks `first..first+present.len()`.
+struct Batch {
+    first: u64,
+    present: Vec<bool>,
+    buf: Vec<u8>,
+}
+
+fn read_err(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::new(ErrorKind::InvalidInput, "the input file shrank while it was being read")
+    } else {
+        Error::io("reading the input", e)
+    }
+}
+
+/// Store a whole input file; returns its manifest.
+pub fn ingest_full(
+    w: &mut Writer<'_>,
+    file: &File,
+    size: u64,
+    block_size: u32,
+    progress: Progress<'_>,
+) -> Result<(Manifest, IngestStats)> {
+    let bs = u64::from(block_size);
+    let fanout = w.store().config().fanout;
+    let regions = data_regions(file, size)?;
+    let nblocks = size.div_ceil(bs);
+    let per_batch = (BATCH_BYTES / bs).max(1);
+    let mut stats = IngestStats { size, allocated: regions.iter().map(|r| r.end - r.start).sum(), ..Default::default() };
+    let mut builder = TreeBuilder::new(nblocks, fanout);
+
+    // Which batches hold data: only those are read.
+    let mut batches: Vec<u64> = Vec::new();
+    for r in &regions {
+        let (a, b) = (r.start / bs / per_batch, (r.end - 1) / bs / per_batch);
+        for k in a..=b {
+            if batches.last() != Some(&k) {
+                batches.push(k);
+            }
+        }
+    }
+
+    let block_len = |i: u64| (size - i * bs).min(bs);
+    let (tx, rx) = sync_channel::<Result<Batch>>(2);
+    std::thread::scope(|s| -> Result<()> {
+        let regions = &regions;
+        let batches = &batches;
+        s.spawn(move || {
+            let mut ri = 0usize;
+            for &k in batches {
+                let first = k * per_batch;
+                let count = per_batch.min(nblocks - first);
+                let mut present = vec![false; count as usize];
+                let mut buf = vec![0u8; (count * bs) as usize];
+                let lo = first * bs;
+                let hi = ((first + count) * bs).min(size);
+                while ri > 0 && regions[ri - 1].end > lo {
+                    ri -= 1;
+                }
+                let mut result = Ok(());
+                for r in regions[ri..].iter().take_while(|r| r.start < hi) {
+                    let (a, b) = (r.start.max(lo), r.end.min(hi));
+                    if a >= b {
+                        continue;
+                    }
+                    for i in a / bs..b.div_ceil(bs) {
+                        present[(i - first) as usize] = true;
+                    }
+                    ri += 1;
+                }
+                // Read each run of present blocks whole (holes inside read as zeros).
+                let mut i = 0usize;
+                while i < present.len() && result.is_ok() {
+                    if !present[i] {
+                        i += 1;
+                        continue;
+                    }
+                    let mut j = i;
+                    while j < present.len() && present[j] {
+                        j += 1;
+                    }
+                    let off = (first + i as u64) * bs;
+                    let end = ((first + j as u64) * bs).min(size);
+                    let dst = &mut buf[i * bs as usize..i * bs as usize + (end - off) as usize];
+                    result = file.read_exact_at(dst, off).map_err(read_err);
+                    i = j;
+                }
+                let failed = result.is_err();
+                if tx.send(result.map(|()| Batch { first, present, buf })).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for msg in rx {
+            let batch = msg?;
+            // Holes between batches.
+            while builder.position() < batch.first {
+                builder.push(0, BlockRef::Hole, w)?;
+                stats.hole_blocks += 1;
+            }
+            let blocks: Vec<Option<&[u8]>> = batch
+                .present
+                .iter()
+                .enumerate()
+                .map(|(k, &p)| {
+                    let i = batch.first + k as u64;
+                    let off = k * bs as usize;
+                    p.then(|| &batch.buf[off..off + block_len(i) as usize])
+                })
+                .collect();
+            let refs = store_blocks(w, &blocks, &mut stats)?;
+            let bytes: u64 = blocks.iter().flatten().map(|b| b.len() as u64).sum();
+            stats.read += bytes;
+            for r in refs {
+                builder.push(0, r, w)?;
+            }
+            progress(bytes);
+        }
+        Ok(())
+    })?;
+    while builder.position() < nblocks {
+        builder.push(0, BlockRef::Hole, w)?;
+        stats.hole_blocks += 1;
+    }
+    let root = builder.finish(w)?;
+    Ok((Manifest { size, block_size, fanout, root }, stats))
+}
+
+/// Store a sparse diff layer over `parent`: the layer's data regions replace the
+/// parent's bytes, its holes keep them. The result has the layer's size.
+pub fn ingest_diff(
+    w: &mut Writer<'_>,
+    file: &File,
+    size: u64,
+    parent: &Manifest,
+    progress: Progress<'_>,
+) -> Result<(Manifest, IngestStats)> {
+    let store = w.store();
+    let bs = u64::from(parent.block_size);
+    let regions = data_regions(file, size)?;
+    let new_n = size.div_ceil(bs);
+    let parent_n = parent.nblocks();
+    let mut stats = IngestStats { size, allocated: regions.iter().map(|r| r.end - r.start).sum(), ..Default::default() };
+
+    // Block index -> the parts of it the layer wrote.
+    let mut touched: BTreeMap<u64, Vec<Range<u64>>> = BTreeMap::new();
+    for r in &regions {
+        for i in r.start / bs..r.end.div_ceil(bs) {
+            let (a, b) = ((i * bs).max(r.start), ((i + 1) * bs).min(r.end));
+            touched.entry(i).or_default().push(a..b);
+        }
+    }
+    if size != parent.size {
+        // The blocks at either end change length even where the layer wrote nothing.
+        for i in [parent_n.wrapping_sub(1), new_n.wrapping_sub(1)] {
+            if i < new_n {
+                touched.entry(i).or_default();
+            }
+        }
+    }
+    let new_m = Manifest { size, ..*parent };
+    let per_batch = (BATCH_BYTES / bs).max(1) as usize;
+    let todo: Vec<(u64, Vec<Range<u64>>)> = touched.into_iter().collect();
+    let mut changes: BTreeMap<u64, BlockRef> = BTreeMap::new();
+    for chunk in todo.chunks(per_batch) {
+        let contents: Vec<Result<Vec<u8>>> = chunk
+            .par_iter()
+            .map(|(i, parts)| {
+                let len = new_m.block_len(*i);
+                let start = i * bs;
+                let whole = parts.len() == 1 && parts[0] == (start..start + len as u64);
+                let mut buf = if whole || *i >= parent_n {
+                    vec![0u8; len]
+                } else {
+                    let mut b = match manifest::lookup(store, parent, *i)? {
+                        BlockRef::Data(id) => store.block(&id)?.to_vec(),
+                        BlockRef::Hole | BlockRef::Zero => Vec::new(),
+                    };
+                    b.resize(len, 0);
+                    b
+                };
+                for p in parts {
+                    let dst = &mut buf[(p.start - start) as usize..(p.end - start) as usize];
+                    file.read_exact_at(dst, p.start).map_err(read_err)?;
+                }
+                Ok(buf)
+            })
+            .collect();
+        let contents: Vec<Vec<u8>> = contents.into_iter().collect::<Result<_>>()?;
+        let blocks: Vec<Option<&[u8]>> = contents.iter().map(|c| Some(&c[..])).collect();
+        let refs = store_blocks(w, &blocks, &mut stats)?;
+        let bytes: u64 = chunk.iter().flat_map(|(_, p)| p).map(|p| p.end - p.start).sum();
+        stats.read += bytes;
+        progress(bytes);
+        for ((i, _), r) in chunk.iter().zip(refs) {
+            changes.insert(*i, r);
+        }
+    }
+    let m = manifest::apply_changes(store, parent, size, &changes, w)?;
+    // Count what the merged payload holds (the layer's own counts are in `changes`).
+    stats.data_blocks = 0;
+    stats.zero_blocks = 0;
+    stats.hole_blocks = 0;
+    manifest::visit_blocks(store, &m, 0..new_n, &mut |_, n, r| {
+        match r {
+            BlockRef::Hole => stats.hole_blocks += n,
+            BlockRef::Zero => stats.zero_blocks += n,
+            BlockRef::Data(_) => stats.data_blocks += n,
+        }
+        Ok(())
+    })?;
+    Ok((m, stats))
+}

@@ -1,0 +1,45 @@
+//! # stasis-store
+//!
+//! A content-addressed block store for VM disk and memory payloads.
+//!
+//! Data flows one way: an input file is read by [`source`] (data regions only), cut into
+//! fixed-size blocks and stored by [`ingest`] (blake3 ids, zero blocks never stored,
+//! per-block compression by [`codec`]) into [`pack`] files through a [`store::Writer`];
+//! the [`index`] says where each block lives; a [`manifest`] (a Merkle tree of block
+//! references) describes each payload; the catalog (another crate) records manifests.
+//! All storage goes through one [`backend::Backend`] trait.
+//!
+//! ## Formats
+//! - `config`: JSON [`config::RepoConfig`].
+//! - `packs/<2 hex>/<blake3 of the pack>.pack`: header, blobs, entry table, trailer
+//!   (see [`pack`] and [`raw`]).
+//! - `index/<blake3 of the file>`: which pack holds each blob (see [`index`]).
+//! - Tree nodes: postcard [`manifest::NodeRecord`]s stored as blobs of kind `Tree`.
+//!
+//! ## Write and fsync order
+//! See [`store`]: packs (each fdatasynced before its rename), then the index file, then
+//! one directory sync; only after that does the catalog record the snapshot. Nothing
+//! stored is modified in place, so a crash at any point leaves every committed
+//! snapshot readable and the interrupted one absent.
+//!
+//! ## Reads
+//! Every block read from storage is checked against its id; corrupt bytes are an error
+//! ([`ErrorKind::Corrupt`]), never returned. Decoded blocks are shared through one
+//! bounded cache per [`store::Store`].
+
+pub mod backend;
+pub mod codec;
+pub mod config;
+mod error;
+pub mod id;
+pub mod index;
+pub mod ingest;
+pub mod manifest;
+pub mod pack;
+pub mod raw;
+pub mod reader;
+pub mod source;
+pub mod store;
+pub mod verify;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,377 @@
+//! The store: blobs by id over a backend, and write sessions that add new ones.
+//!
+//! ## Commit order
+//! A [`Writer`] collects new blobs into packs. Each full pack is sealed and handed to a
+//! flusher thread, which `put`s it (the local backend writes a temporary file,
+//! fdatasyncs it and renames it). [`Writer::commit`] then seals the last pack, waits for
+//! the flusher, `put`s one index file naming the session's packs, and calls
+//! [`Backend::sync`] (directory fsyncs), after which everything the session wrote is
+//! durable. Only then may the caller record the new manifests in the catalog: the
+//! catalog commit is the point at which a snapshot exists. A crash before it leaves
+//! unreferenced packs and index files (garbage for gc), never a damaged snapshot, since
+//! nothing stored is ever modified in place.
+
+use std::collections::HashSet;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use rustc_hash::FxBuildHasher;
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::codec::{self, Codec, Compression};
+use crate::config::RepoConfig;
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{BlockId, Id, PackId};
+use crate::index::{self, Index, Location};
+use crate::manifest::{NodeSink, NodeSource};
+use crate::pack::{self, BlobKind, PackBuilder, PackEntry};
+
+const CONFIG_KEY: &str = "config";
+
+#[derive(Clone, Debug)]
+struct ByteWeight;
+impl quick_cache::Weighter<BlockId, Bytes> for ByteWeight {
+    fn weight(&self, _: &BlockId, v: &Bytes) -> u64 {
+        v.len() as u64 + 64
+    }
+}
+
+/// A repository's blob store.
+#[derive(Debug)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    config: RepoConfig,
+    index: RwLock<Index>,
+    cache: quick_cache::sync::Cache<BlockId, Bytes, ByteWeight>,
+}
+
+/// Default bound of the decompressed-block cache.
+pub const DEFAULT_CACHE_BYTES: u64 = 128 << 20;
+
+impl Store {
+    /// Create a new repository in `backend` (which must hold no config yet).
+    pub fn init(backend: Arc<dyn Backend>, config: RepoConfig) -> Result<Store> {
+        config.validate()?;
+        match backend.get(CONFIG_KEY, None) {
+            Ok(_) => return Err(Error::new(ErrorKind::Repository, "a repository already exists here")),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+        backend.put(CONFIG_KEY, &json)?;
+        backend.sync()?;
+        Ok(Store::with(backend, config, Index::new()))
+    }
+
+    /// Open an existing repository: read its config and load its index.
+    pub fn open(backend: Arc<dyn Backend>) -> Result<Store> {
+        let bytes = backend.get(CONFIG_KEY, None).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::new(ErrorKind::Repository, "no repository here (run `stasis init`)")
+            } else {
+                e
+            }
+        })?;
+        let config: RepoConfig =
+            serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(format!("repository config: {e}")))?;
+        config.validate()?;
+        let index = Index::load(&*backend)?;
+        Ok(Store::with(backend, config, index))
+    }
+
+    fn with(backend: Arc<dyn Backend>, config: RepoConfig, index: Index) -> Store {
+        Store {
+            backend,
+            config,
+            index: RwLock::new(index),
+            cache: quick_cache::sync::Cache::with_weighter(16 << 10, DEFAULT_CACHE_BYTES, ByteWeight),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// Read access to the index.
+    pub fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replace the in-memory index (after a rebuild).
+    pub fn set_index(&self, index: Index) {
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
+    }
+
+    /// Where `id` is stored, and in which pack.
+    pub fn locate(&self, id: &BlockId) -> Option<(PackId, Location)> {
+        let idx = self.index();
+        idx.get(id).map(|l| (idx.pack_id(l), *l))
+    }
+
+    /// Read a blob from storage, decode it and check it against its id (no cache).
+    pub fn read_blob(&self, id: &BlockId) -> Result<Bytes> {
+        let (pack, loc) = self
+            .locate(id)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("block {id} is not in the index")))?;
+        read_located(&*self.backend, id, &pack, &loc)
+    }
+
+    /// A blob by id, through the shared cache of decoded blocks.
+    pub fn block(&self, id: &BlockId) -> Result<Bytes> {
+        self.cache.get_or_insert_with(id, || self.read_blob(id))
+    }
+
+    /// Start a write session with `compression`.
+    pub fn writer(&self, compression: Compression) -> Writer<'_> {
+        Writer::new(self, compression)
+    }
+}
+
+/// Read the blob `id` at `loc` in `pack` and check it.
+pub fn read_located(backend: &dyn Backend, id: &BlockId, pack: &PackId, loc: &Location) -> Result<Bytes> {
+    let key = pack::pack_key(pack);
+    let stored = backend.get(&key, Some(loc.offset..loc.offset + u64::from(loc.stored_len)))?;
+    let raw = if loc.codec == Codec::Raw {
+        stored
+    } else {
+        let mut out = Vec::new();
+        codec::decompress(loc.codec, &stored, loc.raw_len as usize, &mut out)
+            .map_err(|e| e.context(format!("block {id} in {key}")))?;
+        Bytes::from(out)
+    };
+    if raw.len() != loc.raw_len as usize || Id::of(&raw) != *id {
+        return Err(Error::corrupt(format!("block {id} in {key} does not match its checksum")));
+    }
+    Ok(raw)
+}
+
+impl NodeSource for Store {
+    fn node_bytes(&self, id: &BlockId) -> Result<Bytes> {
+        self.block(id)
+    }
+}
+
+/// What a write session added.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WriteStats {
+    /// New blobs stored.
+    pub blobs: u64,
+    /// Their uncompressed bytes.
+    pub raw_bytes: u64,
+    /// Their stored bytes.
+    pub stored_bytes: u64,
+    /// Packs written.
+    pub packs: u64,
+}
+
+type Sealed = (PackId, Vec<u8>);
+
+/// A write session: new blobs go into packs, made durable by [`Writer::commit`].
+#[derive(Debug)]
+pub struct Writer<'s> {
+    store: &'s Store,
+    compression: Compression,
+    pack: PackBuilder,
+    written: Vec<(PackId, Vec<PackEntry>)>,
+    pending: HashSet<BlockId, FxBuildHasher>,
+    stats: WriteStats,
+    flush_tx: Option<SyncSender<Sealed>>,
+    flusher: Option<JoinHandle<Result<()>>>,
+    scratch: Vec<u8>,
+}
+
+fn flusher(backend: Arc<dyn Backend>, rx: Receiver<Sealed>) -> Result<()> {
+    for (id, bytes) in rx {
+        backend.put(&pack::pack_key(&id), &bytes)?;
+    }
+    Ok(())
+}
+
+impl<'s> Writer<'s> {
+    fn new(store: &'s Store, compression: Compression) -> Self {
+        Writer {
+            store,
+            compression,
+            pack: PackBuilder::new(),
+            written: Vec::new(),
+            pending: HashSet::default(),
+            stats: WriteStats::default(),
+            flush_tx: None,
+            flusher: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The store written to.
+    pub fn store(&self) -> &'s Store {
+        self.store
+    }
+
+    /// The compression of this session.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Whether the repository or this session already has `id`.
+    pub fn knows(&self, id: &BlockId) -> bool {
+        self.pending.contains(id) || self.store.index().contains(id)
+    }
+
+    /// What this session added so far.
+    pub fn stats(&self) -> WriteStats {
+        self.stats
+    }
+
+    /// Add an already encoded blob unless it is known. Returns whether it was added.
+    pub fn add_encoded(&mut self, id: BlockId, kind: BlobKind, codec: Codec, raw_len: u32, stored: &[u8]) -> Result<bool> {
+        if self.knows(&id) {
+            return Ok(false);
+        }
+        self.pack.add(id, kind, codec, raw_len, stored)?;
+        self.pending.insert(id);
+        self.stats.blobs += 1;
+        self.stats.raw_bytes += u64::from(raw_len);
+        self.stats.stored_bytes += stored.len() as u64;
+        if self.pack.len() as u64 >= self.store.config.pack_size {
+            self.seal()?;
+        }
+        Ok(true)
+    }
+
+    /// Compress and add a blob unless it is known. Returns whether it was added.
+    pub fn add(&mut self, id: BlockId, kind: BlobKind, raw: &[u8]) -> Result<bool> {
+        if self.knows(&id) {
+            return Ok(false);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let codec = codec::compress(self.compression, raw, &mut scratch)?;
+        let stored: &[u8] = if codec == Codec::Raw { raw } else { &scratch };
+        let raw_len = u32::try_from(raw.len()).map_err(|_| Error::new(ErrorKind::InvalidInput, "blob too large"))?;
+        let r = self.add_encoded(id, kind, codec, raw_len, stored);
+        self.scratch = scratch;
+        r
+    }
+
+    fn seal(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let (id, bytes, entries) = std::mem::take(&mut self.pack).finish();
+        self.written.push((id, entries));
+        self.stats.packs += 1;
+        if self.flush_tx.is_none() {
+            // At most one sealed pack waits while another is being written.
+            let (tx, rx) = sync_channel::<Sealed>(1);
+            let backend = Arc::clone(&self.store.backend);
+            self.flusher = Some(std::thread::spawn(move || flusher(backend, rx)));
+            self.flush_tx = Some(tx);
+        }
+        let sent = self.flush_tx.as_ref().map(|tx| tx.send((id, bytes)));
+        if !matches!(sent, Some(Ok(()))) {
+            // The flusher stopped: its error says why.
+            return self.join_flusher().and(Err(Error::new(ErrorKind::Io, "pack writer stopped")));
+        }
+        Ok(())
+    }
+
+    fn join_flusher(&mut self) -> Result<()> {
+        self.flush_tx = None;
+        match self.flusher.take().map(|h| h.join()) {
+            None => Ok(()),
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(Error::new(ErrorKind::Io, "pack writer thread panicked")),
+        }
+    }
+
+    /// Make everything added durable (see the module docs for the order) and visible to
+    /// readers of this store.
+    pub fn commit(mut self) -> Result<WriteStats> {
+        self.seal()?;
+        self.join_flusher()?;
+        if !self.written.is_empty() {
+            let (key, bytes) = index::encode_file(&self.written);
+            self.store.backend.put(&key, &bytes)?;
+        }
+        self.store.backend.sync()?;
+        let mut idx = self.store.index.write().unwrap_or_else(|p| p.into_inner());
+        for (pid, entries) in &self.written {
+            for e in entries {
+                idx.insert(*pid, e);
+            }
+        }
+        Ok(self.stats)
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        // An uncommitted session: let the flusher finish what it has; its packs are
+        // unreferenced garbage for gc.
+        let _ = self.join_flusher();
+    }
+}
+
+impl NodeSink for Writer<'_> {
+    fn put_node(&mut self, id: BlockId, bytes: &[u8]) -> Result<()> {
+        self.add(id, BlobKind::Tree, bytes).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemoryBackend;
+
+    #[test]
+    fn write_commit_read() {
+        let be: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let store = Store::init(Arc::clone(&be), RepoConfig::default()).expect("init");
+        let mut w = store.writer(Compression::default());
+        let a = vec![7u8; 10_000];
+        let id = Id::of(&a);
+        assert!(w.add(id, BlobKind::Data, &a).expect("add"));
+        assert!(!w.add(id, BlobKind::Data, &a).expect("dedup"));
+        let st = w.commit().expect("commit");
+        assert_eq!(st.blobs, 1);
+        assert!(st.stored_bytes < 10_000);
+        assert_eq!(&store.block(&id).expect("read")[..], &a[..]);
+        // A reopened store finds it through its index file.
+        let again = Store::open(be).expect("open");
+        assert_eq!(&again.read_blob(&id).expect("read")[..], &a[..]);
+        assert!(Store::init(Arc::clone(again.backend()), RepoConfig::default()).is_err());
+    }
+
+    #[test]
+    fn corrupt_blob_is_an_error() {
+        let be = Arc::new(MemoryBackend::new());
+        let store = Store::init(be.clone(), RepoConfig::default()).expect("init");
+        let mut w = store.writer(Compression::none());
+        let a: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let id = Id::of(&a);
+        w.add(id, BlobKind::Data, &a).expect("add");
+        w.commit().expect("commit");
+        let (pack, loc) = store.locate(&id).expect("located");
+        let key = pack::pack_key(&pack);
+        let mut bytes = be.get(&key, None).expect("get").to_vec();
+        bytes[loc.offset as usize + 17] ^= 1;
+        be.overwrite(&key, bytes);
+        let err = store.read_blob(&id).expect_err("must fail");
+        assert_eq!(err.kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn unopened_repo_is_a_clear_error() {
+        let be: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let err = Store::open(be).expect_err("no repo");
+        assert_eq!(err.kind(), ErrorKind::Repository);
+    }
+}

@@ -1,0 +1,182 @@
+//! Checking a repository: packs, index and manifests.
+
+use std::collections::{HashMap, HashSet};
+
+use rayon::prelude::*;
+use rustc_hash::FxBuildHasher;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::id::{BlockId, Id, PackId};
+use crate::index::Location;
+use crate::manifest::{self, BlockRef, Manifest};
+use crate::pack::{self, PackEntry};
+use crate::store::{Store, read_located};
+
+/// One thing found wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// What it concerns (an object key, a block, a snapshot payload).
+    pub object: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The outcome of [`verify_store`].
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StoreReport {
+    /// Packs checked.
+    pub packs: u64,
+    /// Blobs listed in packs.
+    pub blobs: u64,
+    /// Bytes read and hashed (with `read_data`).
+    pub bytes_read: u64,
+    /// Packs that no index file names: left by an interrupted write, removable by gc.
+    pub unindexed_packs: Vec<String>,
+    /// Everything wrong.
+    pub problems: Vec<Problem>,
+}
+
+fn problem(object: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem { object: object.into(), message: message.into() }
+}
+
+/// Check every pack's entry table, that the index agrees with the packs, and with
+/// `read_data`, every pack's bytes against its name and every block against its id.
+pub fn verify_store(store: &Store, read_data: bool, progress: &(dyn Fn(u64) + Sync)) -> Result<StoreReport> {
+    let backend = &**store.backend();
+    let mut report = StoreReport::default();
+    let mut tables: HashMap<PackId, Vec<PackEntry>, FxBuildHasher> = HashMap::default();
+    let listed = backend.list("packs/")?;
+    for meta in &listed {
+        let Some(pid) = pack::pack_id_of_key(&meta.key) else {
+            report.problems.push(problem(&meta.key, "unexpected object among the packs"));
+            continue;
+        };
+        report.packs += 1;
+        let entries = match pack::read_entries(backend, &pid) {
+            Ok(e) => e,
+            Err(e) => {
+                report.problems.push(problem(&meta.key, e.to_string()));
+                continue;
+            }
+        };
+        report.blobs += entries.len() as u64;
+        if read_data {
+            match backend.get(&meta.key, None) {
+                Ok(bytes) => {
+                    report.bytes_read += bytes.len() as u64;
+                    if Id::of(&bytes) != pid {
+                        report.problems.push(problem(&meta.key, "pack bytes do not match the pack's name"));
+                    }
+                }
+                Err(e) => report.problems.push(problem(&meta.key, e.to_string())),
+            }
+            let bad: Vec<Problem> = entries
+                .par_iter()
+                .filter_map(|e| {
+                    let loc = Location {
+                        pack: 0,
+                        offset: e.offset,
+                        stored_len: e.stored_len,
+                        raw_len: e.raw_len,
+                        codec: e.codec,
+                        kind: e.kind,
+                    };
+                    read_located(backend, &e.id, &pid, &loc).err().map(|err| problem(format!("block {}", e.id), err.to_string()))
+                })
+                .collect();
+            report.problems.extend(bad);
+            progress(meta.size);
+        }
+        tables.insert(pid, entries);
+    }
+    // The index must point at real entries.
+    let idx = store.index();
+    let mut indexed_packs: HashSet<PackId, FxBuildHasher> = HashSet::default();
+    for (id, loc) in idx.iter() {
+        let pid = idx.pack_id(loc);
+        indexed_packs.insert(pid);
+        let Some(entries) = tables.get(&pid) else {
+            if !report.problems.iter().any(|p| p.object == pack::pack_key(&pid)) {
+                report.problems.push(problem(format!("block {id}"), format!("its pack {} is missing", pack::pack_key(&pid))));
+            }
+            continue;
+        };
+        let ok = entries.iter().any(|e| {
+            e.id == *id && e.offset == loc.offset && e.stored_len == loc.stored_len && e.codec == loc.codec
+        });
+        if !ok {
+            report.problems.push(problem(format!("block {id}"), "the index and its pack disagree"));
+        }
+    }
+    for pid in tables.keys() {
+        if !indexed_packs.contains(pid) {
+            report.unindexed_packs.push(pack::pack_key(pid));
+        }
+    }
+    report.unindexed_packs.sort();
+    Ok(report)
+}
+
+/// Check one payload's tree: every node decodes with the right shape and every
+/// referenced block is in the index. Returns the problems found.
+pub fn verify_manifest(store: &Store, m: &Manifest, what: &str) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Err(e) = m.validate() {
+        out.push(problem(what, e.to_string()));
+        return out;
+    }
+    let idx = store.index();
+    let mut missing: Vec<BlockId> = Vec::new();
+    let r = manifest::visit_nodes(store, m, &mut |_, level, refs| {
+        if level == 1 {
+            for r in refs {
+                if let BlockRef::Data(id) = r
+                    && !idx.contains(id)
+                {
+                    missing.push(*id);
+                }
+            }
+        }
+        Ok(true)
+    });
+    if let Err(e) = r {
+        out.push(problem(what, e.to_string()));
+    }
+    for id in missing {
+        out.push(problem(what, format!("block {id} is missing")));
+    }
+    out
+}
+
+/// Stored bytes of every blob reachable from `m` that is not in `seen`; adds them to
+/// `seen`. Subtrees already in `seen` are skipped, so a child that shares most of its
+/// parent's tree costs O(changed blocks * height).
+pub fn new_stored_bytes(store: &Store, m: &Manifest, seen: &mut HashSet<BlockId, FxBuildHasher>) -> Result<(u64, u64)> {
+    let idx = store.index();
+    let (mut stored, mut raw) = (0u64, 0u64);
+    let mut add = |id: &BlockId, seen: &mut HashSet<BlockId, FxBuildHasher>| {
+        if seen.insert(*id)
+            && let Some(l) = idx.get(id)
+        {
+            stored += u64::from(l.stored_len);
+            raw += u64::from(l.raw_len);
+        }
+    };
+    manifest::visit_nodes(store, m, &mut |id, level, refs| {
+        if seen.contains(&id) {
+            return Ok(false);
+        }
+        add(&id, seen);
+        if level == 1 {
+            for r in refs {
+                if let BlockRef::Data(b) = r {
+                    add(b, seen);
+                }
+            }
+        }
+        Ok(true)
+    })?;
+    Ok((stored, raw))
+}
