@@ -1,1 +1,70 @@
-fn main(){}
+//! `stasis`: the command-line interface of the stasis VM snapshot store.
+
+mod cmd;
+mod output;
+mod repo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A VM snapshot store: dedup across snapshots, per-block compression, Merkle manifests.
+#[derive(Debug, Parser)]
+#[command(name = "stasis", version, about, propagate_version = true)]
+struct Cli {
+    /// Repository directory (default: $XDG_DATA_HOME/stasis, created on first use).
+    #[arg(long, global = true, env = "STASIS_REPO")]
+    repo: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a repository.
+    Init(cmd::init::Args),
+    /// Store a snapshot of a VM's files.
+    Create(cmd::create::Args),
+    /// List snapshots.
+    List(cmd::list::ListArgs),
+    /// Show one snapshot.
+    Show(cmd::list::ShowArgs),
+    /// Write a snapshot's files into a directory, byte-identical and sparse.
+    Restore(cmd::restore::Args),
+    /// Check packs, index and manifests (and every block with --read-data).
+    Verify(cmd::verify::Args),
+    /// Space used: logical and stored bytes, dedup and compression ratios.
+    Du(cmd::du::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("STASIS_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let ctx = repo::Context {
+        repo: cli.repo,
+        json: cli.json,
+    };
+    let result = match cli.command {
+        Command::Init(a) => cmd::init::run(&ctx, a),
+        Command::Create(a) => cmd::create::run(&ctx, a),
+        Command::List(a) => cmd::list::list(&ctx, a),
+        Command::Show(a) => cmd::list::show(&ctx, a),
+        Command::Restore(a) => cmd::restore::run(&ctx, a),
+        Command::Verify(a) => cmd::verify::run(&ctx, a),
+        Command::Du(a) => cmd::du::run(&ctx, a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stasis: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

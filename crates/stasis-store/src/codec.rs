@@ -98,13 +98,19 @@ impl TryFrom<CompressionRecord> for Compression {
 
 impl From<Compression> for CompressionRecord {
     fn from(c: Compression) -> Self {
-        CompressionRecord { algorithm: c.algorithm, level: c.level }
+        CompressionRecord {
+            algorithm: c.algorithm,
+            level: c.level,
+        }
     }
 }
 
 impl Default for Compression {
     fn default() -> Self {
-        Compression { algorithm: Algorithm::Zstd, level: 1 }
+        Compression {
+            algorithm: Algorithm::Zstd,
+            level: 1,
+        }
     }
 }
 
@@ -128,7 +134,10 @@ impl Compression {
 
     /// No compression.
     pub fn none() -> Self {
-        Compression { algorithm: Algorithm::None, level: 0 }
+        Compression {
+            algorithm: Algorithm::None,
+            level: 0,
+        }
     }
 
     /// The algorithm.
@@ -300,8 +309,12 @@ mod tests {
     fn block() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..9000),
-            (proptest::collection::vec(any::<u8>(), 1..64), 0usize..9000)
-                .prop_map(|(pat, n)| pat.iter().copied().cycle().take(n).collect()),
+            (proptest::collection::vec(any::<u8>(), 1..64), 0usize..9000).prop_map(|(pat, n)| pat
+                .iter()
+                .copied()
+                .cycle()
+                .take(n)
+                .collect()),
         ]
     }
 
@@ -340,9 +353,16 @@ mod tests {
 
     #[test]
     fn incompressible_is_raw() {
-        let data: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let mut out = Vec::new();
-        let c = compress(Compression::default(), blake3::hash(&data).as_bytes(), &mut out).expect("ok");
+        let c = compress(
+            Compression::default(),
+            blake3::hash(&data).as_bytes(),
+            &mut out,
+        )
+        .expect("ok");
         assert_eq!(c, Codec::Raw);
     }
 
@@ -350,12 +370,25 @@ mod tests {
     fn lz4_high_levels_compress_smaller() {
         // Text-like data where HC finds more matches than the fast mode.
         let text: Vec<u8> = (0..200_000u32)
-            .map(|i| b"the quick brown fox jumps over the lazy dog 0123456789"[((i * 7) ^ (i >> 5)) as usize % 54])
+            .map(|i| {
+                b"the quick brown fox jumps over the lazy dog 0123456789"
+                    [((i * 7) ^ (i >> 5)) as usize % 54]
+            })
             .collect();
         let mut fast = Vec::new();
         let mut hc = Vec::new();
-        compress(Compression::new(Algorithm::Lz4, Some(0)).expect("ok"), &text, &mut fast).expect("ok");
-        compress(Compression::new(Algorithm::Lz4, Some(9)).expect("ok"), &text, &mut hc).expect("ok");
+        compress(
+            Compression::new(Algorithm::Lz4, Some(0)).expect("ok"),
+            &text,
+            &mut fast,
+        )
+        .expect("ok");
+        compress(
+            Compression::new(Algorithm::Lz4, Some(9)).expect("ok"),
+            &text,
+            &mut hc,
+        )
+        .expect("ok");
         assert!(hc.len() < fast.len(), "hc {} fast {}", hc.len(), fast.len());
     }
 }

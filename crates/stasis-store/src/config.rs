@@ -50,7 +50,10 @@ impl FromStr for Role {
             "disk" => Ok(Role::Disk),
             "memory" | "mem" => Ok(Role::Memory),
             "state" => Ok(Role::State),
-            _ => Err(Error::new(ErrorKind::InvalidInput, format!("unknown role {s:?} (expected disk, memory or state)"))),
+            _ => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("unknown role {s:?} (expected disk, memory or state)"),
+            )),
         }
     }
 }
@@ -78,7 +81,11 @@ impl Default for BlockSizes {
     /// memory dedups only at page granularity (sibling guests hold the same pages at
     /// other offsets), so memory uses 4 KiB.
     fn default() -> Self {
-        BlockSizes { disk: 64 << 10, memory: 4 << 10, state: 64 << 10 }
+        BlockSizes {
+            disk: 64 << 10,
+            memory: 4 << 10,
+            state: 64 << 10,
+        }
     }
 }
 
@@ -151,11 +158,15 @@ impl RepoConfig {
         if self.version != REPO_VERSION {
             return Err(Error::new(
                 ErrorKind::Repository,
-                format!("repository version {} is not supported (this stasis reads {REPO_VERSION})", self.version),
+                format!(
+                    "repository version {} is not supported (this stasis reads {REPO_VERSION})",
+                    self.version
+                ),
             ));
         }
         for r in Role::ALL {
-            check_block_size(u64::from(self.block_sizes.get(r))).map_err(|e| Error::corrupt(e.to_string()))?;
+            check_block_size(u64::from(self.block_sizes.get(r)))
+                .map_err(|e| Error::corrupt(e.to_string()))?;
         }
         if !(2..=4096).contains(&self.fanout) || !(1 << 20..=1 << 30).contains(&self.pack_size) {
             return Err(Error::corrupt("config has an invalid fanout or pack size"));

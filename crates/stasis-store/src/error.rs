@@ -41,7 +41,11 @@ impl fmt::Display for Error {
 impl Error {
     /// A new error of `kind` described by `context`.
     pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
-        Error { kind, context: context.into(), source: None }
+        Error {
+            kind,
+            context: context.into(),
+            source: None,
+        }
     }
 
     /// A corruption error: stored bytes failed a check.
@@ -56,7 +60,11 @@ impl Error {
         } else {
             ErrorKind::Io
         };
-        Error { kind, context: context.into(), source: Some(Box::new(source)) }
+        Error {
+            kind,
+            context: context.into(),
+            source: Some(Box::new(source)),
+        }
     }
 
     /// The stable kind of this error.

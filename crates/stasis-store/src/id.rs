@@ -60,7 +60,12 @@ impl Id {
 impl FromStr for Id {
     type Err = Error;
     fn from_str(s: &str) -> Result<Id, Error> {
-        let bad = || Error::new(ErrorKind::InvalidInput, format!("not a 64-digit hex id: {s:?}"));
+        let bad = || {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("not a 64-digit hex id: {s:?}"),
+            )
+        };
         if s.len() != 64 {
             return Err(bad());
         }

@@ -62,7 +62,10 @@ impl Index {
             let bytes = backend.get(&meta.key, None)?;
             let (packs, entries) = decode_file(&bytes).map_err(|e| e.context(&meta.key))?;
             if Id::of(&bytes).to_hex() != meta.key["index/".len()..] {
-                return Err(Error::corrupt(format!("{}: name does not match content", meta.key)));
+                return Err(Error::corrupt(format!(
+                    "{}: name does not match content",
+                    meta.key
+                )));
             }
             for (pack_id, pe) in entries.iter().map(|(p, e)| (packs[*p as usize], e)) {
                 idx.insert(pack_id, pe);
@@ -77,7 +80,9 @@ impl Index {
         let mut idx = Index::new();
         let mut bad = Vec::new();
         for meta in backend.list("packs/")? {
-            let Some(pid) = pack::pack_id_of_key(&meta.key) else { continue };
+            let Some(pid) = pack::pack_id_of_key(&meta.key) else {
+                continue;
+            };
             match pack::read_entries(backend, &pid) {
                 Ok(entries) => {
                     for e in &entries {
@@ -201,8 +206,11 @@ pub fn decode_file(bytes: &[u8]) -> Result<(Vec<PackId>, Vec<(u32, PackEntry)>)>
         return Err(Error::corrupt("index file has a bad magic or version"));
     }
     let npacks = header.pack_count.get() as usize;
-    let nentries = usize::try_from(header.entry_count.get()).map_err(|_| Error::corrupt("index entry count"))?;
-    let want = npacks.checked_mul(32).and_then(|p| nentries.checked_mul(56).and_then(|e| e.checked_add(p)));
+    let nentries = usize::try_from(header.entry_count.get())
+        .map_err(|_| Error::corrupt("index entry count"))?;
+    let want = npacks
+        .checked_mul(32)
+        .and_then(|p| nentries.checked_mul(56).and_then(|e| e.checked_add(p)));
     if want != Some(rest.len()) {
         return Err(Error::corrupt("index file size does not match its header"));
     }
@@ -215,7 +223,8 @@ pub fn decode_file(bytes: &[u8]) -> Result<(Vec<PackId>, Vec<(u32, PackEntry)>)>
             Id(a)
         })
         .collect();
-    let raws = <[raw::IndexEntry]>::ref_from_bytes(entry_bytes).map_err(|_| Error::corrupt("index entries misaligned"))?;
+    let raws = <[raw::IndexEntry]>::ref_from_bytes(entry_bytes)
+        .map_err(|_| Error::corrupt("index entries misaligned"))?;
     let mut out = Vec::with_capacity(raws.len());
     for r in raws {
         let pack = r.pack.get();
@@ -245,7 +254,11 @@ mod tests {
     fn entry(seed: u8, off: u64) -> PackEntry {
         PackEntry {
             id: Id::of(&[seed]),
-            kind: if seed % 2 == 0 { BlobKind::Data } else { BlobKind::Tree },
+            kind: if seed % 2 == 0 {
+                BlobKind::Data
+            } else {
+                BlobKind::Tree
+            },
             codec: Codec::Zstd,
             offset: off,
             stored_len: 10 + u32::from(seed),

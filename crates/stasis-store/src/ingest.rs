@@ -39,6 +39,8 @@ pub struct IngestStats {
     pub read: u64,
     /// Blocks with stored data.
     pub data_blocks: u64,
+    /// Bytes in those blocks.
+    pub data_bytes: u64,
     /// Blocks of written zeros.
     pub zero_blocks: u64,
     /// Hole blocks.
@@ -51,7 +53,11 @@ pub struct IngestStats {
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
 /// Classify, deduplicate, compress and add a batch of blocks (`None` = a hole).
-fn store_blocks(w: &mut Writer<'_>, blocks: &[Option<&[u8]>], stats: &mut IngestStats) -> Result<Vec<BlockRef>> {
+fn store_blocks(
+    w: &mut Writer<'_>,
+    blocks: &[Option<&[u8]>],
+    stats: &mut IngestStats,
+) -> Result<Vec<BlockRef>> {
     let refs: Vec<BlockRef> = blocks
         .par_iter()
         .map(|b| match b {
@@ -68,6 +74,7 @@ fn store_blocks(w: &mut Writer<'_>, blocks: &[Option<&[u8]>], stats: &mut Ingest
             BlockRef::Zero => stats.zero_blocks += 1,
             BlockRef::Data(id) => {
                 stats.data_blocks += 1;
+                stats.data_bytes += blocks[k].map_or(0, |b| b.len() as u64);
                 if !w.knows(id) && seen.insert(*id) {
                     todo.push(k);
                 }
@@ -88,8 +95,11 @@ fn store_blocks(w: &mut Writer<'_>, blocks: &[Option<&[u8]>], stats: &mut Ingest
         let (codec, out) = enc?;
         let data = blocks[k].unwrap_or_default();
         let stored: &[u8] = if codec == Codec::Raw { data } else { &out };
-        let BlockRef::Data(id) = refs[k] else { continue };
-        let raw_len = u32::try_from(data.len()).map_err(|_| Error::new(ErrorKind::InvalidInput, "block too large"))?;
+        let BlockRef::Data(id) = refs[k] else {
+            continue;
+        };
+        let raw_len = u32::try_from(data.len())
+            .map_err(|_| Error::new(ErrorKind::InvalidInput, "block too large"))?;
         if w.add_encoded(id, BlobKind::Data, codec, raw_len, stored)? {
             stats.new_blocks += 1;
         }
@@ -106,7 +116,10 @@ struct Batch {
 
 fn read_err(e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        Error::new(ErrorKind::InvalidInput, "the input file shrank while it was being read")
+        Error::new(
+            ErrorKind::InvalidInput,
+            "the input file shrank while it was being read",
+        )
     } else {
         Error::io("reading the input", e)
     }
@@ -125,7 +138,11 @@ pub fn ingest_full(
     let regions = data_regions(file, size)?;
     let nblocks = size.div_ceil(bs);
     let per_batch = (BATCH_BYTES / bs).max(1);
-    let mut stats = IngestStats { size, allocated: regions.iter().map(|r| r.end - r.start).sum(), ..Default::default() };
+    let mut stats = IngestStats {
+        size,
+        allocated: regions.iter().map(|r| r.end - r.start).sum(),
+        ..Default::default()
+    };
     let mut builder = TreeBuilder::new(nblocks, fanout);
 
     // Which batches hold data: only those are read.
@@ -185,7 +202,15 @@ pub fn ingest_full(
                     i = j;
                 }
                 let failed = result.is_err();
-                if tx.send(result.map(|()| Batch { first, present, buf })).is_err() || failed {
+                if tx
+                    .send(result.map(|()| Batch {
+                        first,
+                        present,
+                        buf,
+                    }))
+                    .is_err()
+                    || failed
+                {
                     return;
                 }
             }
@@ -222,7 +247,15 @@ pub fn ingest_full(
         stats.hole_blocks += 1;
     }
     let root = builder.finish(w)?;
-    Ok((Manifest { size, block_size, fanout, root }, stats))
+    Ok((
+        Manifest {
+            size,
+            block_size,
+            fanout,
+            root,
+        },
+        stats,
+    ))
 }
 
 /// Store a sparse diff layer over `parent`: the layer's data regions replace the
@@ -239,7 +272,11 @@ pub fn ingest_diff(
     let regions = data_regions(file, size)?;
     let new_n = size.div_ceil(bs);
     let parent_n = parent.nblocks();
-    let mut stats = IngestStats { size, allocated: regions.iter().map(|r| r.end - r.start).sum(), ..Default::default() };
+    let mut stats = IngestStats {
+        size,
+        allocated: regions.iter().map(|r| r.end - r.start).sum(),
+        ..Default::default()
+    };
 
     // Block index -> the parts of it the layer wrote.
     let mut touched: BTreeMap<u64, Vec<Range<u64>>> = BTreeMap::new();
@@ -272,7 +309,10 @@ pub fn ingest_diff(
                     vec![0u8; len]
                 } else {
                     let mut b = match manifest::lookup(store, parent, *i)? {
-                        BlockRef::Data(id) => store.block(&id)?.to_vec(),
+                        BlockRef::Data(id) => store
+                            .block(&id)
+                            .map_err(|e| e.context(format!("parent block {i}")))?
+                            .to_vec(),
                         BlockRef::Hole | BlockRef::Zero => Vec::new(),
                     };
                     b.resize(len, 0);
@@ -288,23 +328,32 @@ pub fn ingest_diff(
         let contents: Vec<Vec<u8>> = contents.into_iter().collect::<Result<_>>()?;
         let blocks: Vec<Option<&[u8]>> = contents.iter().map(|c| Some(&c[..])).collect();
         let refs = store_blocks(w, &blocks, &mut stats)?;
-        let bytes: u64 = chunk.iter().flat_map(|(_, p)| p).map(|p| p.end - p.start).sum();
+        let bytes: u64 = chunk
+            .iter()
+            .flat_map(|(_, p)| p)
+            .map(|p| p.end - p.start)
+            .sum();
         stats.read += bytes;
         progress(bytes);
         for ((i, _), r) in chunk.iter().zip(refs) {
             changes.insert(*i, r);
         }
     }
-    let m = manifest::apply_changes(store, parent, size, &changes, w)?;
+    let m = manifest::apply_changes(store, parent, size, &changes, w)
+        .map_err(|e| e.context("applying the layer"))?;
     // Count what the merged payload holds (the layer's own counts are in `changes`).
     stats.data_blocks = 0;
+    stats.data_bytes = 0;
     stats.zero_blocks = 0;
     stats.hole_blocks = 0;
-    manifest::visit_blocks(store, &m, 0..new_n, &mut |_, n, r| {
+    manifest::visit_blocks(&*w, &m, 0..new_n, &mut |i, n, r| {
         match r {
             BlockRef::Hole => stats.hole_blocks += n,
             BlockRef::Zero => stats.zero_blocks += n,
-            BlockRef::Data(_) => stats.data_blocks += n,
+            BlockRef::Data(_) => {
+                stats.data_blocks += n;
+                stats.data_bytes += ((i + n) * bs).min(size) - i * bs;
+            }
         }
         Ok(())
     })?;

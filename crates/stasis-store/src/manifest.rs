@@ -95,10 +95,16 @@ impl Manifest {
     /// Check the shape numbers.
     pub fn validate(&self) -> Result<()> {
         if !self.block_size.is_power_of_two() || !(4096..=(4 << 20)).contains(&self.block_size) {
-            return Err(Error::corrupt(format!("manifest block size {} is invalid", self.block_size)));
+            return Err(Error::corrupt(format!(
+                "manifest block size {} is invalid",
+                self.block_size
+            )));
         }
         if !(2..=4096).contains(&self.fanout) {
-            return Err(Error::corrupt(format!("manifest fanout {} is invalid", self.fanout)));
+            return Err(Error::corrupt(format!(
+                "manifest fanout {} is invalid",
+                self.fanout
+            )));
         }
         Ok(())
     }
@@ -117,8 +123,8 @@ pub fn encode_node(level: u32, refs: &[BlockRef]) -> Vec<u8> {
 
 /// Decode a node and check that it has the expected level and entry count.
 pub fn decode_node(bytes: &[u8], level: u32, count: usize) -> Result<Vec<BlockRef>> {
-    let rec: NodeRecord =
-        postcard::from_bytes(bytes).map_err(|e| Error::corrupt(format!("tree node does not decode: {e}")))?;
+    let rec: NodeRecord = postcard::from_bytes(bytes)
+        .map_err(|e| Error::corrupt(format!("tree node does not decode: {e}")))?;
     if u32::from(rec.level) != level || rec.refs.len() != count {
         return Err(Error::corrupt(format!(
             "tree node has level {} and {} refs, expected level {level} and {count}",
@@ -149,13 +155,21 @@ fn node_count(nblocks: u64, fanout: u32, level: u32, base: u64) -> usize {
 }
 
 /// Load the children of `r` (a reference at `level >= 1` whose first block is `base`).
-fn children(src: &dyn NodeSource, m: &Manifest, r: BlockRef, level: u32, base: u64) -> Result<Arc<[BlockRef]>> {
+fn children(
+    src: &dyn NodeSource,
+    m: &Manifest,
+    r: BlockRef,
+    level: u32,
+    base: u64,
+) -> Result<Arc<[BlockRef]>> {
     let count = node_count(m.nblocks(), m.fanout, level, base);
     match r {
         BlockRef::Hole | BlockRef::Zero => Ok(vec![r; count].into()),
         BlockRef::Data(id) => {
             let bytes = src.node_bytes(&id)?;
-            Ok(decode_node(&bytes, level, count).map_err(|e| e.context(format!("node {id}")))?.into())
+            Ok(decode_node(&bytes, level, count)
+                .map_err(|e| e.context(format!("node {id}")))?
+                .into())
         }
     }
 }
@@ -259,7 +273,14 @@ impl TreeBuilder {
     /// A builder for a tree of `nblocks` blocks.
     pub fn new(nblocks: u64, fanout: u32) -> Self {
         let height = height_for(nblocks, fanout);
-        TreeBuilder { fanout, nblocks, height, levels: vec![Vec::new(); height as usize], pushed: 0, root: None }
+        TreeBuilder {
+            fanout,
+            nblocks,
+            height,
+            levels: vec![Vec::new(); height as usize],
+            pushed: 0,
+            root: None,
+        }
     }
 
     /// Blocks pushed so far (as block counts, whole subtrees included).
@@ -284,9 +305,15 @@ impl TreeBuilder {
     /// (which must start at the current position and fit).
     pub fn push(&mut self, level: u32, r: BlockRef, sink: &mut dyn NodeSink) -> Result<()> {
         let sp = span(self.fanout, level);
-        let misaligned = self.pushed % sp != 0 || self.levels[..(level as usize).min(self.levels.len())].iter().any(|l| !l.is_empty());
+        let misaligned = self.pushed % sp != 0
+            || self.levels[..(level as usize).min(self.levels.len())]
+                .iter()
+                .any(|l| !l.is_empty());
         if misaligned || self.pushed + sp > self.nblocks || self.root.is_some() {
-            return Err(Error::new(ErrorKind::InvalidInput, "tree builder: misaligned subtree"));
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "tree builder: misaligned subtree",
+            ));
         }
         self.pushed += sp;
         if level >= self.height {
@@ -310,7 +337,10 @@ impl TreeBuilder {
     /// Store the remaining nodes and return the root.
     pub fn finish(mut self, sink: &mut dyn NodeSink) -> Result<BlockRef> {
         if self.pushed < self.nblocks {
-            return Err(Error::new(ErrorKind::InvalidInput, "tree builder: not every block was pushed"));
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "tree builder: not every block was pushed",
+            ));
         }
         if let Some(r) = self.root {
             return Ok(r);
@@ -343,7 +373,11 @@ pub fn apply_changes(
     changes: &BTreeMap<u64, BlockRef>,
     sink: &mut dyn NodeSink,
 ) -> Result<Manifest> {
-    let new = Manifest { size: new_size, root: BlockRef::Hole, ..*parent };
+    let new = Manifest {
+        size: new_size,
+        root: BlockRef::Hole,
+        ..*parent
+    };
     let new_n = new.nblocks();
     let parent_n = parent.nblocks();
     let mut b = TreeBuilder::new(new_n, parent.fanout);
@@ -375,18 +409,41 @@ pub fn apply_changes(
         let kids = children(src, parent, r, level, base)?;
         let child = span(parent.fanout, level - 1);
         for (i, k) in kids.iter().enumerate() {
-            emit(src, parent, new_n, changes, b, *k, level - 1, base + i as u64 * child, sink)?;
+            emit(
+                src,
+                parent,
+                new_n,
+                changes,
+                b,
+                *k,
+                level - 1,
+                base + i as u64 * child,
+                sink,
+            )?;
         }
         Ok(())
     }
 
     if parent_n > 0 {
-        emit(src, parent, new_n, changes, &mut b, parent.root, parent.height(), 0, sink)?;
+        emit(
+            src,
+            parent,
+            new_n,
+            changes,
+            &mut b,
+            parent.root,
+            parent.height(),
+            0,
+            sink,
+        )?;
     }
     for i in parent_n..new_n {
         b.push(0, changes.get(&i).copied().unwrap_or(BlockRef::Hole), sink)?;
     }
-    Ok(Manifest { root: b.finish(sink)?, ..new })
+    Ok(Manifest {
+        root: b.finish(sink)?,
+        ..new
+    })
 }
 
 #[cfg(test)]
@@ -402,7 +459,11 @@ mod tests {
     }
     impl NodeSource for Mem {
         fn node_bytes(&self, id: &BlockId) -> Result<bytes::Bytes> {
-            self.nodes.borrow().get(id).map(|b| bytes::Bytes::copy_from_slice(b)).ok_or_else(|| Error::corrupt("missing"))
+            self.nodes
+                .borrow()
+                .get(id)
+                .map(|b| bytes::Bytes::copy_from_slice(b))
+                .ok_or_else(|| Error::corrupt("missing"))
         }
     }
     impl NodeSink for &Mem {
@@ -431,7 +492,12 @@ mod tests {
             b.push(0, *r, &mut sink).expect("push");
         }
         let root = b.finish(&mut sink).expect("finish");
-        Manifest { size: refs.len() as u64 * 4096, block_size: 4096, fanout, root }
+        Manifest {
+            size: refs.len() as u64 * 4096,
+            block_size: 4096,
+            fanout,
+            root,
+        }
     }
 
     fn read_all(mem: &Mem, m: &Manifest) -> Vec<BlockRef> {
@@ -491,11 +557,14 @@ mod tests {
     #[test]
     fn small_change_writes_few_nodes() {
         let mem = Mem::default();
-        let refs: Vec<BlockRef> = (0..100_000u32).map(|i| BlockRef::Data(Id::of(&i.to_le_bytes()))).collect();
+        let refs: Vec<BlockRef> = (0..100_000u32)
+            .map(|i| BlockRef::Data(Id::of(&i.to_le_bytes())))
+            .collect();
         let parent = build(&mem, &refs, 64);
         let before = mem.nodes.borrow().len();
         mem.puts.set(0);
-        let changes: BTreeMap<u64, BlockRef> = [(5u64, BlockRef::Zero), (70_000, BlockRef::Zero)].into();
+        let changes: BTreeMap<u64, BlockRef> =
+            [(5u64, BlockRef::Zero), (70_000, BlockRef::Zero)].into();
         apply_changes(&mem, &parent, parent.size, &changes, &mut &mem).expect("apply");
         // Two leaves and their paths to the root (height 3): at most 2*3 new nodes.
         let new = mem.nodes.borrow().len() - before;

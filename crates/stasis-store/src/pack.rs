@@ -61,7 +61,11 @@ pub fn pack_key(id: &PackId) -> String {
 
 /// The pack id in a pack key, if it is one.
 pub fn pack_id_of_key(key: &str) -> Option<PackId> {
-    let name = key.strip_prefix("packs/")?.split_once('/')?.1.strip_suffix(".pack")?;
+    let name = key
+        .strip_prefix("packs/")?
+        .split_once('/')?
+        .1
+        .strip_suffix(".pack")?;
     name.parse().ok()
 }
 
@@ -88,14 +92,31 @@ impl PackBuilder {
         };
         let mut buf = Vec::with_capacity(1 << 20);
         buf.extend_from_slice(header.as_bytes());
-        PackBuilder { buf, entries: Vec::new() }
+        PackBuilder {
+            buf,
+            entries: Vec::new(),
+        }
     }
 
     /// Append a blob; returns its entry.
-    pub fn add(&mut self, id: BlockId, kind: BlobKind, codec: Codec, raw_len: u32, stored: &[u8]) -> Result<PackEntry> {
+    pub fn add(
+        &mut self,
+        id: BlockId,
+        kind: BlobKind,
+        codec: Codec,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Result<PackEntry> {
         let stored_len = u32::try_from(stored.len())
             .map_err(|_| Error::new(crate::ErrorKind::InvalidInput, "blob larger than 4 GiB"))?;
-        let e = PackEntry { id, kind, codec, offset: self.buf.len() as u64, stored_len, raw_len };
+        let e = PackEntry {
+            id,
+            kind,
+            codec,
+            offset: self.buf.len() as u64,
+            stored_len,
+            raw_len,
+        };
         self.buf.extend_from_slice(stored);
         self.entries.push(e);
         Ok(e)
@@ -149,29 +170,39 @@ pub fn read_entries(backend: &dyn Backend, id: &PackId) -> Result<Vec<PackEntry>
     let tsize = size_of::<raw::PackTrailer>() as u64;
     let hsize = size_of::<raw::PackHeader>() as u64;
     if size < hsize + tsize {
-        return Err(Error::corrupt(format!("pack {key} is truncated ({size} bytes)")));
+        return Err(Error::corrupt(format!(
+            "pack {key} is truncated ({size} bytes)"
+        )));
     }
     let head = backend.get(&key, Some(0..hsize))?;
     let header = raw::PackHeader::read_from_bytes(&head[..])
         .map_err(|_| Error::corrupt(format!("pack {key}: short header")))?;
     if header.magic != raw::PACK_MAGIC || header.version.get() != raw::FORMAT_VERSION {
-        return Err(Error::corrupt(format!("pack {key}: bad header magic or version")));
+        return Err(Error::corrupt(format!(
+            "pack {key}: bad header magic or version"
+        )));
     }
     let tail = backend.get(&key, Some(size - tsize..size))?;
     let trailer = raw::PackTrailer::read_from_bytes(&tail[..])
         .map_err(|_| Error::corrupt(format!("pack {key}: short trailer")))?;
     if trailer.magic != raw::PACK_END_MAGIC || trailer.version.get() != raw::FORMAT_VERSION {
-        return Err(Error::corrupt(format!("pack {key}: bad trailer (truncated or not a pack)")));
+        return Err(Error::corrupt(format!(
+            "pack {key}: bad trailer (truncated or not a pack)"
+        )));
     }
     let start = trailer.entries_offset.get();
     let count = u64::from(trailer.entry_count.get());
     let esize = size_of::<raw::PackEntry>() as u64;
     if start < hsize || start.checked_add(count * esize) != Some(size - tsize) {
-        return Err(Error::corrupt(format!("pack {key}: entry table does not fit")));
+        return Err(Error::corrupt(format!(
+            "pack {key}: entry table does not fit"
+        )));
     }
     let table = backend.get(&key, Some(start..size - tsize))?;
     if blake3::hash(&table).as_bytes() != &trailer.entries_hash {
-        return Err(Error::corrupt(format!("pack {key}: entry table checksum mismatch")));
+        return Err(Error::corrupt(format!(
+            "pack {key}: entry table checksum mismatch"
+        )));
     }
     let raws = <[raw::PackEntry]>::ref_from_bytes(&table)
         .map_err(|_| Error::corrupt(format!("pack {key}: entry table misaligned")))?;
@@ -188,7 +219,10 @@ pub fn read_entries(backend: &dyn Backend, id: &PackId) -> Result<Vec<PackEntry>
         };
         let end = e.offset.checked_add(u64::from(e.stored_len));
         if e.offset < prev_end || end.is_none_or(|end| end > start) {
-            return Err(Error::corrupt(format!("pack {key}: entry {} out of bounds", e.id)));
+            return Err(Error::corrupt(format!(
+                "pack {key}: entry {} out of bounds",
+                e.id
+            )));
         }
         prev_end = end.unwrap_or(start);
         out.push(e);
@@ -256,7 +290,8 @@ mod tests {
     #[test]
     fn truncated_pack_is_corrupt() {
         let mut b = PackBuilder::new();
-        b.add(Id::of(b"abc"), BlobKind::Data, Codec::Raw, 3, b"abc").expect("add");
+        b.add(Id::of(b"abc"), BlobKind::Data, Codec::Raw, 3, b"abc")
+            .expect("add");
         let (id, bytes, _) = b.finish();
         let be = MemoryBackend::new();
         for cut in [0, 10, 40, bytes.len() - 1] {

@@ -54,7 +54,9 @@ impl<'s> PayloadReader<'s> {
                     match data.get(s..s + dst.len()) {
                         Some(src) => dst.copy_from_slice(src),
                         None => {
-                            err = Some(crate::Error::corrupt(format!("block {id} is shorter than its place")));
+                            err = Some(crate::Error::corrupt(format!(
+                                "block {id} is shorter than its place"
+                            )));
                         }
                     }
                 }
@@ -97,7 +99,12 @@ pub struct RestoreStats {
 
 /// Write `manifest`'s payload into `out` (a new, empty file): data blocks are written
 /// in parallel at their offsets, holes and zero blocks are left as holes.
-pub fn restore(store: &Store, m: &Manifest, out: &File, progress: &(dyn Fn(u64) + Sync)) -> Result<RestoreStats> {
+pub fn restore(
+    store: &Store,
+    m: &Manifest,
+    out: &File,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<RestoreStats> {
     m.validate()?;
     let bs = u64::from(m.block_size);
     let mut blocks: Vec<(u64, BlockId)> = Vec::new();
@@ -115,9 +122,12 @@ pub fn restore(store: &Store, m: &Manifest, out: &File, progress: &(dyn Fn(u64) 
             .map(|(i, id)| {
                 let data = store.read_blob(id)?;
                 if data.len() != m.block_len(*i) {
-                    return Err(crate::Error::corrupt(format!("block {id} has the wrong length for block {i}")));
+                    return Err(crate::Error::corrupt(format!(
+                        "block {id} has the wrong length for block {i}"
+                    )));
                 }
-                out.write_all_at(&data, i * bs).ctx(|| "writing the restored file".to_string())?;
+                out.write_all_at(&data, i * bs)
+                    .ctx(|| "writing the restored file".to_string())?;
                 Ok(data.len() as u64)
             })
             .collect();
@@ -125,6 +135,10 @@ pub fn restore(store: &Store, m: &Manifest, out: &File, progress: &(dyn Fn(u64) 
         written += n;
         progress(n);
     }
-    out.set_len(m.size).ctx(|| "setting the restored file's size".to_string())?;
-    Ok(RestoreStats { size: m.size, written })
+    out.set_len(m.size)
+        .ctx(|| "setting the restored file's size".to_string())?;
+    Ok(RestoreStats {
+        size: m.size,
+        written,
+    })
 }

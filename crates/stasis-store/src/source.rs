@@ -25,7 +25,10 @@ pub fn open_input(path: &Path) -> Result<Input> {
     let md = std::fs::metadata(path).ctx(|| format!("cannot read {}", path.display()))?;
     let ft = md.file_type();
     if ft.is_dir() {
-        return Err(Error::new(ErrorKind::InvalidInput, format!("{} is a directory, not an image file", path.display())));
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} is a directory, not an image file", path.display()),
+        ));
     }
     if !ft.is_file() && !ft.is_block_device() {
         return Err(Error::new(
@@ -37,7 +40,8 @@ pub fn open_input(path: &Path) -> Result<Input> {
     let size = if ft.is_file() {
         md.len()
     } else {
-        file.seek(SeekFrom::End(0)).ctx(|| format!("cannot size {}", path.display()))?
+        file.seek(SeekFrom::End(0))
+            .ctx(|| format!("cannot size {}", path.display()))?
     };
     Ok(Input { file, size })
 }
@@ -76,7 +80,8 @@ pub fn data_regions(file: &File, size: u64) -> Result<Vec<Range<u64>>> {
 /// Whether every byte is zero.
 pub fn is_zero(data: &[u8]) -> bool {
     // OR-folding fixed chunks vectorises well and still stops early on data.
-    data.chunks(512).all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
+    data.chunks(512)
+        .all(|c| c.iter().fold(0u8, |a, b| a | b) == 0)
 }
 
 #[cfg(test)]
@@ -95,8 +100,16 @@ mod tests {
         let inp = open_input(&p).expect("open");
         let r = data_regions(&inp.file, inp.size).expect("regions");
         // Filesystems round to their own block size; both written ranges must be inside.
-        assert!(r.iter().any(|x| x.start <= 1 << 20 && x.end >= (1 << 20) + 4096), "{r:?}");
-        assert!(r.iter().any(|x| x.start <= 5 << 20 && x.end >= (5 << 20) + 8192), "{r:?}");
+        assert!(
+            r.iter()
+                .any(|x| x.start <= 1 << 20 && x.end >= (1 << 20) + 4096),
+            "{r:?}"
+        );
+        assert!(
+            r.iter()
+                .any(|x| x.start <= 5 << 20 && x.end >= (5 << 20) + 8192),
+            "{r:?}"
+        );
         let covered: u64 = r.iter().map(|x| x.end - x.start).sum();
         assert!(covered < 10 << 20 || r == vec![0..10 << 20]);
     }
@@ -104,8 +117,16 @@ mod tests {
     #[test]
     fn bad_inputs() {
         let dir = tempfile::tempdir().expect("tmp");
-        assert_eq!(open_input(dir.path()).map_err(|e| e.kind()).err(), Some(ErrorKind::InvalidInput));
-        assert_eq!(open_input(&dir.path().join("none")).map_err(|e| e.kind()).err(), Some(ErrorKind::NotFound));
+        assert_eq!(
+            open_input(dir.path()).map_err(|e| e.kind()).err(),
+            Some(ErrorKind::InvalidInput)
+        );
+        assert_eq!(
+            open_input(&dir.path().join("none"))
+                .map_err(|e| e.kind())
+                .err(),
+            Some(ErrorKind::NotFound)
+        );
     }
 
     #[test]

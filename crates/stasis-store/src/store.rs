@@ -11,7 +11,7 @@
 //! unreferenced packs and index files (garbage for gc), never a damaged snapshot, since
 //! nothing stored is ever modified in place.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
@@ -56,11 +56,17 @@ impl Store {
     pub fn init(backend: Arc<dyn Backend>, config: RepoConfig) -> Result<Store> {
         config.validate()?;
         match backend.get(CONFIG_KEY, None) {
-            Ok(_) => return Err(Error::new(ErrorKind::Repository, "a repository already exists here")),
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::Repository,
+                    "a repository already exists here",
+                ));
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&config)
+            .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
         backend.put(CONFIG_KEY, &json)?;
         backend.sync()?;
         Ok(Store::with(backend, config, Index::new()))
@@ -70,13 +76,16 @@ impl Store {
     pub fn open(backend: Arc<dyn Backend>) -> Result<Store> {
         let bytes = backend.get(CONFIG_KEY, None).map_err(|e| {
             if e.kind() == ErrorKind::NotFound {
-                Error::new(ErrorKind::Repository, "no repository here (run `stasis init`)")
+                Error::new(
+                    ErrorKind::Repository,
+                    "no repository here (run `stasis init`)",
+                )
             } else {
                 e
             }
         })?;
-        let config: RepoConfig =
-            serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(format!("repository config: {e}")))?;
+        let config: RepoConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("repository config: {e}")))?;
         config.validate()?;
         let index = Index::load(&*backend)?;
         Ok(Store::with(backend, config, index))
@@ -87,7 +96,11 @@ impl Store {
             backend,
             config,
             index: RwLock::new(index),
-            cache: quick_cache::sync::Cache::with_weighter(16 << 10, DEFAULT_CACHE_BYTES, ByteWeight),
+            cache: quick_cache::sync::Cache::with_weighter(
+                16 << 10,
+                DEFAULT_CACHE_BYTES,
+                ByteWeight,
+            ),
         }
     }
 
@@ -119,9 +132,12 @@ impl Store {
 
     /// Read a blob from storage, decode it and check it against its id (no cache).
     pub fn read_blob(&self, id: &BlockId) -> Result<Bytes> {
-        let (pack, loc) = self
-            .locate(id)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("block {id} is not in the index")))?;
+        let (pack, loc) = self.locate(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("block {id} is not in the index"),
+            )
+        })?;
         read_located(&*self.backend, id, &pack, &loc)
     }
 
@@ -137,9 +153,17 @@ impl Store {
 }
 
 /// Read the blob `id` at `loc` in `pack` and check it.
-pub fn read_located(backend: &dyn Backend, id: &BlockId, pack: &PackId, loc: &Location) -> Result<Bytes> {
+pub fn read_located(
+    backend: &dyn Backend,
+    id: &BlockId,
+    pack: &PackId,
+    loc: &Location,
+) -> Result<Bytes> {
     let key = pack::pack_key(pack);
-    let stored = backend.get(&key, Some(loc.offset..loc.offset + u64::from(loc.stored_len)))?;
+    let stored = backend.get(
+        &key,
+        Some(loc.offset..loc.offset + u64::from(loc.stored_len)),
+    )?;
     let raw = if loc.codec == Codec::Raw {
         stored
     } else {
@@ -149,7 +173,9 @@ pub fn read_located(backend: &dyn Backend, id: &BlockId, pack: &PackId, loc: &Lo
         Bytes::from(out)
     };
     if raw.len() != loc.raw_len as usize || Id::of(&raw) != *id {
-        return Err(Error::corrupt(format!("block {id} in {key} does not match its checksum")));
+        return Err(Error::corrupt(format!(
+            "block {id} in {key} does not match its checksum"
+        )));
     }
     Ok(raw)
 }
@@ -183,6 +209,8 @@ pub struct Writer<'s> {
     pack: PackBuilder,
     written: Vec<(PackId, Vec<PackEntry>)>,
     pending: HashSet<BlockId, FxBuildHasher>,
+    /// Tree nodes added by this session, readable before commit.
+    pending_nodes: HashMap<BlockId, Bytes, FxBuildHasher>,
     stats: WriteStats,
     flush_tx: Option<SyncSender<Sealed>>,
     flusher: Option<JoinHandle<Result<()>>>,
@@ -204,6 +232,7 @@ impl<'s> Writer<'s> {
             pack: PackBuilder::new(),
             written: Vec::new(),
             pending: HashSet::default(),
+            pending_nodes: HashMap::default(),
             stats: WriteStats::default(),
             flush_tx: None,
             flusher: None,
@@ -232,7 +261,14 @@ impl<'s> Writer<'s> {
     }
 
     /// Add an already encoded blob unless it is known. Returns whether it was added.
-    pub fn add_encoded(&mut self, id: BlockId, kind: BlobKind, codec: Codec, raw_len: u32, stored: &[u8]) -> Result<bool> {
+    pub fn add_encoded(
+        &mut self,
+        id: BlockId,
+        kind: BlobKind,
+        codec: Codec,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Result<bool> {
         if self.knows(&id) {
             return Ok(false);
         }
@@ -255,7 +291,8 @@ impl<'s> Writer<'s> {
         let mut scratch = std::mem::take(&mut self.scratch);
         let codec = codec::compress(self.compression, raw, &mut scratch)?;
         let stored: &[u8] = if codec == Codec::Raw { raw } else { &scratch };
-        let raw_len = u32::try_from(raw.len()).map_err(|_| Error::new(ErrorKind::InvalidInput, "blob too large"))?;
+        let raw_len = u32::try_from(raw.len())
+            .map_err(|_| Error::new(ErrorKind::InvalidInput, "blob too large"))?;
         let r = self.add_encoded(id, kind, codec, raw_len, stored);
         self.scratch = scratch;
         r
@@ -278,7 +315,9 @@ impl<'s> Writer<'s> {
         let sent = self.flush_tx.as_ref().map(|tx| tx.send((id, bytes)));
         if !matches!(sent, Some(Ok(()))) {
             // The flusher stopped: its error says why.
-            return self.join_flusher().and(Err(Error::new(ErrorKind::Io, "pack writer stopped")));
+            return self
+                .join_flusher()
+                .and(Err(Error::new(ErrorKind::Io, "pack writer stopped")));
         }
         Ok(())
     }
@@ -322,7 +361,20 @@ impl Drop for Writer<'_> {
 
 impl NodeSink for Writer<'_> {
     fn put_node(&mut self, id: BlockId, bytes: &[u8]) -> Result<()> {
-        self.add(id, BlobKind::Tree, bytes).map(|_| ())
+        if self.add(id, BlobKind::Tree, bytes)? {
+            self.pending_nodes.insert(id, Bytes::copy_from_slice(bytes));
+        }
+        Ok(())
+    }
+}
+
+/// A session reads its own new nodes, then the store's.
+impl NodeSource for Writer<'_> {
+    fn node_bytes(&self, id: &BlockId) -> Result<Bytes> {
+        match self.pending_nodes.get(id) {
+            Some(b) => Ok(b.clone()),
+            None => self.store.block(id),
+        }
     }
 }
 

@@ -38,19 +38,28 @@ pub struct StoreReport {
 }
 
 fn problem(object: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem { object: object.into(), message: message.into() }
+    Problem {
+        object: object.into(),
+        message: message.into(),
+    }
 }
 
 /// Check every pack's entry table, that the index agrees with the packs, and with
 /// `read_data`, every pack's bytes against its name and every block against its id.
-pub fn verify_store(store: &Store, read_data: bool, progress: &(dyn Fn(u64) + Sync)) -> Result<StoreReport> {
+pub fn verify_store(
+    store: &Store,
+    read_data: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<StoreReport> {
     let backend = &**store.backend();
     let mut report = StoreReport::default();
     let mut tables: HashMap<PackId, Vec<PackEntry>, FxBuildHasher> = HashMap::default();
     let listed = backend.list("packs/")?;
     for meta in &listed {
         let Some(pid) = pack::pack_id_of_key(&meta.key) else {
-            report.problems.push(problem(&meta.key, "unexpected object among the packs"));
+            report
+                .problems
+                .push(problem(&meta.key, "unexpected object among the packs"));
             continue;
         };
         report.packs += 1;
@@ -67,7 +76,10 @@ pub fn verify_store(store: &Store, read_data: bool, progress: &(dyn Fn(u64) + Sy
                 Ok(bytes) => {
                     report.bytes_read += bytes.len() as u64;
                     if Id::of(&bytes) != pid {
-                        report.problems.push(problem(&meta.key, "pack bytes do not match the pack's name"));
+                        report.problems.push(problem(
+                            &meta.key,
+                            "pack bytes do not match the pack's name",
+                        ));
                     }
                 }
                 Err(e) => report.problems.push(problem(&meta.key, e.to_string())),
@@ -83,7 +95,9 @@ pub fn verify_store(store: &Store, read_data: bool, progress: &(dyn Fn(u64) + Sy
                         codec: e.codec,
                         kind: e.kind,
                     };
-                    read_located(backend, &e.id, &pid, &loc).err().map(|err| problem(format!("block {}", e.id), err.to_string()))
+                    read_located(backend, &e.id, &pid, &loc)
+                        .err()
+                        .map(|err| problem(format!("block {}", e.id), err.to_string()))
                 })
                 .collect();
             report.problems.extend(bad);
@@ -98,16 +112,29 @@ pub fn verify_store(store: &Store, read_data: bool, progress: &(dyn Fn(u64) + Sy
         let pid = idx.pack_id(loc);
         indexed_packs.insert(pid);
         let Some(entries) = tables.get(&pid) else {
-            if !report.problems.iter().any(|p| p.object == pack::pack_key(&pid)) {
-                report.problems.push(problem(format!("block {id}"), format!("its pack {} is missing", pack::pack_key(&pid))));
+            if !report
+                .problems
+                .iter()
+                .any(|p| p.object == pack::pack_key(&pid))
+            {
+                report.problems.push(problem(
+                    format!("block {id}"),
+                    format!("its pack {} is missing", pack::pack_key(&pid)),
+                ));
             }
             continue;
         };
         let ok = entries.iter().any(|e| {
-            e.id == *id && e.offset == loc.offset && e.stored_len == loc.stored_len && e.codec == loc.codec
+            e.id == *id
+                && e.offset == loc.offset
+                && e.stored_len == loc.stored_len
+                && e.codec == loc.codec
         });
         if !ok {
-            report.problems.push(problem(format!("block {id}"), "the index and its pack disagree"));
+            report.problems.push(problem(
+                format!("block {id}"),
+                "the index and its pack disagree",
+            ));
         }
     }
     for pid in tables.keys() {
@@ -153,7 +180,11 @@ pub fn verify_manifest(store: &Store, m: &Manifest, what: &str) -> Vec<Problem> 
 /// Stored bytes of every blob reachable from `m` that is not in `seen`; adds them to
 /// `seen`. Subtrees already in `seen` are skipped, so a child that shares most of its
 /// parent's tree costs O(changed blocks * height).
-pub fn new_stored_bytes(store: &Store, m: &Manifest, seen: &mut HashSet<BlockId, FxBuildHasher>) -> Result<(u64, u64)> {
+pub fn new_stored_bytes(
+    store: &Store,
+    m: &Manifest,
+    seen: &mut HashSet<BlockId, FxBuildHasher>,
+) -> Result<(u64, u64)> {
     let idx = store.index();
     let (mut stored, mut raw) = (0u64, 0u64);
     let mut add = |id: &BlockId, seen: &mut HashSet<BlockId, FxBuildHasher>| {

@@ -158,7 +158,10 @@ impl Backend for CrashBackend {
         Ok(s.view()
             .into_iter()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| ObjectMeta { key: k, size: v.len() as u64 })
+            .map(|(k, v)| ObjectMeta {
+                key: k,
+                size: v.len() as u64,
+            })
             .collect())
     }
 
@@ -199,7 +202,10 @@ mod tests {
         b.power_loss(7);
         assert!(b.get("a", None).is_ok());
         let left = b.list("v").expect("list").len();
-        assert!(left > 0 && left < 20, "some unsynced puts survive, some do not: {left}");
+        assert!(
+            left > 0 && left < 20,
+            "some unsynced puts survive, some do not: {left}"
+        );
     }
 
     #[test]

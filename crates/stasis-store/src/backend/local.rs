@@ -33,7 +33,10 @@ impl LocalBackend {
         let root = root.into();
         let md = fs::metadata(&root).ctx(|| format!("opening {}", root.display()))?;
         if !md.is_dir() {
-            return Err(Error::new(ErrorKind::Repository, format!("{} is not a directory", root.display())));
+            return Err(Error::new(
+                ErrorKind::Repository,
+                format!("{} is not a directory", root.display()),
+            ));
         }
         Ok(LocalBackend {
             root,
@@ -54,7 +57,10 @@ impl LocalBackend {
     }
 
     fn mark_dirty(&self, dir: PathBuf) {
-        self.dirty_dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(dir);
+        self.dirty_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dir);
     }
 
     /// Create `dir` and any missing parents, marking the parents of new ones dirty.
@@ -79,13 +85,17 @@ impl LocalBackend {
         }
         let path = self.path(key)?;
         let file = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
-        let len = file.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+        let len = file
+            .metadata()
+            .ctx(|| format!("stat {}", path.display()))?
+            .len();
         let bytes = if len == 0 {
             Bytes::new()
         } else {
             // SAFETY: objects are immutable once put (written to a temporary name, then
             // renamed); nothing in stasis writes to or truncates a stored object.
-            let map = unsafe { memmap2::Mmap::map(&file) }.ctx(|| format!("mapping {}", path.display()))?;
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .ctx(|| format!("mapping {}", path.display()))?;
             Bytes::from_owner(map)
         };
         self.maps.insert(key.to_string(), bytes.clone());
@@ -105,7 +115,11 @@ impl LocalBackend {
             if name.starts_with(TMP_PREFIX) {
                 continue;
             }
-            let key = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+            let key = if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            };
             let ft = entry.file_type().ctx(|| format!("stat {key}"))?;
             if ft.is_dir() {
                 self.walk(&entry.path(), &key, out)?;
@@ -166,7 +180,9 @@ impl Backend for LocalBackend {
 
     fn size(&self, key: &str) -> Result<u64> {
         let path = self.path(key)?;
-        Ok(fs::metadata(&path).ctx(|| format!("stat {}", path.display()))?.len())
+        Ok(fs::metadata(&path)
+            .ctx(|| format!("stat {}", path.display()))?
+            .len())
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {

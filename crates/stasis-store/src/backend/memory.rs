@@ -32,7 +32,8 @@ impl MemoryBackend {
 impl Backend for MemoryBackend {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         check_key(key)?;
-        self.lock().insert(key.to_string(), Bytes::copy_from_slice(data));
+        self.lock()
+            .insert(key.to_string(), Bytes::copy_from_slice(data));
         Ok(())
     }
 
@@ -57,7 +58,10 @@ impl Backend for MemoryBackend {
             .lock()
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| ObjectMeta { key: k.clone(), size: v.len() as u64 })
+            .map(|(k, v)| ObjectMeta {
+                key: k.clone(),
+                size: v.len() as u64,
+            })
             .collect())
     }
 

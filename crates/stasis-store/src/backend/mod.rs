@@ -59,12 +59,17 @@ pub fn check_key(key: &str) -> Result<()> {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
-                && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         });
     if ok {
         Ok(())
     } else {
-        Err(Error::new(ErrorKind::InvalidInput, format!("bad object key {key:?}")))
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("bad object key {key:?}"),
+        ))
     }
 }
 
@@ -92,12 +97,31 @@ pub(crate) mod tests {
         b.put("packs/ab/x.pack", b"hello world").expect("put");
         b.put("index/one", b"idx").expect("put");
         b.sync().expect("sync");
-        assert_eq!(&b.get("packs/ab/x.pack", None).expect("get")[..], b"hello world");
-        assert_eq!(&b.get("packs/ab/x.pack", Some(6..11)).expect("get")[..], b"world");
-        assert_eq!(b.get("packs/ab/x.pack", Some(6..12)).map_err(|e| e.kind()).err(), Some(ErrorKind::Corrupt));
-        assert_eq!(b.get("nope", None).map_err(|e| e.kind()).err(), Some(ErrorKind::NotFound));
+        assert_eq!(
+            &b.get("packs/ab/x.pack", None).expect("get")[..],
+            b"hello world"
+        );
+        assert_eq!(
+            &b.get("packs/ab/x.pack", Some(6..11)).expect("get")[..],
+            b"world"
+        );
+        assert_eq!(
+            b.get("packs/ab/x.pack", Some(6..12))
+                .map_err(|e| e.kind())
+                .err(),
+            Some(ErrorKind::Corrupt)
+        );
+        assert_eq!(
+            b.get("nope", None).map_err(|e| e.kind()).err(),
+            Some(ErrorKind::NotFound)
+        );
         assert_eq!(b.size("index/one").expect("size"), 3);
-        let keys: Vec<String> = b.list("packs/").expect("list").into_iter().map(|m| m.key).collect();
+        let keys: Vec<String> = b
+            .list("packs/")
+            .expect("list")
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
         assert_eq!(keys, vec!["packs/ab/x.pack".to_string()]);
         assert_eq!(b.list("").expect("list").len(), 2);
         b.delete("index/one").expect("delete");

@@ -1,0 +1,206 @@
+//! The catalog's records. JSON field names follow the hypeman Snapshots API where it
+//! has the field, and the VMSNAPSHOT definition otherwise.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use stasis_store::codec::{Algorithm, Compression};
+use stasis_store::config::Role;
+use stasis_store::manifest::Manifest;
+
+use crate::error::{Error, ErrorKind};
+
+/// A snapshot's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Complete and readable.
+    Active,
+    /// Being merged into its children before removal.
+    Consolidating,
+    /// Deleted, kept listable until gc.
+    Deleted,
+    /// Failed.
+    Error,
+}
+
+impl FromStr for Status {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "active" => Ok(Status::Active),
+            "consolidating" => Ok(Status::Consolidating),
+            "deleted" => Ok(Status::Deleted),
+            "error" => Ok(Status::Error),
+            _ => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("unknown status {s:?}"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Active => "active",
+            Status::Consolidating => "consolidating",
+            Status::Deleted => "deleted",
+            Status::Error => "error",
+        })
+    }
+}
+
+/// The compression a snapshot was written with, as the hypeman API shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompressionInfo {
+    /// Whether blocks are compressed.
+    pub enabled: bool,
+    /// `zstd` or `lz4` (absent when disabled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
+    /// The level.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<i32>,
+}
+
+impl From<Compression> for CompressionInfo {
+    fn from(c: Compression) -> Self {
+        match c.algorithm() {
+            Algorithm::None => CompressionInfo {
+                enabled: false,
+                algorithm: None,
+                level: None,
+            },
+            a => CompressionInfo {
+                enabled: true,
+                algorithm: Some(a),
+                level: Some(c.level()),
+            },
+        }
+    }
+}
+
+/// One file of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Payload {
+    /// File name inside the snapshot.
+    pub name: String,
+    /// Disk, memory or state.
+    pub role: Role,
+    /// Bytes the input had allocated (its data regions).
+    pub allocated: u64,
+    /// Bytes in stored (non-zero) blocks.
+    pub data_bytes: u64,
+    /// The payload's tree.
+    #[serde(flatten, serialize_with = "ser_manifest")]
+    pub manifest: Manifest,
+}
+
+fn ser_manifest<S: serde::Serializer>(m: &Manifest, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    use stasis_store::manifest::BlockRef;
+    let mut map = s.serialize_map(Some(3))?;
+    map.serialize_entry("size_bytes", &m.size)?;
+    map.serialize_entry("block_size", &m.block_size)?;
+    let root = match m.root {
+        BlockRef::Hole => "hole".to_string(),
+        BlockRef::Zero => "zero".to_string(),
+        BlockRef::Data(id) => id.to_hex(),
+    };
+    map.serialize_entry("manifest_root", &root)?;
+    map.end()
+}
+
+/// A snapshot record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    /// 24 lowercase alphanumerics.
+    pub id: String,
+    /// Unique within its VM.
+    pub name: String,
+    /// The VM's id.
+    pub source_instance_id: String,
+    /// The VM's name.
+    pub source_instance_name: String,
+    /// The snapshot it branched from.
+    pub parent_id: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// State.
+    pub status: Status,
+    /// Whether it is its VM's current snapshot.
+    pub is_current: bool,
+    /// Who made it.
+    pub created_by: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Compression used.
+    pub compression: CompressionInfo,
+    /// Logical bytes of all payloads.
+    pub size_bytes: u64,
+    /// Uncompressed bytes of the blocks it added over its parent.
+    pub uncompressed_size_bytes: u64,
+    /// Stored bytes of the blocks it added over its parent.
+    pub compressed_size_bytes: u64,
+    /// Stored bytes this snapshot added over its parent (blocks and tree nodes).
+    pub added_bytes: u64,
+    /// Its files.
+    pub payloads: Vec<Payload>,
+}
+
+/// A VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Vm {
+    /// Generated id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Its current snapshot.
+    pub current_id: Option<String>,
+    /// When it was first seen.
+    pub created_at: String,
+}
+
+/// A payload to record.
+#[derive(Clone, Debug)]
+pub struct NewPayload {
+    /// File name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Input's allocated bytes.
+    pub allocated: u64,
+    /// Bytes in stored blocks.
+    pub data_bytes: u64,
+    /// Tree root and shape.
+    pub manifest: Manifest,
+}
+
+/// A snapshot to record.
+#[derive(Clone, Debug)]
+pub struct NewSnapshot {
+    /// VM name (created if new).
+    pub vm: String,
+    /// Snapshot name.
+    pub name: String,
+    /// Parent snapshot id.
+    pub parent_id: Option<String>,
+    /// Who.
+    pub created_by: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Compression used.
+    pub compression: CompressionInfo,
+    /// See [`Snapshot::uncompressed_size_bytes`].
+    pub uncompressed_size_bytes: u64,
+    /// See [`Snapshot::compressed_size_bytes`].
+    pub compressed_size_bytes: u64,
+    /// See [`Snapshot::added_bytes`].
+    pub added_bytes: u64,
+    /// Make it the VM's current snapshot.
+    pub make_current: bool,
+    /// Files.
+    pub payloads: Vec<NewPayload>,
+}

@@ -1,0 +1,268 @@
+//! `stasis create`.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use stasis_catalog::{NewPayload, NewSnapshot, Snapshot};
+use stasis_store::codec::{Algorithm, Compression};
+use stasis_store::config::Role;
+use stasis_store::ingest::{self, IngestStats};
+use stasis_store::source::{data_regions, open_input};
+use stasis_store::verify::new_stored_bytes;
+
+use crate::output::{bar, human, print_json, ratio};
+use crate::repo::Context;
+
+/// Store a snapshot of a VM's files.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The VM (created in the catalog on first use).
+    vm: String,
+    /// The snapshot's name, unique within the VM.
+    name: String,
+    /// A disk image; the file name inside the snapshot defaults to the base name.
+    #[arg(long, value_name = "[NAME=]PATH")]
+    disk: Vec<String>,
+    /// The guest memory file.
+    #[arg(long, value_name = "[NAME=]PATH")]
+    memory: Option<String>,
+    /// A state file (vmstate, config.json, state.json, memory-ranges, ...).
+    #[arg(long, value_name = "[NAME=]PATH")]
+    state: Vec<String>,
+    /// The snapshot this one branches from (default: the VM's current snapshot).
+    #[arg(long, value_name = "SNAP")]
+    parent: Option<String>,
+    /// Inputs are sparse diff layers over the parent's payloads of the same name:
+    /// holes keep the parent's bytes, written bytes (zeros too) replace them.
+    #[arg(long)]
+    diff: bool,
+    /// Compression for this snapshot: zstd, lz4 or none (default: the repository's).
+    #[arg(long)]
+    compression: Option<String>,
+    /// Compression level.
+    #[arg(long)]
+    level: Option<i32>,
+    /// Free text.
+    #[arg(long)]
+    description: Option<String>,
+    /// Who made it (default: $USER).
+    #[arg(long)]
+    created_by: Option<String>,
+    /// Do not make the new snapshot the VM's current one.
+    #[arg(long)]
+    no_current: bool,
+}
+
+/// One input: role, name inside the snapshot, path.
+#[derive(Debug)]
+struct Input {
+    role: Role,
+    name: String,
+    path: PathBuf,
+}
+
+fn parse_input(role: Role, spec: &str) -> Result<Input> {
+    let (name, path) = match spec.split_once('=') {
+        Some((n, p)) if !n.contains('/') && !n.is_empty() => (n.to_string(), PathBuf::from(p)),
+        _ => {
+            let p = PathBuf::from(spec);
+            let n = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| {
+                    anyhow!("cannot take a file name from {spec:?}; give one as NAME=PATH")
+                })?
+                .to_string();
+            (n, p)
+        }
+    };
+    if path.as_os_str().is_empty() {
+        bail!("--{role} {spec:?} names no file");
+    }
+    Ok(Input { role, name, path })
+}
+
+#[derive(serde::Serialize)]
+struct Created<'a> {
+    #[serde(flatten)]
+    snapshot: &'a Snapshot,
+    ingest: Vec<IngestStats>,
+    seconds: f64,
+}
+
+/// Run it.
+pub fn run(ctx: &Context, a: Args) -> Result<()> {
+    let started = Instant::now();
+    let mut inputs = Vec::new();
+    for d in &a.disk {
+        inputs.push(parse_input(Role::Disk, d)?);
+    }
+    if let Some(m) = &a.memory {
+        inputs.push(parse_input(Role::Memory, m)?);
+    }
+    for s in &a.state {
+        inputs.push(parse_input(Role::State, s)?);
+    }
+    if inputs.is_empty() {
+        bail!("nothing to store: give at least one --disk, --memory or --state");
+    }
+    let mut repo = ctx.open()?;
+    let config = repo.store.config().clone();
+    let compression = match (&a.compression, a.level) {
+        (Some(c), l) => Compression::new(c.parse::<Algorithm>()?, l)?,
+        (None, Some(l)) => Compression::new(config.compression.algorithm(), Some(l))?,
+        (None, None) => config.compression,
+    };
+
+    let parent: Option<Snapshot> = match &a.parent {
+        Some(spec) => Some(
+            repo.catalog
+                .resolve(spec)
+                .with_context(|| format!("parent {spec}"))?,
+        ),
+        None => match repo.catalog.vm(&a.vm)?.and_then(|vm| vm.current_id) {
+            Some(id) => repo.catalog.get(&id)?,
+            None => None,
+        },
+    };
+    if a.diff && parent.is_none() {
+        bail!(
+            "--diff needs a parent: give --parent SNAP (or create a full snapshot of {} first)",
+            a.vm
+        );
+    }
+
+    let mut new = NewSnapshot {
+        vm: a.vm.clone(),
+        name: a.name.clone(),
+        parent_id: parent.as_ref().map(|p| p.id.clone()),
+        created_by: a
+            .created_by
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unknown".into()),
+        description: a.description.clone(),
+        compression: compression.into(),
+        uncompressed_size_bytes: 0,
+        compressed_size_bytes: 0,
+        added_bytes: 0,
+        make_current: !a.no_current,
+        payloads: Vec::new(),
+    };
+    // Refuse bad names, duplicates and foreign parents before reading anything.
+    let mut check = new.clone();
+    check.payloads = inputs
+        .iter()
+        .map(|i| NewPayload {
+            name: i.name.clone(),
+            role: i.role,
+            allocated: 0,
+            data_bytes: 0,
+            manifest: stasis_store::manifest::Manifest {
+                size: 0,
+                block_size: 4096,
+                fanout: 2,
+                root: stasis_store::manifest::BlockRef::Hole,
+            },
+        })
+        .collect();
+    repo.catalog.check_new(&check)?;
+
+    // Open every input first so a missing file fails before any work.
+    let mut opened = Vec::new();
+    let mut total = 0u64;
+    for i in &inputs {
+        let inp =
+            open_input(&i.path).with_context(|| format!("--{} {}", i.role, i.path.display()))?;
+        total += data_regions(&inp.file, inp.size)?
+            .iter()
+            .map(|r| r.end - r.start)
+            .sum::<u64>();
+        opened.push(inp);
+    }
+    let pb = bar(total, "storing");
+    let progress = |n: u64| pb.inc(n);
+
+    let mut writer = repo.store.writer(compression);
+    let mut stats = Vec::new();
+    for (i, inp) in inputs.iter().zip(&opened) {
+        let (manifest, st) = if a.diff {
+            let parent = parent
+                .as_ref()
+                .ok_or_else(|| anyhow!("--diff needs a parent"))?;
+            let pp = parent
+                .payloads
+                .iter()
+                .find(|p| p.name == i.name)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "the parent {} has no payload named {:?} to apply the diff to",
+                        parent.id,
+                        i.name
+                    )
+                })?;
+            if pp.role != i.role {
+                bail!(
+                    "{:?} is a {} payload in the parent, not {}",
+                    i.name,
+                    pp.role,
+                    i.role
+                );
+            }
+            ingest::ingest_diff(&mut writer, &inp.file, inp.size, &pp.manifest, &progress)
+        } else {
+            let bs = config.block_sizes.get(i.role);
+            ingest::ingest_full(&mut writer, &inp.file, inp.size, bs, &progress)
+        }
+        .with_context(|| format!("storing {}", i.path.display()))?;
+        new.payloads.push(NewPayload {
+            name: i.name.clone(),
+            role: i.role,
+            allocated: st.allocated,
+            data_bytes: st.data_bytes,
+            manifest,
+        });
+        stats.push(st);
+    }
+    writer.commit().context("writing the snapshot's blocks")?;
+    pb.finish_and_clear();
+
+    // What this snapshot added over its parent (blocks and tree nodes).
+    let mut seen: HashSet<_, rustc_hash::FxBuildHasher> = HashSet::default();
+    if let Some(p) = &parent {
+        for pp in &p.payloads {
+            new_stored_bytes(&repo.store, &pp.manifest, &mut seen)?;
+        }
+    }
+    for p in &new.payloads {
+        let (stored, raw) = new_stored_bytes(&repo.store, &p.manifest, &mut seen)?;
+        new.added_bytes += stored;
+        new.compressed_size_bytes += stored;
+        new.uncompressed_size_bytes += raw;
+    }
+    let snap = repo.catalog.create(&new)?;
+    let secs = started.elapsed().as_secs_f64();
+    if ctx.json {
+        return print_json(&Created {
+            snapshot: &snap,
+            ingest: stats,
+            seconds: secs,
+        });
+    }
+    println!("{}", snap.id);
+    let data: u64 = stats.iter().map(|s| s.data_bytes).sum();
+    println!(
+        "created {}/{}: {} payload(s), {} logical, {} data, added {} stored ({:.2}x compression) in {:.2}s",
+        snap.source_instance_name,
+        snap.name,
+        snap.payloads.len(),
+        human(snap.size_bytes),
+        human(data),
+        human(snap.added_bytes),
+        ratio(snap.uncompressed_size_bytes, snap.compressed_size_bytes),
+        secs
+    );
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! `stasis init`.
+
+use anyhow::{Result, bail};
+use stasis_store::codec::{Algorithm, Compression};
+use stasis_store::config::{RepoConfig, Role};
+
+use crate::output::{human, parse_size, print_json};
+use crate::repo::{self, Context};
+
+/// Create a repository.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Block size, for every role (`64KiB`) or one role (`memory=4KiB`); repeatable.
+    #[arg(long = "block-size", value_name = "[ROLE=]SIZE")]
+    block_size: Vec<String>,
+    /// Default compression: zstd, lz4 or none.
+    #[arg(long, default_value = "zstd")]
+    compression: String,
+    /// Compression level (zstd 1-19, default 1; lz4 0-9, default 0).
+    #[arg(long)]
+    level: Option<i32>,
+}
+
+/// Parse `--block-size` values into `config`: plain sizes first, then per-role ones.
+pub fn apply_block_sizes(config: &mut RepoConfig, specs: &[String]) -> Result<()> {
+    for spec in specs.iter().filter(|s| !s.contains('=')) {
+        let size = parse_size(spec)?;
+        for r in Role::ALL {
+            config.block_sizes.set(r, size)?;
+        }
+    }
+    for spec in specs.iter().filter(|s| s.contains('=')) {
+        let (role, size) = spec.split_once('=').unwrap_or_default();
+        config.block_sizes.set(role.parse()?, parse_size(size)?)?;
+    }
+    Ok(())
+}
+
+/// Run it.
+pub fn run(ctx: &Context, a: Args) -> Result<()> {
+    let mut config = RepoConfig::default();
+    apply_block_sizes(&mut config, &a.block_size)?;
+    let algo: Algorithm = a.compression.parse()?;
+    if algo == Algorithm::None && a.level.is_some() {
+        bail!("--level makes no sense with --compression none");
+    }
+    config.compression = Compression::new(algo, a.level)?;
+    let path = ctx.path()?;
+    let repo = repo::init(&path, config)?;
+    let c = repo.store.config();
+    if ctx.json {
+        return print_json(&serde_json::json!({ "path": path, "config": c }));
+    }
+    println!(
+        "initialised {}: blocks disk {} memory {} state {}, compression {}",
+        path.display(),
+        human(c.block_sizes.disk.into()),
+        human(c.block_sizes.memory.into()),
+        human(c.block_sizes.state.into()),
+        c.compression
+    );
+    Ok(())
+}

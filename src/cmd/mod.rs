@@ -1,0 +1,8 @@
+//! One module per command.
+
+pub mod create;
+pub mod du;
+pub mod init;
+pub mod list;
+pub mod restore;
+pub mod verify;

@@ -1,0 +1,90 @@
+//! `stasis verify`.
+
+use anyhow::{Result, bail};
+use stasis_store::verify::{Problem, verify_manifest, verify_store};
+
+use crate::output::{bar, human, print_json};
+use crate::repo::Context;
+
+/// Check the repository.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Also read every pack and check every block against its id.
+    #[arg(long)]
+    read_data: bool,
+}
+
+/// Run it.
+pub fn run(ctx: &Context, a: Args) -> Result<()> {
+    let repo = ctx.open()?;
+    let total: u64 = if a.read_data {
+        repo.store
+            .backend()
+            .list("packs/")?
+            .iter()
+            .map(|m| m.size)
+            .sum()
+    } else {
+        0
+    };
+    let pb = bar(total, "verifying");
+    let report = verify_store(&repo.store, a.read_data, &|n| pb.inc(n))?;
+    pb.finish_and_clear();
+    let mut problems: Vec<Problem> = report.problems.clone();
+    let snaps = repo.catalog.list(None)?;
+    let mut payloads = 0;
+    for s in &snaps {
+        for p in &s.payloads {
+            payloads += 1;
+            problems.extend(verify_manifest(
+                &repo.store,
+                &p.manifest,
+                &format!(
+                    "{}/{} ({}) {}",
+                    s.source_instance_name, s.name, s.id, p.name
+                ),
+            ));
+        }
+    }
+    if ctx.json {
+        print_json(&serde_json::json!({
+            "ok": problems.is_empty(),
+            "packs": report.packs,
+            "blobs": report.blobs,
+            "bytes_read": report.bytes_read,
+            "snapshots": snaps.len(),
+            "payloads": payloads,
+            "unindexed_packs": report.unindexed_packs,
+            "problems": problems,
+        }))?;
+    } else {
+        println!(
+            "checked {} packs ({} blobs{}), {} snapshots, {} payloads",
+            report.packs,
+            report.blobs,
+            if a.read_data {
+                format!(", {} read and hashed", human(report.bytes_read))
+            } else {
+                String::new()
+            },
+            snaps.len(),
+            payloads
+        );
+        if !report.unindexed_packs.is_empty() {
+            println!(
+                "{} pack(s) not in any index (left by an interrupted write; gc removes them)",
+                report.unindexed_packs.len()
+            );
+        }
+        for p in &problems {
+            println!("PROBLEM {}: {}", p.object, p.message);
+        }
+    }
+    if !problems.is_empty() {
+        bail!("verify found {} problem(s)", problems.len());
+    }
+    if !ctx.json {
+        println!("no problems found");
+    }
+    Ok(())
+}
