@@ -1,0 +1,322 @@
+#!/usr/bin/env bash
+# Peer baseline: restic, borg (fixed 4 MiB and default chunker), casync and,
+# when given, stasis, side by side in one run on a disk corpus made by
+# tools/corpus-disk.sh (base.ext4, child1.ext4, child2.ext4, ingested in that
+# order, each tool into its own fresh repository).
+#
+# usage: tools/peers.sh CORPUSDIR [STASIS_BIN]
+#
+# Measures per tool: ingest wall time per image, peak RSS of the base ingest,
+# repository bytes (du -sb) after each image, cold-cache restore time of child2
+# (verified with cmp). Also machine limits in the same run: b3sum per image,
+# zstd -1 -T1 / -T0 of base, dd of base from page cache.
+# Prints markdown tables; writes JSON to $OUT_JSON when set.
+#
+# Settings (encryption off wherever the tool allows, to compare fairly):
+#   restic  repository v2, --compression auto, RESTIC_PASSWORD set (restic
+#           cannot turn encryption off), private cache dir, plain restore
+#           (restic 0.14 has no sparse restore)
+#   borg    --encryption none, default compression (lz4), two rows:
+#           --chunker-params fixed,4194304 and the default buzhash chunker;
+#           extract --sparse
+#   casync  make with defaults (64 KiB average chunks, zstd), extract (punches
+#           holes by default)
+#   stasis  init / create --parent / restore, defaults
+# Images are read once into the page cache right before each ingest, so every
+# tool ingests from a warm cache; caches are dropped before each restore.
+# Restore times stop when the tool exits (no extra sync).
+#
+# Environment: PEERS_TMP (parent dir for the temporary repositories; default
+# the parent of CORPUSDIR, i.e. the same disk), OUT_JSON, KEEP_REPOS=1,
+# TOOLS (space-separated subset of: restic borg-fixed4M borg-default casync stasis).
+set -euo pipefail
+
+CORPUS=${1:?usage: $0 CORPUSDIR [STASIS_BIN]}
+STASIS_BIN=${2:-}
+CORPUS=$(cd "$CORPUS" && pwd)
+IMAGES=(base child1 child2)
+export LC_ALL=C DEBIAN_FRONTEND=noninteractive
+
+log() { printf '[peers %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for i in "${IMAGES[@]}"; do
+  [[ -f $CORPUS/$i.ext4 ]] || die "$CORPUS/$i.ext4 missing (run tools/corpus-disk.sh first)"
+done
+[[ $(id -u) == 0 ]] || log "warning: not root, cannot drop caches before restores"
+
+# ---------------------------------------------------------------- tools
+need_pkgs=()
+for spec in restic:restic borg:borgbackup casync:casync b3sum:b3sum zstd:zstd \
+    python3:python3; do
+  command -v "${spec%%:*}" >/dev/null 2>&1 || need_pkgs+=("${spec#*:}")
+done
+[[ -x /usr/bin/time ]] || need_pkgs+=(time)
+if ((${#need_pkgs[@]})); then
+  log "installing ${need_pkgs[*]}"
+  apt-get update -qq
+  apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+TOOLS=${TOOLS:-restic borg-fixed4M borg-default casync stasis}
+if [[ -n $STASIS_BIN && -x $STASIS_BIN ]]; then
+  STASIS_BIN=$(cd "$(dirname "$STASIS_BIN")" && pwd)/$(basename "$STASIS_BIN")
+else
+  if [[ -n $STASIS_BIN ]]; then log "warning: $STASIS_BIN not executable, skipping stasis"; fi
+  TOOLS=${TOOLS//stasis/}
+fi
+
+PARENT=${PEERS_TMP:-$(dirname "$CORPUS")}
+WORK=$(mktemp -d "$PARENT/stasis-peers.XXXXXX")
+case $WORK in /work/main/*) die "temporary repositories must stay out of /work/main" ;; esac
+cleanup() {
+  if [[ ${KEEP_REPOS:-0} == 1 ]]; then
+    log "keeping $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+RES=$WORK/results.tsv
+: >"$RES"
+put() { printf '%s\t%s\n' "$1" "$2" >>"$RES"; }
+log "work dir $WORK (same filesystem as corpus: $(stat -f -c %T "$WORK"))"
+
+# timed KEY CMD...: run CMD (output to $WORK/KEY.log), record KEY.s (wall) and
+# KEY.rss_kib (peak RSS of the largest process, /usr/bin/time %M).
+timed() {
+  local key=$1 t0 t1
+  shift
+  t0=$(date +%s.%N)
+  # bash -c so that the exported adapter functions can be timed too; %M is the
+  # largest RSS among the waited-for processes, i.e. the tool itself
+  if ! /usr/bin/time -f '%M' -o "$WORK/$key.time" bash -c '"$@"' _ "$@" \
+      >"$WORK/$key.log" 2>&1; then
+    tail -20 "$WORK/$key.log" >&2
+    die "$key failed: $*"
+  fi
+  t1=$(date +%s.%N)
+  LAST_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')
+  put "$key.s" "$LAST_S"
+  put "$key.rss_kib" "$(tail -1 "$WORK/$key.time")"
+}
+drop_caches() {
+  sync
+  if [[ -w /proc/sys/vm/drop_caches ]]; then echo 3 >/proc/sys/vm/drop_caches; fi
+}
+warm() { cat "$1" >/dev/null; }
+
+# ---------------------------------------------------------------- per-tool adapters
+# Each defines (tool name with - as _): <t>_init REPO, <t>_ingest REPO NAME PATH PREVNAME,
+# <t>_restore REPO NAME OUTDIR (prints the restored file's path).
+export RESTIC_PASSWORD=stasis-bench  # restic always encrypts
+restic_init() { RESTIC_CACHE_DIR=$1.cache restic -r "$1" init --repository-version 2; }
+restic_ingest() {
+  RESTIC_CACHE_DIR=$1.cache restic -r "$1" backup --compression auto --host bench \
+    --tag "$2" "$3"
+}
+restic_restore() {
+  RESTIC_CACHE_DIR=$1.cache restic -r "$1" restore latest --host bench --tag "$2" \
+    --target "$3" >&2
+  echo "$3$CORPUS/$2.ext4"
+}
+
+export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+borg_init() { BORG_BASE_DIR=$1.home borg init --encryption none "$1"; }
+borg_create() {  # REPO NAME PATH CHUNKER...
+  local repo=$1 name=$2 path=$3
+  shift 3
+  (cd "$(dirname "$path")" && BORG_BASE_DIR=$repo.home borg create "$@" "$repo::$name" \
+    "$(basename "$path")")
+}
+borg_restore() {
+  (cd "$3" && BORG_BASE_DIR=$1.home borg extract --sparse "$1::$2") >&2
+  echo "$3/$2.ext4"
+}
+borg_fixed4M_init() { borg_init "$@"; }
+borg_fixed4M_ingest() { borg_create "$1" "$2" "$3" --chunker-params fixed,4194304; }
+borg_fixed4M_restore() { borg_restore "$@"; }
+borg_default_init() { borg_init "$@"; }
+borg_default_ingest() { borg_create "$1" "$2" "$3"; }
+borg_default_restore() { borg_restore "$@"; }
+
+casync_init() { mkdir -p "$1/default.castr"; }
+casync_ingest() { casync make --store="$1/default.castr" "$1/$2.caibx" "$3"; }
+casync_restore() {
+  casync extract --store="$1/default.castr" "$1/$2.caibx" "$3/$2.ext4" >&2
+  echo "$3/$2.ext4"
+}
+
+stasis_init() { "$STASIS_BIN" --repo "$1" init; }
+stasis_ingest() {
+  local parent=()
+  [[ -n $4 ]] && parent=(--parent "vm/$4")
+  "$STASIS_BIN" --repo "$1" create vm "$2" --disk "root=$3" "${parent[@]}"
+}
+stasis_restore() {
+  "$STASIS_BIN" --repo "$1" restore "vm/$2" "$3" >&2
+  echo "$3/root"
+}
+
+export CORPUS STASIS_BIN
+export -f restic_init restic_ingest restic_restore borg_init borg_create borg_restore \
+  borg_fixed4M_init borg_fixed4M_ingest borg_fixed4M_restore \
+  borg_default_init borg_default_ingest borg_default_restore \
+  casync_init casync_ingest casync_restore stasis_init stasis_ingest stasis_restore
+
+# ---------------------------------------------------------------- environment
+put machine.nproc "$(nproc)"
+put machine.kernel "$(uname -r)"
+put machine.mem_kib "$(awk '/MemTotal/{print $2}' /proc/meminfo)"
+put versions.restic "$(restic version | awk '{print $2}')"
+put versions.borg "$(borg --version | awk '{print $2}')"
+put versions.casync "$(casync --version | awk '{print $2; exit}')"
+put versions.zstd "$(zstd -V | grep -o 'v[0-9.]*' | head -1)"
+put versions.b3sum "$(b3sum --version | awk '{print $2}')"
+for i in "${IMAGES[@]}"; do
+  put "corpus.$i.apparent_bytes" "$(stat -c %s "$CORPUS/$i.ext4")"
+  put "corpus.$i.allocated_bytes" "$(du -B1 "$CORPUS/$i.ext4" | cut -f1)"
+done
+
+# ---------------------------------------------------------------- machine limits
+log "machine limits: b3sum, zstd, dd (page cache)"
+for i in "${IMAGES[@]}"; do
+  warm "$CORPUS/$i.ext4"
+  timed "limits.b3sum_$i" b3sum "$CORPUS/$i.ext4"
+done
+warm "$CORPUS/base.ext4"
+timed limits.zstd1_T1_base zstd -q -1 -T1 -c "$CORPUS/base.ext4" -o /dev/null
+timed limits.zstd1_T0_base zstd -q -1 -T0 -c "$CORPUS/base.ext4" -o /dev/null
+put limits.zstd1_base_bytes "$(zstd -q -1 -T0 -c "$CORPUS/base.ext4" | wc -c)"
+timed limits.dd_base dd if="$CORPUS/base.ext4" of=/dev/null bs=1M
+
+# ---------------------------------------------------------------- peers
+for t in $TOOLS; do
+  repo=$WORK/$t.repo
+  fn=${t//-/_}
+  log "$t: init"
+  "${fn}_init" "$repo" >"$WORK/$t.init.log" 2>&1 || { cat "$WORK/$t.init.log" >&2; die "$t init failed"; }
+  prev=
+  for i in "${IMAGES[@]}"; do
+    warm "$CORPUS/$i.ext4"
+    log "$t: ingest $i"
+    timed "tools.$t.ingest.$i" "${fn}_ingest" "$repo" "$i" "$CORPUS/$i.ext4" "$prev"
+    log "$t: ingest $i took ${LAST_S}s"
+    put "tools.$t.repo_bytes_after.$i" "$(du -sb "$repo" | cut -f1)"
+    prev=$i
+  done
+  put "tools.$t.repo_bytes" "$(du -sb "$repo" | cut -f1)"
+  put "tools.$t.repo_allocated_bytes" "$(du -s -B1 "$repo" | cut -f1)"
+  if [[ $t == stasis ]]; then "$STASIS_BIN" --repo "$repo" du >"$WORK/stasis.du.log" 2>&1 || true; cat "$WORK/stasis.du.log" >&2; fi
+  out=$WORK/$t.restore
+  rm -rf "$out"
+  mkdir -p "$out"
+  drop_caches
+  log "$t: restore child2 (cold cache)"
+  t0=$(date +%s.%N)
+  if ! restored=$("${fn}_restore" "$repo" child2 "$out" 2>"$WORK/$t.restore.log"); then
+    tail -20 "$WORK/$t.restore.log" >&2
+    die "$t restore failed"
+  fi
+  t1=$(date +%s.%N)
+  put "tools.$t.restore.child2.s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')"
+  if cmp -s "$restored" "$CORPUS/child2.ext4"; then ok=true; else ok=false; fi
+  put "tools.$t.restore.child2.ok" "$ok"
+  put "tools.$t.restore.child2.allocated_bytes" "$(du -B1 "$restored" | cut -f1)"
+  log "$t: restore ok=$ok"
+  rm -rf "$out"
+done
+
+# ---------------------------------------------------------------- report
+python3 - "$RES" "${OUT_JSON:-}" <<'PY'
+import json, sys
+
+res, out_json = sys.argv[1], sys.argv[2]
+data = {}
+for line in open(res):
+    key, val = line.rstrip("\n").split("\t", 1)
+    if val in ("true", "false"):
+        v = val == "true"
+    else:
+        try:
+            v = int(val)
+        except ValueError:
+            try:
+                v = float(val)
+            except ValueError:
+                v = val
+    d = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = v
+
+images = ["base", "child1", "child2"]
+tools = data.get("tools", {})
+# ingest.<img>.s / .rss_kib -> tidy
+for t, r in tools.items():
+    ing = r.pop("ingest")
+    r["ingest_s"] = {i: ing[i]["s"] for i in images}
+    r["ingest_total_s"] = round(sum(r["ingest_s"].values()), 3)
+    r["peak_rss_kib_base"] = ing["base"]["rss_kib"]
+    rc = r.pop("restore")["child2"]
+    r["restore_child2_s"] = rc["s"]
+    r["restore_child2_ok"] = rc["ok"]
+    r["restore_child2_allocated_bytes"] = rc["allocated_bytes"]
+lim = data.get("limits", {})
+apparent = data["corpus"]["base"]["apparent_bytes"]
+limits = {}
+for k, v in list(lim.items()):
+    if isinstance(v, dict):
+        mbps = None
+        img = k.rsplit("_", 1)[-1]
+        if img in images:
+            mbps = round(data["corpus"][img]["apparent_bytes"] / v["s"] / 1e6, 1)
+        limits[k] = {"s": v["s"], "rss_kib": v["rss_kib"], "apparent_MBps": mbps}
+    else:
+        limits[k] = v
+data["limits"] = limits
+
+ref = "borg-fixed4M" if "borg-fixed4M" in tools else (next(iter(tools)) if tools else None)
+smallest = min((r["repo_bytes"] for r in tools.values()), default=None)
+data["reference"] = {"time": ref, "bytes": "smallest repository"}
+
+def f(x, d=2):
+    return "%.*f" % (d, x)
+
+print()
+print("### Peers (ingest from page cache; restore after drop_caches; time ratio vs %s, bytes ratio vs smallest repo)" % ref)
+print()
+print("| tool | ingest base s | ingest child1 s | ingest child2 s | ingest total s | × %s | peak RSS base MiB | repo after base MB | +child1 MB | +child2 MB | repo bytes (du -sb) | × smallest | repo allocated | restore child2 s | × %s | restore ok |" % (ref, ref))
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+for t, r in tools.items():
+    a = r["repo_bytes_after"]
+    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %d | %s | %s | %s |" % (
+        t, f(r["ingest_s"]["base"]), f(r["ingest_s"]["child1"]), f(r["ingest_s"]["child2"]),
+        f(r["ingest_total_s"]), f(r["ingest_total_s"] / tools[ref]["ingest_total_s"]),
+        f(r["peak_rss_kib_base"] / 1024, 0),
+        f(a["base"] / 1e6, 1), f((a["child1"] - a["base"]) / 1e6, 1),
+        f((a["child2"] - a["child1"]) / 1e6, 1), r["repo_bytes"],
+        f(r["repo_bytes"] / smallest), r["repo_allocated_bytes"], f(r["restore_child2_s"]),
+        f(r["restore_child2_s"] / tools[ref]["restore_child2_s"]),
+        "yes" if r["restore_child2_ok"] else "NO"))
+print()
+print("### Machine limits (same run; MB/s over the apparent image size)")
+print()
+print("| what | s | MB/s |")
+print("|---|---:|---:|")
+for k, v in limits.items():
+    if isinstance(v, dict):
+        print("| %s | %s | %s |" % (k, f(v["s"], 3), v["apparent_MBps"]))
+print("| zstd -1 of base.ext4, bytes | %d | |" % limits.get("zstd1_base_bytes", 0))
+print()
+print("Corpus: " + ", ".join("%s %.1f MB allocated / %.0f MiB apparent" % (
+    i, data["corpus"][i]["allocated_bytes"] / 1e6, data["corpus"][i]["apparent_bytes"] / 2**20)
+    for i in images))
+print("Versions: " + ", ".join("%s %s" % kv for kv in data.get("versions", {}).items()))
+if out_json:
+    with open(out_json, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+    print("JSON written to " + out_json, file=sys.stderr)
+PY
