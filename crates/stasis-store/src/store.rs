@@ -4,9 +4,10 @@
 //! A [`Writer`] collects new blobs into packs. Each full pack is sealed and handed to a
 //! flusher thread, which `put`s it (the local backend writes a temporary file,
 //! fdatasyncs it and renames it). [`Writer::commit`] then seals the last pack, waits for
-//! the flusher, `put`s one index file naming the session's packs, and calls
-//! [`Backend::sync`] (directory fsyncs), after which everything the session wrote is
-//! durable. Only then may the caller record the new manifests in the catalog: the
+//! the flusher, calls [`Backend::sync`] (directory fsyncs: the packs are now durable),
+//! `put`s one index file naming the session's packs, and syncs again, after which
+//! everything the session wrote is durable. An index file therefore never names a pack
+//! that a power loss could take away. Only then may the caller record the new manifests in the catalog: the
 //! catalog commit is the point at which a snapshot exists. A crash before it leaves
 //! unreferenced packs and index files (garbage for gc), never a damaged snapshot, since
 //! nothing stored is ever modified in place.
@@ -337,6 +338,10 @@ impl<'s> Writer<'s> {
         self.seal()?;
         self.join_flusher()?;
         if !self.written.is_empty() {
+            // The packs must be durable before an index file names them: otherwise a
+            // power loss could keep the index and lose a pack, and later writes would
+            // deduplicate against blocks that are gone.
+            self.store.backend.sync()?;
             let (key, bytes) = index::encode_file(&self.written);
             self.store.backend.put(&key, &bytes)?;
         }
