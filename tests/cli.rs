@@ -1,0 +1,491 @@
+//! End-to-end tests: the real `stasis` binary on real ext4 images.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stasis");
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--repo")
+            .arg(self.path("repo"))
+            .args(args)
+            .env("HOME", self.dir.path())
+            .env_remove("STASIS_REPO")
+            .env_remove("XDG_DATA_HOME")
+            .output()
+            .expect("run stasis")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "stasis {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    fn fails(&self, args: &[&str], needle: &str) {
+        let out = self.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "stasis {args:?} should fail");
+        assert!(
+            err.contains(needle),
+            "stasis {args:?}: expected {needle:?} in {err}"
+        );
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).expect("json output")
+    }
+}
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A 96 MiB ext4 image made with `mkfs.ext4 -d` from a tree of text, binary-like and
+/// random files, like a small root filesystem.
+fn make_ext4(env: &Env, name: &str) -> PathBuf {
+    let src = env.path(&format!("{name}-src"));
+    for d in ["etc", "usr/bin", "var/log", "home/user"] {
+        fs::create_dir_all(src.join(d)).expect("mkdir");
+    }
+    for i in 0..40 {
+        let text: String = (0..200)
+            .map(|k| format!("line {k} of config file {i}: key=value\n"))
+            .collect();
+        fs::write(src.join(format!("etc/conf{i}")), text).expect("write");
+    }
+    // Binary-like files: repeated structure with some noise, some shared between files.
+    let shared = noise(300_000, 7);
+    for i in 0..12 {
+        let mut b = shared.clone();
+        b.extend(noise(100_000 + i * 5000, i as u64 + 100));
+        fs::write(src.join(format!("usr/bin/tool{i}")), b).expect("write");
+    }
+    fs::write(src.join("home/user/random.bin"), noise(3 << 20, 42)).expect("write");
+    fs::write(src.join("var/log/syslog"), "boot ok\n".repeat(20_000)).expect("write");
+    let img = env.path(name);
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg("96M"));
+    img
+}
+
+/// Change an image in place the way a running VM would: new files, a deletion, a
+/// rewritten log (through debugfs, so the filesystem stays consistent).
+fn modify_ext4(env: &Env, img: &Path, seed: u64) {
+    let new = env.path(&format!("new-{seed}"));
+    fs::write(&new, noise(2 << 20, seed)).expect("write");
+    let log = env.path(&format!("log-{seed}"));
+    fs::write(&log, format!("boot ok {seed}\n").repeat(30_000)).expect("write");
+    let cmds = env.path(&format!("cmds-{seed}"));
+    fs::write(
+        &cmds,
+        format!(
+            "write {} home/user/new{seed}.bin\nrm var/log/syslog\nwrite {} var/log/syslog\nrm etc/conf{}\n",
+            new.display(),
+            log.display(),
+            seed % 40
+        ),
+    )
+    .expect("write");
+    sh(Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmds)
+        .arg(img));
+}
+
+/// A sparse diff layer of `new` over `old`: changed 4 KiB pages written, holes elsewhere.
+fn diff_layer(old: &Path, new: &Path, out: &Path) -> usize {
+    let a = fs::read(old).expect("read");
+    let b = fs::read(new).expect("read");
+    let f = File::create(out).expect("create");
+    f.set_len(b.len() as u64).expect("len");
+    let mut changed = 0;
+    for (i, page) in b.chunks(4096).enumerate() {
+        if a.get(i * 4096..i * 4096 + page.len()) != Some(page) {
+            f.write_all_at(page, (i * 4096) as u64).expect("write");
+            changed += 1;
+        }
+    }
+    changed
+}
+
+fn same(a: &Path, b: &Path) -> bool {
+    fs::read(a).expect("read a") == fs::read(b).expect("read b")
+}
+
+#[test]
+fn ext4_images_snapshot_diff_restore_verify() {
+    let env = Env::new();
+    env.ok(&["init", "--block-size", "64KiB", "--compression", "zstd"]);
+    let base = make_ext4(&env, "base.ext4");
+    let out = env.ok(&[
+        "create",
+        "web",
+        "base",
+        "--disk",
+        &format!("root={}", base.display()),
+    ]);
+    let base_id = out.lines().next().expect("id line").to_string();
+    assert_eq!(base_id.len(), 24, "first line is the id: {out}");
+
+    // A child from the modified image (full input, parent = the VM's current).
+    let child = env.path("child.ext4");
+    sh(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&base)
+        .arg(&child));
+    modify_ext4(&env, &child, 1);
+    let c = env.json(&[
+        "create",
+        "web",
+        "child",
+        "--disk",
+        &format!("root={}", child.display()),
+    ]);
+    assert_eq!(c["parent_id"], Value::String(base_id.clone()));
+    assert!(c["is_current"].as_bool().expect("bool"));
+
+    // A grandchild given as a sparse diff layer over the child.
+    let grand = env.path("grand.ext4");
+    sh(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&child)
+        .arg(&grand));
+    modify_ext4(&env, &grand, 2);
+    let layer = env.path("grand.diff");
+    let pages = diff_layer(&child, &grand, &layer);
+    assert!(pages > 0);
+    let g = env.json(&[
+        "create",
+        "web",
+        "grand",
+        "--parent",
+        "web/child",
+        "--diff",
+        "--disk",
+        &format!("root={}", layer.display()),
+    ]);
+    // The diff added about what changed, not a whole image.
+    let added = g["added_bytes"].as_u64().expect("added");
+    assert!(
+        added < (pages as u64 * 4096) * 2 + (1 << 20),
+        "added {added} for {pages} pages"
+    );
+
+    for (snap, want) in [
+        ("web/base", &base),
+        ("web/child", &child),
+        ("web/grand", &grand),
+        ("web", &grand),
+    ] {
+        let dir = env.path(&format!("restore-{}", snap.replace('/', "-")));
+        env.ok(&["restore", snap, dir.to_str().expect("utf8")]);
+        assert!(same(&dir.join("root"), want), "{snap} restored differently");
+    }
+    // Restored files are sparse: far less allocated than the 96 MiB image.
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(env.path("restore-web-base/root")).expect("stat");
+    assert_eq!(md.len(), 96 << 20);
+    assert!(
+        md.blocks() * 512 < 40 << 20,
+        "allocated {}",
+        md.blocks() * 512
+    );
+    // Restoring over existing files is refused without --force.
+    env.fails(
+        &[
+            "restore",
+            "web/base",
+            env.path("restore-web-base").to_str().expect("utf8"),
+        ],
+        "exists",
+    );
+    env.ok(&[
+        "restore",
+        "--force",
+        "web/base",
+        env.path("restore-web-base").to_str().expect("utf8"),
+    ]);
+
+    let v = env.json(&["verify", "--read-data"]);
+    assert_eq!(v["ok"], Value::Bool(true), "{v}");
+    assert_eq!(v["payloads"], 3);
+
+    let du = env.json(&["du"]);
+    assert_eq!(du["snapshots"], 3);
+    assert!(du["dedup_ratio"].as_f64().expect("f64") > 2.0, "{du}");
+    assert!(du["compression_ratio"].as_f64().expect("f64") > 1.0, "{du}");
+    assert!(
+        du["repository_bytes"].as_u64().expect("u64") < du["data_bytes"].as_u64().expect("u64") / 2
+    );
+    let list = env.json(&["list"]);
+    assert_eq!(list.as_array().expect("array").len(), 3);
+    let show = env.json(&["show", "web"]);
+    assert_eq!(show["name"], "grand");
+    assert_eq!(show["payloads"][0]["name"], "root");
+    assert_eq!(show["payloads"][0]["role"], "disk");
+}
+
+#[test]
+fn memory_and_state_payloads_keep_their_names() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let mem = env.path("mem");
+    let f = File::create(&mem).expect("create");
+    f.set_len(8 << 20).expect("len");
+    // Pages of a "guest": some repeated at other offsets, zero pages, holes.
+    let page = noise(4096, 3);
+    for (k, off) in [0u64, 1 << 20, 3 << 20, (5 << 20) + 4096]
+        .into_iter()
+        .enumerate()
+    {
+        f.write_all_at(&page, off).expect("write");
+        f.write_all_at(&noise(4096, k as u64), off + 8192)
+            .expect("write");
+    }
+    f.write_all_at(&[0u8; 8192], 6 << 20).expect("write");
+    let vmstate = env.path("vmstate");
+    fs::write(&vmstate, noise(70_000, 9)).expect("write");
+    let empty = env.path("empty.json");
+    fs::write(&empty, b"").expect("write");
+    let one = env.path("one");
+    fs::write(&one, b"x").expect("write");
+    env.ok(&[
+        "create",
+        "fc1",
+        "snap",
+        "--memory",
+        mem.to_str().expect("utf8"),
+        "--state",
+        vmstate.to_str().expect("utf8"),
+        "--state",
+        &format!("config.json={}", empty.display()),
+        "--state",
+        one.to_str().expect("utf8"),
+    ]);
+    let s = env.json(&["show", "fc1/snap"]);
+    let names: Vec<&str> = s["payloads"]
+        .as_array()
+        .expect("arr")
+        .iter()
+        .map(|p| p["name"].as_str().expect("s"))
+        .collect();
+    assert_eq!(names, ["mem", "vmstate", "config.json", "one"]);
+    assert_eq!(
+        s["payloads"][0]["block_size"], 4096,
+        "memory uses 4 KiB blocks by default"
+    );
+    let out = env.path("out");
+    env.ok(&["restore", "fc1", out.to_str().expect("utf8")]);
+    assert!(same(&out.join("mem"), &mem));
+    assert!(same(&out.join("vmstate"), &vmstate));
+    assert!(same(&out.join("config.json"), &empty));
+    assert!(same(&out.join("one"), &one));
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let env = Env::new();
+    env.fails(&["list"], "no repository");
+    env.ok(&["init"]);
+    env.fails(&["init"], "already exists");
+    let img = env.path("disk.img");
+    fs::write(&img, noise(200_000, 1)).expect("write");
+    let disk = format!("root={}", img.display());
+    env.ok(&["create", "vm1", "a", "--disk", &disk]);
+    env.fails(
+        &["create", "vm1", "a", "--disk", &disk],
+        "already has a snapshot named",
+    );
+    env.fails(
+        &["create", "vm1", "Bad_Name", "--disk", &disk],
+        "invalid name",
+    );
+    env.fails(
+        &["create", "vm1", "b", "--disk", "/nonexistent/disk.img"],
+        "/nonexistent/disk.img",
+    );
+    env.fails(
+        &[
+            "create",
+            "vm1",
+            "b",
+            "--disk",
+            env.path("").to_str().expect("utf8"),
+        ],
+        "directory",
+    );
+    env.fails(&["create", "vm1", "b"], "nothing to store");
+    env.fails(
+        &["create", "vm2", "b", "--diff", "--disk", &disk],
+        "--diff needs a parent",
+    );
+    env.fails(
+        &["create", "vm2", "b", "--parent", "vm1/a", "--disk", &disk],
+        "belongs to VM vm1",
+    );
+    env.fails(
+        &[
+            "create", "vm1", "b", "--parent", "vm1/nope", "--disk", &disk,
+        ],
+        "no snapshot",
+    );
+    env.fails(
+        &[
+            "create",
+            "vm1",
+            "b",
+            "--disk",
+            &disk,
+            "--compression",
+            "zstd",
+            "--level",
+            "42",
+        ],
+        "out of range",
+    );
+    env.fails(
+        &[
+            "create",
+            "vm1",
+            "b",
+            "--disk",
+            &disk,
+            "--compression",
+            "brotli",
+        ],
+        "unknown compression",
+    );
+    env.fails(
+        &[
+            "create",
+            "vm1",
+            "b",
+            "--parent",
+            "vm1/a",
+            "--diff",
+            "--disk",
+            &format!("other={}", img.display()),
+        ],
+        "no payload named",
+    );
+    env.fails(
+        &["restore", "vm1/zzz", env.path("o").to_str().expect("utf8")],
+        "no snapshot",
+    );
+    env.fails(&["init", "--block-size", "3000"], "power of two");
+    let list = env.json(&["list"]);
+    assert_eq!(
+        list.as_array().expect("array").len(),
+        1,
+        "refused creates left nothing behind"
+    );
+    assert_eq!(env.json(&["verify"])["ok"], Value::Bool(true));
+}
+
+#[test]
+fn corrupt_packs_are_reported_never_restored() {
+    let env = Env::new();
+    env.ok(&["init", "--compression", "none"]);
+    let img = env.path("disk.img");
+    let data = noise(1 << 20, 5);
+    fs::write(&img, &data).expect("write");
+    env.ok(&["create", "vm1", "a", "--disk", img.to_str().expect("utf8")]);
+    // Flip one byte in the middle of the (only) pack's block data.
+    let pack = walk(&env.path("repo/store/packs"))
+        .into_iter()
+        .next()
+        .expect("a pack");
+    let mut bytes = fs::read(&pack).expect("read");
+    bytes[4096 + 100] ^= 0x40;
+    fs::write(&pack, &bytes).expect("write");
+    let out = env.run(&["verify", "--read-data"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PROBLEM"));
+    env.fails(
+        &["restore", "vm1/a", env.path("out").to_str().expect("utf8")],
+        "checksum",
+    );
+}
+
+#[test]
+fn default_repository_is_created_on_first_use() {
+    let env = Env::new();
+    let img = env.path("d");
+    fs::write(&img, noise(100_000, 2)).expect("write");
+    let out = Command::new(BIN)
+        .args(["create", "vm", "first", "--disk"])
+        .arg(&img)
+        .env("HOME", env.dir.path())
+        .env_remove("STASIS_REPO")
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.path(".local/share/stasis/store/config").exists());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).expect("readdir") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
