@@ -101,7 +101,16 @@ fn pack_write(c: &mut Criterion) {
         b.iter(|| {
             let mut p = PackBuilder::new();
             for (id, blk) in &blocks {
-                black_box(p.add(*id, BlobKind::Data, codec::Codec::Raw, blk.len() as u32, blk).ok());
+                black_box(
+                    p.add(
+                        *id,
+                        BlobKind::Data,
+                        codec::Codec::Raw,
+                        blk.len() as u32,
+                        blk,
+                    )
+                    .ok(),
+                );
             }
             black_box(p.finish())
         })
@@ -111,7 +120,9 @@ fn pack_write(c: &mut Criterion) {
 
 fn block_read(c: &mut Criterion) {
     let be: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    let Ok(store) = Store::init(be, RepoConfig::default()) else { return };
+    let Ok(store) = Store::init(be, RepoConfig::default()) else {
+        return;
+    };
     let data = sample(8 << 20);
     let mut w = store.writer(Compression::default());
     let ids: Vec<Id> = data

@@ -171,7 +171,7 @@ pub fn encode_file(packs: &[(PackId, Vec<PackEntry>)]) -> (String, Vec<u8>) {
             });
         }
     }
-    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    entries.sort_by_key(|e| e.id);
     let header = raw::IndexHeader {
         magic: raw::INDEX_MAGIC,
         version: U32::new(raw::FORMAT_VERSION),
@@ -190,8 +190,11 @@ pub fn encode_file(packs: &[(PackId, Vec<PackEntry>)]) -> (String, Vec<u8>) {
     (index_key(&Id::of(&buf)), buf)
 }
 
+/// An index file's pack table and its (pack position, entry) pairs.
+pub type DecodedFile = (Vec<PackId>, Vec<(u32, PackEntry)>);
+
 /// Decode and check an index file: its packs and (pack position, entry) pairs.
-pub fn decode_file(bytes: &[u8]) -> Result<(Vec<PackId>, Vec<(u32, PackEntry)>)> {
+pub fn decode_file(bytes: &[u8]) -> Result<DecodedFile> {
     let hsize = size_of::<raw::IndexHeader>();
     if bytes.len() < hsize + 32 {
         return Err(Error::corrupt("index file is truncated"));
@@ -254,7 +257,7 @@ mod tests {
     fn entry(seed: u8, off: u64) -> PackEntry {
         PackEntry {
             id: Id::of(&[seed]),
-            kind: if seed % 2 == 0 {
+            kind: if seed.is_multiple_of(2) {
                 BlobKind::Data
             } else {
                 BlobKind::Tree

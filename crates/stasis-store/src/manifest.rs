@@ -225,20 +225,19 @@ pub fn lookup(src: &dyn NodeSource, m: &Manifest, i: u64) -> Result<BlockRef> {
     Ok(out)
 }
 
+/// Called with each stored node's id, level and references; returns whether to descend.
+pub type NodeVisitor<'a> = dyn FnMut(BlockId, u32, &[BlockRef]) -> Result<bool> + 'a;
+
 /// Every stored node of the tree, each with its level, depth first; `descend(id)` says
 /// whether to look below a node (return false for subtrees already seen).
-pub fn visit_nodes(
-    src: &dyn NodeSource,
-    m: &Manifest,
-    f: &mut dyn FnMut(BlockId, u32, &[BlockRef]) -> Result<bool>,
-) -> Result<()> {
+pub fn visit_nodes(src: &dyn NodeSource, m: &Manifest, f: &mut NodeVisitor<'_>) -> Result<()> {
     fn go(
         src: &dyn NodeSource,
         m: &Manifest,
         r: BlockRef,
         level: u32,
         base: u64,
-        f: &mut dyn FnMut(BlockId, u32, &[BlockRef]) -> Result<bool>,
+        f: &mut NodeVisitor<'_>,
     ) -> Result<()> {
         let BlockRef::Data(id) = r else { return Ok(()) };
         if level == 0 {
@@ -305,7 +304,7 @@ impl TreeBuilder {
     /// (which must start at the current position and fit).
     pub fn push(&mut self, level: u32, r: BlockRef, sink: &mut dyn NodeSink) -> Result<()> {
         let sp = span(self.fanout, level);
-        let misaligned = self.pushed % sp != 0
+        let misaligned = !self.pushed.is_multiple_of(sp)
             || self.levels[..(level as usize).min(self.levels.len())]
                 .iter()
                 .any(|l| !l.is_empty());

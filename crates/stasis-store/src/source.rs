@@ -55,7 +55,9 @@ pub fn data_regions(file: &File, size: u64) -> Result<Vec<Range<u64>>> {
         let start = match rustix::fs::seek(file, RSeek::Data(pos)) {
             Ok(s) => s,
             Err(Errno::NXIO) => break,
-            Err(Errno::INVAL | Errno::OPNOTSUPP) if pos == 0 => return Ok(vec![0..size]),
+            Err(Errno::INVAL | Errno::OPNOTSUPP) if pos == 0 => {
+                return Ok(std::iter::once(0..size).collect());
+            }
             Err(e) => return Err(Error::io("SEEK_DATA", e.into())),
         };
         if start >= size {
@@ -111,7 +113,7 @@ mod tests {
             "{r:?}"
         );
         let covered: u64 = r.iter().map(|x| x.end - x.start).sum();
-        assert!(covered < 10 << 20 || r == vec![0..10 << 20]);
+        assert!(covered < 10 << 20 || (r.len() == 1 && r[0] == (0..10 << 20)));
     }
 
     #[test]
