@@ -42,6 +42,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    reset_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("STASIS_LOG"))
         .with_writer(std::io::stderr)
@@ -66,5 +67,15 @@ fn main() -> ExitCode {
             eprintln!("stasis: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Die quietly on a closed stdout (`stasis list | head`) like other Unix tools, instead
+/// of panicking inside `println!`.
+fn reset_sigpipe() {
+    // SAFETY: restoring the default disposition of SIGPIPE at startup, before any
+    // thread exists, has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

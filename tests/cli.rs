@@ -439,10 +439,11 @@ fn corrupt_packs_are_reported_never_restored() {
     let data = noise(1 << 20, 5);
     fs::write(&img, &data).expect("write");
     env.ok(&["create", "vm1", "a", "--disk", img.to_str().expect("utf8")]);
-    // Flip one byte in the middle of the (only) pack's block data.
+    // Flip one byte in the block data of the data pack (the largest; tree nodes have
+    // their own small pack).
     let pack = walk(&env.path("repo/store/packs"))
         .into_iter()
-        .next()
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .expect("a pack");
     let mut bytes = fs::read(&pack).expect("read");
     bytes[4096 + 100] ^= 0x40;

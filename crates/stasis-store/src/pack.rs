@@ -85,12 +85,18 @@ impl Default for PackBuilder {
 impl PackBuilder {
     /// An empty pack.
     pub fn new() -> Self {
+        Self::with_capacity(1 << 20)
+    }
+
+    /// An empty pack whose buffer holds `bytes` without growing (a pack is sealed just
+    /// past its target size; growing by doubling would hold twice that in memory).
+    pub fn with_capacity(bytes: usize) -> Self {
         let header = raw::PackHeader {
             magic: raw::PACK_MAGIC,
             version: U32::new(raw::FORMAT_VERSION),
             reserved: [0; 20],
         };
-        let mut buf = Vec::with_capacity(1 << 20);
+        let mut buf = Vec::with_capacity(bytes);
         buf.extend_from_slice(header.as_bytes());
         PackBuilder {
             buf,

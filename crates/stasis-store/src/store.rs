@@ -1,7 +1,8 @@
 //! The store: blobs by id over a backend, and write sessions that add new ones.
 //!
 //! ## Commit order
-//! A [`Writer`] collects new blobs into packs. Each full pack is sealed and handed to a
+//! A [`Writer`] collects new blobs into packs (data blocks and tree nodes in separate
+//! packs, so tree walks stay within a few dense packs). Each full pack is sealed and handed to a
 //! flusher thread, which `put`s it (the local backend writes a temporary file,
 //! fdatasyncs it and renames it). [`Writer::commit`] then seals the last pack, waits for
 //! the flusher, calls [`Backend::sync`] (directory fsyncs: the packs are now durable),
@@ -202,12 +203,23 @@ pub struct WriteStats {
 
 type Sealed = (PackId, Vec<u8>);
 
+/// A pack buffer that holds a full pack without growing: the target size, plus the
+/// largest block and an entry table's worth.
+fn new_pack(store: &Store) -> PackBuilder {
+    let target = usize::try_from(store.config.pack_size).unwrap_or(32 << 20);
+    PackBuilder::with_capacity(target + (4 << 20) + (1 << 20))
+}
+
 /// A write session: new blobs go into packs, made durable by [`Writer::commit`].
 #[derive(Debug)]
 pub struct Writer<'s> {
     store: &'s Store,
     compression: Compression,
+    /// The open data pack.
     pack: PackBuilder,
+    /// The open tree pack: nodes live apart from data so that walking trees (du, gc,
+    /// verify) reads a few dense packs instead of pages scattered through data packs.
+    tree_pack: PackBuilder,
     written: Vec<(PackId, Vec<PackEntry>)>,
     pending: HashSet<BlockId, FxBuildHasher>,
     /// Tree nodes added by this session, readable before commit.
@@ -230,7 +242,9 @@ impl<'s> Writer<'s> {
         Writer {
             store,
             compression,
-            pack: PackBuilder::new(),
+            // Reserved address space only: pages are touched as blocks arrive.
+            pack: new_pack(store),
+            tree_pack: PackBuilder::with_capacity(1 << 20),
             written: Vec::new(),
             pending: HashSet::default(),
             pending_nodes: HashMap::default(),
@@ -273,13 +287,18 @@ impl<'s> Writer<'s> {
         if self.knows(&id) {
             return Ok(false);
         }
-        self.pack.add(id, kind, codec, raw_len, stored)?;
+        let pack = match kind {
+            BlobKind::Data => &mut self.pack,
+            BlobKind::Tree => &mut self.tree_pack,
+        };
+        pack.add(id, kind, codec, raw_len, stored)?;
+        let full = pack.len() as u64 >= self.store.config.pack_size;
         self.pending.insert(id);
         self.stats.blobs += 1;
         self.stats.raw_bytes += u64::from(raw_len);
         self.stats.stored_bytes += stored.len() as u64;
-        if self.pack.len() as u64 >= self.store.config.pack_size {
-            self.seal()?;
+        if full {
+            self.seal(kind)?;
         }
         Ok(true)
     }
@@ -299,11 +318,19 @@ impl<'s> Writer<'s> {
         r
     }
 
-    fn seal(&mut self) -> Result<()> {
-        if self.pack.is_empty() {
+    fn seal(&mut self, kind: BlobKind) -> Result<()> {
+        let fresh = match kind {
+            BlobKind::Data => new_pack(self.store),
+            BlobKind::Tree => PackBuilder::with_capacity(1 << 20),
+        };
+        let slot = match kind {
+            BlobKind::Data => &mut self.pack,
+            BlobKind::Tree => &mut self.tree_pack,
+        };
+        if slot.is_empty() {
             return Ok(());
         }
-        let (id, bytes, entries) = std::mem::take(&mut self.pack).finish();
+        let (id, bytes, entries) = std::mem::replace(slot, fresh).finish();
         self.written.push((id, entries));
         self.stats.packs += 1;
         if self.flush_tx.is_none() {
@@ -335,7 +362,8 @@ impl<'s> Writer<'s> {
     /// Make everything added durable (see the module docs for the order) and visible to
     /// readers of this store.
     pub fn commit(mut self) -> Result<WriteStats> {
-        self.seal()?;
+        self.seal(BlobKind::Data)?;
+        self.seal(BlobKind::Tree)?;
         self.join_flusher()?;
         if !self.written.is_empty() {
             // The packs must be durable before an index file names them: otherwise a
