@@ -1,28 +1,40 @@
 //! # stasis-catalog
 //!
-//! The record of every VM's snapshots, on SQLite (WAL mode, so one process can list
-//! while another creates). The schema is versioned with `PRAGMA user_version` and
-//! migrated forward on open.
+//! The record of every VM's snapshot tree, on SQLite (WAL mode, so one process can list
+//! while another creates; a busy timeout serialises writers). The schema is versioned
+//! with `PRAGMA user_version` and migrated forward on open.
 //!
 //! A snapshot exists once its row is committed: the store's blocks and manifests are
 //! made durable before (see `stasis_store::store`), so the catalog never names a
-//! manifest that is not on storage.
+//! manifest that is not on storage. Every change appends to the snapshot's timeline in
+//! the same transaction.
+//!
+//! Tree rules: at most one current snapshot per VM; deleting a snapshot with children
+//! re-parents them to its parent (their manifests are complete trees of their own, so
+//! no data moves: only their `added_bytes` is recomputed) while it shows
+//! `consolidating`; deleted rows stay listable with `all` until gc removes them. No
+//! operation recurses: chains of any depth work.
 
 mod error;
+pub mod fields;
+mod filter;
 mod ids;
 mod record;
 mod schema;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
 use stasis_store::config::Role;
-use stasis_store::manifest::Manifest;
+use stasis_store::manifest::{BlockRef, Manifest};
 
 pub use error::{Error, ErrorKind, Result};
+pub use fields::{CompressionState, Hypervisor, Kind, PowerState, now, parse_expiry, parse_tag};
+pub use filter::{ListFilter, SortField};
 pub use ids::{new_id, validate_name};
-pub use record::{CompressionInfo, NewPayload, NewSnapshot, Payload, Snapshot, Status, Vm};
+pub use record::{CompressionInfo, Event, NewPayload, NewSnapshot, Payload, Snapshot, Status, Vm};
 
 /// The catalog of a repository.
 #[derive(Debug)]
@@ -30,35 +42,63 @@ pub struct Catalog {
     conn: Connection,
 }
 
+/// New sizes of a re-parented child, computed by the caller from the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddedSizes {
+    /// See [`Snapshot::added_bytes`].
+    pub added_bytes: u64,
+    /// See [`Snapshot::uncompressed_size_bytes`].
+    pub uncompressed_size_bytes: u64,
+    /// See [`Snapshot::compressed_size_bytes`].
+    pub compressed_size_bytes: u64,
+}
+
 const SNAPSHOT_COLUMNS: &str = "s.id, s.name, s.vm_id, v.name, s.parent_id, s.created_at, s.status, \
      (v.current_id IS s.id), s.created_by, s.description, s.compression, s.size_bytes, \
-     s.uncompressed_size_bytes, s.compressed_size_bytes, s.added_bytes";
+     s.uncompressed_size_bytes, s.compressed_size_bytes, s.added_bytes, s.kind, s.source_hypervisor, \
+     s.includes_memory, s.quiesced, s.power_state, s.datastore, s.expires_at, s.compression_state, \
+     s.compression_error";
+
+fn opt_enum<T: std::str::FromStr>(v: Option<String>) -> Option<T> {
+    v.and_then(|s| s.parse().ok())
+}
 
 fn snapshot_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snapshot> {
     let compression: String = r.get(10)?;
     let status: String = r.get(6)?;
+    let kind: String = r.get(15)?;
+    let cstate: String = r.get(22)?;
     Ok(Snapshot {
         id: r.get(0)?,
         name: r.get(1)?,
+        kind: kind.parse().unwrap_or(Kind::Stopped),
         source_instance_id: r.get(2)?,
         source_instance_name: r.get(3)?,
-        parent_id: r.get(4)?,
+        source_hypervisor: opt_enum(r.get(16)?),
         created_at: r.get(5)?,
-        status: status.parse().unwrap_or(Status::Error),
-        is_current: r.get(7)?,
-        created_by: r.get(8)?,
-        description: r.get(9)?,
-        compression: serde_json::from_str(&compression).unwrap_or_default(),
         size_bytes: r.get::<_, i64>(11)? as u64,
         uncompressed_size_bytes: r.get::<_, i64>(12)? as u64,
         compressed_size_bytes: r.get::<_, i64>(13)? as u64,
+        compression: serde_json::from_str(&compression).unwrap_or_default(),
+        compression_state: cstate.parse().unwrap_or(CompressionState::Error),
+        compression_error: r.get(23)?,
+        tags: BTreeMap::new(),
+        description: r.get(9)?,
+        parent_id: r.get(4)?,
+        status: status.parse().unwrap_or(Status::Error),
+        is_current: r.get(7)?,
+        created_by: r.get(8)?,
+        includes_memory: r.get(17)?,
+        quiesced: r.get(18)?,
+        power_state: opt_enum(r.get(19)?),
+        datastore: r.get(20)?,
+        expires_at: r.get(21)?,
         added_bytes: r.get::<_, i64>(14)? as u64,
         payloads: Vec::new(),
     })
 }
 
 fn root_to_text(m: &Manifest) -> String {
-    use stasis_store::manifest::BlockRef;
     match m.root {
         BlockRef::Hole => "hole".into(),
         BlockRef::Zero => "zero".into(),
@@ -66,8 +106,7 @@ fn root_to_text(m: &Manifest) -> String {
     }
 }
 
-fn root_from_text(s: &str) -> Result<stasis_store::manifest::BlockRef> {
-    use stasis_store::manifest::BlockRef;
+fn root_from_text(s: &str) -> Result<BlockRef> {
     Ok(match s {
         "hole" => BlockRef::Hole,
         "zero" => BlockRef::Zero,
@@ -78,37 +117,54 @@ fn root_from_text(s: &str) -> Result<stasis_store::manifest::BlockRef> {
     })
 }
 
+fn event(tx: &Connection, id: &str, action: &str, actor: &str, detail: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO events (snapshot_id, at, action, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, now(), action, actor, detail],
+    )
+    .map_err(|e| Error::db("recording an event", e))?;
+    Ok(())
+}
+
+fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    move |e| Error::db(what, e)
+}
+
 impl Catalog {
     /// Open (creating if needed) the catalog database at `path` and migrate it.
     pub fn open(path: &Path) -> Result<Catalog> {
         let conn = Connection::open(path)
             .map_err(|e| Error::db(format!("opening {}", path.display()), e))?;
-        conn.busy_timeout(Duration::from_secs(30))
-            .map_err(|e| Error::db("busy timeout", e))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| Error::db("enabling WAL", e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| Error::db("synchronous", e))?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(|e| Error::db("foreign keys", e))?;
-        let mut cat = Catalog { conn };
-        schema::migrate(&mut cat.conn)?;
-        Ok(cat)
+        Self::setup(conn, true)
     }
 
     /// An in-memory catalog (tests).
     pub fn open_in_memory() -> Result<Catalog> {
-        let conn = Connection::open_in_memory().map_err(|e| Error::db("opening in memory", e))?;
+        let conn = Connection::open_in_memory().map_err(db("opening in memory"))?;
+        Self::setup(conn, false)
+    }
+
+    fn setup(conn: Connection, file: bool) -> Result<Catalog> {
+        conn.busy_timeout(Duration::from_secs(60))
+            .map_err(db("busy timeout"))?;
+        if file {
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(db("enabling WAL"))?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(db("synchronous"))?;
+        }
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db("foreign keys"))?;
         let mut cat = Catalog { conn };
         schema::migrate(&mut cat.conn)?;
         Ok(cat)
     }
 
-    /// A VM by name.
+    /// A VM by name or id.
     pub fn vm(&self, name: &str) -> Result<Option<Vm>> {
         self.conn
             .query_row(
-                "SELECT id, name, current_id, created_at FROM vms WHERE name = ?1 OR id = ?1",
+                "SELECT id, name, current_id, created_at, forked_from FROM vms WHERE name = ?1 OR id = ?1",
                 [name],
                 |r| {
                     Ok(Vm {
@@ -116,19 +172,20 @@ impl Catalog {
                         name: r.get(1)?,
                         current_id: r.get(2)?,
                         created_at: r.get(3)?,
+                        forked_from: r.get(4)?,
                     })
                 },
             )
             .optional()
-            .map_err(|e| Error::db("reading a VM", e))
+            .map_err(db("reading a VM"))
     }
 
     /// Every VM, by name.
     pub fn vms(&self) -> Result<Vec<Vm>> {
         let mut st = self
             .conn
-            .prepare("SELECT id, name, current_id, created_at FROM vms ORDER BY name")
-            .map_err(|e| Error::db("listing VMs", e))?;
+            .prepare("SELECT id, name, current_id, created_at, forked_from FROM vms ORDER BY name")
+            .map_err(db("listing VMs"))?;
         let rows = st
             .query_map([], |r| {
                 Ok(Vm {
@@ -136,47 +193,50 @@ impl Catalog {
                     name: r.get(1)?,
                     current_id: r.get(2)?,
                     created_at: r.get(3)?,
+                    forked_from: r.get(4)?,
                 })
             })
-            .map_err(|e| Error::db("listing VMs", e))?;
+            .map_err(db("listing VMs"))?;
         rows.collect::<rusqlite::Result<_>>()
-            .map_err(|e| Error::db("listing VMs", e))
+            .map_err(db("listing VMs"))
     }
 
-    fn snapshot_where(&self, clause: &str, p: impl rusqlite::Params) -> Result<Vec<Snapshot>> {
+    fn snapshots_where(&self, clause: &str, p: impl rusqlite::Params) -> Result<Vec<Snapshot>> {
         let sql = format!(
             "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s JOIN vms v ON v.id = s.vm_id {clause}"
         );
         let mut st = self
             .conn
             .prepare_cached(&sql)
-            .map_err(|e| Error::db("reading snapshots", e))?;
+            .map_err(db("reading snapshots"))?;
         let rows = st
             .query_map(p, snapshot_from_row)
-            .map_err(|e| Error::db("reading snapshots", e))?;
+            .map_err(db("reading snapshots"))?;
         let mut out: Vec<Snapshot> = rows
             .collect::<rusqlite::Result<_>>()
-            .map_err(|e| Error::db("reading snapshots", e))?;
+            .map_err(db("reading snapshots"))?;
         for s in &mut out {
             s.payloads = self.payloads(&s.id)?;
+            s.tags = self.tags(&s.id)?;
         }
         Ok(out)
     }
 
     /// A snapshot by id.
     pub fn get(&self, id: &str) -> Result<Option<Snapshot>> {
-        Ok(self.snapshot_where("WHERE s.id = ?1", [id])?.pop())
+        Ok(self.snapshots_where("WHERE s.id = ?1", [id])?.pop())
     }
 
     /// Resolve `spec`: a snapshot id, `VM/NAME`, or `VM` (its current snapshot).
+    /// Deleted snapshots resolve only by id.
     pub fn resolve(&self, spec: &str) -> Result<Snapshot> {
         if let Some(s) = self.get(spec)? {
             return Ok(s);
         }
         if let Some((vm, name)) = spec.split_once('/') {
             return self
-                .snapshot_where(
-                    "WHERE (v.name = ?1 OR v.id = ?1) AND s.name = ?2",
+                .snapshots_where(
+                    "WHERE (v.name = ?1 OR v.id = ?1) AND s.name = ?2 AND s.status != 'deleted'",
                     [vm, name],
                 )?
                 .pop()
@@ -204,15 +264,90 @@ impl Catalog {
         }
     }
 
-    /// Snapshots, oldest first, of one VM or all.
-    pub fn list(&self, vm: Option<&str>) -> Result<Vec<Snapshot>> {
-        match vm {
-            Some(vm) => self.snapshot_where(
-                "WHERE v.name = ?1 OR v.id = ?1 ORDER BY s.created_at, s.rowid",
-                [vm],
-            ),
-            None => self.snapshot_where("ORDER BY v.name, s.created_at, s.rowid", []),
+    /// Snapshots matching `f`.
+    pub fn list_filtered(&self, f: &ListFilter) -> Result<Vec<Snapshot>> {
+        let mut clauses: Vec<String> = Vec::new();
+        let mut args: Vec<String> = Vec::new();
+        let arg = |v: String, args: &mut Vec<String>| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        if let Some(vm) = &f.vm {
+            let a = arg(vm.clone(), &mut args);
+            clauses.push(format!("(v.name = {a} OR v.id = {a})"));
         }
+        for (k, v) in &f.tags {
+            let (ka, va) = (arg(k.clone(), &mut args), arg(v.clone(), &mut args));
+            clauses.push(format!("EXISTS (SELECT 1 FROM tags t WHERE t.snapshot_id = s.id AND t.key = {ka} AND t.value = {va})"));
+        }
+        match f.status {
+            Some(st) => clauses.push(format!("s.status = {}", arg(st.to_string(), &mut args))),
+            None if !f.all => clauses.push("s.status != 'deleted'".into()),
+            None => {}
+        }
+        if let Some(k) = f.kind {
+            clauses.push(format!("s.kind = {}", arg(k.to_string(), &mut args)));
+        }
+        if let Some(h) = f.hypervisor {
+            clauses.push(format!(
+                "s.source_hypervisor = {}",
+                arg(h.to_string(), &mut args)
+            ));
+        }
+        if let Some(p) = &f.parent_id {
+            clauses.push(format!("s.parent_id = {}", arg(p.clone(), &mut args)));
+        }
+        if f.expired {
+            clauses.push(format!(
+                "s.expires_at IS NOT NULL AND s.expires_at <= {}",
+                arg(now(), &mut args)
+            ));
+        }
+        let mut sql = String::new();
+        if !clauses.is_empty() {
+            sql.push_str("WHERE ");
+            sql.push_str(&clauses.join(" AND "));
+        }
+        sql.push_str(" ORDER BY ");
+        sql.push_str(f.sort.order_by());
+        if let Some(n) = f.limit {
+            sql.push_str(&format!(" LIMIT {n}"));
+        }
+        self.snapshots_where(&sql, params_from_iter(args.iter()))
+    }
+
+    /// Live (not deleted) snapshots, oldest first, of one VM or all.
+    pub fn list(&self, vm: Option<&str>) -> Result<Vec<Snapshot>> {
+        self.list_filtered(&ListFilter {
+            vm: vm.map(String::from),
+            ..ListFilter::default()
+        })
+    }
+
+    /// Ids of the live children of a snapshot.
+    pub fn children(&self, id: &str) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id FROM snapshots WHERE parent_id = ?1 AND status != 'deleted' ORDER BY created_at, rowid")
+            .map_err(db("reading children"))?;
+        let rows = st
+            .query_map([id], |r| r.get(0))
+            .map_err(db("reading children"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("reading children"))
+    }
+
+    /// Tags of a snapshot.
+    pub fn tags(&self, id: &str) -> Result<BTreeMap<String, String>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT key, value FROM tags WHERE snapshot_id = ?1")
+            .map_err(db("reading tags"))?;
+        let rows = st
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db("reading tags"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("reading tags"))
     }
 
     /// The payloads of a snapshot.
@@ -223,25 +358,26 @@ impl Catalog {
                 "SELECT name, role, size, allocated, data_bytes, block_size, fanout, root \
                  FROM payloads WHERE snapshot_id = ?1 ORDER BY position",
             )
-            .map_err(|e| Error::db("reading payloads", e))?;
+            .map_err(db("reading payloads"))?;
+        type Row = (String, String, i64, i64, i64, i64, i64, String);
         let rows = st
-            .query_map([snapshot_id], |r| {
+            .query_map([snapshot_id], |r| -> rusqlite::Result<Row> {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, String>(7)?,
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
                 ))
             })
-            .map_err(|e| Error::db("reading payloads", e))?;
+            .map_err(db("reading payloads"))?;
         let mut out = Vec::new();
         for row in rows {
             let (name, role, size, allocated, data_bytes, bs, fanout, root) =
-                row.map_err(|e| Error::db("reading payloads", e))?;
+                row.map_err(db("reading payloads"))?;
             let bad = || {
                 Error::corrupt(format!(
                     "payload {name} of {snapshot_id} has invalid fields"
@@ -264,11 +400,40 @@ impl Catalog {
         Ok(out)
     }
 
+    /// The timeline of a snapshot, oldest first.
+    pub fn events(&self, id: &str) -> Result<Vec<Event>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT at, action, actor, detail FROM events WHERE snapshot_id = ?1 ORDER BY id",
+            )
+            .map_err(db("reading events"))?;
+        let rows = st
+            .query_map([id], |r| {
+                Ok(Event {
+                    at: r.get(0)?,
+                    action: r.get(1)?,
+                    actor: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })
+            .map_err(db("reading events"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(db("reading events"))
+    }
+
+    /// Append to a snapshot's timeline (e.g. `verified`).
+    pub fn record_event(&self, id: &str, action: &str, actor: &str, detail: &str) -> Result<()> {
+        event(&self.conn, id, action, actor, detail)
+    }
+
     /// Check what [`Catalog::create`] would refuse, without changing anything.
     pub fn check_new(&self, new: &NewSnapshot) -> Result<()> {
         validate_name(&new.name)?;
         validate_name(&new.vm).map_err(|e| e.context("VM name"))?;
-        if let Some(vm) = self.vm(&new.vm)? {
+        fields::validate_tags(&new.tags)?;
+        let vm = self.vm(&new.vm)?;
+        if let Some(vm) = &vm {
             let dup: bool = self
                 .conn
                 .query_row(
@@ -276,7 +441,7 @@ impl Catalog {
                     params![vm.id, new.name],
                     |r| r.get(0),
                 )
-                .map_err(|e| Error::db("checking the name", e))?;
+                .map_err(db("checking the name"))?;
             if dup {
                 return Err(Error::new(
                     ErrorKind::Conflict,
@@ -291,11 +456,19 @@ impl Catalog {
                     format!("parent snapshot {p} does not exist"),
                 )
             })?;
-            if parent.source_instance_name != new.vm {
+            if parent.status == Status::Deleted {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("parent snapshot {p} is deleted"),
+                ));
+            }
+            let forked_from_it =
+                vm.as_ref().and_then(|v| v.forked_from.as_deref()) == Some(p.as_str());
+            if parent.source_instance_name != new.vm && !forked_from_it {
                 return Err(Error::new(
                     ErrorKind::InvalidInput,
                     format!(
-                        "parent {p} belongs to VM {}, not {}",
+                        "parent {p} belongs to VM {}, not {} (only a VM forked from it may branch from it)",
                         parent.source_instance_name, new.vm
                     ),
                 ));
@@ -319,19 +492,26 @@ impl Catalog {
     pub fn create(&mut self, new: &NewSnapshot) -> Result<Snapshot> {
         self.check_new(new)?;
         let id = new_id();
-        let now = jiff::Timestamp::now().to_string();
+        let now = now();
         let tx = self
             .conn
             .transaction()
-            .map_err(|e| Error::db("starting a transaction", e))?;
-        let vm_id = ensure_vm(&tx, &new.vm, &now)?;
+            .map_err(db("starting a transaction"))?;
+        let vm_id = ensure_vm(&tx, &new.vm, &now, None)?;
         let compression =
             serde_json::to_string(&new.compression).map_err(|e| Error::corrupt(e.to_string()))?;
+        let cstate = if new.compression.enabled {
+            CompressionState::Compressed
+        } else {
+            CompressionState::None
+        };
         let size: u64 = new.payloads.iter().map(|p| p.manifest.size).sum();
+        let includes_memory = new.payloads.iter().any(|p| p.role == Role::Memory);
         tx.execute(
             "INSERT INTO snapshots (id, vm_id, name, parent_id, created_at, status, created_by, description, \
-             compression, size_bytes, uncompressed_size_bytes, compressed_size_bytes, added_bytes) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             compression, size_bytes, uncompressed_size_bytes, compressed_size_bytes, added_bytes, kind, \
+             source_hypervisor, includes_memory, quiesced, power_state, datastore, expires_at, compression_state) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             params![
                 id,
                 vm_id,
@@ -344,10 +524,18 @@ impl Catalog {
                 size as i64,
                 new.uncompressed_size_bytes as i64,
                 new.compressed_size_bytes as i64,
-                new.added_bytes as i64
+                new.added_bytes as i64,
+                new.kind.as_str(),
+                new.source_hypervisor.map(|h| h.as_str()),
+                includes_memory,
+                new.quiesced,
+                new.power_state.map(|p| p.as_str()),
+                new.datastore,
+                new.expires_at,
+                cstate.as_str(),
             ],
         )
-        .map_err(|e| Error::db("inserting the snapshot", e))?;
+        .map_err(db("inserting the snapshot"))?;
         for (pos, p) in new.payloads.iter().enumerate() {
             tx.execute(
                 "INSERT INTO payloads (snapshot_id, position, name, role, size, allocated, data_bytes, block_size, fanout, root) \
@@ -365,41 +553,324 @@ impl Catalog {
                     root_to_text(&p.manifest)
                 ],
             )
-            .map_err(|e| Error::db("inserting a payload", e))?;
+            .map_err(db("inserting a payload"))?;
         }
+        for (k, v) in &new.tags {
+            tx.execute(
+                "INSERT INTO tags (snapshot_id, key, value) VALUES (?1, ?2, ?3)",
+                params![id, k, v],
+            )
+            .map_err(db("inserting a tag"))?;
+        }
+        event(
+            &tx,
+            &id,
+            "created",
+            &new.created_by,
+            &format!("{} payload(s), {size} bytes", new.payloads.len()),
+        )?;
         if new.make_current {
             tx.execute(
                 "UPDATE vms SET current_id = ?1 WHERE id = ?2",
                 params![id, vm_id],
             )
-            .map_err(|e| Error::db("setting the current snapshot", e))?;
+            .map_err(db("setting the current snapshot"))?;
+            event(
+                &tx,
+                &id,
+                "became_current",
+                &new.created_by,
+                "created as current",
+            )?;
         }
-        tx.execute(
-            "INSERT INTO events (snapshot_id, at, action, actor, detail) VALUES (?1, ?2, 'created', ?3, ?4)",
-            params![id, now, new.created_by, format!("{} payload(s), {size} bytes", new.payloads.len())],
-        )
-        .map_err(|e| Error::db("recording the event", e))?;
-        tx.commit()
-            .map_err(|e| Error::db("committing the snapshot", e))?;
+        tx.commit().map_err(db("committing the snapshot"))?;
         self.get(&id)?
             .ok_or_else(|| Error::corrupt("the new snapshot vanished"))
     }
+
+    fn live(&self, spec: &str) -> Result<Snapshot> {
+        let s = self.resolve(spec)?;
+        match s.status {
+            Status::Deleted => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("snapshot {} is deleted", s.id),
+            )),
+            _ => Ok(s),
+        }
+    }
+
+    /// Make `spec` its VM's current snapshot: the next create branches from it.
+    pub fn revert(&mut self, spec: &str, actor: &str) -> Result<Snapshot> {
+        let s = self.live(spec)?;
+        if s.status != Status::Active {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("snapshot {} is {}, not active", s.id, s.status),
+            ));
+        }
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(db("starting a transaction"))?;
+        tx.execute(
+            "UPDATE vms SET current_id = ?1 WHERE id = ?2",
+            params![s.id, s.source_instance_id],
+        )
+        .map_err(db("setting the current snapshot"))?;
+        event(&tx, &s.id, "became_current", actor, "reverted to")?;
+        tx.commit().map_err(db("committing the revert"))?;
+        self.get(&s.id)?
+            .ok_or_else(|| Error::corrupt("the snapshot vanished"))
+    }
+
+    /// Add or replace tags and remove keys, keeping at most [`fields::MAX_TAGS`].
+    pub fn tag(
+        &mut self,
+        spec: &str,
+        set: &[(String, String)],
+        remove: &[String],
+        actor: &str,
+    ) -> Result<Snapshot> {
+        let s = self.live(spec)?;
+        let mut tags = s.tags.clone();
+        for k in remove {
+            tags.remove(k);
+        }
+        for (k, v) in set {
+            fields::validate_tag(k, v)?;
+            tags.insert(k.clone(), v.clone());
+        }
+        fields::validate_tags(&tags)?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(db("starting a transaction"))?;
+        tx.execute("DELETE FROM tags WHERE snapshot_id = ?1", [&s.id])
+            .map_err(db("updating tags"))?;
+        for (k, v) in &tags {
+            tx.execute(
+                "INSERT INTO tags (snapshot_id, key, value) VALUES (?1, ?2, ?3)",
+                params![s.id, k, v],
+            )
+            .map_err(db("updating tags"))?;
+        }
+        let detail = format!(
+            "set {}; removed {}",
+            if set.is_empty() {
+                "-".to_string()
+            } else {
+                set.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            if remove.is_empty() {
+                "-".to_string()
+            } else {
+                remove.join(",")
+            }
+        );
+        event(&tx, &s.id, "tagged", actor, &detail)?;
+        tx.commit().map_err(db("committing tags"))?;
+        self.get(&s.id)?
+            .ok_or_else(|| Error::corrupt("the snapshot vanished"))
+    }
+
+    /// Delete a snapshot. A leaf is marked deleted. One with children is marked
+    /// `consolidating`, its children are re-parented to its parent (`recompute` gives
+    /// each child's sizes against its new parent), then it is marked deleted. With
+    /// `recursive`, the whole subtree is deleted. If it was its VM's current snapshot,
+    /// its parent becomes current. Returns the ids deleted.
+    pub fn delete(
+        &mut self,
+        spec: &str,
+        recursive: bool,
+        actor: &str,
+        recompute: &mut dyn FnMut(&Snapshot, Option<&Snapshot>) -> Result<AddedSizes>,
+    ) -> Result<Vec<String>> {
+        let s = self.live(spec)?;
+        let children = self.children(&s.id)?;
+        if recursive {
+            // Every live descendant, found without recursion.
+            let mut order = vec![s.id.clone()];
+            let mut i = 0;
+            while i < order.len() {
+                let kids = self.children(&order[i])?;
+                order.extend(kids);
+                i += 1;
+            }
+            let tx = self
+                .conn
+                .transaction()
+                .map_err(db("starting a transaction"))?;
+            for id in order.iter().rev() {
+                mark_deleted(
+                    &tx,
+                    id,
+                    actor,
+                    if *id == s.id {
+                        "deleted with its subtree"
+                    } else {
+                        "deleted with an ancestor"
+                    },
+                )?;
+            }
+            tx.commit().map_err(db("committing the delete"))?;
+            return Ok(order);
+        }
+        if !children.is_empty() {
+            self.conn
+                .execute(
+                    "UPDATE snapshots SET status = 'consolidating' WHERE id = ?1",
+                    [&s.id],
+                )
+                .map_err(db("marking consolidating"))?;
+            event(
+                &self.conn,
+                &s.id,
+                "consolidating",
+                actor,
+                &format!("re-parenting {} child(ren)", children.len()),
+            )?;
+            let parent = match &s.parent_id {
+                Some(p) => self.get(p)?,
+                None => None,
+            };
+            let mut updates = Vec::new();
+            for c in &children {
+                let child = self
+                    .get(c)?
+                    .ok_or_else(|| Error::corrupt(format!("child {c} vanished")))?;
+                updates.push((c.clone(), recompute(&child, parent.as_ref())?));
+            }
+            let tx = self
+                .conn
+                .transaction()
+                .map_err(db("starting a transaction"))?;
+            for (c, sz) in &updates {
+                tx.execute(
+                    "UPDATE snapshots SET parent_id = ?1, added_bytes = ?2, uncompressed_size_bytes = ?3, compressed_size_bytes = ?4 WHERE id = ?5",
+                    params![s.parent_id, sz.added_bytes as i64, sz.uncompressed_size_bytes as i64, sz.compressed_size_bytes as i64, c],
+                )
+                .map_err(db("re-parenting a child"))?;
+                let to = s.parent_id.as_deref().unwrap_or("no parent");
+                event(
+                    &tx,
+                    c,
+                    "reparented",
+                    actor,
+                    &format!("parent {} deleted; now {to}", s.id),
+                )?;
+            }
+            mark_deleted(&tx, &s.id, actor, "consolidated into its children")?;
+            tx.commit().map_err(db("committing the delete"))?;
+            return Ok(vec![s.id]);
+        }
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(db("starting a transaction"))?;
+        mark_deleted(&tx, &s.id, actor, "deleted")?;
+        tx.commit().map_err(db("committing the delete"))?;
+        Ok(vec![s.id])
+    }
+
+    /// Live snapshots that are expired and have no live children.
+    pub fn expired_leaves(&self) -> Result<Vec<Snapshot>> {
+        let f = ListFilter {
+            expired: true,
+            ..ListFilter::default()
+        };
+        let mut out = Vec::new();
+        for s in self.list_filtered(&f)? {
+            if self.children(&s.id)?.is_empty() {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Mark a snapshot failed, with why (it stays listable).
+    pub fn mark_error(&mut self, id: &str, actor: &str, why: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(db("starting a transaction"))?;
+        tx.execute("UPDATE snapshots SET status = 'error' WHERE id = ?1", [id])
+            .map_err(db("marking error"))?;
+        event(&tx, id, "error", actor, why)?;
+        tx.commit().map_err(db("committing"))
+    }
+
+    /// Record `new_vm` as forked from snapshot `spec` (created if new); it may then use
+    /// that snapshot as a parent. Appends `forked` to the snapshot's timeline.
+    pub fn fork_vm(&mut self, spec: &str, new_vm: &str, actor: &str) -> Result<Vm> {
+        validate_name(new_vm).map_err(|e| e.context("VM name"))?;
+        let s = self.live(spec)?;
+        if self.vm(new_vm)?.is_some() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("VM {new_vm} already exists"),
+            ));
+        }
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(db("starting a transaction"))?;
+        ensure_vm(&tx, new_vm, &now(), Some(&s.id))?;
+        event(
+            &tx,
+            &s.id,
+            "forked",
+            actor,
+            &format!("VM {new_vm} forked from it"),
+        )?;
+        tx.commit().map_err(db("committing the fork"))?;
+        self.vm(new_vm)?
+            .ok_or_else(|| Error::corrupt("the new VM vanished"))
+    }
 }
 
-fn ensure_vm(tx: &Transaction<'_>, name: &str, now: &str) -> Result<String> {
+fn mark_deleted(tx: &Transaction<'_>, id: &str, actor: &str, detail: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE snapshots SET status = 'deleted' WHERE id = ?1",
+        [id],
+    )
+    .map_err(db("marking deleted"))?;
+    // The current snapshot moves to the parent (or none).
+    tx.execute(
+        "UPDATE vms SET current_id = (SELECT parent_id FROM snapshots WHERE id = ?1) WHERE current_id = ?1",
+        [id],
+    )
+    .map_err(db("moving the current snapshot"))?;
+    // A parent that is itself deleted (recursive deletes) cannot be current.
+    tx.execute(
+        "UPDATE vms SET current_id = NULL WHERE current_id IN (SELECT id FROM snapshots WHERE status = 'deleted')",
+        [],
+    )
+    .map_err(db("moving the current snapshot"))?;
+    event(tx, id, "deleted", actor, detail)
+}
+
+fn ensure_vm(
+    tx: &Transaction<'_>,
+    name: &str,
+    now: &str,
+    forked_from: Option<&str>,
+) -> Result<String> {
     let existing: Option<String> = tx
         .query_row("SELECT id FROM vms WHERE name = ?1", [name], |r| r.get(0))
         .optional()
-        .map_err(|e| Error::db("reading a VM", e))?;
+        .map_err(db("reading a VM"))?;
     if let Some(id) = existing {
         return Ok(id);
     }
     let id = new_id();
     tx.execute(
-        "INSERT INTO vms (id, name, created_at) VALUES (?1, ?2, ?3)",
-        params![id, name, now],
+        "INSERT INTO vms (id, name, created_at, forked_from) VALUES (?1, ?2, ?3, ?4)",
+        params![id, name, now, forked_from],
     )
-    .map_err(|e| Error::db("creating the VM", e))?;
+    .map_err(db("creating the VM"))?;
     Ok(id)
 }
 

@@ -1,6 +1,7 @@
 //! The catalog's records. JSON field names follow the hypeman Snapshots API where it
 //! has the field, and the VMSNAPSHOT definition otherwise.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -10,6 +11,7 @@ use stasis_store::config::Role;
 use stasis_store::manifest::Manifest;
 
 use crate::error::{Error, ErrorKind};
+use crate::fields::{CompressionState, Hypervisor, Kind, PowerState};
 
 /// A snapshot's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,41 +115,77 @@ fn ser_manifest<S: serde::Serializer>(m: &Manifest, s: S) -> Result<S::Ok, S::Er
     map.end()
 }
 
-/// A snapshot record.
+/// A snapshot record. Field names and values are the hypeman Snapshots API's where it
+/// has the field, the VMSNAPSHOT definition's otherwise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
     /// 24 lowercase alphanumerics.
     pub id: String,
     /// Unique within its VM.
     pub name: String,
+    /// `Standby` (memory and devices) or `Stopped` (disks only).
+    pub kind: Kind,
     /// The VM's id.
     pub source_instance_id: String,
     /// The VM's name.
     pub source_instance_name: String,
-    /// The snapshot it branched from.
-    pub parent_id: Option<String>,
+    /// The hypervisor that wrote it.
+    pub source_hypervisor: Option<Hypervisor>,
     /// RFC 3339.
     pub created_at: String,
-    /// State.
-    pub status: Status,
-    /// Whether it is its VM's current snapshot.
-    pub is_current: bool,
-    /// Who made it.
-    pub created_by: String,
-    /// Free text.
-    pub description: Option<String>,
-    /// Compression used.
-    pub compression: CompressionInfo,
     /// Logical bytes of all payloads.
     pub size_bytes: u64,
     /// Uncompressed bytes of the blocks it added over its parent.
     pub uncompressed_size_bytes: u64,
     /// Stored bytes of the blocks it added over its parent.
     pub compressed_size_bytes: u64,
-    /// Stored bytes this snapshot added over its parent (blocks and tree nodes).
+    /// Compression used.
+    pub compression: CompressionInfo,
+    /// Where compression stands.
+    pub compression_state: CompressionState,
+    /// Why compression failed.
+    pub compression_error: Option<String>,
+    /// User tags.
+    pub tags: BTreeMap<String, String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// The snapshot it branched from.
+    pub parent_id: Option<String>,
+    /// `active`, `consolidating`, `deleted` or `error`.
+    pub status: Status,
+    /// Whether it is its VM's current snapshot.
+    pub is_current: bool,
+    /// Who made it.
+    pub created_by: String,
+    /// Whether it holds guest memory.
+    pub includes_memory: bool,
+    /// Whether the guest's filesystems were quiesced.
+    pub quiesced: bool,
+    /// The VM's power state when captured.
+    pub power_state: Option<PowerState>,
+    /// Where it is stored.
+    pub datastore: Option<String>,
+    /// When it expires (RFC 3339).
+    pub expires_at: Option<String>,
+    /// Stored, allocated bytes this snapshot added over its parent (blocks and tree
+    /// nodes it does not share with the parent).
     pub added_bytes: u64,
     /// Its files.
     pub payloads: Vec<Payload>,
+}
+
+/// One entry of a snapshot's activity timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// RFC 3339.
+    pub at: String,
+    /// `created`, `became_current`, `forked`, `consolidating`, `deleted`, `verified`,
+    /// `error`, `tagged`, `reparented`.
+    pub action: String,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub detail: String,
 }
 
 /// A VM.
@@ -161,6 +199,8 @@ pub struct Vm {
     pub current_id: Option<String>,
     /// When it was first seen.
     pub created_at: String,
+    /// The snapshot it was forked from, if any.
+    pub forked_from: Option<String>,
 }
 
 /// A payload to record.
@@ -201,6 +241,20 @@ pub struct NewSnapshot {
     pub added_bytes: u64,
     /// Make it the VM's current snapshot.
     pub make_current: bool,
+    /// `Standby` or `Stopped`.
+    pub kind: Kind,
+    /// The hypervisor.
+    pub source_hypervisor: Option<Hypervisor>,
+    /// Quiesced.
+    pub quiesced: bool,
+    /// Power state.
+    pub power_state: Option<PowerState>,
+    /// Where it is stored.
+    pub datastore: Option<String>,
+    /// Expiry (RFC 3339, see [`crate::fields::parse_expiry`]).
+    pub expires_at: Option<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
     /// Files.
     pub payloads: Vec<NewPayload>,
 }

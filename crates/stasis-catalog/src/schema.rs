@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 
 /// Migration `i` takes the schema from version `i` to `i + 1`. Never edit a released
 /// one; append a new one.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE vms (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL UNIQUE,
@@ -52,7 +53,29 @@ CREATE TABLE events (
     detail      TEXT NOT NULL
 );
 CREATE INDEX events_snapshot ON events(snapshot_id);
-"];
+",
+    r"
+ALTER TABLE snapshots ADD COLUMN kind TEXT NOT NULL DEFAULT 'Stopped';
+ALTER TABLE snapshots ADD COLUMN source_hypervisor TEXT;
+ALTER TABLE snapshots ADD COLUMN includes_memory INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE snapshots ADD COLUMN quiesced INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE snapshots ADD COLUMN power_state TEXT;
+ALTER TABLE snapshots ADD COLUMN datastore TEXT;
+ALTER TABLE snapshots ADD COLUMN expires_at TEXT;
+ALTER TABLE snapshots ADD COLUMN compression_state TEXT NOT NULL DEFAULT 'compressed';
+ALTER TABLE snapshots ADD COLUMN compression_error TEXT;
+ALTER TABLE vms ADD COLUMN forked_from TEXT;
+CREATE TABLE tags (
+    snapshot_id TEXT NOT NULL REFERENCES snapshots(id),
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (snapshot_id, key)
+);
+CREATE INDEX tags_kv ON tags(key, value);
+CREATE INDEX snapshots_vm ON snapshots(vm_id, created_at);
+CREATE INDEX snapshots_expires ON snapshots(expires_at) WHERE expires_at IS NOT NULL;
+",
+];
 
 /// Bring the database up to the current schema.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
@@ -79,4 +102,45 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
             .map_err(|e| Error::db("committing a migration", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_migrates_and_keeps_its_rows() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(MIGRATIONS[0]).expect("v1");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        conn.execute(
+            "INSERT INTO vms (id, name, created_at) VALUES ('v', 'vm', 'now')",
+            [],
+        )
+        .expect("vm");
+        migrate(&mut conn).expect("migrate");
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .expect("version");
+        assert_eq!(v as usize, MIGRATIONS.len());
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM vms WHERE forked_from IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(n, 1);
+        // Migrating again is a no-op.
+        migrate(&mut conn).expect("again");
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("version");
+        assert!(migrate(&mut conn).is_err());
+    }
 }

@@ -1,6 +1,7 @@
 use super::*;
 use stasis_store::codec::Compression;
 use stasis_store::manifest::BlockRef;
+use std::collections::BTreeMap;
 
 fn new_snap(vm: &str, name: &str, parent: Option<&str>) -> NewSnapshot {
     NewSnapshot {
@@ -14,6 +15,13 @@ fn new_snap(vm: &str, name: &str, parent: Option<&str>) -> NewSnapshot {
         compressed_size_bytes: 0,
         added_bytes: 0,
         make_current: true,
+        kind: Kind::Stopped,
+        source_hypervisor: None,
+        quiesced: false,
+        power_state: None,
+        datastore: None,
+        expires_at: None,
+        tags: BTreeMap::new(),
         payloads: vec![NewPayload {
             name: "root".into(),
             role: Role::Disk,
@@ -92,4 +100,184 @@ fn reopen_keeps_everything() {
     };
     let c = Catalog::open(&p).expect("reopen");
     assert_eq!(c.resolve("vm1/base").expect("resolve").id, id);
+}
+
+fn no_recompute(_: &Snapshot, _: Option<&Snapshot>) -> Result<AddedSizes> {
+    Ok(AddedSizes::default())
+}
+
+#[test]
+fn delete_leaf_middle_and_subtree() {
+    let mut c = Catalog::open_in_memory().expect("open");
+    let a = c.create(&new_snap("vm", "a", None)).expect("a");
+    let b = c.create(&new_snap("vm", "b", Some(&a.id))).expect("b");
+    let c1 = c.create(&new_snap("vm", "c1", Some(&b.id))).expect("c1");
+    let c2 = c.create(&new_snap("vm", "c2", Some(&b.id))).expect("c2");
+    // Middle: children move to a, b is consolidated then deleted.
+    let mut asked = Vec::new();
+    let gone = c
+        .delete("vm/b", false, "t", &mut |child, parent| {
+            asked.push((child.id.clone(), parent.map(|p| p.id.clone())));
+            Ok(AddedSizes {
+                added_bytes: 7,
+                ..AddedSizes::default()
+            })
+        })
+        .expect("delete b");
+    assert_eq!(gone, vec![b.id.clone()]);
+    assert_eq!(asked.len(), 2);
+    assert!(
+        asked
+            .iter()
+            .all(|(_, p)| p.as_deref() == Some(a.id.as_str()))
+    );
+    let c1n = c.get(&c1.id).expect("get").expect("c1");
+    assert_eq!(c1n.parent_id.as_deref(), Some(a.id.as_str()));
+    assert_eq!(c1n.added_bytes, 7);
+    assert_eq!(
+        c.get(&b.id).expect("get").expect("b").status,
+        Status::Deleted
+    );
+    let actions: Vec<String> = c
+        .events(&b.id)
+        .expect("events")
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        ["created", "became_current", "consolidating", "deleted"]
+    );
+    assert_eq!(c.list(Some("vm")).expect("list").len(), 3);
+    let all = c
+        .list_filtered(&ListFilter {
+            all: true,
+            ..ListFilter::default()
+        })
+        .expect("all");
+    assert_eq!(all.len(), 4, "deleted rows stay listable with all");
+    // Leaf c2 is current; deleting it makes its parent current.
+    assert!(c.get(&c2.id).expect("get").expect("c2").is_current);
+    c.delete(&c2.id, false, "t", &mut no_recompute)
+        .expect("delete c2");
+    assert!(c.get(&a.id).expect("get").expect("a").is_current);
+    // A deleted snapshot cannot be deleted, reverted or tagged again.
+    assert!(c.delete(&c2.id, false, "t", &mut no_recompute).is_err());
+    assert!(c.revert(&c2.id, "t").is_err());
+    // Recursive: a and c1 go together.
+    let gone = c
+        .delete("vm/a", true, "t", &mut no_recompute)
+        .expect("recursive");
+    assert_eq!(gone.len(), 2);
+    assert!(c.list(Some("vm")).expect("list").is_empty());
+    assert!(
+        c.vm("vm")
+            .expect("vm")
+            .expect("exists")
+            .current_id
+            .is_none()
+    );
+}
+
+#[test]
+fn revert_tags_filters_expiry() {
+    let mut c = Catalog::open_in_memory().expect("open");
+    let mut n = new_snap("vm", "a", None);
+    n.tags.insert("env".into(), "prod".into());
+    n.expires_at = Some(parse_expiry("2000-01-01").expect("date"));
+    n.kind = Kind::Standby;
+    n.source_hypervisor = Some(Hypervisor::Firecracker);
+    let a = c.create(&n).expect("a");
+    let b = c.create(&new_snap("vm", "b", Some(&a.id))).expect("b");
+    assert!(b.is_current);
+    let a2 = c.revert("vm/a", "t").expect("revert");
+    assert!(a2.is_current);
+    assert!(!c.get(&b.id).expect("get").expect("b").is_current);
+    assert_eq!(c.resolve("vm").expect("current").id, a.id);
+
+    let f = |tags: Vec<(&str, &str)>| ListFilter {
+        tags: tags
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect(),
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        c.list_filtered(&f(vec![("env", "prod")]))
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        c.list_filtered(&f(vec![("env", "dev")]))
+            .expect("list")
+            .len(),
+        0
+    );
+    c.tag(
+        &b.id,
+        &[("env".into(), "dev".into()), ("team".into(), "x".into())],
+        &[],
+        "t",
+    )
+    .expect("tag");
+    c.tag(&b.id, &[], &["team".into()], "t").expect("untag");
+    assert_eq!(c.get(&b.id).expect("get").expect("b").tags.len(), 1);
+    assert_eq!(
+        c.list_filtered(&f(vec![("env", "dev")]))
+            .expect("list")
+            .len(),
+        1
+    );
+    assert!(
+        c.tag(&b.id, &[("bad;key".into(), "v".into())], &[], "t")
+            .is_err()
+    );
+    let many: Vec<(String, String)> = (0..50).map(|i| (format!("k{i}"), String::new())).collect();
+    assert!(c.tag(&b.id, &many, &[], "t").is_err(), "51 tags in all");
+
+    let kind = ListFilter {
+        kind: Some(Kind::Standby),
+        ..ListFilter::default()
+    };
+    assert_eq!(c.list_filtered(&kind).expect("list").len(), 1);
+    let hv = ListFilter {
+        hypervisor: Some(Hypervisor::Qemu),
+        ..ListFilter::default()
+    };
+    assert_eq!(c.list_filtered(&hv).expect("list").len(), 0);
+    let expired = ListFilter {
+        expired: true,
+        ..ListFilter::default()
+    };
+    assert_eq!(c.list_filtered(&expired).expect("list").len(), 1);
+    assert!(
+        c.expired_leaves().expect("leaves").is_empty(),
+        "a has a child, so it is not an expired leaf"
+    );
+    let limited = ListFilter {
+        limit: Some(1),
+        sort: SortField::Name,
+        ..ListFilter::default()
+    };
+    assert_eq!(c.list_filtered(&limited).expect("list")[0].name, "a");
+}
+
+#[test]
+fn only_a_forked_vm_may_branch_from_another_vms_snapshot() {
+    let mut c = Catalog::open_in_memory().expect("open");
+    let a = c.create(&new_snap("vm", "a", None)).expect("a");
+    assert!(c.create(&new_snap("other", "x", Some(&a.id))).is_err());
+    c.fork_vm(&a.id, "clone", "t").expect("fork");
+    let x = c
+        .create(&new_snap("clone", "x", Some(&a.id)))
+        .expect("forked child");
+    assert_eq!(x.parent_id.as_deref(), Some(a.id.as_str()));
+    assert!(c.fork_vm(&a.id, "clone", "t").is_err(), "VM exists");
+    assert!(
+        c.events(&a.id)
+            .expect("events")
+            .iter()
+            .any(|e| e.action == "forked")
+    );
 }
