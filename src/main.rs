@@ -3,6 +3,7 @@
 mod cmd;
 mod output;
 mod repo;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,11 +29,21 @@ enum Command {
     /// Create a repository.
     Init(cmd::init::Args),
     /// Store a snapshot of a VM's files.
-    Create(cmd::create::Args),
+    Create(Box<cmd::create::Args>),
     /// List snapshots.
     List(cmd::list::ListArgs),
     /// Show one snapshot.
     Show(cmd::list::ShowArgs),
+    /// Draw each VM's snapshot tree (current marked *).
+    Tree(cmd::tree::TreeArgs),
+    /// Delete a snapshot (children are kept and re-parented), a subtree, or expired leaves.
+    Delete(cmd::tree::DeleteArgs),
+    /// Make a snapshot its VM's current one.
+    Revert(cmd::tree::RevertArgs),
+    /// A snapshot's activity timeline.
+    Log(cmd::list::LogArgs),
+    /// Set or remove a snapshot's tags.
+    Tag(cmd::tree::TagArgs),
     /// Write a snapshot's files into a directory, byte-identical and sparse.
     Restore(cmd::restore::Args),
     /// Check packs, index and manifests (and every block with --read-data).
@@ -54,9 +65,14 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Init(a) => cmd::init::run(&ctx, a),
-        Command::Create(a) => cmd::create::run(&ctx, a),
+        Command::Create(a) => cmd::create::run(&ctx, *a),
         Command::List(a) => cmd::list::list(&ctx, a),
         Command::Show(a) => cmd::list::show(&ctx, a),
+        Command::Tree(a) => cmd::tree::tree(&ctx, a),
+        Command::Delete(a) => cmd::tree::delete(&ctx, a),
+        Command::Revert(a) => cmd::tree::revert(&ctx, a),
+        Command::Log(a) => cmd::list::log(&ctx, a),
+        Command::Tag(a) => cmd::tree::tag(&ctx, a),
         Command::Restore(a) => cmd::restore::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Du(a) => cmd::du::run(&ctx, a),

@@ -97,3 +97,13 @@ impl Context {
         }
     }
 }
+
+/// Who is acting: `$USER`, `$LOGNAME`, or the numeric uid.
+pub fn actor() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|u| !u.is_empty())
+        // SAFETY: getuid has no preconditions and cannot fail.
+        .unwrap_or_else(|| format!("uid:{}", unsafe { libc::getuid() }))
+}

@@ -1,19 +1,21 @@
 //! `stasis create`.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use stasis_catalog::{NewPayload, NewSnapshot, Snapshot};
+use stasis_catalog::{
+    Hypervisor, Kind, NewPayload, NewSnapshot, PowerState, Snapshot, parse_expiry, parse_tag,
+};
 use stasis_store::codec::{Algorithm, Compression};
 use stasis_store::config::Role;
 use stasis_store::ingest::{self, IngestStats};
 use stasis_store::source::{data_regions, open_input};
-use stasis_store::verify::new_stored_bytes;
 
 use crate::output::{bar, human, print_json, ratio};
 use crate::repo::Context;
+use crate::usage::added_over;
 
 /// Store a snapshot of a VM's files.
 #[derive(Debug, clap::Args)]
@@ -53,6 +55,28 @@ pub struct Args {
     /// Do not make the new snapshot the VM's current one.
     #[arg(long)]
     no_current: bool,
+    /// Standby (memory and devices captured) or Stopped (disks only); any case.
+    /// Default: Standby when a memory file is given, else Stopped.
+    #[arg(long)]
+    kind: Option<String>,
+    /// The hypervisor that wrote it: cloud-hypervisor, firecracker, qemu, qemu-microvm, vz.
+    #[arg(long)]
+    hypervisor: Option<String>,
+    /// The guest's filesystems were quiesced.
+    #[arg(long)]
+    quiesced: bool,
+    /// powered_on, powered_off or suspended.
+    #[arg(long)]
+    power_state: Option<String>,
+    /// Where it is stored (free text; default: the repository path).
+    #[arg(long)]
+    datastore: Option<String>,
+    /// Expiry: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS (UTC) or RFC 3339 (a past one expires at once).
+    #[arg(long, value_name = "DATE")]
+    expires: Option<String>,
+    /// A tag, KEY=VALUE; repeatable (at most 50).
+    #[arg(long = "tag", value_name = "K=V")]
+    tags: Vec<String>,
 }
 
 /// One input: role, name inside the snapshot, path.
@@ -108,6 +132,20 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     if inputs.is_empty() {
         bail!("nothing to store: give at least one --disk, --memory or --state");
     }
+    // Metadata is checked before anything is opened or read.
+    let kind: Kind = match &a.kind {
+        Some(k) => k.parse()?,
+        None if a.memory.is_some() => Kind::Standby,
+        None => Kind::Stopped,
+    };
+    let hypervisor: Option<Hypervisor> = a.hypervisor.as_deref().map(str::parse).transpose()?;
+    let power_state: Option<PowerState> = a.power_state.as_deref().map(str::parse).transpose()?;
+    let expires_at = a.expires.as_deref().map(parse_expiry).transpose()?;
+    let mut tags = BTreeMap::new();
+    for t in &a.tags {
+        let (k, v) = parse_tag(t)?;
+        tags.insert(k, v);
+    }
     let mut repo = ctx.open()?;
     let config = repo.store.config().clone();
     let compression = match (&a.compression, a.level) {
@@ -138,17 +176,23 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         vm: a.vm.clone(),
         name: a.name.clone(),
         parent_id: parent.as_ref().map(|p| p.id.clone()),
-        created_by: a
-            .created_by
-            .clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "unknown".into()),
+        created_by: a.created_by.clone().unwrap_or_else(crate::repo::actor),
         description: a.description.clone(),
         compression: compression.into(),
         uncompressed_size_bytes: 0,
         compressed_size_bytes: 0,
         added_bytes: 0,
         make_current: !a.no_current,
+        kind,
+        source_hypervisor: hypervisor,
+        quiesced: a.quiesced,
+        power_state,
+        datastore: a
+            .datastore
+            .clone()
+            .or_else(|| Some(repo.path.display().to_string())),
+        expires_at,
+        tags,
         payloads: Vec::new(),
     };
     // Refuse bad names, duplicates and foreign parents before reading anything.
@@ -230,18 +274,14 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     pb.finish_and_clear();
 
     // What this snapshot added over its parent (blocks and tree nodes).
-    let mut seen: HashSet<_, rustc_hash::FxBuildHasher> = HashSet::default();
-    if let Some(p) = &parent {
-        for pp in &p.payloads {
-            new_stored_bytes(&repo.store, &pp.manifest, &mut seen)?;
-        }
-    }
-    for p in &new.payloads {
-        let (stored, raw) = new_stored_bytes(&repo.store, &p.manifest, &mut seen)?;
-        new.added_bytes += stored;
-        new.compressed_size_bytes += stored;
-        new.uncompressed_size_bytes += raw;
-    }
+    let sizes = added_over(
+        &repo.store,
+        new.payloads.iter().map(|p| &p.manifest),
+        parent.as_ref(),
+    )?;
+    new.added_bytes = sizes.added_bytes;
+    new.compressed_size_bytes = sizes.compressed_size_bytes;
+    new.uncompressed_size_bytes = sizes.uncompressed_size_bytes;
     let snap = repo.catalog.create(&new)?;
     let secs = started.elapsed().as_secs_f64();
     if ctx.json {

@@ -5,4 +5,5 @@ pub mod du;
 pub mod init;
 pub mod list;
 pub mod restore;
+pub mod tree;
 pub mod verify;

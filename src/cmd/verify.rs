@@ -33,17 +33,25 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let mut problems: Vec<Problem> = report.problems.clone();
     let snaps = repo.catalog.list(None)?;
     let mut payloads = 0;
+    let actor = crate::repo::actor();
     for s in &snaps {
+        let before = problems.len();
         for p in &s.payloads {
             payloads += 1;
-            problems.extend(verify_manifest(
-                &repo.store,
-                &p.manifest,
-                &format!(
-                    "{}/{} ({}) {}",
-                    s.source_instance_name, s.name, s.id, p.name
-                ),
-            ));
+            let what = format!(
+                "{}/{} ({}) {}",
+                s.source_instance_name, s.name, s.id, p.name
+            );
+            problems.extend(verify_manifest(&repo.store, &p.manifest, &what));
+        }
+        // The timeline records a clean check only when the blocks were read too.
+        if a.read_data && problems.len() == before && report.problems.is_empty() {
+            repo.catalog.record_event(
+                &s.id,
+                "verified",
+                &actor,
+                "verify --read-data: every block read and checked",
+            )?;
         }
     }
     if ctx.json {
