@@ -490,3 +490,188 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn tree_delete_revert_log_tag_and_filters() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let img = env.path("d.img");
+    let mut data = noise(400_000, 11);
+    fs::write(&img, &data).expect("write");
+    let disk = format!("root={}", img.display());
+    env.ok(&[
+        "create",
+        "web",
+        "base",
+        "--disk",
+        &disk,
+        "--tag",
+        "env=prod",
+        "--kind",
+        "standby",
+        "--hypervisor",
+        "firecracker",
+        "--expires",
+        "2001-01-01",
+    ]);
+    data[100_000..140_000].copy_from_slice(&noise(40_000, 12));
+    fs::write(&img, &data).expect("write");
+    env.ok(&[
+        "create",
+        "web",
+        "day2",
+        "--disk",
+        &disk,
+        "--quiesced",
+        "--power-state",
+        "powered_off",
+        "--description",
+        "after upgrade",
+    ]);
+    env.ok(&["create", "web", "day3", "--disk", &disk]);
+    env.ok(&["revert", "web/day2"]);
+    let alt = env.json(&["create", "web", "alt", "--disk", &disk]);
+    assert_eq!(
+        alt["parent_id"],
+        env.json(&["show", "web/day2"])["id"],
+        "after revert, create branches from day2"
+    );
+
+    // The record uses the API's names and values.
+    let base = env.json(&["show", "web/base"]);
+    assert_eq!(base["kind"], "Standby");
+    assert_eq!(base["source_hypervisor"], "firecracker");
+    assert_eq!(base["tags"]["env"], "prod");
+    assert_eq!(base["status"], "active");
+    assert_eq!(base["compression"]["algorithm"], "zstd");
+    assert_eq!(base["compression_state"], "compressed");
+    assert_eq!(base["expires_at"], "2001-01-01T00:00:00Z");
+    let day2 = env.json(&["show", "web/day2"]);
+    assert_eq!(day2["quiesced"], true);
+    assert_eq!(day2["power_state"], "powered_off");
+    assert_eq!(day2["description"], "after upgrade");
+    assert_eq!(day2["includes_memory"], false);
+    assert!(
+        day2["added_bytes"].as_u64().expect("u64") < 200_000,
+        "a child adds only what changed"
+    );
+
+    let tree = env.ok(&["tree", "web"]);
+    assert!(
+        tree.contains("├─ day3") && tree.contains("└─ alt *"),
+        "{tree}"
+    );
+    assert_eq!(
+        env.json(&["list", "--tag", "env=prod"])
+            .as_array()
+            .expect("arr")
+            .len(),
+        1
+    );
+    assert_eq!(
+        env.json(&["list", "--kind", "STOPPED"])
+            .as_array()
+            .expect("arr")
+            .len(),
+        3
+    );
+    assert_eq!(
+        env.json(&["list", "--hypervisor", "qemu"])
+            .as_array()
+            .expect("arr")
+            .len(),
+        0
+    );
+    assert_eq!(
+        env.json(&["list", "--expired"])
+            .as_array()
+            .expect("arr")
+            .len(),
+        1
+    );
+    let by_added = env.json(&["list", "--sort", "added_bytes", "--limit", "1"]);
+    assert_eq!(
+        by_added[0]["name"], "base",
+        "the stale report puts the biggest adder first"
+    );
+
+    env.ok(&["tag", "web/day3", "team=infra", "owner=a@b.c"]);
+    env.ok(&["tag", "web/day3", "--remove", "owner"]);
+    assert_eq!(
+        env.json(&["show", "web/day3"])["tags"],
+        serde_json::json!({"team": "infra"})
+    );
+    env.fails(&["tag", "web/day3", "bad key!=x"], "invalid tag key");
+
+    // Deleting the middle keeps both children readable and re-parents them.
+    let before = env.path("before");
+    env.ok(&["restore", "web/day3", before.to_str().expect("utf8")]);
+    env.ok(&["delete", "web/day2"]);
+    let day3 = env.json(&["show", "web/day3"]);
+    assert_eq!(day3["parent_id"], base["id"]);
+    let after = env.path("after");
+    env.ok(&["restore", "web/day3", after.to_str().expect("utf8")]);
+    assert!(same(&before.join("root"), &after.join("root")));
+    assert!(same(&after.join("root"), &img));
+    let log: Vec<String> = env
+        .json(&["log", day2["id"].as_str().expect("id")])
+        .as_array()
+        .expect("arr")
+        .iter()
+        .map(|e| e["action"].as_str().expect("s").to_string())
+        .collect();
+    assert_eq!(
+        log,
+        [
+            "created",
+            "became_current",
+            "became_current",
+            "consolidating",
+            "deleted"
+        ]
+    );
+    assert_eq!(env.json(&["list"]).as_array().expect("arr").len(), 3);
+    assert_eq!(
+        env.json(&["list", "--all"]).as_array().expect("arr").len(),
+        4
+    );
+    env.fails(&["revert", "web/day2"], "no snapshot");
+
+    // Expired leaves: base has children, so nothing goes until they do.
+    assert_eq!(
+        env.json(&["delete", "--expired"])["deleted"]
+            .as_array()
+            .expect("arr")
+            .len(),
+        0
+    );
+    env.ok(&["delete", "--recursive", "web/base"]);
+    assert_eq!(env.json(&["list"]).as_array().expect("arr").len(), 0);
+    env.ok(&["verify", "--read-data"]);
+}
+
+#[test]
+fn one_process_creates_while_another_lists() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let img = env.path("d.img");
+    fs::write(&img, noise(200_000, 3)).expect("write");
+    let disk = format!("root={}", img.display());
+    std::thread::scope(|s| {
+        let creator = s.spawn(|| {
+            for i in 0..15 {
+                env.ok(&["create", "vm", &format!("s{i}"), "--disk", &disk]);
+            }
+        });
+        let lister = s.spawn(|| {
+            for _ in 0..30 {
+                let list = env.json(&["list"]);
+                assert!(list.is_array());
+                env.ok(&["tree"]);
+            }
+        });
+        creator.join().expect("creator");
+        lister.join().expect("lister");
+    });
+    assert_eq!(env.json(&["list"]).as_array().expect("arr").len(), 15);
+}
