@@ -675,3 +675,105 @@ fn one_process_creates_while_another_lists() {
     });
     assert_eq!(env.json(&["list"]).as_array().expect("arr").len(), 15);
 }
+
+/// A 10,000-deep chain works in every command (nothing recurses). The chain's rows are
+/// added through the catalog library (reusing one real payload) to keep the test fast.
+#[test]
+fn ten_thousand_deep_chain_works_everywhere() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let img = env.path("d.img");
+    fs::write(&img, noise(150_000, 4)).expect("write");
+    let first = env.json(&[
+        "create",
+        "deep",
+        "d0",
+        "--disk",
+        img.to_str().expect("utf8"),
+    ]);
+    {
+        let mut cat = stasis_catalog::Catalog::open(&env.path("repo/catalog.db")).expect("catalog");
+        cat.relax_durability().expect("relax");
+        let payload = cat
+            .payloads(first["id"].as_str().expect("id"))
+            .expect("payloads")
+            .remove(0);
+        let mut parent = first["id"].as_str().map(String::from);
+        for i in 1..10_000 {
+            let s = cat
+                .create(&stasis_catalog::NewSnapshot {
+                    vm: "deep".into(),
+                    name: format!("d{i}"),
+                    parent_id: parent.take(),
+                    created_by: "test".into(),
+                    description: None,
+                    compression: Default::default(),
+                    uncompressed_size_bytes: 0,
+                    compressed_size_bytes: 0,
+                    added_bytes: 0,
+                    make_current: true,
+                    kind: stasis_catalog::Kind::Stopped,
+                    source_hypervisor: None,
+                    quiesced: false,
+                    power_state: None,
+                    datastore: None,
+                    expires_at: None,
+                    tags: Default::default(),
+                    payloads: vec![stasis_catalog::NewPayload {
+                        name: payload.name.clone(),
+                        role: payload.role,
+                        allocated: payload.allocated,
+                        data_bytes: payload.data_bytes,
+                        manifest: payload.manifest,
+                    }],
+                })
+                .expect("create");
+            parent = Some(s.id);
+        }
+    }
+    let tree = env.ok(&["tree", "deep"]);
+    assert_eq!(
+        tree.lines().count(),
+        10_001,
+        "one line per snapshot plus the VM"
+    );
+    assert!(
+        tree.lines().all(|l| l.len() < 200),
+        "a chain does not indent"
+    );
+    assert_eq!(
+        env.json(&["tree", "--", "deep"])
+            .as_array()
+            .expect("arr")
+            .len(),
+        10_000
+    );
+    assert_eq!(
+        env.json(&["list", "--vm", "deep"])
+            .as_array()
+            .expect("arr")
+            .len(),
+        10_000
+    );
+    assert_eq!(env.json(&["show", "deep"])["name"], "d9999");
+    env.ok(&["log", "deep/d5000"]);
+    env.ok(&["delete", "deep/d5000"]);
+    assert_eq!(
+        env.json(&["show", "deep/d5001"])["parent_id"],
+        env.json(&["show", "deep/d4999"])["id"]
+    );
+    env.ok(&["revert", "deep/d1"]);
+    env.ok(&["du"]);
+    env.ok(&["verify"]);
+    let out = env.path("out");
+    env.ok(&["restore", "deep/d9999", out.to_str().expect("utf8")]);
+    assert!(same(&out.join("d.img"), &img));
+    env.ok(&["delete", "--recursive", "deep/d0"]);
+    assert_eq!(
+        env.json(&["list", "--vm", "deep"])
+            .as_array()
+            .expect("arr")
+            .len(),
+        0
+    );
+}

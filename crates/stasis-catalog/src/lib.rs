@@ -160,6 +160,14 @@ impl Catalog {
         Ok(cat)
     }
 
+    /// Stop fsyncing commits (`synchronous = OFF`), for bulk loads and benchmarks only:
+    /// a crash may then lose the latest commits (never corrupt the database).
+    pub fn relax_durability(&self) -> Result<()> {
+        self.conn
+            .pragma_update(None, "synchronous", "OFF")
+            .map_err(db("synchronous"))
+    }
+
     /// A VM by name or id.
     pub fn vm(&self, name: &str) -> Result<Option<Vm>> {
         self.conn

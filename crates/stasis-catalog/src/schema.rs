@@ -73,6 +73,7 @@ CREATE TABLE tags (
 );
 CREATE INDEX tags_kv ON tags(key, value);
 CREATE INDEX snapshots_vm ON snapshots(vm_id, created_at);
+CREATE INDEX snapshots_created ON snapshots(created_at);
 CREATE INDEX snapshots_expires ON snapshots(expires_at) WHERE expires_at IS NOT NULL;
 ",
 ];
