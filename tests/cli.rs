@@ -450,11 +450,31 @@ fn corrupt_packs_are_reported_never_restored() {
     fs::write(&pack, &bytes).expect("write");
     let out = env.run(&["verify", "--read-data"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("PROBLEM"));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("PROBLEM"));
+    assert!(
+        report.contains("vm1/a") && report.contains("is corrupt"),
+        "names the snapshot that lost a block: {report}"
+    );
     env.fails(
         &["restore", "vm1/a", env.path("out").to_str().expect("utf8")],
         "checksum",
     );
+    // The snapshot is marked error, with the reason on its timeline.
+    let s = env.json(&["show", "vm1/a"]);
+    assert_eq!(s["status"], "error");
+    let log = env.json(&["log", "vm1/a"]);
+    assert!(
+        log.as_array()
+            .expect("arr")
+            .iter()
+            .any(|e| e["action"] == "error")
+    );
+    // Putting the pack back makes a full check pass and the snapshot active again.
+    bytes[4096 + 100] ^= 0x40;
+    fs::write(&pack, &bytes).expect("write");
+    env.ok(&["verify", "--read-data"]);
+    assert_eq!(env.json(&["show", "vm1/a"])["status"], "active");
 }
 
 #[test]

@@ -34,6 +34,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let snaps = repo.catalog.list(None)?;
     let mut payloads = 0;
     let actor = crate::repo::actor();
+    let mut repo = repo;
     for s in &snaps {
         let before = problems.len();
         for p in &s.payloads {
@@ -42,13 +43,21 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
                 "{}/{} ({}) {}",
                 s.source_instance_name, s.name, s.id, p.name
             );
-            problems.extend(verify_manifest(&repo.store, &p.manifest, &what));
+            problems.extend(verify_manifest(
+                &repo.store,
+                &p.manifest,
+                &what,
+                &report.bad_blocks,
+            ));
         }
-        // The timeline records a clean check only when the blocks were read too.
-        if a.read_data && problems.len() == before && report.problems.is_empty() {
-            repo.catalog.record_event(
+        // The timeline says what was found: a snapshot whose tree or blocks fail is marked
+        // `error`; a clean check that read every block marks it verified (and active).
+        if let Some(first) = problems.get(before) {
+            repo.catalog
+                .mark_error(&s.id, &actor, &format!("verify: {}", first.message))?;
+        } else if a.read_data && report.problems.is_empty() {
+            repo.catalog.mark_verified(
                 &s.id,
-                "verified",
                 &actor,
                 "verify --read-data: every block read and checked",
             )?;

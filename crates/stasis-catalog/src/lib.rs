@@ -798,15 +798,37 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Mark a snapshot failed, with why (it stays listable).
+    /// Mark a live snapshot failed, with why (it stays listable). No change (and no
+    /// event) if it is already in error.
     pub fn mark_error(&mut self, id: &str, actor: &str, why: &str) -> Result<()> {
         let tx = self
             .conn
             .transaction()
             .map_err(db("starting a transaction"))?;
-        tx.execute("UPDATE snapshots SET status = 'error' WHERE id = ?1", [id])
+        let n = tx
+            .execute(
+                "UPDATE snapshots SET status = 'error' WHERE id = ?1 AND status = 'active'",
+                [id],
+            )
             .map_err(db("marking error"))?;
-        event(&tx, id, "error", actor, why)?;
+        if n > 0 {
+            event(&tx, id, "error", actor, why)?;
+        }
+        tx.commit().map_err(db("committing"))
+    }
+
+    /// Record a clean full check; a snapshot in error becomes active again.
+    pub fn mark_verified(&mut self, id: &str, actor: &str, detail: &str) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(db("starting a transaction"))?;
+        tx.execute(
+            "UPDATE snapshots SET status = 'active' WHERE id = ?1 AND status = 'error'",
+            [id],
+        )
+        .map_err(db("marking verified"))?;
+        event(&tx, id, "verified", actor, detail)?;
         tx.commit().map_err(db("committing"))
     }
 

@@ -35,6 +35,9 @@ pub struct StoreReport {
     pub unindexed_packs: Vec<String>,
     /// Everything wrong.
     pub problems: Vec<Problem>,
+    /// Blocks whose stored bytes failed their check (for [`verify_manifest`]).
+    #[serde(skip)]
+    pub bad_blocks: HashSet<BlockId, FxBuildHasher>,
 }
 
 fn problem(object: impl Into<String>, message: impl Into<String>) -> Problem {
@@ -84,7 +87,7 @@ pub fn verify_store(
                 }
                 Err(e) => report.problems.push(problem(&meta.key, e.to_string())),
             }
-            let bad: Vec<Problem> = entries
+            let bad: Vec<(BlockId, Problem)> = entries
                 .par_iter()
                 .filter_map(|e| {
                     let loc = Location {
@@ -97,10 +100,13 @@ pub fn verify_store(
                     };
                     read_located(backend, &e.id, &pid, &loc)
                         .err()
-                        .map(|err| problem(format!("block {}", e.id), err.to_string()))
+                        .map(|err| (e.id, problem(format!("block {}", e.id), err.to_string())))
                 })
                 .collect();
-            report.problems.extend(bad);
+            for (id, p) in bad {
+                report.bad_blocks.insert(id);
+                report.problems.push(p);
+            }
             progress(meta.size);
         }
         tables.insert(pid, entries);
@@ -147,8 +153,14 @@ pub fn verify_store(
 }
 
 /// Check one payload's tree: every node decodes with the right shape and every
-/// referenced block is in the index. Returns the problems found.
-pub fn verify_manifest(store: &Store, m: &Manifest, what: &str) -> Vec<Problem> {
+/// referenced block is in the index and not among `bad` (blocks that failed their check
+/// in [`verify_store`]). Returns the problems found.
+pub fn verify_manifest(
+    store: &Store,
+    m: &Manifest,
+    what: &str,
+    bad: &HashSet<BlockId, FxBuildHasher>,
+) -> Vec<Problem> {
     let mut out = Vec::new();
     if let Err(e) = m.validate() {
         out.push(problem(what, e.to_string()));
@@ -156,13 +168,19 @@ pub fn verify_manifest(store: &Store, m: &Manifest, what: &str) -> Vec<Problem> 
     }
     let idx = store.index();
     let mut missing: Vec<BlockId> = Vec::new();
-    let r = manifest::visit_nodes(store, m, &mut |_, level, refs| {
+    let mut corrupt: Vec<BlockId> = Vec::new();
+    let r = manifest::visit_nodes(store, m, &mut |node, level, refs| {
+        if bad.contains(&node) {
+            corrupt.push(node);
+        }
         if level == 1 {
             for r in refs {
-                if let BlockRef::Data(id) = r
-                    && !idx.contains(id)
-                {
-                    missing.push(*id);
+                if let BlockRef::Data(id) = r {
+                    if !idx.contains(id) {
+                        missing.push(*id);
+                    } else if bad.contains(id) {
+                        corrupt.push(*id);
+                    }
                 }
             }
         }
@@ -173,6 +191,9 @@ pub fn verify_manifest(store: &Store, m: &Manifest, what: &str) -> Vec<Problem> 
     }
     for id in missing {
         out.push(problem(what, format!("block {id} is missing")));
+    }
+    for id in corrupt {
+        out.push(problem(what, format!("block {id} is corrupt")));
     }
     out
 }
