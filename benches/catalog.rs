@@ -4,44 +4,29 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use stasis_catalog::{
-    AddedSizes, Catalog, CompressionInfo, Kind, ListFilter, NewPayload, NewSnapshot,
-};
+use stasis_catalog::{AddedSizes, Catalog, CompressionInfo, ListFilter, NewPayload, NewSnapshot};
 use stasis_store::codec::Compression;
 use stasis_store::config::Role;
 use stasis_store::manifest::{BlockRef, Manifest};
 
 fn new_snap(vm: &str, name: &str, parent: Option<String>) -> NewSnapshot {
+    let payload = NewPayload {
+        name: "root".into(),
+        role: Role::Disk,
+        allocated: 0,
+        data_bytes: 0,
+        manifest: Manifest {
+            size: 1 << 30,
+            block_size: 65536,
+            fanout: 64,
+            root: BlockRef::Hole,
+        },
+    };
     NewSnapshot {
-        vm: vm.into(),
-        name: name.into(),
         parent_id: parent,
-        created_by: "bench".into(),
-        description: None,
         compression: CompressionInfo::from(Compression::default()),
-        uncompressed_size_bytes: 0,
-        compressed_size_bytes: 0,
-        added_bytes: 0,
-        make_current: true,
-        kind: Kind::Stopped,
-        source_hypervisor: None,
-        quiesced: false,
-        power_state: None,
-        datastore: None,
-        expires_at: None,
         tags: [("env".to_string(), "bench".to_string())].into(),
-        payloads: vec![NewPayload {
-            name: "root".into(),
-            role: Role::Disk,
-            allocated: 0,
-            data_bytes: 0,
-            manifest: Manifest {
-                size: 1 << 30,
-                block_size: 65536,
-                fanout: 64,
-                root: BlockRef::Hole,
-            },
-        }],
+        ..NewSnapshot::new(vm, name, "bench", vec![payload])
     }
 }
 

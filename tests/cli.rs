@@ -213,6 +213,16 @@ fn ext4_images_snapshot_diff_restore_verify() {
         "--disk",
         &format!("root={}", layer.display()),
     ]);
+    // The merged payload's allocated bytes cover its data, not just the layer's pages.
+    let pl = &g["payloads"][0];
+    assert!(
+        pl["allocated"].as_u64() >= pl["data_bytes"].as_u64(),
+        "{pl}"
+    );
+    assert!(
+        pl["allocated"].as_u64().expect("u64") > pages as u64 * 4096,
+        "{pl}"
+    );
     // The diff added about what changed, not a whole image.
     let added = g["added_bytes"].as_u64().expect("added");
     assert!(
@@ -722,30 +732,19 @@ fn ten_thousand_deep_chain_works_everywhere() {
         for i in 1..10_000 {
             let s = cat
                 .create(&stasis_catalog::NewSnapshot {
-                    vm: "deep".into(),
-                    name: format!("d{i}"),
                     parent_id: parent.take(),
-                    created_by: "test".into(),
-                    description: None,
-                    compression: Default::default(),
-                    uncompressed_size_bytes: 0,
-                    compressed_size_bytes: 0,
-                    added_bytes: 0,
-                    make_current: true,
-                    kind: stasis_catalog::Kind::Stopped,
-                    source_hypervisor: None,
-                    quiesced: false,
-                    power_state: None,
-                    datastore: None,
-                    expires_at: None,
-                    tags: Default::default(),
-                    payloads: vec![stasis_catalog::NewPayload {
-                        name: payload.name.clone(),
-                        role: payload.role,
-                        allocated: payload.allocated,
-                        data_bytes: payload.data_bytes,
-                        manifest: payload.manifest,
-                    }],
+                    ..stasis_catalog::NewSnapshot::new(
+                        "deep",
+                        format!("d{i}"),
+                        "test",
+                        vec![stasis_catalog::NewPayload {
+                            name: payload.name.clone(),
+                            role: payload.role,
+                            allocated: payload.allocated,
+                            data_bytes: payload.data_bytes,
+                            manifest: payload.manifest,
+                        }],
+                    )
                 })
                 .expect("create");
             parent = Some(s.id);

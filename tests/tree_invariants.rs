@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use stasis_catalog::{
-    AddedSizes, Catalog, CompressionInfo, Kind, ListFilter, NewPayload, NewSnapshot, Status,
+    AddedSizes, Catalog, CompressionInfo, ListFilter, NewPayload, NewSnapshot, Status,
 };
 use stasis_store::backend::{Backend, MemoryBackend};
 use stasis_store::codec::Compression;
@@ -127,24 +127,15 @@ proptest! {
                     w.commit().expect("commit");
                     let s = cat
                         .create(&NewSnapshot {
-                            vm,
-                            name: format!("s{n}"),
                             parent_id: parent.map(|p| p.id),
-                            created_by: "prop".into(),
-                            description: None,
                             compression: CompressionInfo::from(Compression::default()),
-                            uncompressed_size_bytes: 0,
-                            compressed_size_bytes: 0,
-                            added_bytes: 0,
-                            make_current: true,
-                            kind: Kind::Stopped,
-                            source_hypervisor: None,
-                            quiesced: false,
-                            power_state: None,
-                            datastore: None,
-                            expires_at: None,
-                            tags: Default::default(),
-                            payloads: vec![NewPayload { name: "root".into(), role: Role::Disk, allocated: st.allocated, data_bytes: st.data_bytes, manifest: m }],
+                            ..NewSnapshot::new(vm, format!("s{n}"), "prop", vec![NewPayload {
+                                name: "root".into(),
+                                role: Role::Disk,
+                                allocated: st.allocated,
+                                data_bytes: st.data_bytes,
+                                manifest: m,
+                            }])
                         })
                         .expect("create");
                     model.insert(s.id, bytes);

@@ -22,13 +22,19 @@
 #   casync  make with defaults (64 KiB average chunks, zstd), extract (punches
 #           holes by default)
 #   stasis  init / create --parent / restore, defaults
+#   stasis-diff  (row "stasis --diff") the same, but child1/child2 are ingested
+#           from the sparse diff layers child1.diff/child2.diff made by
+#           tools/corpus-disk.sh (create --parent vm/PREV --diff); base as above
 # Images are read once into the page cache right before each ingest, so every
-# tool ingests from a warm cache; caches are dropped before each restore.
-# Restore times stop when the tool exits (no extra sync).
+# tool ingests from a warm cache (stasis-diff: the diff layer it reads); caches
+# are dropped (sync; echo 3 > drop_caches) before each restore.
+# Restore times stop when the tool exits (no extra sync); a second figure,
+# restore+sync, also includes the sync that follows (writeback of the output).
 #
 # Environment: PEERS_TMP (parent dir for the temporary repositories; default
 # the parent of CORPUSDIR, i.e. the same disk), OUT_JSON, KEEP_REPOS=1,
-# TOOLS (space-separated subset of: restic borg-fixed4M borg-default casync stasis).
+# TOOLS (space-separated subset of: restic borg-fixed4M borg-default casync stasis
+# stasis-diff).
 set -euo pipefail
 
 CORPUS=${1:?usage: $0 CORPUSDIR [STASIS_BIN]}
@@ -58,12 +64,28 @@ if ((${#need_pkgs[@]})); then
   apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
-TOOLS=${TOOLS:-restic borg-fixed4M borg-default casync stasis}
+TOOLS=${TOOLS:-restic borg-fixed4M borg-default casync stasis stasis-diff}
+# drop_tool NAME: remove the word NAME from $TOOLS (whole words only)
+drop_tool() {
+  local t keep=()
+  for t in $TOOLS; do [[ $t == "$1" ]] || keep+=("$t"); done
+  TOOLS=${keep[*]}
+}
 if [[ -n $STASIS_BIN && -x $STASIS_BIN ]]; then
   STASIS_BIN=$(cd "$(dirname "$STASIS_BIN")" && pwd)/$(basename "$STASIS_BIN")
 else
   if [[ -n $STASIS_BIN ]]; then log "warning: $STASIS_BIN not executable, skipping stasis"; fi
-  TOOLS=${TOOLS//stasis/}
+  drop_tool stasis
+  drop_tool stasis-diff
+fi
+if [[ " $TOOLS " == *" stasis-diff "* ]]; then
+  for i in "${IMAGES[@]:1}"; do
+    if [[ ! -f $CORPUS/$i.diff ]]; then
+      log "warning: $CORPUS/$i.diff missing, skipping stasis-diff"
+      drop_tool stasis-diff
+      break
+    fi
+  done
 fi
 
 PARENT=${PEERS_TMP:-$(dirname "$CORPUS")}
@@ -158,12 +180,29 @@ stasis_restore() {
   "$STASIS_BIN" --repo "$1" restore "vm/$2" "$3" >&2
   echo "$3/root"
 }
+# same repository layout; child images come in as diff layers (see input_path)
+stasis_diff_init() { stasis_init "$@"; }
+stasis_diff_ingest() {
+  if [[ -z $4 ]]; then stasis_ingest "$@"; return; fi
+  "$STASIS_BIN" --repo "$1" create vm "$2" --disk "root=$3" --parent "vm/$4" --diff
+}
+stasis_diff_restore() { stasis_restore "$@"; }
+
+# input_path TOOL IMAGE: the file TOOL ingests for IMAGE (warmed, then timed)
+input_path() {
+  if [[ $1 == stasis-diff && $2 != "${IMAGES[0]}" ]]; then
+    echo "$CORPUS/$2.diff"
+  else
+    echo "$CORPUS/$2.ext4"
+  fi
+}
 
 export CORPUS STASIS_BIN
 export -f restic_init restic_ingest restic_restore borg_init borg_create borg_restore \
   borg_fixed4M_init borg_fixed4M_ingest borg_fixed4M_restore \
   borg_default_init borg_default_ingest borg_default_restore \
-  casync_init casync_ingest casync_restore stasis_init stasis_ingest stasis_restore
+  casync_init casync_ingest casync_restore stasis_init stasis_ingest stasis_restore \
+  stasis_diff_init stasis_diff_ingest stasis_diff_restore
 
 # ---------------------------------------------------------------- environment
 put machine.nproc "$(nproc)"
@@ -177,6 +216,9 @@ put versions.b3sum "$(b3sum --version | awk '{print $2}')"
 for i in "${IMAGES[@]}"; do
   put "corpus.$i.apparent_bytes" "$(stat -c %s "$CORPUS/$i.ext4")"
   put "corpus.$i.allocated_bytes" "$(du -B1 "$CORPUS/$i.ext4" | cut -f1)"
+  if [[ -f $CORPUS/$i.diff ]]; then
+    put "corpus.$i.diff_allocated_bytes" "$(du -B1 "$CORPUS/$i.diff" | cut -f1)"
+  fi
 done
 
 # ---------------------------------------------------------------- machine limits
@@ -199,16 +241,17 @@ for t in $TOOLS; do
   "${fn}_init" "$repo" >"$WORK/$t.init.log" 2>&1 || { cat "$WORK/$t.init.log" >&2; die "$t init failed"; }
   prev=
   for i in "${IMAGES[@]}"; do
-    warm "$CORPUS/$i.ext4"
-    log "$t: ingest $i"
-    timed "tools.$t.ingest.$i" "${fn}_ingest" "$repo" "$i" "$CORPUS/$i.ext4" "$prev"
+    src=$(input_path "$t" "$i")
+    warm "$src"
+    log "$t: ingest $i ($(basename "$src"))"
+    timed "tools.$t.ingest.$i" "${fn}_ingest" "$repo" "$i" "$src" "$prev"
     log "$t: ingest $i took ${LAST_S}s"
     put "tools.$t.repo_bytes_after.$i" "$(du -sb "$repo" | cut -f1)"
     prev=$i
   done
   put "tools.$t.repo_bytes" "$(du -sb "$repo" | cut -f1)"
   put "tools.$t.repo_allocated_bytes" "$(du -s -B1 "$repo" | cut -f1)"
-  if [[ $t == stasis ]]; then "$STASIS_BIN" --repo "$repo" du >"$WORK/stasis.du.log" 2>&1 || true; cat "$WORK/stasis.du.log" >&2; fi
+  if [[ $t == stasis* ]]; then "$STASIS_BIN" --repo "$repo" du >"$WORK/$t.du.log" 2>&1 || true; cat "$WORK/$t.du.log" >&2; fi
   out=$WORK/$t.restore
   rm -rf "$out"
   mkdir -p "$out"
@@ -220,7 +263,10 @@ for t in $TOOLS; do
     die "$t restore failed"
   fi
   t1=$(date +%s.%N)
+  sync
+  t2=$(date +%s.%N)
   put "tools.$t.restore.child2.s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')"
+  put "tools.$t.restore.child2.sync_s" "$(awk -v a="$t0" -v b="$t2" 'BEGIN{printf "%.3f", b-a}')"
   if cmp -s "$restored" "$CORPUS/child2.ext4"; then ok=true; else ok=false; fi
   put "tools.$t.restore.child2.ok" "$ok"
   put "tools.$t.restore.child2.allocated_bytes" "$(du -B1 "$restored" | cut -f1)"
@@ -262,6 +308,7 @@ for t, r in tools.items():
     r["peak_rss_kib_base"] = ing["base"]["rss_kib"]
     rc = r.pop("restore")["child2"]
     r["restore_child2_s"] = rc["s"]
+    r["restore_child2_plus_sync_s"] = rc["sync_s"]
     r["restore_child2_ok"] = rc["ok"]
     r["restore_child2_allocated_bytes"] = rc["allocated_bytes"]
 lim = data.get("limits", {})
@@ -288,19 +335,40 @@ def f(x, d=2):
 print()
 print("### Peers (ingest from page cache; restore after drop_caches; time ratio vs %s, bytes ratio vs smallest repo)" % ref)
 print()
-print("| tool | ingest base s | ingest child1 s | ingest child2 s | ingest total s | × %s | peak RSS base MiB | repo after base MB | +child1 MB | +child2 MB | repo bytes (du -sb) | × smallest | repo allocated | restore child2 s | × %s | restore ok |" % (ref, ref))
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+labels = {"stasis-diff": "stasis --diff"}
+print("| tool | ingest base s | ingest child1 s | ingest child2 s | ingest total s | × %s | peak RSS base MiB | repo after base MB | +child1 MB | +child2 MB | repo bytes (du -sb) | × smallest | repo allocated | restore child2 s | × %s | restore ok | restore+sync s |" % (ref, ref))
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
 for t, r in tools.items():
     a = r["repo_bytes_after"]
-    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %d | %s | %s | %s |" % (
-        t, f(r["ingest_s"]["base"]), f(r["ingest_s"]["child1"]), f(r["ingest_s"]["child2"]),
+    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %d | %s | %s | %s | %s |" % (
+        labels.get(t, t), f(r["ingest_s"]["base"]), f(r["ingest_s"]["child1"]), f(r["ingest_s"]["child2"]),
         f(r["ingest_total_s"]), f(r["ingest_total_s"] / tools[ref]["ingest_total_s"]),
         f(r["peak_rss_kib_base"] / 1024, 0),
         f(a["base"] / 1e6, 1), f((a["child1"] - a["base"]) / 1e6, 1),
         f((a["child2"] - a["child1"]) / 1e6, 1), r["repo_bytes"],
         f(r["repo_bytes"] / smallest), r["repo_allocated_bytes"], f(r["restore_child2_s"]),
         f(r["restore_child2_s"] / tools[ref]["restore_child2_s"]),
-        "yes" if r["restore_child2_ok"] else "NO"))
+        "yes" if r["restore_child2_ok"] else "NO", f(r["restore_child2_plus_sync_s"])))
+stasis_rows = [t for t in tools if t.startswith("stasis")]
+peers = [t for t in tools if not t.startswith("stasis")]
+if stasis_rows and peers:
+    tref = "borg-fixed4M" if "borg-fixed4M" in tools else peers[0]
+    rref = "restic" if "restic" in tools else peers[0]
+    sp = min(peers, key=lambda t: tools[t]["repo_bytes"])
+    print()
+    print("### stasis ratios (ingest time vs %s per image; repo bytes vs the smallest peer, %s; restore child2 vs %s)" % (tref, sp, rref))
+    print()
+    print("| row | ingest base × | ingest child1 × | ingest child2 × | ingest total × | repo bytes × %s | restore × %s | restore+sync × %s |" % (sp, rref, rref))
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for t in stasis_rows:
+        r, q = tools[t], tools[tref]
+        rr = tools[rref]
+        print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            labels.get(t, t), *(f(r["ingest_s"][i] / q["ingest_s"][i]) for i in images),
+            f(r["ingest_total_s"] / q["ingest_total_s"]),
+            f(r["repo_bytes"] / tools[sp]["repo_bytes"], 3),
+            f(r["restore_child2_s"] / rr["restore_child2_s"]),
+            f(r["restore_child2_plus_sync_s"] / rr["restore_child2_plus_sync_s"])))
 print()
 print("### Machine limits (same run; MB/s over the apparent image size)")
 print()

@@ -63,6 +63,18 @@ fn opt_enum<T: std::str::FromStr>(v: Option<String>) -> Option<T> {
     v.and_then(|s| s.parse().ok())
 }
 
+const VM_COLUMNS: &str = "id, name, current_id, created_at, forked_from";
+
+fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vm> {
+    Ok(Vm {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        current_id: r.get(2)?,
+        created_at: r.get(3)?,
+        forked_from: r.get(4)?,
+    })
+}
+
 fn snapshot_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snapshot> {
     let compression: String = r.get(10)?;
     let status: String = r.get(6)?;
@@ -170,20 +182,9 @@ impl Catalog {
 
     /// A VM by name or id.
     pub fn vm(&self, name: &str) -> Result<Option<Vm>> {
+        let sql = format!("SELECT {VM_COLUMNS} FROM vms WHERE name = ?1 OR id = ?1");
         self.conn
-            .query_row(
-                "SELECT id, name, current_id, created_at, forked_from FROM vms WHERE name = ?1 OR id = ?1",
-                [name],
-                |r| {
-                    Ok(Vm {
-                        id: r.get(0)?,
-                        name: r.get(1)?,
-                        current_id: r.get(2)?,
-                        created_at: r.get(3)?,
-                        forked_from: r.get(4)?,
-                    })
-                },
-            )
+            .query_row(&sql, [name], vm_from_row)
             .optional()
             .map_err(db("reading a VM"))
     }
@@ -192,19 +193,9 @@ impl Catalog {
     pub fn vms(&self) -> Result<Vec<Vm>> {
         let mut st = self
             .conn
-            .prepare("SELECT id, name, current_id, created_at, forked_from FROM vms ORDER BY name")
+            .prepare(&format!("SELECT {VM_COLUMNS} FROM vms ORDER BY name"))
             .map_err(db("listing VMs"))?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(Vm {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    current_id: r.get(2)?,
-                    created_at: r.get(3)?,
-                    forked_from: r.get(4)?,
-                })
-            })
-            .map_err(db("listing VMs"))?;
+        let rows = st.query_map([], vm_from_row).map_err(db("listing VMs"))?;
         rows.collect::<rusqlite::Result<_>>()
             .map_err(db("listing VMs"))
     }

@@ -258,3 +258,36 @@ pub struct NewSnapshot {
     /// Files.
     pub payloads: Vec<NewPayload>,
 }
+
+impl NewSnapshot {
+    /// A snapshot of `vm` named `name` holding `payloads`, with every other field at its
+    /// default: no parent, made current, `Stopped`, no tags, no expiry, created by
+    /// `created_by`.
+    pub fn new(
+        vm: impl Into<String>,
+        name: impl Into<String>,
+        created_by: impl Into<String>,
+        payloads: Vec<NewPayload>,
+    ) -> Self {
+        NewSnapshot {
+            vm: vm.into(),
+            name: name.into(),
+            parent_id: None,
+            created_by: created_by.into(),
+            description: None,
+            compression: CompressionInfo::default(),
+            uncompressed_size_bytes: 0,
+            compressed_size_bytes: 0,
+            added_bytes: 0,
+            make_current: true,
+            kind: Kind::Stopped,
+            source_hypervisor: None,
+            quiesced: false,
+            power_state: None,
+            datastore: None,
+            expires_at: None,
+            tags: BTreeMap::new(),
+            payloads,
+        }
+    }
+}

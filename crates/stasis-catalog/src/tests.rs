@@ -1,39 +1,24 @@
 use super::*;
 use stasis_store::codec::Compression;
 use stasis_store::manifest::BlockRef;
-use std::collections::BTreeMap;
 
 fn new_snap(vm: &str, name: &str, parent: Option<&str>) -> NewSnapshot {
+    let payload = NewPayload {
+        name: "root".into(),
+        role: Role::Disk,
+        allocated: 10,
+        data_bytes: 10,
+        manifest: Manifest {
+            size: 123,
+            block_size: 65536,
+            fanout: 64,
+            root: BlockRef::Zero,
+        },
+    };
     NewSnapshot {
-        vm: vm.into(),
-        name: name.into(),
         parent_id: parent.map(String::from),
-        created_by: "test".into(),
-        description: None,
         compression: Compression::default().into(),
-        uncompressed_size_bytes: 0,
-        compressed_size_bytes: 0,
-        added_bytes: 0,
-        make_current: true,
-        kind: Kind::Stopped,
-        source_hypervisor: None,
-        quiesced: false,
-        power_state: None,
-        datastore: None,
-        expires_at: None,
-        tags: BTreeMap::new(),
-        payloads: vec![NewPayload {
-            name: "root".into(),
-            role: Role::Disk,
-            allocated: 10,
-            data_bytes: 10,
-            manifest: Manifest {
-                size: 123,
-                block_size: 65536,
-                fanout: 64,
-                root: BlockRef::Zero,
-            },
-        }],
+        ..NewSnapshot::new(vm, name, "test", vec![payload])
     }
 }
 

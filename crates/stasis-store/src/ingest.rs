@@ -33,7 +33,8 @@ const BATCH_BYTES: u64 = 8 << 20;
 pub struct IngestStats {
     /// Logical size of the payload.
     pub size: u64,
-    /// Bytes in the input's data regions (what it allocates).
+    /// Bytes the payload allocates: the input's data regions for a full ingest; the
+    /// merged payload's non-hole blocks for a diff layer.
     pub allocated: u64,
     /// Bytes read from the input.
     pub read: u64,
@@ -341,18 +342,25 @@ pub fn ingest_diff(
     }
     let m = manifest::apply_changes(store, parent, size, &changes, w)
         .map_err(|e| e.context("applying the layer"))?;
-    // Count what the merged payload holds (the layer's own counts are in `changes`).
+    // Count what the merged payload holds (the layer's own counts are in `changes`);
+    // its allocated bytes are those of the merged file, not of the layer.
     stats.data_blocks = 0;
     stats.data_bytes = 0;
     stats.zero_blocks = 0;
     stats.hole_blocks = 0;
+    stats.allocated = 0;
     manifest::visit_blocks(&*w, &m, 0..new_n, &mut |i, n, r| {
+        let bytes = ((i + n) * bs).min(size) - i * bs;
         match r {
             BlockRef::Hole => stats.hole_blocks += n,
-            BlockRef::Zero => stats.zero_blocks += n,
+            BlockRef::Zero => {
+                stats.zero_blocks += n;
+                stats.allocated += bytes;
+            }
             BlockRef::Data(_) => {
                 stats.data_blocks += n;
-                stats.data_bytes += ((i + n) * bs).min(size) - i * bs;
+                stats.data_bytes += bytes;
+                stats.allocated += bytes;
             }
         }
         Ok(())
