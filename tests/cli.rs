@@ -681,18 +681,25 @@ fn tree_delete_revert_log_tag_and_filters() {
 }
 
 #[test]
-fn one_process_creates_while_another_lists() {
+fn two_creators_and_a_lister_at_once() {
     let env = Env::new();
     env.ok(&["init"]);
     let img = env.path("d.img");
     fs::write(&img, noise(200_000, 3)).expect("write");
     let disk = format!("root={}", img.display());
     std::thread::scope(|s| {
-        let creator = s.spawn(|| {
-            for i in 0..15 {
-                env.ok(&["create", "vm", &format!("s{i}"), "--disk", &disk]);
-            }
-        });
+        // Both creators start in the same new VM, so their first creates race to make it.
+        let creators: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|p| {
+                let (env, disk) = (&env, &disk);
+                s.spawn(move || {
+                    for i in 0..10 {
+                        env.ok(&["create", "vm", &format!("{p}{i}"), "--disk", disk]);
+                    }
+                })
+            })
+            .collect();
         let lister = s.spawn(|| {
             for _ in 0..30 {
                 let list = env.json(&["list"]);
@@ -700,10 +707,22 @@ fn one_process_creates_while_another_lists() {
                 env.ok(&["tree"]);
             }
         });
-        creator.join().expect("creator");
+        for c in creators {
+            c.join().expect("creator");
+        }
         lister.join().expect("lister");
     });
-    assert_eq!(env.json(&["list"]).as_array().expect("arr").len(), 15);
+    assert_eq!(env.json(&["list"]).as_array().expect("arr").len(), 20);
+    let current: Vec<Value> = env
+        .json(&["list"])
+        .as_array()
+        .expect("arr")
+        .iter()
+        .filter(|s| s["is_current"] == true)
+        .cloned()
+        .collect();
+    assert_eq!(current.len(), 1, "one current snapshot per VM");
+    env.ok(&["verify", "--read-data"]);
 }
 
 /// A 10,000-deep chain works in every command (nothing recurses). The chain's rows are

@@ -26,7 +26,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params, params_from_iter};
+use rusqlite::{
+    Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
+};
 use stasis_store::config::Role;
 use stasis_store::manifest::{BlockRef, Manifest};
 
@@ -494,9 +496,38 @@ impl Catalog {
         let now = now();
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
         let vm_id = ensure_vm(&tx, &new.vm, &now, None)?;
+        // What another process may have changed since `check_new`, checked again under
+        // the write lock: the name and the parent.
+        let dup: bool = tx
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM snapshots WHERE vm_id = ?1 AND name = ?2)",
+                params![vm_id, new.name],
+                |r| r.get(0),
+            )
+            .map_err(db("checking the name"))?;
+        if dup {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("VM {} already has a snapshot named {:?}", new.vm, new.name),
+            ));
+        }
+        if let Some(p) = &new.parent_id {
+            let status: Option<String> = tx
+                .query_row("SELECT status FROM snapshots WHERE id = ?1", [p], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db("checking the parent"))?;
+            if status.as_deref().is_none_or(|s| s == "deleted") {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("parent snapshot {p} was deleted meanwhile"),
+                ));
+            }
+        }
         let compression =
             serde_json::to_string(&new.compression).map_err(|e| Error::corrupt(e.to_string()))?;
         let cstate = if new.compression.enabled {
@@ -609,7 +640,7 @@ impl Catalog {
         }
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
         tx.execute(
             "UPDATE vms SET current_id = ?1 WHERE id = ?2",
@@ -642,7 +673,7 @@ impl Catalog {
         fields::validate_tags(&tags)?;
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
         tx.execute("DELETE FROM tags WHERE snapshot_id = ?1", [&s.id])
             .map_err(db("updating tags"))?;
@@ -700,7 +731,7 @@ impl Catalog {
             }
             let tx = self
                 .conn
-                .transaction()
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db("starting a transaction"))?;
             for id in order.iter().rev() {
                 mark_deleted(
@@ -744,7 +775,7 @@ impl Catalog {
             }
             let tx = self
                 .conn
-                .transaction()
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(db("starting a transaction"))?;
             for (c, sz) in &updates {
                 tx.execute(
@@ -767,7 +798,7 @@ impl Catalog {
         }
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
         mark_deleted(&tx, &s.id, actor, "deleted")?;
         tx.commit().map_err(db("committing the delete"))?;
@@ -794,7 +825,7 @@ impl Catalog {
     pub fn mark_error(&mut self, id: &str, actor: &str, why: &str) -> Result<()> {
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
         let n = tx
             .execute(
@@ -812,7 +843,7 @@ impl Catalog {
     pub fn mark_verified(&mut self, id: &str, actor: &str, detail: &str) -> Result<()> {
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
         tx.execute(
             "UPDATE snapshots SET status = 'active' WHERE id = ?1 AND status = 'error'",
@@ -836,7 +867,7 @@ impl Catalog {
         }
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
         ensure_vm(&tx, new_vm, &now(), Some(&s.id))?;
         event(
