@@ -44,6 +44,10 @@ enum Command {
     Log(cmd::list::LogArgs),
     /// Set or remove a snapshot's tags.
     Tag(cmd::tree::TagArgs),
+    /// Mount the repository read-only (FUSE): vms/<vm>/<snapshot>/, snapshots/<id>/.
+    Mount(cmd::mount::MountArgs),
+    /// Unmount a stasis mount.
+    Umount(cmd::mount::UmountArgs),
     /// Write a snapshot's files into a directory, byte-identical and sparse.
     Restore(cmd::restore::Args),
     /// Check packs, index and manifests (and every block with --read-data).
@@ -73,6 +77,8 @@ fn main() -> ExitCode {
         Command::Revert(a) => cmd::tree::revert(&ctx, a),
         Command::Log(a) => cmd::list::log(&ctx, a),
         Command::Tag(a) => cmd::tree::tag(&ctx, a),
+        Command::Mount(a) => cmd::mount::mount(&ctx, a),
+        Command::Umount(a) => cmd::mount::umount(&ctx, a),
         Command::Restore(a) => cmd::restore::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Du(a) => cmd::du::run(&ctx, a),

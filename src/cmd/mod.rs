@@ -4,6 +4,7 @@ pub mod create;
 pub mod du;
 pub mod init;
 pub mod list;
+pub mod mount;
 pub mod restore;
 pub mod tree;
 pub mod verify;

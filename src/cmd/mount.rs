@@ -1,0 +1,82 @@
+//! `stasis mount` and `stasis umount`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use stasis_fuse::SnapshotFs;
+
+use crate::repo::Context;
+
+/// Mount the repository read-only: vms/<vm>/<snapshot>/ and snapshots/<id>/.
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// An existing, empty directory.
+    mountpoint: PathBuf,
+}
+
+/// Unmount a stasis mount.
+#[derive(Debug, clap::Args)]
+pub struct UmountArgs {
+    /// Where it is mounted.
+    mountpoint: PathBuf,
+}
+
+fn check_mountpoint(p: &Path) -> Result<()> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("{} is not a directory", p.display()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "{} is a stale mount left by a process that died; run `stasis umount {}` first",
+            p.display(),
+            p.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("mountpoint {}", p.display())),
+    }
+}
+
+/// Block SIGINT and SIGTERM in this and every later thread, and unmount when one comes.
+fn unmount_on_signal(mountpoint: PathBuf) -> Result<()> {
+    // SAFETY: plain libc signal-set manipulation on locals; no memory is shared.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            bail!("cannot block signals");
+        }
+        std::thread::spawn(move || {
+            let mut sig: libc::c_int = 0;
+            if libc::sigwait(&set, &mut sig) == 0 {
+                let _ = stasis_fuse::unmount(&mountpoint);
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Run `mount`: serves until unmounted (Ctrl-C, SIGTERM or `stasis umount`).
+pub fn mount(ctx: &Context, a: MountArgs) -> Result<()> {
+    check_mountpoint(&a.mountpoint)?;
+    let repo = ctx.open()?;
+    let fs = SnapshotFs::new(Arc::new(repo.store), repo.catalog);
+    let mountpoint = std::fs::canonicalize(&a.mountpoint)?;
+    unmount_on_signal(mountpoint.clone())?;
+    eprintln!(
+        "stasis: {} mounted at {} (Ctrl-C or `stasis umount {}` to unmount)",
+        repo.path.display(),
+        mountpoint.display(),
+        mountpoint.display()
+    );
+    stasis_fuse::serve(fs, &mountpoint)
+        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    eprintln!("stasis: unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+/// Run `umount`.
+pub fn umount(_ctx: &Context, a: UmountArgs) -> Result<()> {
+    stasis_fuse::unmount(&a.mountpoint)
+        .with_context(|| format!("unmounting {}", a.mountpoint.display()))
+}

@@ -1,0 +1,332 @@
+//! FUSE tests that really mount: `stasis mount` runs as a child process (as root with
+//! /dev/fuse, as in CI) and the tests read through the kernel.
+
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stasis");
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn stasis(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("run stasis");
+    assert!(
+        out.status.success(),
+        "stasis {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// A running `stasis mount`; unmounted (and reaped) on drop, also when a test fails.
+struct Mount {
+    child: Option<Child>,
+    point: PathBuf,
+}
+
+impl Mount {
+    fn start(repo: &Path, point: &Path) -> Mount {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "FUSE tests need /dev/fuse (CI runs them as root)"
+        );
+        fs::create_dir_all(point).expect("mountpoint");
+        let child = Command::new(BIN)
+            .arg("--repo")
+            .arg(repo)
+            .arg("mount")
+            .arg(point)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mount");
+        let mut m = Mount {
+            child: Some(child),
+            point: point.to_path_buf(),
+        };
+        // Wait until the kernel shows our root (bounded; failure is an error, not a skip).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !point.join("vms").exists() {
+            if let Some(c) = m.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!("stasis mount exited early: {st}");
+            }
+            assert!(Instant::now() < deadline, "mount did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    fn stop(mut self) {
+        let out = Command::new(BIN)
+            .arg("umount")
+            .arg(&self.point)
+            .output()
+            .expect("umount");
+        assert!(
+            out.status.success(),
+            "umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let st = self.child.take().map(|mut c| c.wait().expect("wait"));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "stasis mount exits cleanly after umount"
+        );
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new(BIN).arg("umount").arg(&self.point).output();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A sparse disk with data, zero runs and holes.
+fn sparse_disk(path: &Path, seed: u64) -> Vec<u8> {
+    let size = 24 << 20;
+    let f = File::create(path).expect("create");
+    f.set_len(size as u64).expect("len");
+    let mut want = vec![0u8; size];
+    for (k, off) in [0usize, 1 << 20, (5 << 20) + 12345, 16 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let d = noise(300_000, seed + k as u64);
+        f.write_all_at(&d, off as u64).expect("write");
+        want[off..off + d.len()].copy_from_slice(&d);
+    }
+    f.write_all_at(&vec![0u8; 200_000], 9 << 20).expect("zeros");
+    want
+}
+
+#[test]
+fn the_mount_shows_every_snapshot_byte_for_byte() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let repo = dir.path().join("repo");
+    stasis(&repo, &["init"]);
+    let disk = dir.path().join("disk.img");
+    let want = sparse_disk(&disk, 1);
+    let mem = dir.path().join("mem");
+    let mem_bytes = noise(3 << 20, 9);
+    fs::write(&mem, &mem_bytes).expect("mem");
+    let vmstate = dir.path().join("vmstate");
+    fs::write(&vmstate, noise(5000, 3)).expect("vmstate");
+    let base_id = stasis(
+        &repo,
+        &[
+            "create",
+            "fc",
+            "base",
+            "--disk",
+            &format!("rootfs.ext4={}", disk.display()),
+            "--memory",
+            mem.to_str().expect("utf8"),
+            "--state",
+            vmstate.to_str().expect("utf8"),
+        ],
+    )
+    .lines()
+    .next()
+    .expect("id")
+    .to_string();
+    // A child given as a diff layer: one changed page range over the base.
+    let layer = dir.path().join("layer");
+    let lf = File::create(&layer).expect("layer");
+    lf.set_len(want.len() as u64).expect("len");
+    let patch = noise(8192, 77);
+    lf.write_all_at(&patch, 2 << 20).expect("write");
+    let mut child = want.clone();
+    child[2 << 20..(2 << 20) + 8192].copy_from_slice(&patch);
+    stasis(
+        &repo,
+        &[
+            "create",
+            "fc",
+            "next",
+            "--parent",
+            "fc/base",
+            "--diff",
+            "--disk",
+            &format!("rootfs.ext4={}", layer.display()),
+        ],
+    );
+
+    let point = dir.path().join("mnt");
+    let m = Mount::start(&repo, &point);
+    let snap = point.join("vms/fc/base");
+    let mut names: Vec<String> = fs::read_dir(&snap)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["mem", "rootfs.ext4", "snapshot.json", "vmstate"]);
+    assert_eq!(
+        fs::read_link(point.join("vms/fc/current"))
+            .expect("current")
+            .to_str(),
+        Some("next")
+    );
+    assert_eq!(
+        fs::read_link(point.join("vms/fc/next/parent"))
+            .expect("parent")
+            .to_string_lossy(),
+        format!("../../../snapshots/{base_id}")
+    );
+    assert!(
+        point.join("vms/fc/next/parent/rootfs.ext4").exists(),
+        "the parent link resolves"
+    );
+    assert!(point.join(format!("snapshots/{base_id}/mem")).exists());
+
+    // Whole files, and the diff child merged over its parent.
+    assert!(fs::read(snap.join("rootfs.ext4")).expect("read") == want);
+    assert!(fs::read(snap.join("mem")).expect("read") == mem_bytes);
+    assert!(fs::read(point.join("vms/fc/next/rootfs.ext4")).expect("read") == child);
+    let md = fs::metadata(snap.join("rootfs.ext4")).expect("stat");
+    assert_eq!(md.len(), want.len() as u64);
+    assert_eq!(md.mode() & 0o777, 0o444);
+    assert!(
+        md.blocks() * 512 < want.len() as u64 / 4,
+        "st_blocks counts stored data, not the apparent size"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(snap.join("snapshot.json")).expect("json"))
+            .expect("parse");
+    assert_eq!(json["id"], base_id.as_str());
+
+    // Random reads at every kind of offset and length, from several threads at once.
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (snap, want) = (&snap, &want);
+            s.spawn(move || {
+                let f = File::open(snap.join("rootfs.ext4")).expect("open");
+                let mut x = 0x9e37_79b9u64 ^ t;
+                for _ in 0..300 {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let off = (x >> 20) as usize % want.len();
+                    let len = ((x >> 8) as usize % 200_000).min(want.len() - off);
+                    let mut buf = vec![0u8; len];
+                    f.read_exact_at(&mut buf, off as u64).expect("pread");
+                    assert!(buf == want[off..off + len], "bytes differ at {off}+{len}");
+                }
+            });
+        }
+    });
+
+    // Holes: SEEK_DATA/SEEK_HOLE report them (zero blocks count as holes).
+    let f = File::open(snap.join("rootfs.ext4")).expect("open");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: lseek on an open descriptor.
+    let (data, hole) = unsafe {
+        (
+            libc::lseek(fd, 400_000, libc::SEEK_DATA),
+            libc::lseek(fd, 0, libc::SEEK_HOLE),
+        )
+    };
+    assert_eq!(
+        data,
+        1 << 20,
+        "the next data after the first run is at 1 MiB"
+    );
+    assert!(
+        hole > 0 && hole < (1 << 20),
+        "a hole follows the first run, at {hole}"
+    );
+
+    // mmap MAP_PRIVATE, as Firecracker maps guest memory.
+    let mf = File::open(snap.join("mem")).expect("open");
+    // SAFETY: the mapped file is immutable (the mount refuses writes).
+    let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&mf) }.expect("mmap");
+    assert!(map[..] == mem_bytes[..]);
+
+    // QEMU opens memory files O_RDWR: the open works, a write does not.
+    let rw = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(snap.join("mem"))
+        .expect("O_RDWR open");
+    let err = rw.write_at(b"x", 0).expect_err("write refused");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert!(
+        fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_TRUNC)
+            .open(snap.join("mem"))
+            .is_err()
+    );
+    assert!(fs::remove_file(snap.join("mem")).is_err());
+    assert!(
+        fs::read(snap.join("mem")).expect("read") == mem_bytes,
+        "nothing changed"
+    );
+
+    // New snapshots appear and deleted ones disappear without a remount.
+    stasis(
+        &repo,
+        &[
+            "create",
+            "fc",
+            "later",
+            "--disk",
+            &format!("rootfs.ext4={}", disk.display()),
+        ],
+    );
+    assert!(point.join("vms/fc/later/rootfs.ext4").exists());
+    stasis(&repo, &["delete", "fc/later"]);
+    let listed: Vec<String> = fs::read_dir(point.join("vms/fc"))
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!listed.contains(&"later".to_string()), "{listed:?}");
+
+    drop((f, mf, rw, map));
+    m.stop();
+    assert!(!point.join("vms").exists(), "unmounted");
+}
+
+#[test]
+fn mount_refuses_bad_mountpoints() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let repo = dir.path().join("repo");
+    stasis(&repo, &["init"]);
+    for (point, needle) in [
+        (dir.path().join("missing"), "mountpoint"),
+        (repo.join("store/config"), "not a directory"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("--repo")
+            .arg(&repo)
+            .arg("mount")
+            .arg(&point)
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{err}");
+    }
+}
