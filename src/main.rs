@@ -48,6 +48,8 @@ enum Command {
     Mount(cmd::mount::MountArgs),
     /// Unmount a stasis mount.
     Umount(cmd::mount::UmountArgs),
+    /// Clone a VM from a snapshot: qcow2 overlays on the mount's disks (or copies).
+    Fork(cmd::fork::Args),
     /// Write a snapshot's files into a directory, byte-identical and sparse.
     Restore(cmd::restore::Args),
     /// Check packs, index and manifests (and every block with --read-data).
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Tag(a) => cmd::tree::tag(&ctx, a),
         Command::Mount(a) => cmd::mount::mount(&ctx, a),
         Command::Umount(a) => cmd::mount::umount(&ctx, a),
+        Command::Fork(a) => cmd::fork::run(&ctx, a),
         Command::Restore(a) => cmd::restore::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Du(a) => cmd::du::run(&ctx, a),

@@ -330,3 +330,167 @@ fn mount_refuses_bad_mountpoints() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+fn fails(repo: &Path, args: &[&str], needle: &str) {
+    let out = Command::new(BIN)
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(needle),
+        "stasis {args:?}: {err}"
+    );
+}
+
+fn qemu_img(args: &[&str]) -> String {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img (qemu-utils) is installed by .ci/run");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn fork_boots_from_the_mount_or_copies() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let repo = dir.path().join("repo");
+    stasis(&repo, &["init"]);
+    let disk = dir.path().join("rootfs.ext4");
+    let want = sparse_disk(&disk, 5);
+    let mem = dir.path().join("mem");
+    let mem_bytes = noise(1 << 20, 6);
+    fs::write(&mem, &mem_bytes).expect("mem");
+    let id = stasis(
+        &repo,
+        &[
+            "create",
+            "web",
+            "base",
+            "--disk",
+            disk.to_str().expect("utf8"),
+            "--memory",
+            mem.to_str().expect("utf8"),
+        ],
+    )
+    .lines()
+    .next()
+    .expect("id")
+    .to_string();
+    let clone_dir = dir.path().join("clone");
+    fails(
+        &repo,
+        &[
+            "fork",
+            "web/base",
+            "clone",
+            clone_dir.to_str().expect("utf8"),
+        ],
+        "no running `stasis mount`",
+    );
+    assert!(!clone_dir.exists(), "nothing written without a mount");
+
+    let point = dir.path().join("mnt");
+    let m = Mount::start(&repo, &point);
+    let out: serde_json::Value = serde_json::from_str(&stasis(
+        &repo,
+        &[
+            "--json",
+            "fork",
+            "web/base",
+            "clone",
+            clone_dir.to_str().expect("utf8"),
+        ],
+    ))
+    .expect("json");
+    assert_eq!(out["vm"]["forked_from"], id.as_str());
+    let overlay = clone_dir.join("rootfs.ext4.qcow2");
+    let info = qemu_img(&["info", "--output=json", overlay.to_str().expect("utf8")]);
+    assert!(
+        info.contains(&format!("snapshots/{id}/rootfs.ext4")),
+        "{info}"
+    );
+    qemu_img(&["check", overlay.to_str().expect("utf8")]);
+    let raw = dir.path().join("converted.raw");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        overlay.to_str().expect("utf8"),
+        raw.to_str().expect("utf8"),
+    ]);
+    assert!(
+        fs::read(&raw).expect("read") == want,
+        "the overlay shows the snapshot's disk"
+    );
+    assert!(
+        fs::read(clone_dir.join("mem")).expect("read") == mem_bytes,
+        "memory is referenced in the mount"
+    );
+    // qemu-img reads files in the mount directly too.
+    let info = qemu_img(&[
+        "info",
+        "--output=json",
+        point
+            .join(format!("snapshots/{id}/rootfs.ext4"))
+            .to_str()
+            .expect("utf8"),
+    ]);
+    assert!(info.contains("\"format\": \"raw\""), "{info}");
+    fails(
+        &repo,
+        &[
+            "fork",
+            "web/base",
+            "clone",
+            dir.path().join("again").to_str().expect("utf8"),
+        ],
+        "already exists",
+    );
+    // The forked VM may branch from the snapshot it came from; the snapshot's timeline says so.
+    stasis(
+        &repo,
+        &[
+            "create",
+            "clone",
+            "first",
+            "--parent",
+            &id,
+            "--disk",
+            raw.to_str().expect("utf8"),
+        ],
+    );
+    let log = stasis(&repo, &["log", "web/base"]);
+    assert!(log.contains("forked"), "{log}");
+    m.stop();
+
+    // --copy needs no mount: sparse byte-identical files.
+    let copy_dir = dir.path().join("copy");
+    stasis(
+        &repo,
+        &[
+            "fork",
+            "--copy",
+            "web/base",
+            "clone2",
+            copy_dir.to_str().expect("utf8"),
+        ],
+    );
+    assert!(fs::read(copy_dir.join("rootfs.ext4")).expect("read") == want);
+    assert!(fs::read(copy_dir.join("mem")).expect("read") == mem_bytes);
+    assert!(
+        fs::metadata(copy_dir.join("rootfs.ext4"))
+            .expect("stat")
+            .blocks()
+            * 512
+            < want.len() as u64 / 2,
+        "sparse"
+    );
+}

@@ -2,6 +2,7 @@
 
 pub mod create;
 pub mod du;
+pub mod fork;
 pub mod init;
 pub mod list;
 pub mod mount;

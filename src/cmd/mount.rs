@@ -56,6 +56,37 @@ fn unmount_on_signal(mountpoint: PathBuf) -> Result<()> {
     Ok(())
 }
 
+fn registry(repo: &Path) -> PathBuf {
+    repo.join("mounts")
+}
+
+/// The mountpoint of a running `stasis mount` of the repository at `repo`, if any.
+/// Registrations whose process is gone or whose mount is not there are removed.
+pub fn running_mount(repo: &Path) -> Result<Option<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(registry(repo)) else {
+        return Ok(None);
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let pid = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse::<i32>().ok());
+        let point = std::fs::read_to_string(&path)
+            .ok()
+            .map(|s| PathBuf::from(s.trim_end()));
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let alive = pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
+        match point {
+            Some(p) if alive && p.join("vms").is_dir() => return Ok(Some(p)),
+            _ => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Run `mount`: serves until unmounted (Ctrl-C, SIGTERM or `stasis umount`).
 pub fn mount(ctx: &Context, a: MountArgs) -> Result<()> {
     check_mountpoint(&a.mountpoint)?;
@@ -69,8 +100,14 @@ pub fn mount(ctx: &Context, a: MountArgs) -> Result<()> {
         mountpoint.display(),
         mountpoint.display()
     );
-    stasis_fuse::serve(fs, &mountpoint)
-        .with_context(|| format!("mounting at {}", mountpoint.display()))?;
+    // Register with the repository so `stasis fork` finds this mount.
+    let reg = registry(&repo.path);
+    std::fs::create_dir_all(&reg)?;
+    let entry = reg.join(format!("{}.mount", std::process::id()));
+    std::fs::write(&entry, mountpoint.as_os_str().as_encoded_bytes())?;
+    let served = stasis_fuse::serve(fs, &mountpoint);
+    let _ = std::fs::remove_file(&entry);
+    served.with_context(|| format!("mounting at {}", mountpoint.display()))?;
     eprintln!("stasis: unmounted {}", mountpoint.display());
     Ok(())
 }
