@@ -2,6 +2,7 @@
 
 mod cmd;
 mod output;
+mod qcow2;
 mod repo;
 mod usage;
 

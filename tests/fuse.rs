@@ -469,7 +469,109 @@ fn fork_boots_from_the_mount_or_copies() {
     );
     let log = stasis(&repo, &["log", "web/base"]);
     assert!(log.contains("forked"), "{log}");
+
+    // The guest writes through its overlay (data and a zeroed range); committing the
+    // overlay back stores the disk it shows, reading only the clusters it allocated.
+    let ov = overlay.to_str().expect("utf8");
+    let out = Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0xab 1048576 65536",
+            "-c",
+            "write -z 16777216 131072",
+            ov,
+        ])
+        .output()
+        .expect("qemu-io (qemu-utils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let guest_view = dir.path().join("guest.raw");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        ov,
+        guest_view.to_str().expect("utf8"),
+    ]);
+    let next: serde_json::Value = serde_json::from_str(&stasis(
+        &repo,
+        &[
+            "--json", "create", "clone", "next", "--parent", &id, "--disk", ov,
+        ],
+    ))
+    .expect("json");
+    assert_eq!(
+        next["payloads"][0]["name"], "rootfs.ext4",
+        "a fork's overlay commits back under the disk's name"
+    );
+    assert!(
+        next["added_bytes"].as_u64().expect("u64") < 512 * 1024,
+        "only the changed clusters are stored: {next}"
+    );
+    assert_eq!(
+        next["ingest"][0]["read"],
+        65536 + 131072,
+        "only the overlay's own clusters are read: {next}"
+    );
+    let back = dir.path().join("back");
+    stasis(
+        &repo,
+        &["restore", "clone/next", back.to_str().expect("utf8")],
+    );
+    assert!(
+        fs::read(back.join("rootfs.ext4")).expect("read") == fs::read(&guest_view).expect("read")
+    );
+    // --format raw stores the qcow2 file itself.
+    stasis(
+        &repo,
+        &[
+            "create",
+            "clone",
+            "file",
+            "--format",
+            "raw",
+            "--disk",
+            &format!("img={ov}"),
+        ],
+    );
+    let fback = dir.path().join("fback");
+    stasis(
+        &repo,
+        &["restore", "clone/file", fback.to_str().expect("utf8")],
+    );
+    assert!(fs::read(fback.join("img")).expect("read") == fs::read(&overlay).expect("read"));
     m.stop();
+
+    // A qcow2 that is not a fork's overlay is converted whole.
+    let standalone = dir.path().join("alone.qcow2");
+    qemu_img(&[
+        "convert",
+        "-O",
+        "qcow2",
+        disk.to_str().expect("utf8"),
+        standalone.to_str().expect("utf8"),
+    ]);
+    stasis(
+        &repo,
+        &[
+            "create",
+            "other",
+            "q",
+            "--disk",
+            standalone.to_str().expect("utf8"),
+        ],
+    );
+    let qback = dir.path().join("qback");
+    stasis(
+        &repo,
+        &["restore", "other/q", qback.to_str().expect("utf8")],
+    );
+    assert!(fs::read(qback.join("alone")).expect("read") == want);
 
     // --copy needs no mount: sparse byte-identical files.
     let copy_dir = dir.path().join("copy");

@@ -55,6 +55,10 @@ pub struct Args {
     /// Do not make the new snapshot the VM's current one.
     #[arg(long)]
     no_current: bool,
+    /// Input format: auto (detect qcow2, else raw), raw (store the file as it is) or
+    /// qcow2 (store the disk the image shows).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: Format,
     /// Standby (memory and devices captured) or Stopped (disks only); any case.
     /// Default: Standby when a memory file is given, else Stopped.
     #[arg(long)]
@@ -79,17 +83,86 @@ pub struct Args {
     tags: Vec<String>,
 }
 
-/// One input: role, name inside the snapshot, path.
+/// How to read inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// qcow2 when the file says so, else raw.
+    Auto,
+    /// The file's bytes as they are.
+    Raw,
+    /// The disk a qcow2 image shows.
+    Qcow2,
+}
+
+/// One input: role, name inside the snapshot, path, and whether it is a qcow2 image
+/// whose guest-visible disk is stored.
 #[derive(Debug)]
 struct Input {
     role: Role,
     name: String,
     path: PathBuf,
+    qcow2: bool,
 }
 
-fn parse_input(role: Role, spec: &str) -> Result<Input> {
-    let (name, path) = match spec.split_once('=') {
-        Some((n, p)) if !n.contains('/') && !n.is_empty() => (n.to_string(), PathBuf::from(p)),
+/// Store the disk a qcow2 overlay shows. When its backing file is the parent's payload
+/// in a stasis mount (a fork's overlay), only the clusters it allocated are read and
+/// applied over the parent's manifest; otherwise the image is converted whole.
+fn store_qcow2(
+    w: &mut stasis_store::store::Writer<'_>,
+    i: &Input,
+    parent: Option<&Snapshot>,
+    block_size: u32,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(stasis_store::manifest::Manifest, IngestStats)> {
+    let ov = crate::qcow2::Overlay::open(&i.path)?;
+    let base = parent.and_then(|p| {
+        p.payloads
+            .iter()
+            .find(|pp| pp.name == i.name && pp.role == i.role)
+            .map(|pp| (p, pp))
+    });
+    let backed_by_parent = match (&ov.backing, base) {
+        (Some(b), Some((p, pp))) => {
+            b.ends_with(&format!("/snapshots/{}/{}", p.id, pp.name))
+                || b.ends_with(&format!(
+                    "/vms/{}/{}/{}",
+                    p.source_instance_name, p.name, pp.name
+                ))
+        }
+        _ => false,
+    };
+    if let (true, true, Some((_, pp))) = (backed_by_parent, ov.plain, base) {
+        tracing::info!(
+            "{}: applying {} allocated bytes over the parent",
+            i.path.display(),
+            ov.allocated()
+        );
+        return Ok(ingest::ingest_layer(
+            w,
+            &ov,
+            &ov.regions(),
+            ov.virtual_size,
+            &pp.manifest,
+            progress,
+        )?);
+    }
+    let tmp = std::env::temp_dir().join(format!("stasis-{}-{}.raw", std::process::id(), i.name));
+    let result = (|| -> Result<_> {
+        crate::qcow2::convert_to_raw(&i.path, &tmp)?;
+        let inp = open_input(&tmp)?;
+        Ok(ingest::ingest_full(
+            w, &inp.file, inp.size, block_size, progress,
+        )?)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+fn parse_input(role: Role, spec: &str, format: Format) -> Result<Input> {
+    let (explicit, name, path) = match spec.split_once('=') {
+        Some((n, p)) if !n.contains('/') && !n.is_empty() => {
+            (true, n.to_string(), PathBuf::from(p))
+        }
         _ => {
             let p = PathBuf::from(spec);
             let n = p
@@ -99,13 +172,28 @@ fn parse_input(role: Role, spec: &str) -> Result<Input> {
                     anyhow!("cannot take a file name from {spec:?}; give one as NAME=PATH")
                 })?
                 .to_string();
-            (n, p)
+            (false, n, p)
         }
     };
     if path.as_os_str().is_empty() {
         bail!("--{role} {spec:?} names no file");
     }
-    Ok(Input { role, name, path })
+    let qcow2 = match format {
+        Format::Raw => false,
+        Format::Qcow2 => true,
+        Format::Auto => crate::qcow2::is_qcow2(&path),
+    };
+    // A fork's `root.qcow2` commits back as `root`.
+    let name = match name.strip_suffix(".qcow2") {
+        Some(stem) if qcow2 && !explicit && !stem.is_empty() => stem.to_string(),
+        _ => name,
+    };
+    Ok(Input {
+        role,
+        name,
+        path,
+        qcow2,
+    })
 }
 
 #[derive(serde::Serialize)]
@@ -121,13 +209,13 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let started = Instant::now();
     let mut inputs = Vec::new();
     for d in &a.disk {
-        inputs.push(parse_input(Role::Disk, d)?);
+        inputs.push(parse_input(Role::Disk, d, a.format)?);
     }
     if let Some(m) = &a.memory {
-        inputs.push(parse_input(Role::Memory, m)?);
+        inputs.push(parse_input(Role::Memory, m, a.format)?);
     }
     for s in &a.state {
-        inputs.push(parse_input(Role::State, s)?);
+        inputs.push(parse_input(Role::State, s, a.format)?);
     }
     if inputs.is_empty() {
         bail!("nothing to store: give at least one --disk, --memory or --state");
@@ -232,7 +320,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let mut writer = repo.store.writer(compression);
     let mut stats = Vec::new();
     for (i, inp) in inputs.iter().zip(&opened) {
-        let (manifest, st) = if a.diff {
+        let (manifest, st) = if a.diff && !i.qcow2 {
             let parent = parent
                 .as_ref()
                 .ok_or_else(|| anyhow!("--diff needs a parent"))?;
@@ -256,9 +344,19 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
                 );
             }
             ingest::ingest_diff(&mut writer, &inp.file, inp.size, &pp.manifest, &progress)
+                .map_err(anyhow::Error::from)
+        } else if i.qcow2 {
+            store_qcow2(
+                &mut writer,
+                i,
+                parent.as_ref(),
+                config.block_sizes.get(i.role),
+                &progress,
+            )
         } else {
             let bs = config.block_sizes.get(i.role);
             ingest::ingest_full(&mut writer, &inp.file, inp.size, bs, &progress)
+                .map_err(anyhow::Error::from)
         }
         .with_context(|| format!("storing {}", i.path.display()))?;
         new.payloads.push(NewPayload {

@@ -259,6 +259,18 @@ pub fn ingest_full(
     ))
 }
 
+/// Where a layer's written bytes come from.
+pub trait LayerSource: Sync {
+    /// Fill `buf` with the layer's bytes at logical `offset` (inside one region).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl LayerSource for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.read_exact_at(buf, offset)
+    }
+}
+
 /// Store a sparse diff layer over `parent`: the layer's data regions replace the
 /// parent's bytes, its holes keep them. The result has the layer's size.
 pub fn ingest_diff(
@@ -268,9 +280,23 @@ pub fn ingest_diff(
     parent: &Manifest,
     progress: Progress<'_>,
 ) -> Result<(Manifest, IngestStats)> {
+    let regions = data_regions(file, size)?;
+    ingest_layer(w, file, &regions, size, parent, progress)
+}
+
+/// Apply a layer over `parent`: the bytes of `regions` (sorted, disjoint, read from
+/// `source`) replace the parent's, everything else keeps them (a diff file's data
+/// regions, or the clusters a qcow2 overlay allocated). The result is `size` long.
+pub fn ingest_layer(
+    w: &mut Writer<'_>,
+    source: &dyn LayerSource,
+    regions: &[Range<u64>],
+    size: u64,
+    parent: &Manifest,
+    progress: Progress<'_>,
+) -> Result<(Manifest, IngestStats)> {
     let store = w.store();
     let bs = u64::from(parent.block_size);
-    let regions = data_regions(file, size)?;
     let new_n = size.div_ceil(bs);
     let parent_n = parent.nblocks();
     let mut stats = IngestStats {
@@ -281,7 +307,7 @@ pub fn ingest_diff(
 
     // Block index -> the parts of it the layer wrote.
     let mut touched: BTreeMap<u64, Vec<Range<u64>>> = BTreeMap::new();
-    for r in &regions {
+    for r in regions {
         for i in r.start / bs..r.end.div_ceil(bs) {
             let (a, b) = ((i * bs).max(r.start), ((i + 1) * bs).min(r.end));
             touched.entry(i).or_default().push(a..b);
@@ -321,7 +347,7 @@ pub fn ingest_diff(
                 };
                 for p in parts {
                     let dst = &mut buf[(p.start - start) as usize..(p.end - start) as usize];
-                    file.read_exact_at(dst, p.start).map_err(read_err)?;
+                    source.read_at(dst, p.start).map_err(read_err)?;
                 }
                 Ok(buf)
             })
