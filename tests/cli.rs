@@ -1,5 +1,7 @@
 //! End-to-end tests: the real `stasis` binary on real ext4 images.
 
+mod common;
+use common::noise;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -62,18 +64,6 @@ impl Env {
         a.extend_from_slice(args);
         serde_json::from_str(&self.ok(&a)).expect("json output")
     }
-}
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn sh(cmd: &mut Command) {

@@ -1,6 +1,8 @@
 //! FUSE tests that really mount: `stasis mount` runs as a child process (as root with
 //! /dev/fuse, as in CI) and the tests read through the kernel.
 
+mod common;
+use common::noise;
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -8,18 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stasis");
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn stasis(repo: &Path, args: &[&str]) -> String {
     let out = Command::new(BIN)

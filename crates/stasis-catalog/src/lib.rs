@@ -435,20 +435,7 @@ impl Catalog {
         fields::validate_tags(&new.tags)?;
         let vm = self.vm(&new.vm)?;
         if let Some(vm) = &vm {
-            let dup: bool = self
-                .conn
-                .query_row(
-                    "SELECT EXISTS(SELECT 1 FROM snapshots WHERE vm_id = ?1 AND name = ?2)",
-                    params![vm.id, new.name],
-                    |r| r.get(0),
-                )
-                .map_err(db("checking the name"))?;
-            if dup {
-                return Err(Error::new(
-                    ErrorKind::Conflict,
-                    format!("VM {} already has a snapshot named {:?}", new.vm, new.name),
-                ));
-            }
+            check_name_free(&self.conn, &vm.id, new)?;
         }
         if let Some(p) = &new.parent_id {
             let parent = self.get(p)?.ok_or_else(|| {
@@ -501,19 +488,7 @@ impl Catalog {
         let vm_id = ensure_vm(&tx, &new.vm, &now, None)?;
         // What another process may have changed since `check_new`, checked again under
         // the write lock: the name and the parent.
-        let dup: bool = tx
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM snapshots WHERE vm_id = ?1 AND name = ?2)",
-                params![vm_id, new.name],
-                |r| r.get(0),
-            )
-            .map_err(db("checking the name"))?;
-        if dup {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!("VM {} already has a snapshot named {:?}", new.vm, new.name),
-            ));
-        }
+        check_name_free(&tx, &vm_id, new)?;
         if let Some(p) = &new.parent_id {
             let status: Option<String> = tx
                 .query_row("SELECT status FROM snapshots WHERE id = ?1", [p], |r| {
@@ -881,6 +856,24 @@ impl Catalog {
         self.vm(new_vm)?
             .ok_or_else(|| Error::corrupt("the new VM vanished"))
     }
+}
+
+/// Refuse a snapshot name its VM already uses (deleted snapshots keep theirs until gc).
+fn check_name_free(conn: &Connection, vm_id: &str, new: &NewSnapshot) -> Result<()> {
+    let taken: bool = conn
+        .query_row(
+            "SELECT EXISTS(SELECT 1 FROM snapshots WHERE vm_id = ?1 AND name = ?2)",
+            params![vm_id, new.name],
+            |r| r.get(0),
+        )
+        .map_err(db("checking the name"))?;
+    if taken {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("VM {} already has a snapshot named {:?}", new.vm, new.name),
+        ));
+    }
+    Ok(())
 }
 
 fn mark_deleted(tx: &Transaction<'_>, id: &str, actor: &str, detail: &str) -> Result<()> {

@@ -131,7 +131,8 @@ impl LocalBackend {
         Ok(())
     }
 
-    /// Remove leftover temporary files of crashed writers (gc calls this).
+    /// Remove leftover temporary files of crashed writers (for gc: only safe when no
+    /// writer is running).
     pub fn remove_temporaries(&self) -> Result<u64> {
         fn go(dir: &Path, n: &mut u64) -> std::io::Result<()> {
             for entry in fs::read_dir(dir)? {
