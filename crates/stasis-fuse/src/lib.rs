@@ -96,10 +96,6 @@ pub fn unmount(mountpoint: &Path) -> std::io::Result<()> {
     }
 }
 
-fn erofs<T>(r: impl FnOnce(Errno) -> T) -> T {
-    r(Errno::EROFS)
-}
-
 impl Filesystem for SnapshotFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Large requests and readahead: a request can carry 1 MiB here.
@@ -203,18 +199,18 @@ impl Filesystem for SnapshotFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        erofs(|e| reply.error(e));
+        reply.error(Errno::EROFS);
     }
 
     #[allow(clippy::too_many_arguments)]
     fn setattr(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         _mode: Option<u32>,
         _uid: Option<u32>,
         _gid: Option<u32>,
-        size: Option<u64>,
+        _size: Option<u64>,
         _atime: Option<fuser::TimeOrNow>,
         _mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
@@ -226,15 +222,14 @@ impl Filesystem for SnapshotFs {
         reply: ReplyAttr,
     ) {
         // O_TRUNC opens and chmod/chown/utimes all change the file: refused.
-        let _ = (ino, size);
-        erofs(|e| reply.error(e));
+        reply.error(Errno::EROFS);
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        erofs(|e| reply.error(e));
+        reply.error(Errno::EROFS);
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        erofs(|e| reply.error(e));
+        reply.error(Errno::EROFS);
     }
 }
