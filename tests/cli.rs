@@ -365,6 +365,10 @@ fn bad_input_is_refused_and_changes_nothing() {
     );
     env.fails(&["create", "vm1", "b"], "nothing to store");
     env.fails(
+        &["create", "vm1", "b", "--disk", &disk, "--state", &disk],
+        "two payloads are named",
+    );
+    env.fails(
         &["create", "vm2", "b", "--diff", "--disk", &disk],
         "--diff needs a parent",
     );

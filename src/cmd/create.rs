@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use stasis_catalog::{
-    Hypervisor, Kind, NewPayload, NewSnapshot, PowerState, Snapshot, parse_expiry, parse_tag,
+    Hypervisor, Kind, NewPayload, NewSnapshot, PowerState, Snapshot, check_payload_names,
+    parse_expiry, parse_tag,
 };
 use stasis_store::codec::{Algorithm, Compression};
 use stasis_store::config::Role;
@@ -284,23 +285,8 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         payloads: Vec::new(),
     };
     // Refuse bad names, duplicates and foreign parents before reading anything.
-    let mut check = new.clone();
-    check.payloads = inputs
-        .iter()
-        .map(|i| NewPayload {
-            name: i.name.clone(),
-            role: i.role,
-            allocated: 0,
-            data_bytes: 0,
-            manifest: stasis_store::manifest::Manifest {
-                size: 0,
-                block_size: 4096,
-                fanout: 2,
-                root: stasis_store::manifest::BlockRef::Hole,
-            },
-        })
-        .collect();
-    repo.catalog.check_new(&check)?;
+    repo.catalog.check_new(&new)?;
+    check_payload_names(inputs.iter().map(|i| i.name.as_str()))?;
 
     // Open every input first so a missing file fails before any work.
     let mut opened = Vec::new();

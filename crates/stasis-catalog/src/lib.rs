@@ -462,17 +462,7 @@ impl Catalog {
                 ));
             }
         }
-        let mut names = std::collections::HashSet::new();
-        for p in &new.payloads {
-            ids::validate_file_name(&p.name)?;
-            if !names.insert(&p.name) {
-                return Err(Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("two payloads are named {:?}", p.name),
-                ));
-            }
-        }
-        Ok(())
+        check_payload_names(new.payloads.iter().map(|p| p.name.as_str()))
     }
 
     /// Record a new snapshot (and its VM if new) in one transaction; it becomes the VM's
@@ -856,6 +846,21 @@ impl Catalog {
         self.vm(new_vm)?
             .ok_or_else(|| Error::corrupt("the new VM vanished"))
     }
+}
+
+/// Check the file names of a snapshot's payloads: valid, and no two alike.
+pub fn check_payload_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        ids::validate_file_name(name)?;
+        if !seen.insert(name) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("two payloads are named {name:?}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuse a snapshot name its VM already uses (deleted snapshots keep theirs until gc).
