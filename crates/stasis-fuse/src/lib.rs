@@ -23,8 +23,10 @@
 
 mod tree;
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +38,7 @@ use fuser::{
 use stasis_catalog::Catalog;
 use stasis_store::store::Store;
 
-pub use tree::{Node, Tree};
+pub use tree::{Entry, Node, Tree};
 
 /// How long the kernel may cache names and attributes. Snapshots are immutable, but
 /// directories change as snapshots come and go, so keep it short.
@@ -46,6 +48,10 @@ const TTL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct SnapshotFs {
     tree: Tree,
+    /// Each open directory's listing, taken once at opendir: the kernel reads a large
+    /// directory in many chunks, and each chunk is served from here.
+    open_dirs: Mutex<HashMap<u64, Arc<Vec<Entry>>>>,
+    next_handle: AtomicU64,
 }
 
 impl SnapshotFs {
@@ -53,7 +59,13 @@ impl SnapshotFs {
     pub fn new(store: Arc<Store>, catalog: Catalog) -> Self {
         SnapshotFs {
             tree: Tree::new(store, Mutex::new(catalog)),
+            open_dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
         }
+    }
+
+    fn dirs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Vec<Entry>>>> {
+        self.open_dirs.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -166,25 +178,51 @@ impl Filesystem for SnapshotFs {
         }
     }
 
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.tree.entries(ino.0) {
+            Ok(entries) => {
+                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+                self.dirs().insert(fh, Arc::new(entries));
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.tree.entries(ino.0) {
-            Ok(entries) => {
-                for (i, (child, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(*child), i as u64 + 1, *kind, name) {
-                        break;
-                    }
-                }
-                reply.ok();
+        let cached = self.dirs().get(&fh.0).cloned();
+        let entries = match cached {
+            Some(e) => e,
+            None => match self.tree.entries(ino.0) {
+                Ok(e) => Arc::new(e),
+                Err(e) => return reply.error(e),
+            },
+        };
+        for (i, (child, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*child), i as u64 + 1, *kind, name) {
+                break;
             }
-            Err(e) => reply.error(e),
         }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs().remove(&fh.0);
+        reply.ok();
     }
 
     fn write(

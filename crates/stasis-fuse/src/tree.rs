@@ -62,7 +62,8 @@ pub struct Tree {
     gid: u32,
 }
 
-type Entry = (u64, FileType, String);
+/// A directory entry: inode, type, name.
+pub type Entry = (u64, FileType, String);
 
 fn eio<E: std::fmt::Display>(e: E) -> Errno {
     tracing::warn!("stasis-fuse: {e}");
