@@ -50,6 +50,8 @@ pub struct ShowArgs {
 pub fn filter(a: &ListArgs) -> Result<ListFilter> {
     Ok(ListFilter {
         vm: a.vm.clone(),
+        tenant: None,
+        name: None,
         tags: a
             .tags
             .iter()

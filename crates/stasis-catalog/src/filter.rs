@@ -58,6 +58,10 @@ impl SortField {
 pub struct ListFilter {
     /// Only this VM (name or id).
     pub vm: Option<String>,
+    /// Only this tenant's VMs.
+    pub tenant: Option<String>,
+    /// Only snapshots with this name.
+    pub name: Option<String>,
     /// Only snapshots with all these tags.
     pub tags: Vec<(String, String)>,
     /// Only this status.

@@ -21,6 +21,7 @@ mod filter;
 mod ids;
 mod record;
 mod schema;
+mod tokens;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -36,7 +37,12 @@ pub use error::{Error, ErrorKind, Result};
 pub use fields::{CompressionState, Hypervisor, Kind, PowerState, now, parse_expiry, parse_tag};
 pub use filter::{ListFilter, SortField};
 pub use ids::{new_id, validate_name};
-pub use record::{CompressionInfo, Event, NewPayload, NewSnapshot, Payload, Snapshot, Status, Vm};
+pub use record::{
+    CompressionInfo, Event, NewPayload, NewSnapshot, Payload, Snapshot, Status, Token, Vm,
+};
+
+/// The tenant of VMs made without one (by the CLI, and every VM from before tenants).
+pub const DEFAULT_TENANT: &str = "default";
 
 /// The catalog of a repository.
 #[derive(Debug)]
@@ -59,13 +65,13 @@ const SNAPSHOT_COLUMNS: &str = "s.id, s.name, s.vm_id, v.name, s.parent_id, s.cr
      (v.current_id IS s.id), s.created_by, s.description, s.compression, s.size_bytes, \
      s.uncompressed_size_bytes, s.compressed_size_bytes, s.added_bytes, s.kind, s.source_hypervisor, \
      s.includes_memory, s.quiesced, s.power_state, s.datastore, s.expires_at, s.compression_state, \
-     s.compression_error";
+     s.compression_error, v.tenant";
 
 fn opt_enum<T: std::str::FromStr>(v: Option<String>) -> Option<T> {
     v.and_then(|s| s.parse().ok())
 }
 
-const VM_COLUMNS: &str = "id, name, current_id, created_at, forked_from";
+const VM_COLUMNS: &str = "id, name, current_id, created_at, forked_from, tenant";
 
 fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vm> {
     Ok(Vm {
@@ -74,6 +80,7 @@ fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vm> {
         current_id: r.get(2)?,
         created_at: r.get(3)?,
         forked_from: r.get(4)?,
+        tenant: r.get(5)?,
     })
 }
 
@@ -109,6 +116,7 @@ fn snapshot_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snapshot> {
         expires_at: r.get(21)?,
         added_bytes: r.get::<_, i64>(14)? as u64,
         payloads: Vec::new(),
+        tenant: r.get(24)?,
     })
 }
 
@@ -277,6 +285,12 @@ impl Catalog {
             let a = arg(vm.clone(), &mut args);
             clauses.push(format!("(v.name = {a} OR v.id = {a})"));
         }
+        if let Some(t) = &f.tenant {
+            clauses.push(format!("v.tenant = {}", arg(t.clone(), &mut args)));
+        }
+        if let Some(n) = &f.name {
+            clauses.push(format!("s.name = {}", arg(n.clone(), &mut args)));
+        }
         for (k, v) in &f.tags {
             let (ka, va) = (arg(k.clone(), &mut args), arg(v.clone(), &mut args));
             clauses.push(format!("EXISTS (SELECT 1 FROM tags t WHERE t.snapshot_id = s.id AND t.key = {ka} AND t.value = {va})"));
@@ -435,6 +449,7 @@ impl Catalog {
         fields::validate_tags(&new.tags)?;
         let vm = self.vm(&new.vm)?;
         if let Some(vm) = &vm {
+            check_tenant(vm, new.tenant.as_deref())?;
             check_name_free(&self.conn, &vm.id, new)?;
         }
         if let Some(p) = &new.parent_id {
@@ -475,7 +490,7 @@ impl Catalog {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
-        let vm_id = ensure_vm(&tx, &new.vm, &now, None)?;
+        let vm_id = ensure_vm(&tx, &new.vm, &now, None, new.tenant.as_deref())?;
         // What another process may have changed since `check_new`, checked again under
         // the write lock: the name and the parent.
         check_name_free(&tx, &vm_id, new)?;
@@ -834,7 +849,8 @@ impl Catalog {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("starting a transaction"))?;
-        ensure_vm(&tx, new_vm, &now(), Some(&s.id))?;
+        // A fork belongs to the tenant of the VM it was forked from.
+        ensure_vm(&tx, new_vm, &now(), Some(&s.id), Some(&s.tenant))?;
         event(
             &tx,
             &s.id,
@@ -902,23 +918,42 @@ fn mark_deleted(tx: &Transaction<'_>, id: &str, actor: &str, detail: &str) -> Re
     event(tx, id, "deleted", actor, detail)
 }
 
+/// A VM of another tenant is, to this one, a VM that does not exist.
+fn check_tenant(vm: &Vm, tenant: Option<&str>) -> Result<()> {
+    match tenant {
+        Some(t) if t != vm.tenant => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("no VM {:?} in tenant {t:?}", vm.name),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn ensure_vm(
     tx: &Transaction<'_>,
     name: &str,
     now: &str,
     forked_from: Option<&str>,
+    tenant: Option<&str>,
 ) -> Result<String> {
-    let existing: Option<String> = tx
-        .query_row("SELECT id FROM vms WHERE name = ?1", [name], |r| r.get(0))
+    let existing: Option<Vm> = tx
+        .query_row(
+            &format!("SELECT {VM_COLUMNS} FROM vms WHERE name = ?1"),
+            [name],
+            vm_from_row,
+        )
         .optional()
         .map_err(db("reading a VM"))?;
-    if let Some(id) = existing {
-        return Ok(id);
+    if let Some(vm) = existing {
+        check_tenant(&vm, tenant)?;
+        return Ok(vm.id);
     }
+    let tenant = tenant.unwrap_or(DEFAULT_TENANT);
+    validate_name(tenant).map_err(|e| e.context("tenant"))?;
     let id = new_id();
     tx.execute(
-        "INSERT INTO vms (id, name, created_at, forked_from) VALUES (?1, ?2, ?3, ?4)",
-        params![id, name, now, forked_from],
+        "INSERT INTO vms (id, name, created_at, forked_from, tenant) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, name, now, forked_from, tenant],
     )
     .map_err(db("creating the VM"))?;
     Ok(id)

@@ -172,6 +172,8 @@ pub struct Snapshot {
     pub added_bytes: u64,
     /// Its files.
     pub payloads: Vec<Payload>,
+    /// The tenant its VM belongs to (see [`crate::DEFAULT_TENANT`]).
+    pub tenant: String,
 }
 
 /// One entry of a snapshot's activity timeline.
@@ -201,6 +203,8 @@ pub struct Vm {
     pub created_at: String,
     /// The snapshot it was forked from, if any.
     pub forked_from: Option<String>,
+    /// The tenant it belongs to.
+    pub tenant: String,
 }
 
 /// A payload to record.
@@ -257,6 +261,9 @@ pub struct NewSnapshot {
     pub tags: BTreeMap<String, String>,
     /// Files.
     pub payloads: Vec<NewPayload>,
+    /// The tenant of a VM this creates; if the VM exists it must be this tenant's.
+    /// `None`: the existing VM's tenant, or [`crate::DEFAULT_TENANT`] for a new VM.
+    pub tenant: Option<String>,
 }
 
 impl NewSnapshot {
@@ -288,6 +295,22 @@ impl NewSnapshot {
             expires_at: None,
             tags: BTreeMap::new(),
             payloads,
+            tenant: None,
         }
     }
+}
+
+/// A bearer token of the HTTP API. Only a hash of its secret is stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Token {
+    /// Public id, for `token list` and `token revoke`.
+    pub id: String,
+    /// The tenant whose VMs and snapshots it sees.
+    pub tenant: String,
+    /// Whether it may only read.
+    pub read_only: bool,
+    /// RFC 3339.
+    pub created_at: String,
+    /// When it was revoked (RFC 3339); a revoked token authenticates nothing.
+    pub revoked_at: Option<String>,
 }

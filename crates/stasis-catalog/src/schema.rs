@@ -76,6 +76,21 @@ CREATE INDEX snapshots_vm ON snapshots(vm_id, created_at);
 CREATE INDEX snapshots_created ON snapshots(created_at);
 CREATE INDEX snapshots_expires ON snapshots(expires_at) WHERE expires_at IS NOT NULL;
 ",
+    // Tenants (every VM has one; VMs made before tenants belong to 'default') and the
+    // API's bearer tokens (only a hash of each is kept).
+    r"
+ALTER TABLE vms ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+CREATE INDEX vms_tenant ON vms(tenant);
+CREATE INDEX snapshots_name ON snapshots(name);
+CREATE TABLE tokens (
+    id          TEXT PRIMARY KEY,
+    hash        TEXT NOT NULL UNIQUE,
+    tenant      TEXT NOT NULL,
+    read_only   INTEGER NOT NULL,
+    created_at  TEXT NOT NULL,
+    revoked_at  TEXT
+);
+",
 ];
 
 /// Bring the database up to the current schema.
@@ -135,6 +150,29 @@ mod tests {
         assert_eq!(n, 1);
         // Migrating again is a no-op.
         migrate(&mut conn).expect("again");
+    }
+
+    #[test]
+    fn a_version_2_database_gets_tenants_and_tokens() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(MIGRATIONS[0]).expect("v1");
+        conn.execute_batch(MIGRATIONS[1]).expect("v2");
+        conn.pragma_update(None, "user_version", 2)
+            .expect("version");
+        conn.execute(
+            "INSERT INTO vms (id, name, created_at) VALUES ('v', 'vm', 'now')",
+            [],
+        )
+        .expect("vm");
+        migrate(&mut conn).expect("migrate");
+        let tenant: String = conn
+            .query_row("SELECT tenant FROM vms WHERE id = 'v'", [], |r| r.get(0))
+            .expect("tenant");
+        assert_eq!(tenant, "default", "VMs made before tenants are the default tenant's");
+        let tokens: i64 = conn
+            .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
+            .expect("tokens table");
+        assert_eq!(tokens, 0);
     }
 
     #[test]

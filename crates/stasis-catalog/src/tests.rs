@@ -266,3 +266,68 @@ fn only_a_forked_vm_may_branch_from_another_vms_snapshot() {
             .any(|e| e.action == "forked")
     );
 }
+
+#[test]
+fn every_vm_has_a_tenant_and_a_foreign_one_is_not_found() {
+    let mut c = Catalog::open_in_memory().expect("open");
+    // Without a tenant (the CLI), a new VM is the default tenant's.
+    let a = c.create(&new_snap("cli-vm", "base", None)).expect("create");
+    assert_eq!(a.tenant, DEFAULT_TENANT);
+    assert_eq!(c.vm("cli-vm").expect("vm").expect("some").tenant, "default");
+
+    let mut acme = new_snap("acme-vm", "base", None);
+    acme.tenant = Some("acme".into());
+    let b = c.create(&acme).expect("create");
+    assert_eq!(b.tenant, "acme");
+
+    // Another tenant cannot add to acme's VM, by name: it does not exist for it.
+    let mut intruder = new_snap("acme-vm", "mine", None);
+    intruder.tenant = Some("other".into());
+    assert_eq!(
+        c.check_new(&intruder).map_err(|e| e.kind()).err(),
+        Some(ErrorKind::NotFound)
+    );
+    assert_eq!(
+        c.create(&intruder).map_err(|e| e.kind()).err(),
+        Some(ErrorKind::NotFound)
+    );
+    // Without a tenant (the CLI, an admin) the VM's own tenant is kept.
+    let admin = c
+        .create(&new_snap("acme-vm", "admin", Some(&b.id)))
+        .expect("admin create");
+    assert_eq!(admin.tenant, "acme");
+    // A bad tenant name is refused for a new VM.
+    let mut bad = new_snap("new-vm", "base", None);
+    bad.tenant = Some("Not A Name".into());
+    assert_eq!(
+        c.create(&bad).map_err(|e| e.kind()).err(),
+        Some(ErrorKind::InvalidInput)
+    );
+
+    // Lists filter by tenant and by snapshot name.
+    let only = |tenant: &str, name: Option<&str>| -> Vec<String> {
+        c.list_filtered(&ListFilter {
+            tenant: Some(tenant.into()),
+            name: name.map(String::from),
+            ..ListFilter::default()
+        })
+        .expect("list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
+    };
+    assert_eq!(only("default", None), vec![a.id.clone()]);
+    assert_eq!(only("acme", None), vec![b.id.clone(), admin.id.clone()]);
+    assert_eq!(only("acme", Some("admin")), vec![admin.id.clone()]);
+    assert!(only("other", None).is_empty());
+
+    // A fork belongs to the tenant of the VM it came from.
+    let forked = c.fork_vm(&b.id, "acme-fork", "test").expect("fork");
+    assert_eq!(forked.tenant, "acme");
+    let fork_snap = {
+        let mut n = new_snap("acme-fork", "first", Some(&b.id));
+        n.tenant = Some("acme".into());
+        c.create(&n).expect("create in the fork")
+    };
+    assert_eq!(fork_snap.tenant, "acme");
+}
