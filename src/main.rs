@@ -2,9 +2,7 @@
 
 mod cmd;
 mod output;
-mod qcow2;
 mod repo;
-mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,19 +4,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use stasis_catalog::{
-    Hypervisor, Kind, NewPayload, NewSnapshot, PowerState, Snapshot, check_payload_names,
-    parse_expiry, parse_tag,
-};
+use anyhow::{Context as _, Result, bail};
+use stasis_catalog::{Hypervisor, Kind, NewSnapshot, PowerState, parse_expiry, parse_tag};
+use stasis_repo::create::{self, Input, Progress};
 use stasis_store::codec::{Algorithm, Compression};
 use stasis_store::config::Role;
-use stasis_store::ingest::{self, IngestStats};
-use stasis_store::source::{data_regions, open_input};
 
 use crate::output::{bar, human, print_json, ratio};
 use crate::repo::Context;
-use crate::usage::added_over;
 
 /// Store a snapshot of a VM's files.
 #[derive(Debug, clap::Args)]
@@ -95,113 +90,33 @@ pub enum Format {
     Qcow2,
 }
 
-/// One input: role, name inside the snapshot, path, and whether it is a qcow2 image
-/// whose guest-visible disk is stored.
-#[derive(Debug)]
-struct Input {
-    role: Role,
-    name: String,
-    path: PathBuf,
-    qcow2: bool,
-}
-
-/// Store the disk a qcow2 overlay shows. When its backing file is the parent's payload
-/// in a stasis mount (a fork's overlay), only the clusters it allocated are read and
-/// applied over the parent's manifest; otherwise the image is converted whole.
-fn store_qcow2(
-    w: &mut stasis_store::store::Writer<'_>,
-    i: &Input,
-    parent: Option<&Snapshot>,
-    block_size: u32,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<(stasis_store::manifest::Manifest, IngestStats)> {
-    let ov = crate::qcow2::Overlay::open(&i.path)?;
-    let base = parent.and_then(|p| {
-        p.payloads
-            .iter()
-            .find(|pp| pp.name == i.name && pp.role == i.role)
-            .map(|pp| (p, pp))
-    });
-    let backed_by_parent = match (&ov.backing, base) {
-        (Some(b), Some((p, pp))) => {
-            b.ends_with(&format!("/snapshots/{}/{}", p.id, pp.name))
-                || b.ends_with(&format!(
-                    "/vms/{}/{}/{}",
-                    p.source_instance_name, p.name, pp.name
-                ))
+impl From<Format> for create::Format {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Auto => create::Format::Auto,
+            Format::Raw => create::Format::Raw,
+            Format::Qcow2 => create::Format::Qcow2,
         }
-        _ => false,
-    };
-    if let (true, true, Some((_, pp))) = (backed_by_parent, ov.plain, base) {
-        tracing::info!(
-            "{}: applying {} allocated bytes over the parent",
-            i.path.display(),
-            ov.allocated()
-        );
-        return Ok(ingest::ingest_layer(
-            w,
-            &ov,
-            &ov.regions(),
-            ov.virtual_size,
-            &pp.manifest,
-            progress,
-        )?);
     }
-    let tmp = std::env::temp_dir().join(format!("stasis-{}-{}.raw", std::process::id(), i.name));
-    let result = (|| -> Result<_> {
-        crate::qcow2::convert_to_raw(&i.path, &tmp)?;
-        let inp = open_input(&tmp)?;
-        Ok(ingest::ingest_full(
-            w, &inp.file, inp.size, block_size, progress,
-        )?)
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result
 }
 
+/// `[NAME=]PATH`: an explicit name, or the file's base name.
 fn parse_input(role: Role, spec: &str, format: Format) -> Result<Input> {
-    let (explicit, name, path) = match spec.split_once('=') {
-        Some((n, p)) if !n.contains('/') && !n.is_empty() => {
-            (true, n.to_string(), PathBuf::from(p))
-        }
-        _ => {
-            let p = PathBuf::from(spec);
-            let n = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| {
-                    anyhow!("cannot take a file name from {spec:?}; give one as NAME=PATH")
-                })?
-                .to_string();
-            (false, n, p)
-        }
+    let (name, path) = match spec.split_once('=') {
+        Some((n, p)) if !n.contains('/') && !n.is_empty() => (Some(n), PathBuf::from(p)),
+        _ => (None, PathBuf::from(spec)),
     };
     if path.as_os_str().is_empty() {
         bail!("--{role} {spec:?} names no file");
     }
-    let qcow2 = match format {
-        Format::Raw => false,
-        Format::Qcow2 => true,
-        Format::Auto => crate::qcow2::is_qcow2(&path),
-    };
-    // A fork's `root.qcow2` commits back as `root`.
-    let name = match name.strip_suffix(".qcow2") {
-        Some(stem) if qcow2 && !explicit && !stem.is_empty() => stem.to_string(),
-        _ => name,
-    };
-    Ok(Input {
-        role,
-        name,
-        path,
-        qcow2,
-    })
+    Input::new(role, name, &path, format.into())
+        .with_context(|| format!("--{role} {spec:?}: give a name as NAME=PATH"))
 }
 
 #[derive(serde::Serialize)]
 struct Created<'a> {
     #[serde(flatten)]
-    snapshot: &'a Snapshot,
-    ingest: Vec<IngestStats>,
+    created: &'a create::Created,
     seconds: f64,
 }
 
@@ -238,39 +153,13 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let mut repo = ctx.open()?;
     let config = repo.store.config().clone();
     let compression = match (&a.compression, a.level) {
-        (Some(c), l) => Compression::new(c.parse::<Algorithm>()?, l)?,
-        (None, Some(l)) => Compression::new(config.compression.algorithm(), Some(l))?,
-        (None, None) => config.compression,
+        (Some(c), l) => Some(Compression::new(c.parse::<Algorithm>()?, l)?),
+        (None, Some(l)) => Some(Compression::new(config.compression.algorithm(), Some(l))?),
+        (None, None) => None,
     };
-
-    let parent: Option<Snapshot> = match &a.parent {
-        Some(spec) => Some(
-            repo.catalog
-                .resolve(spec)
-                .with_context(|| format!("parent {spec}"))?,
-        ),
-        None => match repo.catalog.vm(&a.vm)?.and_then(|vm| vm.current_id) {
-            Some(id) => repo.catalog.get(&id)?,
-            None => None,
-        },
-    };
-    if a.diff && parent.is_none() {
-        bail!(
-            "--diff needs a parent: give --parent SNAP (or create a full snapshot of {} first)",
-            a.vm
-        );
-    }
-
-    let mut new = NewSnapshot {
-        vm: a.vm.clone(),
-        name: a.name.clone(),
-        parent_id: parent.as_ref().map(|p| p.id.clone()),
+    let new = NewSnapshot {
         created_by: a.created_by.clone().unwrap_or_else(crate::repo::actor),
         description: a.description.clone(),
-        compression: compression.into(),
-        uncompressed_size_bytes: 0,
-        compressed_size_bytes: 0,
-        added_bytes: 0,
         make_current: !a.no_current,
         kind,
         source_hypervisor: hypervisor,
@@ -282,96 +171,34 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
             .or_else(|| Some(repo.path.display().to_string())),
         expires_at,
         tags,
-        payloads: Vec::new(),
+        ..NewSnapshot::new(a.vm.clone(), a.name.clone(), String::new(), Vec::new())
     };
-    // Refuse bad names, duplicates and foreign parents before reading anything.
-    repo.catalog.check_new(&new)?;
-    check_payload_names(inputs.iter().map(|i| i.name.as_str()))?;
-
-    // Open every input first so a missing file fails before any work.
-    let mut opened = Vec::new();
-    let mut total = 0u64;
-    for i in &inputs {
-        let inp =
-            open_input(&i.path).with_context(|| format!("--{} {}", i.role, i.path.display()))?;
-        total += data_regions(&inp.file, inp.size)?
-            .iter()
-            .map(|r| r.end - r.start)
-            .sum::<u64>();
-        opened.push(inp);
+    let req = create::Request {
+        new,
+        parent: a.parent.clone(),
+        diff: a.diff,
+        compression,
+        inputs,
+    };
+    if a.diff && create::parent_of(&repo.catalog, &req)?.is_none() {
+        bail!(
+            "--diff needs a parent: give --parent SNAP (or create a full snapshot of {} first)",
+            a.vm
+        );
     }
-    let pb = bar(total, "storing");
-    let progress = |n: u64| pb.inc(n);
-
-    let mut writer = repo.store.writer(compression);
-    let mut stats = Vec::new();
-    for (i, inp) in inputs.iter().zip(&opened) {
-        let (manifest, st) = if a.diff && !i.qcow2 {
-            let parent = parent
-                .as_ref()
-                .ok_or_else(|| anyhow!("--diff needs a parent"))?;
-            let pp = parent
-                .payloads
-                .iter()
-                .find(|p| p.name == i.name)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "the parent {} has no payload named {:?} to apply the diff to",
-                        parent.id,
-                        i.name
-                    )
-                })?;
-            if pp.role != i.role {
-                bail!(
-                    "{:?} is a {} payload in the parent, not {}",
-                    i.name,
-                    pp.role,
-                    i.role
-                );
-            }
-            ingest::ingest_diff(&mut writer, &inp.file, inp.size, &pp.manifest, &progress)
-                .map_err(anyhow::Error::from)
-        } else if i.qcow2 {
-            store_qcow2(
-                &mut writer,
-                i,
-                parent.as_ref(),
-                config.block_sizes.get(i.role),
-                &progress,
-            )
-        } else {
-            let bs = config.block_sizes.get(i.role);
-            ingest::ingest_full(&mut writer, &inp.file, inp.size, bs, &progress)
-                .map_err(anyhow::Error::from)
-        }
-        .with_context(|| format!("storing {}", i.path.display()))?;
-        new.payloads.push(NewPayload {
-            name: i.name.clone(),
-            role: i.role,
-            allocated: st.allocated,
-            data_bytes: st.data_bytes,
-            manifest,
-        });
-        stats.push(st);
-    }
-    writer.commit().context("writing the snapshot's blocks")?;
+    let pb = bar(0, "storing");
+    let progress = |p: Progress| match p {
+        Progress::Total(n) => pb.set_length(n),
+        Progress::Advanced(n) => pb.inc(n),
+    };
+    let created = create::create(&repo.store, &mut repo.catalog, req, &progress)?;
     pb.finish_and_clear();
-
-    // What this snapshot added over its parent (blocks and tree nodes).
-    let sizes = added_over(
-        &repo.store,
-        new.payloads.iter().map(|p| &p.manifest),
-        parent.as_ref(),
-    )?;
-    new.added_bytes = sizes.added_bytes;
-    new.compressed_size_bytes = sizes.compressed_size_bytes;
-    new.uncompressed_size_bytes = sizes.uncompressed_size_bytes;
-    let snap = repo.catalog.create(&new)?;
+    let snap = &created.snapshot;
+    let stats = &created.ingest;
     let secs = started.elapsed().as_secs_f64();
     if ctx.json {
         return print_json(&Created {
-            snapshot: &snap,
-            ingest: stats,
+            created: &created,
             seconds: secs,
         });
     }

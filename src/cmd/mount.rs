@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use stasis_fuse::SnapshotFs;
+use stasis_repo::mounts::registry;
 
 use crate::repo::Context;
 
@@ -54,37 +55,6 @@ fn unmount_on_signal(mountpoint: PathBuf) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn registry(repo: &Path) -> PathBuf {
-    repo.join("mounts")
-}
-
-/// The mountpoint of a running `stasis mount` of the repository at `repo`, if any.
-/// Registrations whose process is gone or whose mount is not there are removed.
-pub fn running_mount(repo: &Path) -> Result<Option<PathBuf>> {
-    let Ok(entries) = std::fs::read_dir(registry(repo)) else {
-        return Ok(None);
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        let pid = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<i32>().ok());
-        let point = std::fs::read_to_string(&path)
-            .ok()
-            .map(|s| PathBuf::from(s.trim_end()));
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        let alive = pid.is_some_and(|p| unsafe { libc::kill(p, 0) } == 0);
-        match point {
-            Some(p) if alive && p.join("vms").is_dir() => return Ok(Some(p)),
-            _ => {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-    }
-    Ok(None)
 }
 
 /// Run `mount`: serves until unmounted (Ctrl-C, SIGTERM or `stasis umount`).

@@ -8,7 +8,6 @@ use stasis_catalog::{ListFilter, Snapshot, parse_tag};
 
 use crate::output::{human, print_json};
 use crate::repo::{Context, actor};
-use crate::usage::added_over;
 
 /// Draw the snapshot tree.
 #[derive(Debug, clap::Args)]
@@ -163,13 +162,7 @@ pub fn delete(ctx: &Context, a: DeleteArgs) -> Result<()> {
     let store = &repo.store;
     let mut deleted = Vec::new();
     for t in &targets {
-        let gone = repo
-            .catalog
-            .delete(t, a.recursive, &actor(), &mut |child, parent| {
-                added_over(store, child.payloads.iter().map(|p| &p.manifest), parent).map_err(|e| {
-                    stasis_catalog::Error::new(stasis_catalog::ErrorKind::Database, e.to_string())
-                })
-            })?;
+        let gone = stasis_repo::delete(store, &mut repo.catalog, t, a.recursive, &actor())?;
         deleted.extend(gone);
     }
     if ctx.json {

@@ -10,9 +10,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 use stasis_store::ingest::LayerSource;
+
+use crate::error::{Error, Result};
 
 /// Whether `path` starts with the qcow2 magic.
 pub fn is_qcow2(path: &Path) -> bool {
@@ -67,14 +68,14 @@ fn qemu_img(args: &[&str], path: &Path) -> Result<Vec<u8>> {
         .args(args)
         .arg(path)
         .output()
-        .context("running qemu-img (install qemu-utils)")?;
+        .map_err(|e| Error::io("running qemu-img (install qemu-utils)", e))?;
     if !out.status.success() {
-        bail!(
+        return Err(Error::Input(format!(
             "qemu-img {} {}: {}",
             args.join(" "),
             path.display(),
             String::from_utf8_lossy(&out.stderr).trim()
-        );
+        )));
     }
     Ok(out.stdout)
 }
@@ -84,10 +85,10 @@ impl Overlay {
     pub fn open(path: &Path) -> Result<Overlay> {
         let info: Info =
             serde_json::from_slice(&qemu_img(&["info", "--output=json", "-f", "qcow2"], path)?)
-                .context("reading qemu-img info")?;
+                .map_err(|e| Error::Input(format!("reading qemu-img info: {e}")))?;
         let map: Vec<MapEntry> =
             serde_json::from_slice(&qemu_img(&["map", "--output=json", "-f", "qcow2"], path)?)
-                .context("reading qemu-img map")?;
+                .map_err(|e| Error::Input(format!("reading qemu-img map: {e}")))?;
         let mut extents = Vec::new();
         let mut plain = true;
         for e in map.into_iter().filter(|e| e.depth == 0 && e.present) {
@@ -104,7 +105,8 @@ impl Overlay {
                 host,
             });
         }
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let file =
+            File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         Ok(Overlay {
             file,
             virtual_size: info.virtual_size,
@@ -156,9 +158,12 @@ pub fn convert_to_raw(path: &Path, out: &Path) -> Result<()> {
         .arg(path)
         .arg(out)
         .status()
-        .context("running qemu-img (install qemu-utils)")?;
+        .map_err(|e| Error::io("running qemu-img (install qemu-utils)", e))?;
     if !st.success() {
-        bail!("qemu-img convert of {} failed", path.display());
+        return Err(Error::Input(format!(
+            "qemu-img convert of {} failed",
+            path.display()
+        )));
     }
     Ok(())
 }

@@ -2,8 +2,8 @@
 
 use std::collections::HashSet;
 
-use anyhow::Result;
 use stasis_catalog::{AddedSizes, Snapshot};
+use stasis_store::Result;
 use stasis_store::manifest::Manifest;
 use stasis_store::store::Store;
 use stasis_store::verify::new_stored_bytes;

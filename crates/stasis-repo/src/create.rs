@@ -1,0 +1,290 @@
+//! Ingest a snapshot from files: check everything, store the blocks and manifests
+//! (durable once the writer commits), then record the catalog row, which is the point
+//! at which the snapshot exists. A failure anywhere before that row leaves no snapshot,
+//! only unreferenced packs for gc.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use stasis_catalog::{Catalog, NewPayload, NewSnapshot, Snapshot, check_payload_names};
+use stasis_store::codec::Compression;
+use stasis_store::config::Role;
+use stasis_store::ingest::{self, IngestStats};
+use stasis_store::manifest::Manifest;
+use stasis_store::source::{data_regions, open_input};
+use stasis_store::store::{Store, Writer};
+
+use crate::error::{Error, Result};
+use crate::usage::added_over;
+
+/// How to read an input file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// qcow2 when the file says so, else raw.
+    #[default]
+    Auto,
+    /// The file's bytes as they are.
+    Raw,
+    /// The disk a qcow2 image shows.
+    Qcow2,
+}
+
+/// One input file of a new snapshot.
+#[derive(Clone, Debug)]
+pub struct Input {
+    /// Disk, memory or state.
+    pub role: Role,
+    /// The file's name inside the snapshot.
+    pub name: String,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Whether it is a qcow2 image whose guest-visible disk is stored.
+    pub qcow2: bool,
+}
+
+impl Input {
+    /// An input at `path` named `name` (default: the file's base name, less `.qcow2`
+    /// for a qcow2 image, so a fork's `root.qcow2` commits back as `root`).
+    pub fn new(role: Role, name: Option<&str>, path: &Path, format: Format) -> Result<Input> {
+        if path.as_os_str().is_empty() {
+            return Err(Error::Invalid(format!("the {role} input names no file")));
+        }
+        let qcow2 = match format {
+            Format::Raw => false,
+            Format::Qcow2 => true,
+            Format::Auto => crate::qcow2::is_qcow2(path),
+        };
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => {
+                let base = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "cannot take a file name from {}; give one",
+                        path.display()
+                    ))
+                })?;
+                match base.strip_suffix(".qcow2") {
+                    Some(stem) if qcow2 && !stem.is_empty() => stem.to_string(),
+                    _ => base.to_string(),
+                }
+            }
+        };
+        Ok(Input {
+            role,
+            name,
+            path: path.to_path_buf(),
+            qcow2,
+        })
+    }
+}
+
+/// What to create.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The record's fields (VM, name, tenant, metadata). Its `parent_id`, `payloads`
+    /// and sizes are filled in by [`create`].
+    pub new: NewSnapshot,
+    /// The parent (an id, `VM/NAME` or `VM`); `None`: the VM's current snapshot.
+    pub parent: Option<String>,
+    /// Inputs are sparse diff layers over the parent's payloads of the same names.
+    pub diff: bool,
+    /// `None`: the repository's compression.
+    pub compression: Option<Compression>,
+    /// The files.
+    pub inputs: Vec<Input>,
+}
+
+/// Progress of an ingest.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress {
+    /// The inputs hold this many data bytes in all (sent once, before any is read).
+    Total(u64),
+    /// This many more bytes were read.
+    Advanced(u64),
+}
+
+/// A created snapshot and what storing each input did.
+#[derive(Debug, Serialize)]
+pub struct Created {
+    /// The catalog record.
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
+    /// Per input, in order.
+    pub ingest: Vec<IngestStats>,
+}
+
+/// The parent `req` names, or its VM's current snapshot.
+pub fn parent_of(catalog: &Catalog, req: &Request) -> Result<Option<Snapshot>> {
+    Ok(match &req.parent {
+        Some(spec) => Some(
+            catalog
+                .resolve(spec)
+                .map_err(|e| Error::Catalog(e.context(format!("parent {spec}"))))?,
+        ),
+        None => match catalog.vm(&req.new.vm)?.and_then(|vm| vm.current_id) {
+            Some(id) => catalog.get(&id)?,
+            None => None,
+        },
+    })
+}
+
+/// Store a snapshot of `req.inputs` and record it. Names, tags, the parent and every
+/// input are checked before any block is written.
+pub fn create(
+    store: &Store,
+    catalog: &mut Catalog,
+    req: Request,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Created> {
+    if req.inputs.is_empty() {
+        return Err(Error::Invalid(
+            "nothing to store: give at least one disk, memory or state file".into(),
+        ));
+    }
+    let config = store.config().clone();
+    let compression = req.compression.unwrap_or(config.compression);
+    let parent = parent_of(catalog, &req)?;
+    if req.diff && parent.is_none() {
+        return Err(Error::Invalid(format!(
+            "a diff needs a parent: name one (or create a full snapshot of {} first)",
+            req.new.vm
+        )));
+    }
+    let mut new = req.new;
+    new.parent_id = parent.as_ref().map(|p| p.id.clone());
+    new.compression = compression.into();
+    new.payloads.clear();
+    // Refuse bad names, duplicates, foreign VMs and parents before reading anything.
+    catalog.check_new(&new)?;
+    check_payload_names(req.inputs.iter().map(|i| i.name.as_str()))?;
+
+    // Open every input first so a missing file fails before any work.
+    let mut opened = Vec::new();
+    let mut total = 0u64;
+    for i in &req.inputs {
+        let inp = open_input(&i.path)
+            .map_err(|e| Error::Input(format!("{} {}: {e}", i.role, i.path.display())))?;
+        total += data_regions(&inp.file, inp.size)?
+            .iter()
+            .map(|r| r.end - r.start)
+            .sum::<u64>();
+        opened.push(inp);
+    }
+    progress(Progress::Total(total));
+    let advance = |n: u64| progress(Progress::Advanced(n));
+
+    let mut writer = store.writer(compression);
+    let mut stats = Vec::new();
+    for (i, inp) in req.inputs.iter().zip(&opened) {
+        let (manifest, st) = if req.diff && !i.qcow2 {
+            let pp = parent
+                .as_ref()
+                .and_then(|p| p.payloads.iter().find(|p| p.name == i.name))
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "the parent has no payload named {:?} to apply the diff to",
+                        i.name
+                    ))
+                })?;
+            if pp.role != i.role {
+                return Err(Error::Invalid(format!(
+                    "{:?} is a {} payload in the parent, not {}",
+                    i.name, pp.role, i.role
+                )));
+            }
+            ingest::ingest_diff(&mut writer, &inp.file, inp.size, &pp.manifest, &advance)
+                .map_err(Error::from)
+        } else if i.qcow2 {
+            store_qcow2(
+                &mut writer,
+                i,
+                parent.as_ref(),
+                config.block_sizes.get(i.role),
+                &advance,
+            )
+        } else {
+            let bs = config.block_sizes.get(i.role);
+            ingest::ingest_full(&mut writer, &inp.file, inp.size, bs, &advance).map_err(Error::from)
+        }
+        .map_err(|e| match e {
+            Error::Store(s) => Error::Store(s.context(format!("storing {}", i.path.display()))),
+            e => e,
+        })?;
+        new.payloads.push(NewPayload {
+            name: i.name.clone(),
+            role: i.role,
+            allocated: st.allocated,
+            data_bytes: st.data_bytes,
+            manifest,
+        });
+        stats.push(st);
+    }
+    writer
+        .commit()
+        .map_err(|e| e.context("writing the snapshot's blocks"))?;
+
+    // What this snapshot added over its parent (blocks and tree nodes).
+    let sizes = added_over(store, new.payloads.iter().map(|p| &p.manifest), parent.as_ref())?;
+    new.added_bytes = sizes.added_bytes;
+    new.compressed_size_bytes = sizes.compressed_size_bytes;
+    new.uncompressed_size_bytes = sizes.uncompressed_size_bytes;
+    let snapshot = catalog.create(&new)?;
+    Ok(Created {
+        snapshot,
+        ingest: stats,
+    })
+}
+
+/// Store the disk a qcow2 overlay shows. When its backing file is the parent's payload
+/// in a stasis mount (a fork's overlay), only the clusters it allocated are read and
+/// applied over the parent's manifest; otherwise the image is converted whole.
+fn store_qcow2(
+    w: &mut Writer<'_>,
+    i: &Input,
+    parent: Option<&Snapshot>,
+    block_size: u32,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(Manifest, IngestStats)> {
+    let ov = crate::qcow2::Overlay::open(&i.path)?;
+    let base = parent.and_then(|p| {
+        p.payloads
+            .iter()
+            .find(|pp| pp.name == i.name && pp.role == i.role)
+            .map(|pp| (p, pp))
+    });
+    let backed_by_parent = match (&ov.backing, base) {
+        (Some(b), Some((p, pp))) => {
+            b.ends_with(&format!("/snapshots/{}/{}", p.id, pp.name))
+                || b.ends_with(&format!(
+                    "/vms/{}/{}/{}",
+                    p.source_instance_name, p.name, pp.name
+                ))
+        }
+        _ => false,
+    };
+    if let (true, true, Some((_, pp))) = (backed_by_parent, ov.plain, base) {
+        tracing::info!(
+            "{}: applying {} allocated bytes over the parent",
+            i.path.display(),
+            ov.allocated()
+        );
+        return Ok(ingest::ingest_layer(
+            w,
+            &ov,
+            &ov.regions(),
+            ov.virtual_size,
+            &pp.manifest,
+            progress,
+        )?);
+    }
+    let tmp = std::env::temp_dir().join(format!("stasis-{}-{}.raw", std::process::id(), i.name));
+    let result = (|| -> Result<_> {
+        crate::qcow2::convert_to_raw(&i.path, &tmp)?;
+        let inp = open_input(&tmp)?;
+        Ok(ingest::ingest_full(
+            w, &inp.file, inp.size, block_size, progress,
+        )?)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
