@@ -55,15 +55,25 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Space used: logical and stored bytes, dedup and compression ratios.
     Du(cmd::du::Args),
+    /// Serve the hypeman-compatible Snapshots HTTP API (bearer tokens, tenants).
+    Serve(cmd::serve::ServeArgs),
+    /// Create, list or revoke the HTTP API's bearer tokens.
+    Token(cmd::serve::TokenArgs),
 }
 
 fn main() -> ExitCode {
     reset_sigpipe();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("STASIS_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // The server logs requests by default; other commands only errors.
+    let filter = match (std::env::var("STASIS_LOG"), &cli.command) {
+        (Err(_), Command::Serve(_)) => tracing_subscriber::EnvFilter::new("info"),
+        _ => tracing_subscriber::EnvFilter::from_env("STASIS_LOG"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let ctx = repo::Context {
         repo: cli.repo,
         json: cli.json,
@@ -84,6 +94,8 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::restore::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Du(a) => cmd::du::run(&ctx, a),
+        Command::Serve(a) => cmd::serve::serve(&ctx, a),
+        Command::Token(a) => cmd::serve::token(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,5 +7,6 @@ pub mod init;
 pub mod list;
 pub mod mount;
 pub mod restore;
+pub mod serve;
 pub mod tree;
 pub mod verify;

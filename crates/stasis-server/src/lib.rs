@@ -1,0 +1,242 @@
+//! # stasis-server
+//!
+//! The hypeman-compatible Snapshots HTTP API over a stasis repository (axum on tokio;
+//! the store and catalog stay synchronous and run on tokio's blocking pool).
+//!
+//! - `GET /snapshots` (filters `source_instance_id`, `kind`, `name`, `tags[K]=V`,
+//!   `status`, `parent_id`, `expired`, `limit`), `GET`/`DELETE /snapshots/{id}`,
+//!   `POST /instances/{id}/snapshots` (payloads are files on the server's host, under a
+//!   `--payload-root`), `POST /snapshots/{id}/fork`, `GET`/`HEAD
+//!   /snapshots/{id}/payloads/{name}` with `Range`, `GET /health`, `GET /openapi.json`
+//!   (OpenAPI 3.1, generated from the handlers and types in this crate).
+//! - Every route but `/health` needs `Authorization: Bearer <token>` (see
+//!   `stasis token`). A token sees only its tenant's VMs and snapshots: another
+//!   tenant's are answered exactly as missing ones (404). A read-only token gets 403 on
+//!   writes.
+//! - Errors are `{code, message, details}`; client mistakes are 4xx, never 500.
+//! - SIGTERM or SIGINT stops accepting connections and lets running requests finish;
+//!   a snapshot exists only once its catalog row commits, so an interrupted one is
+//!   never half-made.
+
+pub mod api;
+mod error;
+pub mod range;
+mod routes;
+mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use stasis_store::backend::{Backend, LocalBackend};
+use stasis_store::store::Store;
+use tokio::sync::Semaphore;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use state::{AppState, CatalogPool, Config, Principal};
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The repository cannot be opened.
+    #[error("opening the repository at {path}: {source}")]
+    Repository {
+        /// Where.
+        path: String,
+        /// Why.
+        #[source]
+        source: stasis_repo::Error,
+    },
+    /// The address cannot be bound, or serving failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "stasis Snapshots API",
+        description = "The hypeman Snapshots API over a stasis repository, plus what stasis adds: payload reads by range, tenants, filters by status, parent and expiry."
+    ),
+    paths(
+        routes::health,
+        routes::openapi,
+        routes::list_snapshots,
+        routes::get_snapshot,
+        routes::delete_snapshot,
+        routes::create_snapshot,
+        routes::fork_snapshot,
+        routes::get_payload,
+        routes::head_payload,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearerAuth",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The OpenAPI document as JSON.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// Open the repository at `config.repo` for serving.
+pub fn open(config: Config) -> Result<Arc<AppState>, Error> {
+    let repo_err = |source: stasis_repo::Error| Error::Repository {
+        path: config.repo.display().to_string(),
+        source,
+    };
+    let backend: Arc<dyn Backend> = Arc::new(
+        LocalBackend::open(stasis_repo::store_dir(&config.repo)).map_err(|e| repo_err(e.into()))?,
+    );
+    let store = Store::open(backend).map_err(|e| repo_err(e.into()))?;
+    let catalogs = CatalogPool::open(stasis_repo::catalog_path(&config.repo), 16)
+        .map_err(|e| repo_err(e.into()))?;
+    Ok(Arc::new(AppState {
+        ingests: Arc::new(Semaphore::new(config.max_ingests)),
+        config,
+        store: Arc::new(store),
+        catalogs,
+        openapi: openapi_json(),
+    }))
+}
+
+/// The routes, with request logs and the body limit.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/openapi.json", get(routes::openapi))
+        .route("/snapshots", get(routes::list_snapshots))
+        .route(
+            "/snapshots/{id}",
+            get(routes::get_snapshot).delete(routes::delete_snapshot),
+        )
+        .route("/snapshots/{id}/fork", post(routes::fork_snapshot))
+        .route("/instances/{id}/snapshots", post(routes::create_snapshot))
+        .route(
+            "/snapshots/{id}/payloads/{name}",
+            get(routes::get_payload).head(routes::head_payload),
+        )
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        uri = %req.uri(),
+                        tenant = tracing::field::Empty,
+                    )
+                })
+                .on_request(|_: &axum::http::Request<_>, _: &tracing::Span| {
+                    tracing::info!("started");
+                })
+                .on_response(
+                    DefaultOnResponse::new()
+                        .level(Level::INFO)
+                        .latency_unit(tower_http::LatencyUnit::Micros),
+                ),
+        )
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown` completes; then stop accepting and let running
+/// requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| Error::Io {
+            context: "serving".into(),
+            source,
+        })
+}
+
+async fn signalled() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot watch for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        r = tokio::signal::ctrl_c() => {
+            if let Err(e) = r {
+                tracing::error!("cannot watch for SIGINT: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+    tracing::info!("shutting down: no new connections; running requests finish");
+}
+
+/// Run the server until SIGTERM or SIGINT (the `stasis serve` command). Logs the bound
+/// address as `listening on ADDR`.
+pub fn run(config: Config) -> Result<(), Error> {
+    let state = open(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            context: "starting the runtime".into(),
+            source,
+        })?;
+    let listen = state.config.listen;
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("binding {listen}"),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Io {
+            context: "reading the bound address".into(),
+            source,
+        })?;
+        tracing::info!("listening on {addr}");
+        eprintln!("stasis: listening on http://{addr}");
+        serve(listener, state, signalled()).await
+    });
+    // Blocking work still running (an ingest whose client left) finishes first.
+    rt.shutdown_timeout(Duration::from_secs(3600));
+    tracing::info!("stopped");
+    result
+}

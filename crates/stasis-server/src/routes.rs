@@ -1,0 +1,761 @@
+//! The handlers. Each checks the caller first (401, then 403 for a write with a
+//! read-only token), then finds the snapshot or VM within the caller's tenant (another
+//! tenant's is answered exactly as a missing one), then does the work on the blocking
+//! pool.
+
+use std::collections::BTreeMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use stasis_catalog::{
+    Catalog, Hypervisor, Kind, ListFilter, NewSnapshot, PowerState, Snapshot, Status, parse_expiry,
+    validate_name,
+};
+use stasis_repo::create::{self, Format, Input, Progress};
+use stasis_repo::fork::{self, Files};
+use stasis_store::codec::{Algorithm, Compression};
+use stasis_store::config::Role;
+use stasis_store::index::Index;
+use stasis_store::reader::PayloadReader;
+use stasis_store::store::Store;
+
+use crate::api::{
+    ApiSnapshot, CreateSnapshotRequest, ForkSnapshotRequest, Health, Instance, InstanceFile, Tags,
+};
+use crate::error::{ApiError, ErrorBody};
+use crate::range::{self, Plan};
+use crate::state::{AppState, Principal, blocking};
+
+type AppStateRef = State<Arc<AppState>>;
+
+/// JSON bodies whose rejections are API errors: 400 for bad JSON or fields, 413 for
+/// too large, 415 without a JSON content type.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(e) => Err(json_rejection(e)),
+        }
+    }
+}
+
+fn json_rejection(e: JsonRejection) -> ApiError {
+    let text = e.body_text();
+    match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is larger than this server accepts",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ),
+        _ => {
+            ApiError::bad_request(text).detail("invalid_json", "the body is not the expected JSON")
+        }
+    }
+}
+
+/// A snapshot of the caller's tenant, by id; 404 for a missing or foreign one.
+fn own_snapshot(cat: &Catalog, p: &Principal, id: &str) -> Result<Snapshot, ApiError> {
+    match cat.get(id)? {
+        Some(s) if s.tenant == p.tenant => Ok(s),
+        _ => Err(ApiError::no_snapshot(id)),
+    }
+}
+
+fn location(uri: &str) -> [(header::HeaderName, HeaderValue); 1] {
+    [(
+        header::LOCATION,
+        HeaderValue::from_str(uri).unwrap_or_else(|_| HeaderValue::from_static("/")),
+    )]
+}
+
+/// Liveness; needs no token.
+#[utoipa::path(get, path = "/health", tag = "meta",
+    responses((status = 200, description = "The server is up", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+    ))]
+pub async fn openapi(_p: Principal, State(st): AppStateRef) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        st.openapi.clone(),
+    )
+        .into_response()
+}
+
+/// The filters of `GET /snapshots`, from the raw query (so `tags[K]=V` deepObject
+/// parameters and repeats can be read and checked).
+fn list_filter(query: Option<&str>, p: &Principal) -> Result<ListFilter, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("the query string does not parse: {e}")))?;
+    let mut f = ListFilter {
+        tenant: Some(p.tenant.clone()),
+        ..ListFilter::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (k, v) in pairs {
+        if let Some(tag) = k.strip_prefix("tags[").and_then(|t| t.strip_suffix(']')) {
+            stasis_catalog::fields::validate_tag(tag, &v)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            f.tags.push((tag.to_string(), v));
+            continue;
+        }
+        if !seen.insert(k.clone()) {
+            return Err(ApiError::bad_request(format!(
+                "query parameter {k:?} is given twice"
+            )));
+        }
+        let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(format!("{k}: {e}"));
+        match k.as_str() {
+            "source_instance_id" => f.vm = Some(v),
+            "name" => f.name = Some(v),
+            "parent_id" => f.parent_id = Some(v),
+            "kind" => f.kind = Some(v.parse::<Kind>().map_err(|e| bad(&e))?),
+            "status" => f.status = Some(v.parse::<Status>().map_err(|e| bad(&e))?),
+            "expired" => {
+                f.expired = match v.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad(&"expected true or false")),
+                }
+            }
+            "limit" => {
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| bad(&"expected a whole number from 0 to 1000000"))?;
+                if n > 1_000_000 {
+                    return Err(bad(&"at most 1000000"));
+                }
+                f.limit = Some(n);
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {k:?}"
+                )));
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// List the caller's snapshots (a plain JSON array, oldest first). Deleted snapshots
+/// are listed only with `status=deleted`.
+#[utoipa::path(get, path = "/snapshots", tag = "snapshots", security(("bearerAuth" = [])),
+    params(
+        ("source_instance_id" = Option<String>, Query, description = "Only this VM's (id or name)"),
+        ("kind" = Option<crate::api::KindName>, Query, description = "Only this kind"),
+        ("name" = Option<String>, Query, description = "Only snapshots with this name"),
+        ("tags" = Option<Tags>, Query, style = DeepObject, explode, description = "Only snapshots with all these tags: `tags[K]=V`, repeatable"),
+        ("status" = Option<crate::api::StatusName>, Query, description = "Only this status (stasis)"),
+        ("parent_id" = Option<String>, Query, description = "Only children of this snapshot (stasis)"),
+        ("expired" = Option<bool>, Query, description = "Only expired snapshots (stasis)"),
+        ("limit" = Option<u32>, Query, minimum = 0, maximum = 1000000, description = "At most this many (stasis)"),
+    ),
+    responses(
+        (status = 200, description = "Matching snapshots", body = Vec<ApiSnapshot>),
+        (status = 400, description = "Bad filter", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+    ))]
+pub async fn list_snapshots(
+    p: Principal,
+    State(st): AppStateRef,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Vec<ApiSnapshot>>, ApiError> {
+    let f = list_filter(q.as_deref(), &p)?;
+    let snaps = blocking(move || Ok(st.catalogs.get()?.list_filtered(&f)?)).await?;
+    Ok(Json(snaps.iter().map(ApiSnapshot::from).collect()))
+}
+
+/// One snapshot (deleted ones too, until gc, with `status: deleted`).
+#[utoipa::path(get, path = "/snapshots/{id}", tag = "snapshots", security(("bearerAuth" = [])),
+    params(("id" = String, Path, description = "Snapshot id")),
+    responses(
+        (status = 200, description = "The snapshot", body = ApiSnapshot),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 404, description = "No such snapshot in the caller's tenant", body = ErrorBody),
+    ))]
+pub async fn get_snapshot(
+    p: Principal,
+    State(st): AppStateRef,
+    Path(id): Path<String>,
+) -> Result<Json<ApiSnapshot>, ApiError> {
+    let s = blocking(move || own_snapshot(&*st.catalogs.get()?, &p, &id)).await?;
+    Ok(Json(ApiSnapshot::from(&s)))
+}
+
+/// Delete a snapshot. One with children is consolidated: its children are re-parented
+/// to its parent (no data moves) and it is marked deleted.
+#[utoipa::path(delete, path = "/snapshots/{id}", tag = "snapshots", security(("bearerAuth" = [])),
+    params(("id" = String, Path, description = "Snapshot id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No such live snapshot in the caller's tenant", body = ErrorBody),
+    ))]
+pub async fn delete_snapshot(
+    p: Principal,
+    State(st): AppStateRef,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    p.require_write()?;
+    blocking(move || {
+        let mut cat = st.catalogs.get()?;
+        let s = own_snapshot(&cat, &p, &id)?;
+        if s.status == Status::Deleted {
+            return Err(ApiError::no_snapshot(&id));
+        }
+        stasis_repo::delete(&st.store, &mut cat, &s.id, false, &actor(&p))?;
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn actor(p: &Principal) -> String {
+    format!("token:{}", p.token_id)
+}
+
+fn no_payload_roots() -> ApiError {
+    ApiError::bad_request("this server accepts no payload paths: start it with --payload-root DIR")
+        .detail("path_not_allowed", "no --payload-root is configured")
+}
+
+/// A payload path, resolved (symlinks too) and checked to lie under a payload root.
+fn allowed_path(roots: &[PathBuf], path: &str) -> Result<PathBuf, ApiError> {
+    if roots.is_empty() {
+        return Err(no_payload_roots());
+    }
+    let p = FsPath::new(path);
+    if !p.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "payload path {path:?} is not absolute"
+        )));
+    }
+    let real = std::fs::canonicalize(p)
+        .map_err(|e| ApiError::bad_request(format!("payload path {path:?}: {e}")))?;
+    if roots.iter().any(|r| real.starts_with(r)) {
+        Ok(real)
+    } else {
+        Err(ApiError::bad_request(format!(
+            "payload path {path:?} is not under a payload root of this server"
+        ))
+        .detail("path_not_allowed", "outside every --payload-root"))
+    }
+}
+
+fn parse_opt<T: std::str::FromStr>(what: &str, v: Option<&str>) -> Result<Option<T>, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    v.map(|s| {
+        s.parse::<T>()
+            .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+    })
+    .transpose()
+}
+
+fn compression(c: Option<&crate::api::CompressionConfig>) -> Result<Option<Compression>, ApiError> {
+    let Some(c) = c else { return Ok(None) };
+    if !c.enabled {
+        return Ok(Some(Compression::none()));
+    }
+    let alg = match c.algorithm.as_deref() {
+        None => Algorithm::Zstd,
+        Some(a @ ("zstd" | "lz4")) => a
+            .parse::<Algorithm>()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        Some(a) => {
+            return Err(ApiError::bad_request(format!(
+                "compression.algorithm {a:?}: expected zstd or lz4"
+            )));
+        }
+    };
+    Compression::new(alg, c.level)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("compression: {e}")))
+}
+
+/// Everything in a create request that can be checked without the catalog.
+fn check_create(
+    st: &AppState,
+    p: &Principal,
+    vm: &str,
+    r: CreateSnapshotRequest,
+) -> Result<create::Request, ApiError> {
+    let kind: Kind = r
+        .kind
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("kind: {e}")))?;
+    let name = match r.name {
+        Some(n) => n,
+        None => format!("snap-{}", &stasis_catalog::new_id()[..12]),
+    };
+    validate_name(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let tags = r.tags.map(|t| t.0).unwrap_or_default();
+    stasis_catalog::fields::validate_tags(&tags)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let expires_at = r
+        .expires_at
+        .as_deref()
+        .map(parse_expiry)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(format!("expires_at: {e}")))?;
+    if r.payloads.is_empty() {
+        return Err(ApiError::bad_request("payloads: give at least one file"));
+    }
+    let mut inputs = Vec::new();
+    for (i, ps) in r.payloads.iter().enumerate() {
+        let role: Role = ps
+            .role
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("payloads[{i}].role: {e}")))?;
+        if !["disk", "memory", "state"].contains(&ps.role.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "payloads[{i}].role {:?}: expected disk, memory or state",
+                ps.role
+            )));
+        }
+        let format = match ps.format.as_deref() {
+            None | Some("auto") => Format::Auto,
+            Some("raw") => Format::Raw,
+            Some("qcow2") => Format::Qcow2,
+            Some(f) => {
+                return Err(ApiError::bad_request(format!(
+                    "payloads[{i}].format {f:?}: expected auto, raw or qcow2"
+                )));
+            }
+        };
+        stasis_catalog::check_payload_names([ps.name.as_str()])
+            .map_err(|e| ApiError::bad_request(format!("payloads[{i}].name: {e}")))?;
+        let path = allowed_path(&st.config.payload_roots, &ps.path)?;
+        inputs.push(
+            Input::new(role, Some(&ps.name), &path, format)
+                .map_err(|e| ApiError::bad_request(format!("payloads[{i}]: {e}")))?,
+        );
+    }
+    let new = NewSnapshot {
+        description: r.description,
+        make_current: r.make_current.unwrap_or(true),
+        kind,
+        source_hypervisor: parse_opt::<Hypervisor>(
+            "source_hypervisor",
+            r.source_hypervisor.as_deref(),
+        )?,
+        quiesced: r.quiesced.unwrap_or(false),
+        power_state: parse_opt::<PowerState>("power_state", r.power_state.as_deref())?,
+        datastore: r
+            .datastore
+            .or_else(|| Some(st.config.repo.display().to_string())),
+        expires_at,
+        tags,
+        tenant: Some(p.tenant.clone()),
+        ..NewSnapshot::new(vm, name, actor(p), Vec::new())
+    };
+    Ok(create::Request {
+        new,
+        parent: r.parent_id,
+        diff: r.diff.unwrap_or(false),
+        compression: compression(r.compression.as_ref())?,
+        inputs,
+    })
+}
+
+fn too_many() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_ingests",
+        "as many snapshot creates and forks as this server allows are running; retry",
+    )
+}
+
+/// Create a snapshot of an instance (VM, by id or name; a new name makes a VM of the
+/// caller's tenant) from files on the server's host.
+#[utoipa::path(post, path = "/instances/{id}/snapshots", tag = "snapshots", security(("bearerAuth" = [])),
+    params(("id" = String, Path, description = "VM id or name")),
+    request_body = CreateSnapshotRequest,
+    responses(
+        (status = 201, description = "Created", body = ApiSnapshot),
+        (status = 400, description = "Bad input: JSON, name, enum, tag, path", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "The VM or the parent is not the caller's", body = ErrorBody),
+        (status = 409, description = "The VM already has a snapshot of that name", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 429, description = "Too many creates and forks running", body = ErrorBody),
+    ))]
+pub async fn create_snapshot(
+    p: Principal,
+    State(st): AppStateRef,
+    Path(vm): Path<String>,
+    body: Result<ApiJson<CreateSnapshotRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    p.require_write()?;
+    let ApiJson(body) = body?;
+    let permit = st
+        .ingests
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| too_many())?;
+    let snap = blocking(move || {
+        let _permit = permit;
+        let mut cat = st.catalogs.get()?;
+        // The VM: the caller's (by id or name), or a new one named `vm`.
+        let vm_name = match cat.vm(&vm)? {
+            Some(v) if v.tenant == p.tenant => v.name,
+            Some(_) => return Err(ApiError::no_instance(&vm)),
+            None => {
+                validate_name(&vm).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                vm.clone()
+            }
+        };
+        let req = check_create(&st, &p, &vm_name, body)?;
+        if let Some(pid) = &req.parent {
+            own_snapshot(&cat, &p, pid)?;
+        }
+        let created = create::create(&st.store, &mut cat, req, &|_: Progress| {})?;
+        Ok(created.snapshot)
+    })
+    .await?;
+    let uri = format!("/snapshots/{}", snap.id);
+    Ok((
+        StatusCode::CREATED,
+        location(&uri),
+        Json(ApiSnapshot::from(&snap)),
+    )
+        .into_response())
+}
+
+/// Fork a new instance from a snapshot, as `stasis fork` does: with a running `stasis
+/// mount`, disks are qcow2 overlays on it and other files links into it; otherwise
+/// sparse copies. Files go to the server's instances directory.
+#[utoipa::path(post, path = "/snapshots/{id}/fork", tag = "snapshots", security(("bearerAuth" = [])),
+    params(("id" = String, Path, description = "Snapshot id")),
+    request_body = ForkSnapshotRequest,
+    responses(
+        (status = 201, description = "Forked", body = Instance),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No such snapshot in the caller's tenant", body = ErrorBody),
+        (status = 409, description = "Name taken, or a target state or hypervisor this snapshot cannot have", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 429, description = "Too many creates and forks running", body = ErrorBody),
+    ))]
+pub async fn fork_snapshot(
+    p: Principal,
+    State(st): AppStateRef,
+    Path(id): Path<String>,
+    body: Result<ApiJson<ForkSnapshotRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    p.require_write()?;
+    let ApiJson(body) = body?;
+    validate_name(&body.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let target_hypervisor =
+        parse_opt::<Hypervisor>("target_hypervisor", body.target_hypervisor.as_deref())?;
+    let target_state = match body.target_state.as_deref() {
+        None => None,
+        Some(s @ ("Stopped" | "Standby" | "Running")) => Some(s.to_string()),
+        Some(s) => {
+            return Err(ApiError::bad_request(format!(
+                "target_state {s:?}: expected Stopped, Standby or Running"
+            )));
+        }
+    };
+    let permit = st
+        .ingests
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| too_many())?;
+    let inst = blocking(move || {
+        let _permit = permit;
+        let mut cat = st.catalogs.get()?;
+        let snap = own_snapshot(&cat, &p, &id)?;
+        if snap.status == Status::Deleted {
+            return Err(ApiError::no_snapshot(&id));
+        }
+        let state = match (target_state.as_deref(), snap.kind) {
+            (Some("Running"), _) => {
+                return Err(ApiError::conflict(
+                    "stasis prepares an instance's files and starts no VM: target_state Running is not possible here; fork Stopped or Standby and start it with the hypervisor",
+                ));
+            }
+            (Some("Standby"), Kind::Stopped) => {
+                return Err(ApiError::conflict(
+                    "a Stopped snapshot holds no memory: it cannot give a Standby instance",
+                ));
+            }
+            (Some(s), _) => s.to_string(),
+            (None, k) => k.as_str().to_string(),
+        };
+        let hypervisor = match (target_hypervisor, snap.kind) {
+            (Some(h), Kind::Standby) if Some(h) != snap.source_hypervisor => {
+                return Err(ApiError::conflict(
+                    "a Standby snapshot resumes only on the hypervisor that wrote it",
+                ));
+            }
+            (Some(h), _) => Some(h),
+            (None, _) => snap.source_hypervisor,
+        };
+        let dir = st.config.instances_dir.join(&body.name);
+        let files = match stasis_repo::mounts::running_mount(&st.config.repo) {
+            Some(m) => Files::Mount(m),
+            None => Files::Copy,
+        };
+        let forked = fork::fork(
+            &st.store,
+            &mut cat,
+            &snap,
+            &body.name,
+            &dir,
+            &files,
+            &actor(&p),
+        )?;
+        Ok(Instance {
+            id: forked.vm.id,
+            name: forked.vm.name,
+            state,
+            created_at: forked.vm.created_at,
+            hypervisor: hypervisor.map(|h| h.as_str().to_string()),
+            tags: Tags(BTreeMap::new()),
+            forked_from: snap.id,
+            dir: dir.display().to_string(),
+            files: forked
+                .files
+                .into_iter()
+                .map(|f| InstanceFile {
+                    name: f.name,
+                    role: f.role.name().into(),
+                    path: f.path.display().to_string(),
+                    how: f.how.into(),
+                    backing: f.backing.map(|b| b.display().to_string()),
+                })
+                .collect(),
+        })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(inst)).into_response())
+}
+
+/// Ranges at most this long are read in one piece; longer ones are streamed.
+const ONE_PIECE: u64 = 4 << 20;
+const CHUNK: usize = 1 << 20;
+
+/// Read `buf.len()` bytes at `offset`, reloading the index once if a block is not in
+/// it (another process, e.g. `stasis create`, may have stored it since startup).
+fn read_exact(
+    store: &Store,
+    r: &PayloadReader<'_>,
+    offset: u64,
+    buf: &mut [u8],
+) -> Result<(), ApiError> {
+    let n = match r.read_at(offset, buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == stasis_store::ErrorKind::NotFound => {
+            store.set_index(Index::load(&**store.backend())?);
+            r.read_at(offset, buf)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if n != buf.len() {
+        return Err(ApiError::internal(
+            "the payload is shorter than its manifest says",
+        ));
+    }
+    Ok(())
+}
+
+fn payload_headers(h: &mut HeaderMap, size: u64, etag: &str) {
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+}
+
+/// A payload's manifest and entity tag, checked to be the caller's.
+fn find_payload(
+    st: &AppState,
+    p: &Principal,
+    id: &str,
+    name: &str,
+) -> Result<(stasis_store::manifest::Manifest, String), ApiError> {
+    let cat = st.catalogs.get()?;
+    let s = own_snapshot(&cat, p, id)?;
+    let pl = s
+        .payloads
+        .iter()
+        .find(|pl| pl.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("snapshot {id:?} has no payload {name:?}")))?;
+    let root = match pl.manifest.root {
+        stasis_store::manifest::BlockRef::Data(b) => b.to_hex(),
+        stasis_store::manifest::BlockRef::Hole => "hole".into(),
+        stasis_store::manifest::BlockRef::Zero => "zero".into(),
+    };
+    // Payloads never change: the manifest root and size name the bytes.
+    let etag = format!("\"{root}-{}\"", pl.manifest.size);
+    Ok((pl.manifest, etag))
+}
+
+/// A payload's bytes; `Range: bytes=...` gives a part (206), so another host can read
+/// a disk or memory file lazily.
+#[utoipa::path(get, path = "/snapshots/{id}/payloads/{name}", tag = "payloads", security(("bearerAuth" = [])),
+    params(
+        ("id" = String, Path, description = "Snapshot id"),
+        ("name" = String, Path, description = "Payload file name"),
+        ("Range" = Option<String>, Header, description = "`bytes=FIRST-LAST`, `bytes=FIRST-` or `bytes=-SUFFIX`"),
+        ("If-Range" = Option<String>, Header, description = "Honour Range only if the ETag still matches"),
+    ),
+    responses(
+        (status = 200, description = "The whole payload", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 404, description = "No such snapshot in the caller's tenant, or no such payload", body = ErrorBody),
+        (status = 416, description = "The range lies outside the payload", body = ErrorBody),
+    ))]
+pub async fn get_payload(
+    p: Principal,
+    State(st): AppStateRef,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let st2 = st.clone();
+    let (manifest, etag) = blocking(move || find_payload(&st2, &p, &id, &name)).await?;
+    let size = manifest.size;
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .is_none_or(|v| v.to_str().is_ok_and(|v| v == etag));
+    let range_hdr = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| if_range_ok);
+    let (status, start, end) = match range::plan(range_hdr, size) {
+        Plan::Full => (StatusCode::OK, 0, size),
+        Plan::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        Plan::Unsatisfiable => return Err(ApiError::range_not_satisfiable(size)),
+    };
+    let len = end - start;
+    let body = if len <= ONE_PIECE {
+        let store = st.store.clone();
+        let bytes = blocking(move || {
+            let r = PayloadReader::new(&store, manifest)?;
+            let mut buf = vec![0u8; len as usize];
+            read_exact(&store, &r, start, &mut buf)?;
+            Ok(Bytes::from(buf))
+        })
+        .await?;
+        Body::from(bytes)
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let store = st.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = match PayloadReader::new(&store, manifest) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
+            let mut pos = start;
+            while pos < end {
+                let n = (end - pos).min(CHUNK as u64) as usize;
+                let mut buf = vec![0u8; n];
+                let item = read_exact(&store, &r, pos, &mut buf)
+                    .map(|()| Bytes::from(buf))
+                    .map_err(|e| std::io::Error::other(e.to_string()));
+                let failed = item.is_err();
+                // A closed channel: the client went away.
+                if tx.blocking_send(item).is_err() || failed {
+                    return;
+                }
+                pos += n as u64;
+            }
+        });
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    payload_headers(resp.headers_mut(), len, &etag);
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1))
+    {
+        resp.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    Ok(resp)
+}
+
+/// A payload's size (`Content-Length`) and entity tag, without its bytes.
+#[utoipa::path(head, path = "/snapshots/{id}/payloads/{name}", tag = "payloads", security(("bearerAuth" = [])),
+    params(
+        ("id" = String, Path, description = "Snapshot id"),
+        ("name" = String, Path, description = "Payload file name"),
+    ),
+    responses(
+        (status = 200, description = "Headers only: Content-Length is the payload's size"),
+        (status = 401, description = "No or bad token"),
+        (status = 404, description = "No such snapshot in the caller's tenant, or no such payload"),
+    ))]
+pub async fn head_payload(
+    p: Principal,
+    State(st): AppStateRef,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (manifest, etag) = blocking(move || find_payload(&st, &p, &id, &name)).await?;
+    let mut resp = Response::new(Body::empty());
+    payload_headers(resp.headers_mut(), manifest.size, &etag);
+    Ok(resp)
+}
+
+/// Unknown paths.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// A known path with another method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
