@@ -1,0 +1,933 @@
+//! End-to-end tests of `stasis serve`: the real binary on a free port against a temp
+//! repository, driven over HTTP. Readiness is awaited by polling `/health` (with a
+//! generous bound), never by sleeping.
+
+mod common;
+use common::noise;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stasis");
+const BOUND: Duration = Duration::from_secs(120);
+
+fn stasis(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env_remove("STASIS_REPO")
+        .output()
+        .expect("run stasis");
+    assert!(
+        out.status.success(),
+        "stasis {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// A running `stasis serve`; killed on drop unless it has stopped.
+struct Server {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<Vec<String>>>,
+    lines: Receiver<String>,
+}
+
+impl Server {
+    fn start(repo: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .arg("--repo")
+            .arg(repo)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("STASIS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stasis serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = channel();
+        let keep = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                keep.lock().expect("log").push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut s = Server {
+            child,
+            base: String::new(),
+            log,
+            lines,
+        };
+        let line = s.wait_line(|l| l.contains("listening on http://"));
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .expect("address")
+            .trim()
+            .to_string();
+        s.base = format!("http://{addr}");
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = ureq::get(&format!("{}/health", s.base)).call()
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(start.elapsed() < BOUND, "server not healthy in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    /// The next stderr line matching `f` (bounded).
+    fn wait_line(&mut self, f: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let left = BOUND.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if f(&l) => return l,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no such line from the server; log:\n{}",
+                    self.log.lock().expect("log").join("\n")
+                ),
+            }
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A response, whatever its status.
+struct Resp {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body[..self.body.len().min(500)])
+            )
+        })
+    }
+
+    fn header(&self, h: &str) -> Option<&str> {
+        self.headers
+            .get(&h.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    /// An error body: `{code, message, details}`, with this status.
+    fn error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        let v = self.json();
+        assert_eq!(v["code"], code, "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(v["details"].is_array(), "{v}");
+        v
+    }
+}
+
+fn req(
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Resp {
+    let mut r = ureq::request(method, url);
+    if let Some(t) = token {
+        r = r.set("Authorization", &format!("Bearer {t}"));
+    }
+    for (k, v) in headers {
+        r = r.set(k, v);
+    }
+    let result = match body {
+        Some(b) => r.send_bytes(b),
+        None => r.call(),
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .filter_map(|n| {
+            resp.header(&n)
+                .map(|v| (n.to_ascii_lowercase(), v.to_string()))
+        })
+        .collect();
+    let mut body = Vec::new();
+    resp.into_reader()
+        .read_to_end(&mut body)
+        .expect("read body");
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn get(s: &Server, path: &str, token: Option<&str>) -> Resp {
+    req("GET", &s.url(path), token, &[], None)
+}
+
+fn post_json(s: &Server, path: &str, token: Option<&str>, body: &Value) -> Resp {
+    req(
+        "POST",
+        &s.url(path),
+        token,
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().as_bytes()),
+    )
+}
+
+/// A sparse file of `size` bytes with random data at `(offset, len)` extents.
+fn sparse(path: &Path, size: u64, extents: &[(u64, usize)], seed: u64) -> Vec<u8> {
+    let f = File::create(path).expect("create");
+    f.set_len(size).expect("size");
+    for (i, (off, len)) in extents.iter().enumerate() {
+        f.write_all_at(&noise(*len, seed + i as u64), *off)
+            .expect("write");
+    }
+    fs::read(path).expect("read back")
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    files: PathBuf,
+    disk: Vec<u8>,
+    mem: Vec<u8>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    let files = dir.path().join("files");
+    fs::create_dir_all(&files).expect("files dir");
+    stasis(&repo, &["init"]);
+    // A 3 MiB disk with holes, and a 6 MiB memory file (ranges longer than the
+    // server's one-piece limit are streamed).
+    let disk = sparse(
+        &files.join("disk.img"),
+        3 << 20,
+        &[(0, 70_000), (1 << 20, 200_000), ((3 << 20) - 5000, 5000)],
+        1,
+    );
+    let mem = sparse(
+        &files.join("mem"),
+        6 << 20,
+        &[(4096, 4 << 20), (5 << 20, 100_000)],
+        7,
+    );
+    stasis(
+        &repo,
+        &[
+            "create",
+            "web",
+            "base",
+            "--disk",
+            &format!("root={}", files.join("disk.img").display()),
+            "--memory",
+            &format!("mem={}", files.join("mem").display()),
+            "--hypervisor",
+            "firecracker",
+            "--tag",
+            "env=prod",
+        ],
+    );
+    Fixture {
+        _dir: dir,
+        repo,
+        files,
+        disk,
+        mem,
+    }
+}
+
+fn token(repo: &Path, tenant: &str, read_only: bool) -> String {
+    let mut args = vec!["token", "create", "--tenant", tenant];
+    if read_only {
+        args.push("--read-only");
+    }
+    stasis(repo, &args).trim().to_string()
+}
+
+fn id_of(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_string()
+}
+
+/// The body of a 404 for `id`, with the id taken out: a foreign id must answer exactly
+/// as a missing one.
+fn not_found_shape(r: &Resp, id: &str) -> String {
+    r.error(404, "not_found");
+    String::from_utf8_lossy(&r.body).replace(id, "ID")
+}
+
+#[test]
+fn every_route_status_and_tenant() {
+    let fx = fixture();
+    let t = token(&fx.repo, "default", false);
+    let ro = token(&fx.repo, "default", true);
+    let acme = token(&fx.repo, "acme", false);
+    let root_arg = fx.files.display().to_string();
+    let s = Server::start(&fx.repo, &["--payload-root", &root_arg]);
+    let t = Some(t.as_str());
+    let ro = Some(ro.as_str());
+    let acme = Some(acme.as_str());
+
+    // --- health and the document ---
+    let h = get(&s, "/health", None);
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["status"], "ok");
+    get(&s, "/openapi.json", None).error(401, "unauthorized");
+    let doc = get(&s, "/openapi.json", ro).json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for p in [
+        "/health",
+        "/openapi.json",
+        "/snapshots",
+        "/snapshots/{id}",
+        "/snapshots/{id}/fork",
+        "/instances/{id}/snapshots",
+        "/snapshots/{id}/payloads/{name}",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p} missing from the document");
+    }
+    assert!(doc["paths"]["/snapshots/{id}/payloads/{name}"]["head"].is_object());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
+
+    // --- 401 ---
+    let no_auth = get(&s, "/snapshots", None);
+    no_auth.error(401, "unauthorized");
+    assert!(no_auth.header("www-authenticate").is_some());
+    get(&s, "/snapshots", Some("stasis_00")).error(401, "unauthorized");
+    req(
+        "GET",
+        &s.url("/snapshots"),
+        None,
+        &[("Authorization", "Basic dXNlcg==")],
+        None,
+    )
+    .error(401, "unauthorized");
+
+    // --- list and filters (the CLI's VM is the default tenant's) ---
+    let list = get(&s, "/snapshots", t).json();
+    let base = list.as_array().expect("array")[0].clone();
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let base_id = id_of(&base);
+    assert_eq!(base["tenant"], "default");
+    // JSON names and values are the catalog record's: exactly `stasis show --json`.
+    let shown: Value =
+        serde_json::from_str(&stasis(&fx.repo, &["--json", "show", &base_id])).expect("show");
+    assert_eq!(get(&s, &format!("/snapshots/{base_id}"), t).json(), shown);
+    let count = |q: &str| -> usize {
+        let r = get(&s, &format!("/snapshots?{q}"), t);
+        assert_eq!(r.status, 200, "{q}: {}", String::from_utf8_lossy(&r.body));
+        r.json().as_array().expect("array").len()
+    };
+    assert_eq!(count("source_instance_id=web"), 1);
+    assert_eq!(
+        count(&format!(
+            "source_instance_id={}",
+            base["source_instance_id"].as_str().expect("vm")
+        )),
+        1
+    );
+    assert_eq!(count("source_instance_id=nope"), 0);
+    assert_eq!(count("kind=Standby"), 1);
+    assert_eq!(count("kind=Stopped"), 0);
+    assert_eq!(count("name=base"), 1);
+    assert_eq!(count("name=other"), 0);
+    assert_eq!(count("tags%5Benv%5D=prod"), 1);
+    assert_eq!(count("tags[env]=prod"), 1);
+    assert_eq!(count("tags[env]=dev"), 0);
+    assert_eq!(count("tags[env]=prod&tags[team]=x"), 0);
+    assert_eq!(count("status=active"), 1);
+    assert_eq!(count("status=deleted"), 0);
+    assert_eq!(count(&format!("parent_id={base_id}")), 0);
+    assert_eq!(count("expired=false"), 1);
+    assert_eq!(count("expired=true"), 0);
+    assert_eq!(count("limit=0"), 0);
+    for bad in [
+        "kind=Paused",
+        "status=gone",
+        "tags[bad;key]=x",
+        "tags[]=x",
+        "limit=abc",
+        "limit=-1",
+        "expired=maybe",
+        "colour=red",
+        "name=a&name=b",
+    ] {
+        get(&s, &format!("/snapshots?{bad}"), t).error(400, "bad_request");
+    }
+
+    // --- create over HTTP (acme's VM, from a payload under the root) ---
+    let acme_disk = sparse(&fx.files.join("acme.img"), 1 << 20, &[(8192, 300_000)], 99);
+    let acme_req = json!({
+        "kind": "Stopped",
+        "name": "a1",
+        "tags": {"owner": "acme"},
+        "source_hypervisor": "qemu",
+        "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("acme.img")}]
+    });
+    let r = post_json(&s, "/instances/acme-vm/snapshots", acme, &acme_req);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let a1 = r.json();
+    let a1_id = id_of(&a1);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/snapshots/{a1_id}").as_str())
+    );
+    assert_eq!(a1["tenant"], "acme");
+    assert_eq!(a1["source_instance_name"], "acme-vm");
+    assert_eq!(a1["source_hypervisor"], "qemu");
+    assert_eq!(a1["is_current"], true);
+    let acme_vm_id = a1["source_instance_id"]
+        .as_str()
+        .expect("vm id")
+        .to_string();
+    // The catalog agrees.
+    let shown: Value =
+        serde_json::from_str(&stasis(&fx.repo, &["--json", "show", &a1_id])).expect("show");
+    assert_eq!(shown, a1);
+
+    // Each tenant lists only its own.
+    let ids = |tok| -> Vec<String> {
+        get(&s, "/snapshots", tok)
+            .json()
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(id_of)
+            .collect()
+    };
+    assert_eq!(ids(t), vec![base_id.clone()]);
+    assert_eq!(ids(acme), vec![a1_id.clone()]);
+    assert_eq!(count(&format!("source_instance_id={acme_vm_id}")), 0);
+
+    // --- cross-tenant: every route answers a foreign id exactly as a missing one ---
+    let missing = "zzzzzzzzzzzzzzzzzzzzzzzz";
+    let pairs: Vec<(Resp, Resp)> = vec![
+        (
+            get(&s, &format!("/snapshots/{a1_id}"), t),
+            get(&s, &format!("/snapshots/{missing}"), t),
+        ),
+        (
+            req(
+                "DELETE",
+                &s.url(&format!("/snapshots/{a1_id}")),
+                t,
+                &[],
+                None,
+            ),
+            req(
+                "DELETE",
+                &s.url(&format!("/snapshots/{missing}")),
+                t,
+                &[],
+                None,
+            ),
+        ),
+        (
+            post_json(
+                &s,
+                &format!("/snapshots/{a1_id}/fork"),
+                t,
+                &json!({"name": "steal"}),
+            ),
+            post_json(
+                &s,
+                &format!("/snapshots/{missing}/fork"),
+                t,
+                &json!({"name": "steal"}),
+            ),
+        ),
+        (
+            get(&s, &format!("/snapshots/{a1_id}/payloads/root"), t),
+            get(&s, &format!("/snapshots/{missing}/payloads/root"), t),
+        ),
+        (
+            get(&s, &format!("/snapshots/{base_id}/payloads/root"), acme),
+            get(&s, &format!("/snapshots/{missing}/payloads/root"), acme),
+        ),
+    ];
+    for (foreign, absent) in &pairs {
+        let fid = [a1_id.as_str(), base_id.as_str()]
+            .into_iter()
+            .find(|i| String::from_utf8_lossy(&foreign.body).contains(i))
+            .expect("the id is named");
+        assert_eq!(
+            not_found_shape(foreign, fid),
+            not_found_shape(absent, missing)
+        );
+    }
+    for (id, tok) in [(&a1_id, t), (&base_id, acme)] {
+        let h = req(
+            "HEAD",
+            &s.url(&format!("/snapshots/{id}/payloads/root")),
+            tok,
+            &[],
+            None,
+        );
+        assert_eq!(h.status, 404);
+        assert!(h.body.is_empty());
+    }
+    // Another tenant's VM, by name or id, is not there to snapshot.
+    let steal = json!({"kind": "Stopped", "name": "x", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk.img")}]});
+    // (A name nobody uses makes a new VM of the caller's tenant, so the only "missing"
+    // instance is a foreign one: 404, naming nothing but what was asked.)
+    for vm in ["acme-vm", acme_vm_id.as_str()] {
+        let r = post_json(&s, &format!("/instances/{vm}/snapshots"), t, &steal);
+        assert_eq!(
+            not_found_shape(&r, vm),
+            r#"{"code":"not_found","message":"instance \"ID\" not found","details":[]}"#
+        );
+    }
+    // A foreign parent is not found either.
+    let with_parent = json!({"kind": "Stopped", "name": "p", "parent_id": a1_id, "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk.img")}]});
+    post_json(&s, "/instances/web/snapshots", t, &with_parent).error(404, "not_found");
+    // Nothing of the default tenant changed.
+    assert_eq!(ids(t), vec![base_id.clone()]);
+    assert_eq!(ids(acme), vec![a1_id.clone()]);
+
+    // --- read-only: 403 on every write, before anything else ---
+    post_json(&s, "/instances/web/snapshots", ro, &steal).error(403, "forbidden");
+    post_json(
+        &s,
+        &format!("/snapshots/{base_id}/fork"),
+        ro,
+        &json!({"name": "f"}),
+    )
+    .error(403, "forbidden");
+    req(
+        "DELETE",
+        &s.url(&format!("/snapshots/{base_id}")),
+        ro,
+        &[],
+        None,
+    )
+    .error(403, "forbidden");
+    // ... and reads work.
+    assert_eq!(get(&s, &format!("/snapshots/{base_id}"), ro).status, 200);
+
+    // --- create: a child of the current snapshot; then every refusal ---
+    let disk2 = {
+        let mut d = fx.disk.clone();
+        d[10..20].copy_from_slice(b"0123456789");
+        fs::write(fx.files.join("disk2.img"), &d).expect("write");
+        d
+    };
+    let mk = |name: &str| {
+        json!({
+            "kind": "Stopped",
+            "name": name,
+            "tags": {"env": "prod"},
+            "compression": {"enabled": true, "algorithm": "lz4", "level": 0},
+            "description": "second",
+            "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}]
+        })
+    };
+    let r = post_json(&s, "/instances/web/snapshots", t, &mk("day2"));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let day2 = r.json();
+    let day2_id = id_of(&day2);
+    assert_eq!(day2["parent_id"], base_id.as_str());
+    assert_eq!(day2["compression"]["algorithm"], "lz4");
+    assert_eq!(count(&format!("parent_id={base_id}")), 1);
+    post_json(&s, "/instances/web/snapshots", t, &mk("day2")).error(409, "conflict");
+    let bad_bodies = [
+        json!({"name": "nokind", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}]}),
+        json!({"kind": "Paused", "name": "k", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}]}),
+        json!({"kind": "Stopped", "name": "Bad_Name", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}]}),
+        json!({"kind": "Stopped", "name": "t", "tags": {"bad;key": "v"}, "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}]}),
+        json!({"kind": "Stopped", "name": "e", "payloads": []}),
+        json!({"kind": "Stopped", "name": "r", "payloads": [{"name": "root", "role": "tape", "path": fx.files.join("disk2.img")}]}),
+        json!({"kind": "Stopped", "name": "o", "payloads": [{"name": "root", "role": "disk", "path": "/etc/hostname"}]}),
+        json!({"kind": "Stopped", "name": "m", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("missing.img")}]}),
+        json!({"kind": "Stopped", "name": "rel", "payloads": [{"name": "root", "role": "disk", "path": "files/disk2.img"}]}),
+        json!({"kind": "Stopped", "name": "dup", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}, {"name": "root", "role": "state", "path": fx.files.join("disk2.img")}]}),
+        json!({"kind": "Stopped", "name": "c", "compression": {"enabled": true, "algorithm": "zstd", "level": 99}, "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}]}),
+        json!({"kind": "Stopped", "name": "x", "expires_at": "tomorrow", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}]}),
+        json!({"kind": "Stopped", "name": "d", "diff": true, "parent_id": base_id, "payloads": [{"name": "nosuch", "role": "disk", "path": fx.files.join("disk2.img")}]}),
+        json!([1, 2, 3]),
+    ];
+    for b in &bad_bodies {
+        let r = post_json(&s, "/instances/web/snapshots", t, b);
+        assert_eq!(r.status, 400, "{b}: {}", String::from_utf8_lossy(&r.body));
+        r.error(400, "bad_request");
+    }
+    req(
+        "POST",
+        &s.url("/instances/web/snapshots"),
+        t,
+        &[("Content-Type", "application/json")],
+        Some(b"{not json"),
+    )
+    .error(400, "bad_request");
+    post_json(&s, "/instances/Bad_VM/snapshots", t, &mk("v")).error(400, "bad_request");
+    req(
+        "POST",
+        &s.url("/instances/web/snapshots"),
+        t,
+        &[],
+        Some(mk("ct").to_string().as_bytes()),
+    )
+    .error(415, "unsupported_media_type");
+    let huge = json!({"kind": "Stopped", "description": "x".repeat(2 << 20), "payloads": []});
+    post_json(&s, "/instances/web/snapshots", t, &huge).error(413, "payload_too_large");
+    // No half-made snapshot from any refusal.
+    assert_eq!(count("source_instance_id=web"), 2);
+
+    // --- payloads: whole, ranges, HEAD ---
+    let whole = |id: &str, name: &str| get(&s, &format!("/snapshots/{id}/payloads/{name}"), t);
+    let r = whole(&base_id, "root");
+    assert_eq!(r.status, 200);
+    assert!(r.body == fx.disk, "disk differs");
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    let r = whole(&base_id, "mem");
+    assert!(r.body == fx.mem, "memory (streamed) differs");
+    assert!(whole(&day2_id, "root").body == disk2);
+    let range = |name: &str, spec: &str| {
+        req(
+            "GET",
+            &s.url(&format!("/snapshots/{base_id}/payloads/{name}")),
+            t,
+            &[("Range", spec)],
+            None,
+        )
+    };
+    let size = fx.disk.len();
+    for (spec, lo, hi) in [
+        ("bytes=0-0", 0, 1),
+        ("bytes=100-199", 100, 200),
+        ("bytes=65500-65600", 65500, 65601),
+        ("bytes=1048570-", 1048570, size),
+        ("bytes=-500", size - 500, size),
+        ("bytes=-99999999", 0, size),
+        ("bytes=3000000-99999999", 3_000_000, size),
+    ] {
+        let r = range("root", spec);
+        assert_eq!(r.status, 206, "{spec}");
+        assert!(r.body == fx.disk[lo..hi], "{spec}: bytes differ");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes {lo}-{}/{size}", hi - 1).as_str()),
+            "{spec}"
+        );
+        assert_eq!(
+            r.header("content-length"),
+            Some((hi - lo).to_string().as_str())
+        );
+    }
+    // A range longer than one piece is streamed, and still byte-identical.
+    let r = range("mem", "bytes=1000-5500000");
+    assert_eq!(r.status, 206);
+    assert!(r.body == fx.mem[1000..5_500_001]);
+    for spec in [
+        format!("bytes={size}-"),
+        "bytes=-0".to_string(),
+        format!("bytes={}-{}", size + 10, size + 20),
+    ] {
+        let r = range("root", &spec);
+        r.error(416, "range_not_satisfiable");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes */{size}").as_str())
+        );
+    }
+    // An unparsable Range is ignored: the whole payload.
+    let r = range("root", "bytes=oops");
+    assert_eq!(r.status, 200);
+    assert!(r.body == fx.disk);
+    // If-Range with the current ETag honours the range; a stale one gives everything.
+    let etag = whole(&base_id, "root")
+        .header("etag")
+        .expect("etag")
+        .to_string();
+    let r = req(
+        "GET",
+        &s.url(&format!("/snapshots/{base_id}/payloads/root")),
+        t,
+        &[("Range", "bytes=0-9"), ("If-Range", &etag)],
+        None,
+    );
+    assert_eq!((r.status, r.body.len()), (206, 10));
+    let r = req(
+        "GET",
+        &s.url(&format!("/snapshots/{base_id}/payloads/root")),
+        t,
+        &[("Range", "bytes=0-9"), ("If-Range", "\"stale\"")],
+        None,
+    );
+    assert_eq!((r.status, r.body.len()), (200, size));
+    let h = req(
+        "HEAD",
+        &s.url(&format!("/snapshots/{base_id}/payloads/mem")),
+        t,
+        &[],
+        None,
+    );
+    assert_eq!(h.status, 200);
+    assert_eq!(
+        h.header("content-length"),
+        Some(fx.mem.len().to_string().as_str())
+    );
+    assert!(h.body.is_empty());
+    get(&s, &format!("/snapshots/{base_id}/payloads/nope"), t).error(404, "not_found");
+    get(&s, &format!("/snapshots/{base_id}/payloads/root"), None).error(401, "unauthorized");
+    // acme reads its own.
+    let r = get(&s, &format!("/snapshots/{a1_id}/payloads/root"), acme);
+    assert!(r.body == acme_disk);
+
+    // --- fork ---
+    let r = post_json(
+        &s,
+        &format!("/snapshots/{base_id}/fork"),
+        t,
+        &json!({"name": "clone1"}),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let inst = r.json();
+    assert_eq!(inst["name"], "clone1");
+    assert_eq!(inst["state"], "Standby");
+    assert_eq!(inst["hypervisor"], "firecracker");
+    assert_eq!(inst["forked_from"], base_id.as_str());
+    for f in inst["files"].as_array().expect("files") {
+        let got = fs::read(f["path"].as_str().expect("path")).expect("forked file");
+        let want = if f["name"] == "root" {
+            &fx.disk
+        } else {
+            &fx.mem
+        };
+        assert!(&got == want, "forked {} differs", f["name"]);
+        assert_eq!(f["how"], "sparse copy");
+    }
+    // The fork is the default tenant's VM, visible to the CLI as forked from base.
+    let tree = stasis(&fx.repo, &["tree", "clone1"]);
+    assert!(tree.contains(&format!("forked from {base_id}")), "{tree}");
+    post_json(
+        &s,
+        &format!("/snapshots/{base_id}/fork"),
+        t,
+        &json!({"name": "clone1"}),
+    )
+    .error(409, "conflict");
+    post_json(
+        &s,
+        &format!("/snapshots/{base_id}/fork"),
+        t,
+        &json!({"name": "web"}),
+    )
+    .error(409, "conflict");
+    post_json(
+        &s,
+        &format!("/snapshots/{base_id}/fork"),
+        t,
+        &json!({"name": "c2", "target_state": "Running"}),
+    )
+    .error(409, "conflict");
+    post_json(
+        &s,
+        &format!("/snapshots/{day2_id}/fork"),
+        t,
+        &json!({"name": "c3", "target_state": "Standby"}),
+    )
+    .error(409, "conflict");
+    post_json(
+        &s,
+        &format!("/snapshots/{base_id}/fork"),
+        t,
+        &json!({"name": "c4", "target_hypervisor": "qemu"}),
+    )
+    .error(409, "conflict");
+    post_json(
+        &s,
+        &format!("/snapshots/{base_id}/fork"),
+        t,
+        &json!({"name": "Bad Name"}),
+    )
+    .error(400, "bad_request");
+    post_json(
+        &s,
+        &format!("/snapshots/{base_id}/fork"),
+        t,
+        &json!({"name": "c5", "target_state": "Flying"}),
+    )
+    .error(400, "bad_request");
+    post_json(&s, &format!("/snapshots/{base_id}/fork"), t, &json!({})).error(400, "bad_request");
+    let r = post_json(
+        &s,
+        &format!("/snapshots/{day2_id}/fork"),
+        t,
+        &json!({"name": "c6", "target_hypervisor": "qemu"}),
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        (r.json()["state"].clone(), r.json()["hypervisor"].clone()),
+        (json!("Stopped"), json!("qemu"))
+    );
+
+    // --- delete: a parent is consolidated into its child; then it is gone ---
+    assert_eq!(
+        req(
+            "DELETE",
+            &s.url(&format!("/snapshots/{base_id}")),
+            t,
+            &[],
+            None
+        )
+        .status,
+        204
+    );
+    let child = get(&s, &format!("/snapshots/{day2_id}"), t).json();
+    assert_eq!(
+        child["parent_id"],
+        Value::Null,
+        "re-parented to base's parent (none)"
+    );
+    assert_eq!(
+        get(&s, &format!("/snapshots/{base_id}"), t).json()["status"],
+        "deleted"
+    );
+    assert_eq!(count("status=deleted"), 1);
+    req(
+        "DELETE",
+        &s.url(&format!("/snapshots/{base_id}")),
+        t,
+        &[],
+        None,
+    )
+    .error(404, "not_found");
+    // The child still reads back whole.
+    assert!(whole(&day2_id, "root").body == disk2);
+
+    // --- unknown routes and methods ---
+    get(&s, "/nope", t).error(404, "not_found");
+    req("PUT", &s.url("/snapshots"), t, &[], None).error(405, "method_not_allowed");
+
+    // --- a revoked token stops working at once ---
+    let ro_id = {
+        let v: Value =
+            serde_json::from_str(&stasis(&fx.repo, &["--json", "token", "list"])).expect("list");
+        v.as_array()
+            .expect("array")
+            .iter()
+            .find(|t| t["read_only"] == true)
+            .map(id_of)
+            .expect("the read-only token")
+    };
+    stasis(&fx.repo, &["token", "revoke", &ro_id]);
+    get(&s, "/snapshots", ro).error(401, "unauthorized");
+    assert_eq!(get(&s, "/snapshots", t).status, 200);
+}
+
+#[test]
+fn creates_and_forks_beyond_the_limit_get_429() {
+    let fx = fixture();
+    let t = token(&fx.repo, "default", false);
+    let root_arg = fx.files.display().to_string();
+    let s = Server::start(
+        &fx.repo,
+        &["--payload-root", &root_arg, "--max-ingests", "0"],
+    );
+    let t = Some(t.as_str());
+    let base_id = id_of(&get(&s, "/snapshots", t).json()[0]);
+    let body = json!({"kind": "Stopped", "name": "n", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk.img")}]});
+    post_json(&s, "/instances/web/snapshots", t, &body).error(429, "too_many_ingests");
+    post_json(
+        &s,
+        &format!("/snapshots/{base_id}/fork"),
+        t,
+        &json!({"name": "f"}),
+    )
+    .error(429, "too_many_ingests");
+    // Reads are not limited.
+    assert_eq!(
+        get(&s, &format!("/snapshots/{base_id}/payloads/root"), t).status,
+        200
+    );
+}
+
+#[test]
+fn sigterm_lets_a_running_create_finish() {
+    let fx = fixture();
+    let t = token(&fx.repo, "default", false);
+    let big = fx.files.join("big.img");
+    fs::write(&big, noise(96 << 20, 42)).expect("big file");
+    let root_arg = fx.files.display().to_string();
+    let mut s = Server::start(&fx.repo, &["--payload-root", &root_arg]);
+    let url = s.url("/instances/big/snapshots");
+    let body = json!({"kind": "Stopped", "name": "b", "payloads": [{"name": "root", "role": "disk", "path": big}]});
+    let tt = t.clone();
+    let client = std::thread::spawn(move || {
+        req(
+            "POST",
+            &url,
+            Some(&tt),
+            &[("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        )
+    });
+    // Once the server has taken the request, ask it to stop.
+    s.wait_line(|l| l.contains("uri=/instances/big/snapshots") && l.contains("started"));
+    // SAFETY: signalling our own child process.
+    let rc = unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let r = client.join().expect("client");
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = id_of(&r.json());
+    let status = s.child.wait().expect("wait");
+    assert!(status.success(), "serve exited with {status}");
+    let log = s.log.lock().expect("log").join("\n");
+    assert!(log.contains("shutting down"), "{log}");
+    // The snapshot is whole: listed, active, and reads back.
+    let shown: Value =
+        serde_json::from_str(&stasis(&fx.repo, &["--json", "show", &id])).expect("show");
+    assert_eq!(shown["status"], "active");
+    let out = fx.files.join("restored");
+    stasis(&fx.repo, &["restore", &id, out.to_str().expect("utf8")]);
+    assert!(fs::read(out.join("root")).expect("restored") == fs::read(&big).expect("big"));
+}
