@@ -82,6 +82,7 @@ pub enum Error {
         routes::get_payload,
         routes::head_payload,
     ),
+    components(schemas(api::KindName, api::StatusName, api::Tags)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
