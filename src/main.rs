@@ -62,8 +62,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    reset_sigpipe();
     let cli = Cli::parse();
+    // A server must survive clients that hang up mid-response (Rust ignores SIGPIPE
+    // and write gets EPIPE); the other commands die quietly on a closed stdout.
+    if !matches!(cli.command, Command::Serve(_)) {
+        reset_sigpipe();
+    }
     // The server logs requests by default; other commands only errors.
     let filter = match (std::env::var("STASIS_LOG"), &cli.command) {
         (Err(_), Command::Serve(_)) => tracing_subscriber::EnvFilter::new("info"),

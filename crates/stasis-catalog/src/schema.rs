@@ -168,7 +168,10 @@ mod tests {
         let tenant: String = conn
             .query_row("SELECT tenant FROM vms WHERE id = 'v'", [], |r| r.get(0))
             .expect("tenant");
-        assert_eq!(tenant, "default", "VMs made before tenants are the default tenant's");
+        assert_eq!(
+            tenant, "default",
+            "VMs made before tenants are the default tenant's"
+        );
         let tokens: i64 = conn
             .query_row("SELECT count(*) FROM tokens", [], |r| r.get(0))
             .expect("tokens table");

@@ -224,7 +224,11 @@ pub fn create(
         .map_err(|e| e.context("writing the snapshot's blocks"))?;
 
     // What this snapshot added over its parent (blocks and tree nodes).
-    let sizes = added_over(store, new.payloads.iter().map(|p| &p.manifest), parent.as_ref())?;
+    let sizes = added_over(
+        store,
+        new.payloads.iter().map(|p| &p.manifest),
+        parent.as_ref(),
+    )?;
     new.added_bytes = sizes.added_bytes;
     new.compressed_size_bytes = sizes.compressed_size_bytes;
     new.uncompressed_size_bytes = sizes.uncompressed_size_bytes;

@@ -44,9 +44,11 @@ pub fn delete(
     recursive: bool,
     actor: &str,
 ) -> Result<Vec<String>> {
-    Ok(catalog.delete(spec, recursive, actor, &mut |child, parent| {
-        usage::added_over(store, child.payloads.iter().map(|p| &p.manifest), parent).map_err(
-            |e| stasis_catalog::Error::new(stasis_catalog::ErrorKind::Database, e.to_string()),
-        )
-    })?)
+    Ok(
+        catalog.delete(spec, recursive, actor, &mut |child, parent| {
+            usage::added_over(store, child.payloads.iter().map(|p| &p.manifest), parent).map_err(
+                |e| stasis_catalog::Error::new(stasis_catalog::ErrorKind::Database, e.to_string()),
+            )
+        })?,
+    )
 }

@@ -105,8 +105,8 @@ impl Overlay {
                 host,
             });
         }
-        let file =
-            File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        let file = File::open(path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         Ok(Overlay {
             file,
             virtual_size: info.virtual_size,
