@@ -305,12 +305,12 @@ fn not_found_shape(r: &Resp, id: &str) -> String {
 #[test]
 fn every_route_status_and_tenant() {
     let fx = fixture();
-    let t = token(&fx.repo, "default", false);
+    let tok = token(&fx.repo, "default", false);
     let ro = token(&fx.repo, "default", true);
     let acme = token(&fx.repo, "acme", false);
     let root_arg = fx.files.display().to_string();
     let s = Server::start(&fx.repo, &["--payload-root", &root_arg]);
-    let t = Some(t.as_str());
+    let t = Some(tok.as_str());
     let ro = Some(ro.as_str());
     let acme = Some(acme.as_str());
 
@@ -616,8 +616,38 @@ fn every_route_status_and_tenant() {
         Some(mk("ct").to_string().as_bytes()),
     )
     .error(415, "unsupported_media_type");
-    let huge = json!({"kind": "Stopped", "description": "x".repeat(2 << 20), "payloads": []});
-    post_json(&s, "/instances/web/snapshots", t, &huge).error(413, "payload_too_large");
+    // A body over the limit is refused from its Content-Length, before it is read; the
+    // client here sends only its start, so it is not cut off while writing the rest.
+    {
+        let addr = s.base.trim_start_matches("http://");
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        let head = format!(
+            "POST /instances/web/snapshots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{{\"kind\": \"Stopped\", \"description\": \"",
+            tok,
+            2 << 20
+        );
+        std::io::Write::write_all(&mut c, head.as_bytes()).expect("send");
+        // Read the head, then exactly the body its Content-Length gives (the server
+        // need not close the connection).
+        let mut resp = Vec::new();
+        let mut byte = [0u8; 1];
+        while !resp.ends_with(b"\r\n\r\n") {
+            c.read_exact(&mut byte).expect("response head");
+            resp.push(byte[0]);
+        }
+        let head_text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+        let len: usize = head_text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length");
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).expect("response body");
+        resp.extend_from_slice(&body);
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(text.contains(r#""code":"payload_too_large""#), "{text}");
+    }
     // No half-made snapshot from any refusal.
     assert_eq!(count("source_instance_id=web"), 2);
 
@@ -867,13 +897,13 @@ fn every_route_status_and_tenant() {
 #[test]
 fn creates_and_forks_beyond_the_limit_get_429() {
     let fx = fixture();
-    let t = token(&fx.repo, "default", false);
+    let tok = token(&fx.repo, "default", false);
     let root_arg = fx.files.display().to_string();
     let s = Server::start(
         &fx.repo,
         &["--payload-root", &root_arg, "--max-ingests", "0"],
     );
-    let t = Some(t.as_str());
+    let t = Some(tok.as_str());
     let base_id = id_of(&get(&s, "/snapshots", t).json()[0]);
     let body = json!({"kind": "Stopped", "name": "n", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk.img")}]});
     post_json(&s, "/instances/web/snapshots", t, &body).error(429, "too_many_ingests");
@@ -897,7 +927,7 @@ fn creates_and_forks_beyond_the_limit_get_429() {
         let mut c = std::net::TcpStream::connect(&addr).expect("connect");
         let request = format!(
             "GET /snapshots/{base_id}/payloads/mem HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-            t.unwrap_or_default()
+            tok
         );
         std::io::Write::write_all(&mut c, request.as_bytes()).expect("send");
         let mut some = [0u8; 4096];
