@@ -57,6 +57,8 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Space used: logical and stored bytes, dedup and compression ratios.
     Du(cmd::du::Args),
+    /// Remove blocks no snapshot uses; repack packs that became mostly garbage.
+    Gc(cmd::gc::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::restore::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Du(a) => cmd::du::run(&ctx, a),
+        Command::Gc(a) => cmd::gc::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -303,7 +303,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let pb = bar(total, "storing");
     let progress = |n: u64| pb.inc(n);
 
-    let mut writer = repo.store.writer(compression);
+    let mut writer = repo.store.writer(compression)?;
     let mut stats = Vec::new();
     for (i, inp) in inputs.iter().zip(&opened) {
         let (manifest, st) = if a.diff && !i.qcow2 {
@@ -354,7 +354,8 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         });
         stats.push(st);
     }
-    writer.commit().context("writing the snapshot's blocks")?;
+    // Held until the catalog records the snapshot: gc waits for this session.
+    let committed = writer.commit().context("writing the snapshot's blocks")?;
     pb.finish_and_clear();
 
     // What this snapshot added over its parent (blocks and tree nodes).
@@ -367,6 +368,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     new.compressed_size_bytes = sizes.compressed_size_bytes;
     new.uncompressed_size_bytes = sizes.uncompressed_size_bytes;
     let snap = repo.catalog.create(&new)?;
+    drop(committed);
     let secs = started.elapsed().as_secs_f64();
     if ctx.json {
         return print_json(&Created {

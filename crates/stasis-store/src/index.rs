@@ -55,8 +55,22 @@ impl Index {
         Self::default()
     }
 
-    /// Load every index file of a backend.
+    /// Load every index file of a backend. An index file that disappears while being
+    /// loaded (gc replaced it) makes the load start over, since its replacement may
+    /// have been written after the listing.
     pub fn load(backend: &dyn Backend) -> Result<Index> {
+        let mut attempts = 0;
+        loop {
+            match Self::load_once(backend) {
+                Err(e) if e.kind() == crate::ErrorKind::NotFound && attempts < 10 => {
+                    attempts += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn load_once(backend: &dyn Backend) -> Result<Index> {
         let mut idx = Index::new();
         for meta in backend.list("index/")? {
             let bytes = backend.get(&meta.key, None)?;

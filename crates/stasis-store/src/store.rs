@@ -28,6 +28,7 @@ use crate::config::RepoConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlockId, Id, PackId};
 use crate::index::{self, Index, Location};
+use crate::lock::Guard;
 use crate::manifest::{NodeSink, NodeSource};
 use crate::pack::{self, BlobKind, PackBuilder, PackEntry};
 
@@ -121,6 +122,13 @@ impl Store {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Load the index files again (another process may have changed them).
+    pub fn reload_index(&self) -> Result<()> {
+        let idx = Index::load(&*self.backend)?;
+        self.set_index(idx);
+        Ok(())
+    }
+
     /// Replace the in-memory index (after a rebuild).
     pub fn set_index(&self, index: Index) {
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
@@ -133,7 +141,20 @@ impl Store {
     }
 
     /// Read a blob from storage, decode it and check it against its id (no cache).
+    ///
+    /// If the block's pack is gone (gc repacked it since the index was loaded), the
+    /// index is loaded again and the read retried once.
     pub fn read_blob(&self, id: &BlockId) -> Result<Bytes> {
+        match self.read_indexed(id) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.reload_index()?;
+                self.read_indexed(id)
+            }
+            r => r,
+        }
+    }
+
+    fn read_indexed(&self, id: &BlockId) -> Result<Bytes> {
         let (pack, loc) = self.locate(id).ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
@@ -148,9 +169,21 @@ impl Store {
         self.cache.get_or_insert_with(id, || self.read_blob(id))
     }
 
-    /// Start a write session with `compression`.
-    pub fn writer(&self, compression: Compression) -> Writer<'_> {
-        Writer::new(self, compression)
+    /// Start a write session with `compression`. The session is registered (see
+    /// [`crate::lock`]) until the [`Committed`] that [`Writer::commit`] returns is dropped:
+    /// keep that until the catalog has recorded what was written.
+    pub fn writer(&self, compression: Compression) -> Result<Writer<'_>> {
+        let session = self.backend.locks().register_session()?;
+        // After registering: a gc that publishes a plan later waits for us; one that
+        // published before is seen here.
+        let masked = crate::gc::load_masks(&*self.backend)?;
+        Ok(Writer::new(self, compression, Some(session), masked))
+    }
+
+    /// A session for gc's repack, which holds the maintenance lock: not registered (gc
+    /// waits for registered sessions) and copying blobs whatever the index says.
+    pub(crate) fn maintenance_writer(&self) -> Writer<'_> {
+        Writer::new(self, Compression::none(), None, HashSet::default())
     }
 }
 
@@ -199,6 +232,18 @@ pub struct WriteStats {
     pub stored_bytes: u64,
     /// Packs written.
     pub packs: u64,
+    /// Their bytes.
+    pub pack_bytes: u64,
+}
+
+/// A committed write session. Its registration lasts until this is dropped: hold it
+/// until the catalog records the manifests, so that gc cannot remove a block the
+/// session deduplicated against before the snapshot that uses it exists.
+#[derive(Debug)]
+pub struct Committed {
+    /// What the session added.
+    pub stats: WriteStats,
+    _session: Option<Guard>,
 }
 
 type Sealed = (PackId, Vec<u8>);
@@ -228,6 +273,10 @@ pub struct Writer<'s> {
     flush_tx: Option<SyncSender<Sealed>>,
     flusher: Option<JoinHandle<Result<()>>>,
     scratch: Vec<u8>,
+    /// The session's registration (none for gc's own writer).
+    session: Option<Guard>,
+    /// Blobs a gc plan is removing: never deduplicated against.
+    masked: HashSet<BlockId, FxBuildHasher>,
 }
 
 fn flusher(backend: Arc<dyn Backend>, rx: Receiver<Sealed>) -> Result<()> {
@@ -238,7 +287,12 @@ fn flusher(backend: Arc<dyn Backend>, rx: Receiver<Sealed>) -> Result<()> {
 }
 
 impl<'s> Writer<'s> {
-    fn new(store: &'s Store, compression: Compression) -> Self {
+    fn new(
+        store: &'s Store,
+        compression: Compression,
+        session: Option<Guard>,
+        masked: HashSet<BlockId, FxBuildHasher>,
+    ) -> Self {
         Writer {
             store,
             compression,
@@ -252,6 +306,8 @@ impl<'s> Writer<'s> {
             flush_tx: None,
             flusher: None,
             scratch: Vec::new(),
+            session,
+            masked,
         }
     }
 
@@ -267,7 +323,7 @@ impl<'s> Writer<'s> {
 
     /// Whether the repository or this session already has `id`.
     pub fn knows(&self, id: &BlockId) -> bool {
-        self.pending.contains(id) || self.store.index().contains(id)
+        self.pending.contains(id) || (!self.masked.contains(id) && self.store.index().contains(id))
     }
 
     /// What this session added so far.
@@ -287,6 +343,34 @@ impl<'s> Writer<'s> {
         if self.knows(&id) {
             return Ok(false);
         }
+        self.push(id, kind, codec, raw_len, stored)?;
+        Ok(true)
+    }
+
+    /// Add an encoded blob even if the index has it elsewhere (gc's repack); only this
+    /// session's own blobs are deduplicated.
+    pub(crate) fn copy_encoded(
+        &mut self,
+        id: BlockId,
+        kind: BlobKind,
+        codec: Codec,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Result<()> {
+        if self.pending.contains(&id) {
+            return Ok(());
+        }
+        self.push(id, kind, codec, raw_len, stored)
+    }
+
+    fn push(
+        &mut self,
+        id: BlockId,
+        kind: BlobKind,
+        codec: Codec,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Result<()> {
         let pack = match kind {
             BlobKind::Data => &mut self.pack,
             BlobKind::Tree => &mut self.tree_pack,
@@ -300,7 +384,7 @@ impl<'s> Writer<'s> {
         if full {
             self.seal(kind)?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Compress and add a blob unless it is known. Returns whether it was added.
@@ -333,6 +417,7 @@ impl<'s> Writer<'s> {
         let (id, bytes, entries) = std::mem::replace(slot, fresh).finish();
         self.written.push((id, entries));
         self.stats.packs += 1;
+        self.stats.pack_bytes += bytes.len() as u64;
         if self.flush_tx.is_none() {
             // At most one sealed pack waits while another is being written.
             let (tx, rx) = sync_channel::<Sealed>(1);
@@ -361,7 +446,7 @@ impl<'s> Writer<'s> {
 
     /// Make everything added durable (see the module docs for the order) and visible to
     /// readers of this store.
-    pub fn commit(mut self) -> Result<WriteStats> {
+    pub fn commit(mut self) -> Result<Committed> {
         self.seal(BlobKind::Data)?;
         self.seal(BlobKind::Tree)?;
         self.join_flusher()?;
@@ -380,7 +465,10 @@ impl<'s> Writer<'s> {
                 idx.insert(*pid, e);
             }
         }
-        Ok(self.stats)
+        Ok(Committed {
+            stats: self.stats,
+            _session: self.session.take(),
+        })
     }
 }
 
@@ -420,12 +508,12 @@ mod tests {
     fn write_commit_read() {
         let be: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
         let store = Store::init(Arc::clone(&be), RepoConfig::default()).expect("init");
-        let mut w = store.writer(Compression::default());
+        let mut w = store.writer(Compression::default()).expect("writer");
         let a = vec![7u8; 10_000];
         let id = Id::of(&a);
         assert!(w.add(id, BlobKind::Data, &a).expect("add"));
         assert!(!w.add(id, BlobKind::Data, &a).expect("dedup"));
-        let st = w.commit().expect("commit");
+        let st = w.commit().expect("commit").stats;
         assert_eq!(st.blobs, 1);
         assert!(st.stored_bytes < 10_000);
         assert_eq!(&store.block(&id).expect("read")[..], &a[..]);
@@ -439,7 +527,7 @@ mod tests {
     fn corrupt_blob_is_an_error() {
         let be = Arc::new(MemoryBackend::new());
         let store = Store::init(be.clone(), RepoConfig::default()).expect("init");
-        let mut w = store.writer(Compression::none());
+        let mut w = store.writer(Compression::none()).expect("writer");
         let a: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         let id = Id::of(&a);
         w.add(id, BlobKind::Data, &a).expect("add");
