@@ -40,6 +40,7 @@ pub mod manifest;
 pub mod pack;
 pub mod raw;
 pub mod reader;
+pub mod repair;
 pub mod source;
 pub mod store;
 pub mod verify;

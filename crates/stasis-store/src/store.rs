@@ -117,7 +117,8 @@ impl Store {
         &self.config
     }
 
-    /// Read access to the index.
+    /// Read access to the index. Do not hold it while reading blocks: a read whose pack
+    /// was removed by gc reloads the index.
     pub fn index(&self) -> RwLockReadGuard<'_, Index> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -145,23 +146,23 @@ impl Store {
     /// If the block's pack is gone (gc repacked it since the index was loaded), the
     /// index is loaded again and the read retried once.
     pub fn read_blob(&self, id: &BlockId) -> Result<Bytes> {
-        match self.read_indexed(id) {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.reload_index()?;
-                self.read_indexed(id)
-            }
-            r => r,
-        }
-    }
-
-    fn read_indexed(&self, id: &BlockId) -> Result<Bytes> {
-        let (pack, loc) = self.locate(id).ok_or_else(|| {
+        let not_indexed = || {
             Error::new(
                 ErrorKind::NotFound,
                 format!("block {id} is not in the index"),
             )
-        })?;
-        read_located(&*self.backend, id, &pack, &loc)
+        };
+        let (pack, loc) = self.locate(id).ok_or_else(not_indexed)?;
+        match read_located(&*self.backend, id, &pack, &loc) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // Its pack is gone: gc moved the blob. Callers never hold the index lock
+                // while reading blocks, so reloading here cannot deadlock.
+                self.reload_index()?;
+                let (pack, loc) = self.locate(id).ok_or_else(not_indexed)?;
+                read_located(&*self.backend, id, &pack, &loc)
+            }
+            r => r,
+        }
     }
 
     /// A blob by id, through the shared cache of decoded blocks.
