@@ -1,6 +1,7 @@
 //! `stasis`: the command-line interface of the stasis VM snapshot store.
 
 mod cmd;
+mod faults;
 mod output;
 mod qcow2;
 mod repo;

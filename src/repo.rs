@@ -79,7 +79,7 @@ impl Context {
             return init(&path, RepoConfig::default());
         }
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(store_dir(&path))?);
-        let store = Store::open(backend)
+        let store = Store::open(crate::faults::KillAt::wrap(backend))
             .with_context(|| format!("opening the repository at {}", path.display()))?;
         let catalog = Catalog::open(&path.join("catalog.db"))?;
         Ok(Repo {

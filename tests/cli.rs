@@ -1,7 +1,7 @@
 //! End-to-end tests: the real `stasis` binary on real ext4 images.
 
 mod common;
-use common::noise;
+use common::{noise, sh};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -66,69 +66,12 @@ impl Env {
     }
 }
 
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A 96 MiB ext4 image made with `mkfs.ext4 -d` from a tree of text, binary-like and
-/// random files, like a small root filesystem.
 fn make_ext4(env: &Env, name: &str) -> PathBuf {
-    let src = env.path(&format!("{name}-src"));
-    for d in ["etc", "usr/bin", "var/log", "home/user"] {
-        fs::create_dir_all(src.join(d)).expect("mkdir");
-    }
-    for i in 0..40 {
-        let text: String = (0..200)
-            .map(|k| format!("line {k} of config file {i}: key=value\n"))
-            .collect();
-        fs::write(src.join(format!("etc/conf{i}")), text).expect("write");
-    }
-    // Binary-like files: repeated structure with some noise, some shared between files.
-    let shared = noise(300_000, 7);
-    for i in 0..12 {
-        let mut b = shared.clone();
-        b.extend(noise(100_000 + i * 5000, i as u64 + 100));
-        fs::write(src.join(format!("usr/bin/tool{i}")), b).expect("write");
-    }
-    fs::write(src.join("home/user/random.bin"), noise(3 << 20, 42)).expect("write");
-    fs::write(src.join("var/log/syslog"), "boot ok\n".repeat(20_000)).expect("write");
-    let img = env.path(name);
-    sh(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096", "-d"])
-        .arg(&src)
-        .arg(&img)
-        .arg("96M"));
-    img
+    common::make_ext4(env.dir.path(), name, "96M")
 }
 
-/// Change an image in place the way a running VM would: new files, a deletion, a
-/// rewritten log (through debugfs, so the filesystem stays consistent).
 fn modify_ext4(env: &Env, img: &Path, seed: u64) {
-    let new = env.path(&format!("new-{seed}"));
-    fs::write(&new, noise(2 << 20, seed)).expect("write");
-    let log = env.path(&format!("log-{seed}"));
-    fs::write(&log, format!("boot ok {seed}\n").repeat(30_000)).expect("write");
-    let cmds = env.path(&format!("cmds-{seed}"));
-    fs::write(
-        &cmds,
-        format!(
-            "write {} home/user/new{seed}.bin\nrm var/log/syslog\nwrite {} var/log/syslog\nrm etc/conf{}\n",
-            new.display(),
-            log.display(),
-            seed % 40
-        ),
-    )
-    .expect("write");
-    sh(Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&cmds)
-        .arg(img));
+    common::modify_ext4(env.dir.path(), img, seed)
 }
 
 /// A sparse diff layer of `new` over `old`: changed 4 KiB pages written, holes elsewhere.
