@@ -47,6 +47,8 @@ pub struct Index {
     packs: Vec<PackId>,
     pack_pos: HashMap<PackId, u32, FxBuildHasher>,
     blobs: HashMap<BlockId, Location, FxBuildHasher>,
+    /// The index files this was loaded from.
+    files: Vec<String>,
 }
 
 impl Index {
@@ -73,6 +75,7 @@ impl Index {
     fn load_once(backend: &dyn Backend) -> Result<Index> {
         let mut idx = Index::new();
         for meta in backend.list("index/")? {
+            idx.files.push(meta.key.clone());
             let bytes = backend.get(&meta.key, None)?;
             let (packs, entries) = decode_file(&bytes).map_err(|e| e.context(&meta.key))?;
             if Id::of(&bytes).to_hex() != meta.key["index/".len()..] {
@@ -160,6 +163,18 @@ impl Index {
     /// Every blob and its location.
     pub fn iter(&self) -> impl Iterator<Item = (&BlockId, &Location)> {
         self.blobs.iter()
+    }
+
+    /// Record that index file `key` is included (a session of this process wrote it).
+    pub(crate) fn note_file(&mut self, key: String) {
+        if let Err(at) = self.files.binary_search(&key) {
+            self.files.insert(at, key);
+        }
+    }
+
+    /// The index files it was loaded from (sorted), empty if built otherwise.
+    pub fn files(&self) -> &[String] {
+        &self.files
     }
 
     /// Every pack the index knows.

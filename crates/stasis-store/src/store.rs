@@ -130,6 +130,22 @@ impl Store {
         Ok(())
     }
 
+    /// Reload the index if its files changed since it was loaded (a create or gc in
+    /// another process); listing the index files is cheap. Returns whether it did.
+    pub fn refresh_index(&self) -> Result<bool> {
+        let now: Vec<String> = self
+            .backend
+            .list("index/")?
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        if now.as_slice() == self.index().files() {
+            return Ok(false);
+        }
+        self.reload_index()?;
+        Ok(true)
+    }
+
     /// Replace the in-memory index (after a rebuild).
     pub fn set_index(&self, index: Index) {
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
@@ -152,7 +168,13 @@ impl Store {
                 format!("block {id} is not in the index"),
             )
         };
-        let (pack, loc) = self.locate(id).ok_or_else(not_indexed)?;
+        // Not indexed here: another process may have written it since (a snapshot
+        // created while this one was mounted).
+        let (pack, loc) = match self.locate(id) {
+            Some(l) => l,
+            None if self.refresh_index()? => self.locate(id).ok_or_else(not_indexed)?,
+            None => return Err(not_indexed()),
+        };
         match read_located(&*self.backend, id, &pack, &loc) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // Its pack is gone: gc moved the blob. Callers never hold the index lock
@@ -451,6 +473,7 @@ impl<'s> Writer<'s> {
         self.seal(BlobKind::Data)?;
         self.seal(BlobKind::Tree)?;
         self.join_flusher()?;
+        let mut written_file = None;
         if !self.written.is_empty() {
             // The packs must be durable before an index file names them: otherwise a
             // power loss could keep the index and lose a pack, and later writes would
@@ -458,9 +481,13 @@ impl<'s> Writer<'s> {
             self.store.backend.sync()?;
             let (key, bytes) = index::encode_file(&self.written);
             self.store.backend.put(&key, &bytes)?;
+            written_file = Some(key);
         }
         self.store.backend.sync()?;
         let mut idx = self.store.index.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = written_file {
+            idx.note_file(key);
+        }
         for (pid, entries) in &self.written {
             for e in entries {
                 idx.insert(*pid, e);

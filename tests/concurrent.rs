@@ -1,0 +1,192 @@
+//! Concurrent use of one repository by separate processes: two `create`s, a `delete`
+//! followed by `gc`, and a reader through a FUSE mount, all at once. gc must not remove
+//! a block that a create deduplicated against, and the mounted reader must keep
+//! reading right bytes while gc repacks under it and new snapshots appear.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stasis");
+
+fn stasis(repo: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("run stasis")
+}
+
+fn ok(repo: &Path, args: &[&str]) -> String {
+    let out = stasis(repo, args);
+    assert!(
+        out.status.success(),
+        "stasis {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Mount {
+    child: Child,
+    point: PathBuf,
+}
+
+impl Mount {
+    fn start(repo: &Path, point: &Path) -> Mount {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "needs /dev/fuse (CI runs as root)"
+        );
+        fs::create_dir_all(point).expect("mkdir");
+        let child = Command::new(BIN)
+            .arg("--repo")
+            .arg(repo)
+            .arg("mount")
+            .arg(point)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !point.join("vms").exists() {
+            assert!(Instant::now() < deadline, "mount did not appear");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mount {
+            child,
+            point: point.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new(BIN).arg("umount").arg(&self.point).output();
+        let _ = self.child.wait();
+    }
+}
+
+fn drop_caches() {
+    // Root only (CI); elsewhere the reads still go through the mount, just cached.
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+#[test]
+fn creates_gc_delete_and_a_mounted_reader_at_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let base = common::make_ext4(d, "base.img", "32M");
+    let mut imgs = Vec::new();
+    for (i, seed) in [(0, 5u64), (1, 6), (2, 7)] {
+        let p = d.join(format!("img{i}.img"));
+        fs::copy(&base, &p).expect("copy");
+        common::modify_ext4(d, &p, seed);
+        imgs.push(p);
+    }
+    let repo = d.join("repo");
+    fs::create_dir(&repo).expect("mkdir");
+    ok(
+        &repo,
+        &["init", "--pack-size", "1MiB", "--block-size", "16KiB"],
+    );
+    let disk = |p: &Path| format!("root={}", p.display());
+    ok(&repo, &["create", "vm", "base", "--disk", &disk(&base)]);
+    ok(&repo, &["create", "vm", "keep", "--disk", &disk(&imgs[0])]);
+    let mount = Mount::start(&repo, &d.join("mnt"));
+
+    for round in 0..3 {
+        // The base goes; its blocks are garbage that both creates deduplicate against.
+        let a = format!("a{round}");
+        let b = format!("b{round}");
+        let mut creates: Vec<Child> = [(&a, &base), (&b, &imgs[1 + round % 2])]
+            .iter()
+            .map(|(name, img)| {
+                Command::new(BIN)
+                    .arg("--repo")
+                    .arg(&repo)
+                    .args(["create", "vm2", name, "--disk", &disk(img)])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn create")
+            })
+            .collect();
+        let spec = if round == 0 {
+            "vm/base".to_string()
+        } else {
+            format!("vm2/a{}", round - 1)
+        };
+        ok(&repo, &["delete", &spec]);
+        let gc = Command::new(BIN)
+            .arg("--repo")
+            .arg(&repo)
+            .args(["gc", "--repack-below", "100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gc");
+        // Meanwhile, read a committed snapshot through the mount, cold.
+        drop_caches();
+        let got = fs::read(mount.point.join("vms/vm/keep/root")).expect("read through mount");
+        assert!(
+            got == fs::read(&imgs[0]).expect("src"),
+            "round {round}: mount read"
+        );
+        for c in creates.iter_mut().chain(std::iter::once(&mut { gc })) {
+            let st = c.wait().expect("wait");
+            let mut err = String::new();
+            if let Some(mut e) = c.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            assert!(st.success(), "round {round}: {err}");
+        }
+        // The new snapshots read right through the mount (their blocks were written
+        // after it started) and restore byte-identical.
+        drop_caches();
+        for (name, img) in [(&a, &base), (&b, &imgs[1 + round % 2])] {
+            let through = fs::read(mount.point.join(format!("vms/vm2/{name}/root")))
+                .expect("read new snapshot");
+            assert!(
+                through == fs::read(img).expect("src"),
+                "round {round}: {name} via mount"
+            );
+            let out = d.join("out");
+            let _ = fs::remove_dir_all(&out);
+            ok(
+                &repo,
+                &[
+                    "restore",
+                    &format!("vm2/{name}"),
+                    out.to_str().expect("utf8"),
+                ],
+            );
+            assert!(
+                fs::read(out.join("root")).expect("restored") == fs::read(img).expect("src"),
+                "round {round}: {name} restore"
+            );
+        }
+        let v: Value =
+            serde_json::from_str(&ok(&repo, &["--json", "verify", "--read-data"])).expect("json");
+        assert!(v["problems"].as_array().is_some_and(Vec::is_empty), "{v}");
+    }
+    // A final gc with nothing running leaves no garbage.
+    ok(&repo, &["gc"]);
+    let v: Value =
+        serde_json::from_str(&ok(&repo, &["--json", "verify", "--read-data"])).expect("json");
+    assert!(
+        v["unindexed_packs"].as_array().is_some_and(Vec::is_empty),
+        "{v}"
+    );
+    drop_caches();
+    let got = fs::read(mount.point.join("vms/vm/keep/root")).expect("read after gc");
+    assert!(got == fs::read(&imgs[0]).expect("src"));
+    drop(mount);
+}
