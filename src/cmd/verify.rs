@@ -21,7 +21,7 @@ pub struct Args {
 
 /// Run it.
 pub fn run(ctx: &Context, a: Args) -> Result<()> {
-    let repo = ctx.open()?;
+    let (repo, bad_index) = ctx.open_damaged()?;
     let a = Args {
         read_data: a.read_data || a.repair,
         ..a
@@ -39,6 +39,19 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let pb = bar(total, "verifying");
     let report = verify_store(&repo.store, a.read_data, &|n| pb.inc(n))?;
     pb.finish_and_clear();
+    let mut report = report;
+    for (key, e) in &bad_index {
+        report.problems.push(Problem {
+            object: key.clone(),
+            message: e.to_string(),
+        });
+    }
+    for line in repo.catalog.check_integrity()? {
+        report.problems.push(Problem {
+            object: "catalog.db".into(),
+            message: line,
+        });
+    }
     let repaired = if a.repair {
         Some(rebuild_index(
             &repo.store,

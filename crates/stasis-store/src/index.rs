@@ -73,22 +73,39 @@ impl Index {
     }
 
     fn load_once(backend: &dyn Backend) -> Result<Index> {
+        let (idx, mut bad) = Self::load_tolerant(backend)?;
+        match bad.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(idx),
+        }
+    }
+
+    /// Load every index file that is intact; return the others with their errors
+    /// (for verify and repair, which must open a damaged repository).
+    pub fn load_tolerant(backend: &dyn Backend) -> Result<(Index, Vec<(String, Error)>)> {
         let mut idx = Index::new();
+        let mut bad = Vec::new();
         for meta in backend.list("index/")? {
             idx.files.push(meta.key.clone());
             let bytes = backend.get(&meta.key, None)?;
-            let (packs, entries) = decode_file(&bytes).map_err(|e| e.context(&meta.key))?;
-            if Id::of(&bytes).to_hex() != meta.key["index/".len()..] {
-                return Err(Error::corrupt(format!(
-                    "{}: name does not match content",
-                    meta.key
-                )));
-            }
+            let (packs, entries) = match decode_file(&bytes) {
+                Ok(d) if Id::of(&bytes).to_hex() == meta.key["index/".len()..] => d,
+                Ok(_) => {
+                    let e = Error::corrupt(format!("{}: name does not match content", meta.key));
+                    bad.push((meta.key, e));
+                    continue;
+                }
+                Err(e) => {
+                    let e = e.context(&meta.key);
+                    bad.push((meta.key, e));
+                    continue;
+                }
+            };
             for (pack_id, pe) in entries.iter().map(|(p, e)| (packs[*p as usize], e)) {
                 idx.insert(pack_id, pe);
             }
         }
-        Ok(idx)
+        Ok((idx, bad))
     }
 
     /// Rebuild the index from the packs alone (reads every pack's entry table).

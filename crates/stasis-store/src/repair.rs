@@ -19,6 +19,11 @@ use crate::pack::{self, PackEntry};
 use crate::store::{Store, read_located};
 use crate::verify::BadBlocks;
 
+/// Where repair moves a pack whose entry table is unreadable.
+pub fn quarantine_key(pack: &PackId) -> String {
+    format!("quarantine/{}.pack", pack.to_hex())
+}
+
 /// What a repair did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RepairReport {
@@ -26,7 +31,8 @@ pub struct RepairReport {
     pub packs: u64,
     /// Blobs now indexed.
     pub blobs: u64,
-    /// Packs whose table could not be read, and why (their blobs are lost).
+    /// Packs whose table could not be read, and why: their blobs are lost and the packs
+    /// were moved to `quarantine/`.
     pub unreadable_packs: Vec<String>,
     /// Blobs left out because they failed their check.
     pub dropped_blobs: u64,
@@ -53,6 +59,7 @@ pub fn rebuild_index(
     let old: Vec<String> = backend.list("index/")?.into_iter().map(|m| m.key).collect();
     let mut report = RepairReport::default();
     let mut table: BTreeMap<PackId, Vec<PackEntry>> = BTreeMap::new();
+    let mut unreadable: Vec<(PackId, String)> = Vec::new();
     for meta in backend.list("packs/")? {
         let Some(pid) = pack::pack_id_of_key(&meta.key) else {
             continue;
@@ -61,6 +68,7 @@ pub fn rebuild_index(
             Ok(e) => e,
             Err(e) => {
                 report.unreadable_packs.push(format!("{}: {e}", meta.key));
+                unreadable.push((pid, meta.key));
                 continue;
             }
         };
@@ -120,6 +128,15 @@ pub fn rebuild_index(
     backend.sync()?;
     for pid in &damaged {
         backend.delete(&pack::pack_key(pid))?;
+    }
+    // Packs whose table is unreadable move aside, kept for inspection.
+    for (pid, key) in &unreadable {
+        let bytes = backend.get(key, None)?;
+        backend.put(&quarantine_key(pid), &bytes)?;
+    }
+    backend.sync()?;
+    for (_, key) in &unreadable {
+        backend.delete(key)?;
     }
     backend.sync()?;
     store.reload_index()?;

@@ -77,21 +77,17 @@ impl Store {
 
     /// Open an existing repository: read its config and load its index.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Store> {
-        let bytes = backend.get(CONFIG_KEY, None).map_err(|e| {
-            if e.kind() == ErrorKind::NotFound {
-                Error::new(
-                    ErrorKind::Repository,
-                    "no repository here (run `stasis init`)",
-                )
-            } else {
-                e
-            }
-        })?;
-        let config: RepoConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("repository config: {e}")))?;
-        config.validate()?;
+        let config = read_config(&*backend)?;
         let index = Index::load(&*backend)?;
         Ok(Store::with(backend, config, index))
+    }
+
+    /// Open a possibly damaged repository for verify and repair: index files that fail
+    /// their checks are left out and returned with their errors.
+    pub fn open_damaged(backend: Arc<dyn Backend>) -> Result<(Store, Vec<(String, Error)>)> {
+        let config = read_config(&*backend)?;
+        let (index, bad) = Index::load_tolerant(&*backend)?;
+        Ok((Store::with(backend, config, index), bad))
     }
 
     fn with(backend: Arc<dyn Backend>, config: RepoConfig, index: Index) -> Store {
@@ -208,6 +204,24 @@ impl Store {
     pub(crate) fn maintenance_writer(&self) -> Writer<'_> {
         Writer::new(self, Compression::none(), None, HashSet::default())
     }
+}
+
+/// Read and check a repository's config.
+fn read_config(backend: &dyn Backend) -> Result<RepoConfig> {
+    let bytes = backend.get(CONFIG_KEY, None).map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            Error::new(
+                ErrorKind::Repository,
+                "no repository here (run `stasis init`)",
+            )
+        } else {
+            e
+        }
+    })?;
+    let config: RepoConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::corrupt(format!("repository config: {e}")))?;
+    config.validate()?;
+    Ok(config)
 }
 
 /// Read the blob `id` at `loc` in `pack` and check it.
