@@ -190,3 +190,88 @@ fn creates_gc_delete_and_a_mounted_reader_at_once() {
     assert!(got == fs::read(&imgs[0]).expect("src"));
     drop(mount);
 }
+
+/// A damaged block read through the mount is an I/O error (EIO), never wrong bytes;
+/// the undamaged parts of the file still read right.
+#[test]
+fn damaged_blocks_read_as_eio_through_the_mount() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+    let repo = d.join("repo");
+    fs::create_dir(&repo).expect("mkdir");
+    ok(&repo, &["init", "--compression", "none"]);
+    let img = d.join("disk.img");
+    let data = common::noise(4 << 20, 77);
+    fs::write(&img, &data).expect("write");
+    ok(
+        &repo,
+        &[
+            "create",
+            "vm",
+            "a",
+            "--disk",
+            &format!("root={}", img.display()),
+        ],
+    );
+    // Flip one byte inside the first stored block of the data pack, in place.
+    let mut packs: Vec<PathBuf> = Vec::new();
+    for e in walkdir(&repo.join("store/packs")) {
+        packs.push(e);
+    }
+    let pack = packs
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a pack");
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .expect("open");
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, 32 + 1000).expect("read");
+    b[0] ^= 0x10;
+    f.write_all_at(&b, 32 + 1000).expect("write");
+    drop(f);
+    let mount = Mount::start(&repo, &d.join("mnt"));
+    drop_caches();
+    let file = fs::File::open(mount.point.join("vms/vm/a/root")).expect("open");
+    let mut buf = vec![0u8; 64 << 10];
+    let damaged: Vec<bool> = (0..data.len() / buf.len())
+        .map(|i| {
+            let off = (i * buf.len()) as u64;
+            match file.read_exact_at(&mut buf, off) {
+                Ok(()) => {
+                    assert!(
+                        buf[..] == data[off as usize..off as usize + buf.len()],
+                        "wrong bytes at {off}"
+                    );
+                    false
+                }
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+                    true
+                }
+            }
+        })
+        .collect();
+    assert_eq!(
+        damaged.iter().filter(|x| **x).count(),
+        1,
+        "exactly the damaged block fails"
+    );
+    drop(file);
+    drop(mount);
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).expect("ls").flatten() {
+        if e.path().is_dir() {
+            out.extend(walkdir(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
