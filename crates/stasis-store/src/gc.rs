@@ -11,8 +11,9 @@
 //!    and data blocks, each shared subtree walked once, so the cost follows the live data.
 //! 3. **Plan**: each live blob is owned by one pack (the first that holds it). A pack
 //!    owning no live blob is deleted; one whose live share (by stored bytes) is below the
-//!    threshold is repacked. The *dead* blobs are those of these packs that nothing
-//!    references.
+//!    threshold is repacked, and so are small packs (under 1/8 of the pack size, as every
+//!    create leaves) when there are several, so that they merge. The *dead* blobs are
+//!    those of these packs that nothing references.
 //! 4. **Publish** the plan (`gc/<blake3>`: dead blob ids and packs to remove), synced.
 //!    From now on a new write session reads the plan when it starts and never
 //!    deduplicates against a dead blob; it stores its own copy.
@@ -263,6 +264,7 @@ fn mark(
     roots: &[(String, Manifest)],
     seen: &mut HashSet<String>,
     live: &mut IdSet,
+    nodes: &mut IdSet,
 ) -> Result<u64> {
     let mut n = 0;
     for (key, m) in roots {
@@ -276,20 +278,28 @@ fn mark(
             }
             continue;
         }
-        manifest::visit_nodes(store, m, &mut |id, level, kids| {
-            if !live.insert(id) {
-                return Ok(false); // a subtree already walked
-            }
-            if level == 1 {
-                for k in kids {
-                    if let BlockRef::Data(b) = k {
-                        live.insert(*b);
-                    }
+        // A subtree met again is skipped before it is read, so walking many trees that
+        // share most nodes costs what their distinct nodes cost.
+        let mut data: Vec<BlockId> = Vec::new();
+        manifest::visit_new_nodes(
+            store,
+            m,
+            // Nodes seen are tracked apart from data blocks: a data block with the bytes
+            // of a node must not hide that node's subtree.
+            &mut |id| nodes.insert(id),
+            &mut |node, level, kids| {
+                data.push(node);
+                if level == 1 {
+                    data.extend(kids.iter().filter_map(|k| match k {
+                        BlockRef::Data(b) => Some(*b),
+                        _ => None,
+                    }));
                 }
-            }
-            Ok(true)
-        })
+                Ok(true)
+            },
+        )
         .map_err(|e| e.context(format!("walking {key}")))?;
+        live.extend(data);
     }
     Ok(n)
 }
@@ -311,8 +321,29 @@ struct Decision {
     live_bytes: u64,
 }
 
-fn decide(files: &Files, live: &IdSet, repack_below: f64) -> Decision {
+/// A pack under this share of the target pack size is *small*: every create leaves
+/// one or two, and gc merges them (else the number of packs, and the cost of listing
+/// them, would follow the history).
+const SMALL_PACK_SHARE: u64 = 8;
+
+fn decide(files: &Files, live: &IdSet, repack_below: f64, pack_size: u64) -> Decision {
     let mut d = Decision::default();
+    let small_limit = pack_size / SMALL_PACK_SHARE;
+    // Small packs, by the kind of blob they hold (data and tree nodes live apart); a
+    // kind with two or more merges them into one.
+    let mut small_by_kind: HashMap<u8, Vec<&PackId>> = HashMap::new();
+    for (p, es) in &files.packs {
+        let bytes: u64 = es.iter().map(|e| u64::from(e.stored_len) + 56).sum();
+        if bytes < small_limit {
+            let kind = es.first().map(|e| e.kind as u8).unwrap_or(0);
+            small_by_kind.entry(kind).or_default().push(p);
+        }
+    }
+    let small: HashSet<&PackId> = small_by_kind
+        .into_values()
+        .filter(|v| v.len() >= 2)
+        .flatten()
+        .collect();
     let mut owned = IdSet::default();
     let mut dead = IdSet::default();
     for (pid, entries) in &files.packs {
@@ -334,7 +365,7 @@ fn decide(files: &Files, live: &IdSet, repack_below: f64) -> Decision {
         let removed = if mine.is_empty() {
             d.delete.push(*pid);
             true
-        } else if (live_bytes as f64) < repack_below * total as f64 {
+        } else if (live_bytes as f64) < repack_below * total as f64 || small.contains(pid) {
             d.repack.push(*pid);
             d.repack_live_bytes += live_bytes;
             d.copy.insert(*pid, mine);
@@ -421,17 +452,22 @@ pub fn collect(
     // 2. Mark.
     progress(Phase::Mark);
     let mut live = IdSet::default();
+    let mut nodes = IdSet::default();
     let mut seen = HashSet::new();
-    report.roots = mark(store, &roots()?, &mut seen, &mut live)?;
+    report.roots = mark(store, &roots()?, &mut seen, &mut live, &mut nodes)?;
 
     // 3. Plan.
-    let mut d = decide(&files, &live, opts.repack_below);
+    let pack_size = store.config().pack_size;
+    let mut d = decide(&files, &live, opts.repack_below, pack_size);
     if opts.dry_run {
         let estimate = d.repack_live_bytes;
         fill(&mut report, &d, &orphans, &listed, estimate);
         return Ok(report);
     }
     if d.delete.is_empty() && d.repack.is_empty() && orphans.is_empty() {
+        // Nothing to remove; merging many index files needs no plan (no pack goes).
+        rewrite_index(backend, &files, &HashSet::new(), &mut report)?;
+        store.reload_index()?;
         fill(&mut report, &d, &orphans, &listed, 0);
         return Ok(report);
     }
@@ -456,8 +492,8 @@ pub fn collect(
         .locks()
         .wait_for_sessions(&|n| progress(Phase::Wait(n)))? as u64;
     store.reload_index()?;
-    report.roots += mark(store, &roots()?, &mut seen, &mut live)?;
-    d = decide(&files, &live, opts.repack_below);
+    report.roots += mark(store, &roots()?, &mut seen, &mut live, &mut nodes)?;
+    d = decide(&files, &live, opts.repack_below, pack_size);
     let newer = load_files(backend, &files.files)?;
     orphans.retain(|p| !newer.packs.contains_key(p));
     // A live blob that no index file names can only be in an orphan (an index file
@@ -536,10 +572,37 @@ pub fn collect(
     // 7. Rewrite the index files that name removed packs.
     progress(Phase::Sweep);
     let removed: HashSet<PackId> = d.delete.iter().chain(&d.repack).copied().collect();
+    rewrite_index(backend, &files, &removed, &mut report)?;
+
+    // 8. Delete packs, then the plan.
+    for p in removed.iter().chain(&orphans) {
+        backend.delete(&pack::pack_key(p))?;
+    }
+    backend.sync()?;
+    backend.delete(&plan_key)?;
+    backend.sync()?;
+    store.reload_index()?;
+    fill(&mut report, &d, &orphans, &listed, written_bytes);
+    Ok(report)
+}
+
+/// More index files than this and gc merges them all into one (every write session
+/// adds one; loading thousands at every open would make cost follow history).
+pub const COMPACT_INDEX_FILES: usize = 32;
+
+/// Replace the index files that name `removed` packs (all of them when there are
+/// many) by one file for their surviving packs: write it, sync, delete the old, sync.
+fn rewrite_index(
+    backend: &dyn Backend,
+    files: &Files,
+    removed: &HashSet<PackId>,
+    report: &mut GcReport,
+) -> Result<()> {
+    let compact = files.files.len() > COMPACT_INDEX_FILES;
     let affected: Vec<String> = files
         .files
         .iter()
-        .filter(|(_, ps)| ps.iter().any(|p| removed.contains(p)))
+        .filter(|(_, ps)| compact || ps.iter().any(|p| removed.contains(p)))
         .map(|(k, _)| k.clone())
         .collect();
     if !affected.is_empty() {
@@ -573,16 +636,7 @@ pub fn collect(
         report.index_files_replaced = affected.len() as u64;
     }
 
-    // 8. Delete packs, then the plan.
-    for p in removed.iter().chain(&orphans) {
-        backend.delete(&pack::pack_key(p))?;
-    }
-    backend.sync()?;
-    backend.delete(&plan_key)?;
-    backend.sync()?;
-    store.reload_index()?;
-    fill(&mut report, &d, &orphans, &listed, written_bytes);
-    Ok(report)
+    Ok(())
 }
 
 fn fill(

@@ -226,19 +226,24 @@ pub fn new_stored_bytes(
             raw += u64::from(l.raw_len);
         }
     };
-    manifest::visit_nodes(store, m, &mut |id, level, refs| {
-        if seen.contains(&id) {
-            return Ok(false);
-        }
-        add(&id, seen);
-        if level == 1 {
-            for r in refs {
-                if let BlockRef::Data(b) = r {
-                    add(b, seen);
-                }
+    let mut fresh: Vec<BlockId> = Vec::new();
+    manifest::visit_new_nodes(
+        store,
+        m,
+        &mut |id| !seen.contains(&id),
+        &mut |id, level, refs| {
+            fresh.push(id);
+            if level == 1 {
+                fresh.extend(refs.iter().filter_map(|r| match r {
+                    BlockRef::Data(b) => Some(*b),
+                    _ => None,
+                }));
             }
-        }
-        Ok(true)
-    })?;
+            Ok(true)
+        },
+    )?;
+    for id in &fresh {
+        add(id, seen);
+    }
     Ok((stored, raw))
 }
