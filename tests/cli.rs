@@ -378,6 +378,124 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(env.json(&["verify"])["ok"], Value::Bool(true));
 }
 
+/// Inputs that are not what they claim: a clear error, or a correct snapshot; never a
+/// panic, and never a partial snapshot left active.
+#[test]
+fn odd_inputs_give_a_clear_error_or_a_correct_snapshot() {
+    use std::os::unix::fs::FileExt;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let disk = |p: &Path| format!("root={}", p.display());
+    // Devices that are not block devices, and a FIFO: refused.
+    for dev in ["/dev/null", "/dev/zero", "/dev/urandom"] {
+        env.fails(
+            &["create", "vm", "dev", "--disk", &format!("root={dev}")],
+            "not a regular file",
+        );
+    }
+    let fifo = env.path("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    env.fails(
+        &["create", "vm", "fifo", "--disk", &disk(&fifo)],
+        "not a regular file",
+    );
+    // Empty, one byte, and an enormous sparse file with data only at its ends: stored
+    // and restored exactly.
+    let empty = env.path("empty");
+    fs::write(&empty, b"").expect("write");
+    let one = env.path("one");
+    fs::write(&one, b"x").expect("write");
+    let huge = env.path("huge");
+    let f = File::create(&huge).expect("create");
+    f.set_len(1 << 40).expect("1 TiB");
+    f.write_all_at(b"head", 0).expect("write");
+    f.write_all_at(b"tail", (1 << 40) - 4).expect("write");
+    drop(f);
+    for (name, p) in [("empty", &empty), ("one", &one), ("huge", &huge)] {
+        env.ok(&["create", "vm", name, "--disk", &disk(p)]);
+        let out = env.path(&format!("out-{name}"));
+        env.ok(&[
+            "restore",
+            &format!("vm/{name}"),
+            out.to_str().expect("utf8"),
+        ]);
+        let got = out.join("root");
+        assert_eq!(
+            fs::metadata(&got).expect("stat").len(),
+            fs::metadata(p).expect("stat").len()
+        );
+        if name == "huge" {
+            let g = File::open(&got).expect("open");
+            let mut b = [0u8; 4];
+            g.read_exact_at(&mut b, 0).expect("read");
+            assert_eq!(&b, b"head");
+            g.read_exact_at(&mut b, (1 << 40) - 4).expect("read");
+            assert_eq!(&b, b"tail");
+            use std::os::unix::fs::MetadataExt;
+            assert!(
+                fs::metadata(&got).expect("stat").blocks() < 4096,
+                "restored sparse"
+            );
+        } else {
+            assert!(same(&got, p), "{name}");
+        }
+    }
+    // A file that shrinks while it is read: whatever the timing, either a clear error
+    // and no snapshot, or a snapshot that restores to the file before or after.
+    let big = env.path("shrinks");
+    let full = noise(64 << 20, 3);
+    fs::write(&big, &full).expect("write");
+    let child = Command::new(BIN)
+        .arg("--repo")
+        .arg(env.path("repo"))
+        .args(["create", "vm", "shrinks", "--disk", &disk(&big)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let f = fs::OpenOptions::new().write(true).open(&big).expect("open");
+    f.set_len(1 << 20).expect("shrink");
+    drop(f);
+    let out = child.wait_with_output().expect("wait");
+    let listed = env.json(&["list", "--vm", "vm"]);
+    let present = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .any(|s| s["name"] == "shrinks");
+    if out.status.success() {
+        assert!(present);
+        let o = env.path("out-shrinks");
+        env.ok(&["restore", "vm/shrinks", o.to_str().expect("utf8")]);
+        let got = fs::read(o.join("root")).expect("read");
+        assert!(
+            got == full || got == full[..1 << 20],
+            "restores to a whole version"
+        );
+    } else {
+        assert!(!present, "a failed create leaves no snapshot");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("shrank") || err.contains("changed"), "{err}");
+    }
+    // An unreadable file (only meaningful when not root: root reads everything).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let secret = env.path("secret");
+        fs::write(&secret, b"x").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).expect("chmod");
+        env.fails(
+            &["create", "vm", "secret", "--disk", &disk(&secret)],
+            "ermission",
+        );
+    }
+    assert_eq!(
+        env.json(&["verify", "--read-data"])["ok"],
+        Value::Bool(true)
+    );
+}
+
 #[test]
 fn corrupt_packs_are_reported_never_restored() {
     let env = Env::new();
