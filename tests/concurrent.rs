@@ -4,15 +4,17 @@
 //! reading right bytes while gc repacks under it and new snapshots appear.
 
 mod common;
+#[path = "common/mount.rs"]
+mod mount;
+use mount::Mount;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_stasis");
+use mount::BIN;
 
 fn stasis(repo: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -32,45 +34,6 @@ fn ok(repo: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Mount {
-    child: Child,
-    point: PathBuf,
-}
-
-impl Mount {
-    fn start(repo: &Path, point: &Path) -> Mount {
-        assert!(
-            Path::new("/dev/fuse").exists(),
-            "needs /dev/fuse (CI runs as root)"
-        );
-        fs::create_dir_all(point).expect("mkdir");
-        let child = Command::new(BIN)
-            .arg("--repo")
-            .arg(repo)
-            .arg("mount")
-            .arg(point)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !point.join("vms").exists() {
-            assert!(Instant::now() < deadline, "mount did not appear");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Mount {
-            child,
-            point: point.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new(BIN).arg("umount").arg(&self.point).output();
-        let _ = self.child.wait();
-    }
 }
 
 fn drop_caches() {
@@ -99,7 +62,8 @@ fn creates_gc_delete_and_a_mounted_reader_at_once() {
     let disk = |p: &Path| format!("root={}", p.display());
     ok(&repo, &["create", "vm", "base", "--disk", &disk(&base)]);
     ok(&repo, &["create", "vm", "keep", "--disk", &disk(&imgs[0])]);
-    let mount = Mount::start(&repo, &d.join("mnt"));
+    let mount_point = d.join("mnt");
+    let mount = Mount::start(&repo, &mount_point);
 
     for round in 0..3 {
         // The base goes; its blocks are garbage that both creates deduplicate against.
@@ -134,7 +98,7 @@ fn creates_gc_delete_and_a_mounted_reader_at_once() {
             .expect("spawn gc");
         // Meanwhile, read a committed snapshot through the mount, cold.
         drop_caches();
-        let got = fs::read(mount.point.join("vms/vm/keep/root")).expect("read through mount");
+        let got = fs::read(mount_point.join("vms/vm/keep/root")).expect("read through mount");
         assert!(
             got == fs::read(&imgs[0]).expect("src"),
             "round {round}: mount read"
@@ -152,7 +116,7 @@ fn creates_gc_delete_and_a_mounted_reader_at_once() {
         // after it started) and restore byte-identical.
         drop_caches();
         for (name, img) in [(&a, &base), (&b, &imgs[1 + round % 2])] {
-            let through = fs::read(mount.point.join(format!("vms/vm2/{name}/root")))
+            let through = fs::read(mount_point.join(format!("vms/vm2/{name}/root")))
                 .expect("read new snapshot");
             assert!(
                 through == fs::read(img).expect("src"),
@@ -186,7 +150,7 @@ fn creates_gc_delete_and_a_mounted_reader_at_once() {
         "{v}"
     );
     drop_caches();
-    let got = fs::read(mount.point.join("vms/vm/keep/root")).expect("read after gc");
+    let got = fs::read(mount_point.join("vms/vm/keep/root")).expect("read after gc");
     assert!(got == fs::read(&imgs[0]).expect("src"));
     drop(mount);
 }
@@ -233,9 +197,10 @@ fn damaged_blocks_read_as_eio_through_the_mount() {
     b[0] ^= 0x10;
     f.write_all_at(&b, 32 + 1000).expect("write");
     drop(f);
-    let mount = Mount::start(&repo, &d.join("mnt"));
+    let mount_point = d.join("mnt");
+    let mount = Mount::start(&repo, &mount_point);
     drop_caches();
-    let file = fs::File::open(mount.point.join("vms/vm/a/root")).expect("open");
+    let file = fs::File::open(mount_point.join("vms/vm/a/root")).expect("open");
     let mut buf = vec![0u8; 64 << 10];
     let damaged: Vec<bool> = (0..data.len() / buf.len())
         .map(|i| {

@@ -1,6 +1,8 @@
 //! `stasis` run as a child process, and a running `stasis mount` (as root with
 //! /dev/fuse, as in CI). Included by the tests that mount, with `#[path]`.
 
+#![allow(dead_code)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -57,6 +57,10 @@ impl Backend for Counting {
     fn sync(&self) -> stasis_store::Result<()> {
         self.inner.sync()
     }
+
+    fn locks(&self) -> &dyn stasis_store::lock::Locks {
+        self.inner.locks()
+    }
 }
 
 /// Deterministic incompressible bytes.
@@ -77,7 +81,7 @@ fn snapshot(store: &Store, cat: &mut Catalog, dir: &Path, vm: &str, bytes: &[u8]
     let path = dir.join(format!("{vm}.img"));
     std::fs::write(&path, bytes).expect("write input");
     let f = File::open(&path).expect("open input");
-    let mut w = store.writer(Compression::default());
+    let mut w = store.writer(Compression::default()).expect("writer");
     let bs = store.config().block_sizes.get(Role::Disk);
     let (m, st) = stasis_store::ingest::ingest_full(&mut w, &f, bytes.len() as u64, bs, &|_| {})
         .expect("ingest");
