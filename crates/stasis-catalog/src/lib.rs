@@ -35,7 +35,7 @@ use stasis_store::manifest::{BlockRef, Manifest};
 pub use error::{Error, ErrorKind, Result};
 pub use fields::{CompressionState, Hypervisor, Kind, PowerState, now, parse_expiry, parse_tag};
 pub use filter::{ListFilter, SortField};
-pub use ids::{new_id, validate_name};
+pub use ids::{new_id, validate_file_name, validate_name};
 pub use record::{CompressionInfo, Event, NewPayload, NewSnapshot, Payload, Snapshot, Status, Vm};
 
 /// The catalog of a repository.
