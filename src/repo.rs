@@ -96,7 +96,8 @@ impl Context {
             Store::open(backend).map(|s| (s, Vec::new()))
         }
         .with_context(|| format!("opening the repository at {}", path.display()))?;
-        let catalog = Catalog::open(&path.join("catalog.db"))?;
+        let mut catalog = Catalog::open(&path.join("catalog.db"))?;
+        crate::faults::hook_catalog(&mut catalog)?;
         Ok((
             Repo {
                 path,

@@ -1,6 +1,9 @@
 //! Crash safety of the real binary: `create`, `delete` and `gc` on ext4 images, killed
-//! with SIGKILL between every two steps of their write/fsync order (`STASIS_KILL_AT`,
-//! see `src/faults.rs`) and at random moments. After every kill:
+//! with SIGKILL between every two steps of their write/fsync order and inside every
+//! catalog write (`STASIS_KILL_AT`, see `src/faults.rs`), then at random moments. The
+//! steps are counted and asserted; the random moments only add coverage (how many of
+//! them land before the command ends depends on timing, so nothing asserts it). After
+//! every kill:
 //! - `verify --read-data` finds no problem (packs no index names are allowed: garbage);
 //! - every snapshot committed before restores byte-identical;
 //! - the interrupted snapshot is absent or complete;
@@ -193,30 +196,25 @@ impl Scenario {
     }
 
     /// Every step, then `timed` random moments within an unkilled run's duration.
-    /// Returns the number of kills.
-    fn run(&self, timed: u32, seed: u64) -> u32 {
-        let mut kills = 0;
+    /// Returns the number of steps (each one killed once).
+    fn run(&self, timed: u32, seed: u64) -> u64 {
         let mut step = 0;
         while self.round(
             Kill::AtStep(step),
             &format!("{:?} killed at step {step}", self.command),
         ) {
-            kills += 1;
             step += 1;
             assert!(step < 500, "the command never finished");
         }
         eprintln!("{:?}: killed at each of its {step} steps", self.command);
-        assert!(
-            step >= 3 || self.deletes.is_some(),
-            "{:?}: only {step} steps",
-            self.command
-        );
+        assert!(step >= 3, "{:?}: only {step} steps", self.command);
         let repo = self.work();
         copy_dir(&self.template, &repo);
         let t = Instant::now();
         ok(&repo, &self.args());
         let span = t.elapsed().as_micros().max(1000) as u64;
         let mut x = seed | 1;
+        let mut kills = 0;
         for i in 0..timed {
             x ^= x << 13;
             x ^= x >> 7;
@@ -229,7 +227,11 @@ impl Scenario {
                 kills += 1;
             }
         }
-        kills
+        eprintln!(
+            "{:?}: killed at {kills} of {timed} random moments",
+            self.command
+        );
+        step
     }
 }
 
@@ -294,9 +296,8 @@ fn create_survives_sigkill_anywhere() {
         template,
         dir,
     };
-    let kills = s.run(55, 11);
-    eprintln!("create: {kills} kills");
-    assert!(kills >= 40, "{kills}");
+    let steps = s.run(55, 11);
+    assert!(steps >= 10, "create: {steps} steps");
 }
 
 #[test]
@@ -313,9 +314,8 @@ fn gc_survives_sigkill_anywhere() {
         template,
         dir,
     };
-    let kills = s.run(55, 23);
-    eprintln!("gc: {kills} kills");
-    assert!(kills >= 45, "{kills}");
+    let steps = s.run(55, 23);
+    assert!(steps >= 12, "gc: {steps} steps");
 }
 
 #[test]
@@ -330,9 +330,8 @@ fn delete_survives_sigkill_anywhere() {
         template,
         dir,
     };
-    let kills = s.run(70, 37);
-    eprintln!("delete: {kills} kills");
-    assert!(kills >= 40, "{kills}");
+    let steps = s.run(70, 37);
+    assert!(steps >= 6, "delete: {steps} steps");
 }
 
 /// A create of a memory payload (4 KiB blocks: many more tree nodes per pack), killed
@@ -355,7 +354,6 @@ fn memory_create_survives_sigkill_anywhere() {
         template,
         dir,
     };
-    let kills = s.run(55, 51);
-    eprintln!("memory create: {kills} kills");
-    assert!(kills >= 40, "{kills}");
+    let steps = s.run(55, 51);
+    assert!(steps >= 10, "memory create: {steps} steps");
 }

@@ -168,6 +168,36 @@ fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
 }
 
 impl Catalog {
+    /// Call `hook` before every row this connection writes and before every commit
+    /// (fault injection: the crash tests kill the process from it, so that a catalog
+    /// write is interrupted at each of its steps). `None` removes it.
+    pub fn on_write(&mut self, hook: Option<fn()>) -> Result<()> {
+        match hook {
+            Some(f) => {
+                self.conn
+                    .update_hook(Some(
+                        move |_: rusqlite::hooks::Action, _: &str, _: &str, _: i64| f(),
+                    ))
+                    .map_err(db("installing the write hook"))?;
+                self.conn
+                    .commit_hook(Some(move || {
+                        f();
+                        false
+                    }))
+                    .map_err(db("installing the commit hook"))?;
+            }
+            None => {
+                self.conn
+                    .update_hook(None::<fn(rusqlite::hooks::Action, &str, &str, i64)>)
+                    .map_err(db("removing the write hook"))?;
+                self.conn
+                    .commit_hook(None::<fn() -> bool>)
+                    .map_err(db("removing the commit hook"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Open (creating if needed) the catalog database at `path` and migrate it.
     pub fn open(path: &Path) -> Result<Catalog> {
         let conn = Connection::open(path)
