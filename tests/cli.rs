@@ -478,18 +478,47 @@ fn odd_inputs_give_a_clear_error_or_a_correct_snapshot() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("shrank") || err.contains("changed"), "{err}");
     }
-    // An unreadable file (only meaningful when not root: root reads everything).
+    // An unreadable file. Root reads everything, so as root (CI) the create runs as
+    // `nobody`, with the repository handed to it.
+    let secret = env.path("secret");
+    fs::write(&secret, b"x").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).expect("chmod");
+    let args = ["create", "vm", "secret", "--disk", &disk(&secret)];
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        let secret = env.path("secret");
-        fs::write(&secret, b"x").expect("write");
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).expect("chmod");
-        env.fails(
-            &["create", "vm", "secret", "--disk", &disk(&secret)],
-            "ermission",
-        );
+        env.fails(&args, "ermission");
+    } else {
+        const NOBODY: u32 = 65534;
+        fn chown_tree(p: &Path) {
+            std::os::unix::fs::lchown(p, Some(NOBODY), Some(NOBODY)).expect("chown");
+            if fs::symlink_metadata(p).expect("stat").is_dir() {
+                for e in fs::read_dir(p).expect("ls") {
+                    chown_tree(&e.expect("entry").path());
+                }
+            }
+        }
+        chown_tree(&env.path("repo"));
+        fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(BIN)
+            .arg("--repo")
+            .arg(env.path("repo"))
+            .args(args)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .expect("run as nobody");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("ermission"), "{err}");
     }
+    let names = env.json(&["list"]);
+    assert!(
+        names
+            .as_array()
+            .is_some_and(|a| a.iter().all(|s| s["name"] != "secret")),
+        "{names}"
+    );
     assert_eq!(
         env.json(&["verify", "--read-data"])["ok"],
         Value::Bool(true)

@@ -236,6 +236,45 @@ fn mount_refuses_bad_mountpoints() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{err}");
     }
+    let mount_fails = |point: &Path, needle: &str| {
+        let out = Command::new(BIN)
+            .arg("--repo")
+            .arg(&repo)
+            .arg("mount")
+            .arg(point)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{needle}: {err}"
+        );
+    };
+    // A directory with something in it.
+    let full = dir.path().join("full");
+    fs::create_dir(&full).expect("mkdir");
+    fs::write(full.join("x"), b"x").expect("write");
+    mount_fails(&full, "not empty");
+
+    // Busy: a mount is running there.
+    let point = dir.path().join("mnt");
+    let m = Mount::start(&repo, &point);
+    mount_fails(&point, "busy");
+    // SIGTERM unmounts cleanly: exit 0 and the directory is plain again.
+    let st = m.signal(libc::SIGTERM);
+    assert!(st.success(), "{st}");
+    assert!(!point.join("vms").exists());
+    let m = Mount::start(&repo, &point);
+    let st = m.signal(libc::SIGINT);
+    assert!(st.success(), "{st}");
+
+    // Stale: the mount process died without unmounting.
+    let m = Mount::start(&repo, &point);
+    let st = m.signal(libc::SIGKILL);
+    assert!(!st.success());
+    mount_fails(&point, "stale");
+    stasis(&repo, &["umount", point.to_str().expect("utf8")]);
+    Mount::start(&repo, &point).stop();
 }
 
 fn fails(repo: &Path, args: &[&str], needle: &str) {

@@ -83,6 +83,18 @@ impl Mount {
     }
 }
 
+impl Mount {
+    /// Send `sig` to the mount process and wait for it; its exit status.
+    pub fn signal(mut self, sig: i32) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(c.id() as i32, sig);
+        }
+        c.wait().expect("wait")
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
