@@ -124,7 +124,9 @@ fn block_read(c: &mut Criterion) {
         return;
     };
     let data = sample(8 << 20);
-    let mut w = store.writer(Compression::default());
+    let Ok(mut w) = store.writer(Compression::default()) else {
+        return;
+    };
     let ids: Vec<Id> = data
         .chunks(65536)
         .map(|b| {

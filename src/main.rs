@@ -1,6 +1,7 @@
 //! `stasis`: the command-line interface of the stasis VM snapshot store.
 
 mod cmd;
+mod faults;
 mod output;
 mod repo;
 
@@ -55,6 +56,8 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Space used: logical and stored bytes, dedup and compression ratios.
     Du(cmd::du::Args),
+    /// Remove blocks no snapshot uses; repack packs that became mostly garbage.
+    Gc(cmd::gc::Args),
     /// Serve the hypeman-compatible Snapshots HTTP API (bearer tokens, tenants).
     Serve(cmd::serve::ServeArgs),
     /// Create, list or revoke the HTTP API's bearer tokens.
@@ -98,16 +101,33 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::restore::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Du(a) => cmd::du::run(&ctx, a),
+        Command::Gc(a) => cmd::gc::run(&ctx, a),
         Command::Serve(a) => cmd::serve::serve(&ctx, a),
         Command::Token(a) => cmd::serve::token(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("stasis: error: {e:#}");
+            eprintln!("stasis: error: {}", message(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text the message
+/// already carries (the crates' errors print their source themselves).
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// Die quietly on a closed stdout (`stasis list | head`) like other Unix tools, instead

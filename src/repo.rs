@@ -64,6 +64,16 @@ pub fn init(path: &Path, config: RepoConfig) -> Result<Repo> {
 impl Context {
     /// Open the repository; the default one is created on first use.
     pub fn open(&self) -> Result<Repo> {
+        self.open_with(false).map(|(r, _)| r)
+    }
+
+    /// Open a possibly damaged repository (verify, repair): index files that fail
+    /// their checks are left out and returned.
+    pub fn open_damaged(&self) -> Result<(Repo, Vec<(String, stasis_store::Error)>)> {
+        self.open_with(true)
+    }
+
+    fn open_with(&self, damaged: bool) -> Result<(Repo, Vec<(String, stasis_store::Error)>)> {
         let (path, explicit) = match &self.repo {
             Some(p) => (p.clone(), true),
             None => (default_path()?, false),
@@ -76,17 +86,26 @@ impl Context {
                     path.display()
                 );
             }
-            return init(&path, RepoConfig::default());
+            return Ok((init(&path, RepoConfig::default())?, Vec::new()));
         }
         let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(store_dir(&path))?);
-        let store = Store::open(backend)
-            .with_context(|| format!("opening the repository at {}", path.display()))?;
-        let catalog = Catalog::open(&path.join("catalog.db"))?;
-        Ok(Repo {
-            path,
-            store,
-            catalog,
-        })
+        let backend = crate::faults::KillAt::wrap(backend);
+        let (store, bad) = if damaged {
+            Store::open_damaged(backend)
+        } else {
+            Store::open(backend).map(|s| (s, Vec::new()))
+        }
+        .with_context(|| format!("opening the repository at {}", path.display()))?;
+        let mut catalog = Catalog::open(&path.join("catalog.db"))?;
+        crate::faults::hook_catalog(&mut catalog)?;
+        Ok((
+            Repo {
+                path,
+                store,
+                catalog,
+            },
+            bad,
+        ))
     }
 
     /// The repository path that `open` would use.

@@ -1,7 +1,7 @@
 //! End-to-end tests: the real `stasis` binary on real ext4 images.
 
 mod common;
-use common::noise;
+use common::{noise, sh};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -66,69 +66,12 @@ impl Env {
     }
 }
 
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A 96 MiB ext4 image made with `mkfs.ext4 -d` from a tree of text, binary-like and
-/// random files, like a small root filesystem.
 fn make_ext4(env: &Env, name: &str) -> PathBuf {
-    let src = env.path(&format!("{name}-src"));
-    for d in ["etc", "usr/bin", "var/log", "home/user"] {
-        fs::create_dir_all(src.join(d)).expect("mkdir");
-    }
-    for i in 0..40 {
-        let text: String = (0..200)
-            .map(|k| format!("line {k} of config file {i}: key=value\n"))
-            .collect();
-        fs::write(src.join(format!("etc/conf{i}")), text).expect("write");
-    }
-    // Binary-like files: repeated structure with some noise, some shared between files.
-    let shared = noise(300_000, 7);
-    for i in 0..12 {
-        let mut b = shared.clone();
-        b.extend(noise(100_000 + i * 5000, i as u64 + 100));
-        fs::write(src.join(format!("usr/bin/tool{i}")), b).expect("write");
-    }
-    fs::write(src.join("home/user/random.bin"), noise(3 << 20, 42)).expect("write");
-    fs::write(src.join("var/log/syslog"), "boot ok\n".repeat(20_000)).expect("write");
-    let img = env.path(name);
-    sh(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-b", "4096", "-d"])
-        .arg(&src)
-        .arg(&img)
-        .arg("96M"));
-    img
+    common::make_ext4(env.dir.path(), name, "96M")
 }
 
-/// Change an image in place the way a running VM would: new files, a deletion, a
-/// rewritten log (through debugfs, so the filesystem stays consistent).
 fn modify_ext4(env: &Env, img: &Path, seed: u64) {
-    let new = env.path(&format!("new-{seed}"));
-    fs::write(&new, noise(2 << 20, seed)).expect("write");
-    let log = env.path(&format!("log-{seed}"));
-    fs::write(&log, format!("boot ok {seed}\n").repeat(30_000)).expect("write");
-    let cmds = env.path(&format!("cmds-{seed}"));
-    fs::write(
-        &cmds,
-        format!(
-            "write {} home/user/new{seed}.bin\nrm var/log/syslog\nwrite {} var/log/syslog\nrm etc/conf{}\n",
-            new.display(),
-            log.display(),
-            seed % 40
-        ),
-    )
-    .expect("write");
-    sh(Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(&cmds)
-        .arg(img));
+    common::modify_ext4(env.dir.path(), img, seed)
 }
 
 /// A sparse diff layer of `new` over `old`: changed 4 KiB pages written, holes elsewhere.
@@ -433,6 +376,153 @@ fn bad_input_is_refused_and_changes_nothing() {
         "refused creates left nothing behind"
     );
     assert_eq!(env.json(&["verify"])["ok"], Value::Bool(true));
+}
+
+/// Inputs that are not what they claim: a clear error, or a correct snapshot; never a
+/// panic, and never a partial snapshot left active.
+#[test]
+fn odd_inputs_give_a_clear_error_or_a_correct_snapshot() {
+    use std::os::unix::fs::FileExt;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let disk = |p: &Path| format!("root={}", p.display());
+    // Devices that are not block devices, and a FIFO: refused.
+    for dev in ["/dev/null", "/dev/zero", "/dev/urandom"] {
+        env.fails(
+            &["create", "vm", "dev", "--disk", &format!("root={dev}")],
+            "not a regular file",
+        );
+    }
+    let fifo = env.path("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    env.fails(
+        &["create", "vm", "fifo", "--disk", &disk(&fifo)],
+        "not a regular file",
+    );
+    // Empty, one byte, and an enormous sparse file with data only at its ends: stored
+    // and restored exactly.
+    let empty = env.path("empty");
+    fs::write(&empty, b"").expect("write");
+    let one = env.path("one");
+    fs::write(&one, b"x").expect("write");
+    let huge = env.path("huge");
+    let f = File::create(&huge).expect("create");
+    f.set_len(1 << 40).expect("1 TiB");
+    f.write_all_at(b"head", 0).expect("write");
+    f.write_all_at(b"tail", (1 << 40) - 4).expect("write");
+    drop(f);
+    for (name, p) in [("empty", &empty), ("one", &one), ("huge", &huge)] {
+        env.ok(&["create", "vm", name, "--disk", &disk(p)]);
+        let out = env.path(&format!("out-{name}"));
+        env.ok(&[
+            "restore",
+            &format!("vm/{name}"),
+            out.to_str().expect("utf8"),
+        ]);
+        let got = out.join("root");
+        assert_eq!(
+            fs::metadata(&got).expect("stat").len(),
+            fs::metadata(p).expect("stat").len()
+        );
+        if name == "huge" {
+            let g = File::open(&got).expect("open");
+            let mut b = [0u8; 4];
+            g.read_exact_at(&mut b, 0).expect("read");
+            assert_eq!(&b, b"head");
+            g.read_exact_at(&mut b, (1 << 40) - 4).expect("read");
+            assert_eq!(&b, b"tail");
+            use std::os::unix::fs::MetadataExt;
+            assert!(
+                fs::metadata(&got).expect("stat").blocks() < 4096,
+                "restored sparse"
+            );
+        } else {
+            assert!(same(&got, p), "{name}");
+        }
+    }
+    // A file that shrinks while it is read: whatever the timing, either a clear error
+    // and no snapshot, or a snapshot that restores to the file before or after.
+    let big = env.path("shrinks");
+    let full = noise(64 << 20, 3);
+    fs::write(&big, &full).expect("write");
+    let child = Command::new(BIN)
+        .arg("--repo")
+        .arg(env.path("repo"))
+        .args(["create", "vm", "shrinks", "--disk", &disk(&big)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let f = fs::OpenOptions::new().write(true).open(&big).expect("open");
+    f.set_len(1 << 20).expect("shrink");
+    drop(f);
+    let out = child.wait_with_output().expect("wait");
+    let listed = env.json(&["list", "--vm", "vm"]);
+    let present = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .any(|s| s["name"] == "shrinks");
+    if out.status.success() {
+        assert!(present);
+        let o = env.path("out-shrinks");
+        env.ok(&["restore", "vm/shrinks", o.to_str().expect("utf8")]);
+        let got = fs::read(o.join("root")).expect("read");
+        assert!(
+            got == full || got == full[..1 << 20],
+            "restores to a whole version"
+        );
+    } else {
+        assert!(!present, "a failed create leaves no snapshot");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("shrank") || err.contains("changed"), "{err}");
+    }
+    // An unreadable file. Root reads everything, so as root (CI) the create runs as
+    // `nobody`, with the repository handed to it.
+    let secret = env.path("secret");
+    fs::write(&secret, b"x").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).expect("chmod");
+    let args = ["create", "vm", "secret", "--disk", &disk(&secret)];
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        env.fails(&args, "ermission");
+    } else {
+        const NOBODY: u32 = 65534;
+        fn chown_tree(p: &Path) {
+            std::os::unix::fs::lchown(p, Some(NOBODY), Some(NOBODY)).expect("chown");
+            if fs::symlink_metadata(p).expect("stat").is_dir() {
+                for e in fs::read_dir(p).expect("ls") {
+                    chown_tree(&e.expect("entry").path());
+                }
+            }
+        }
+        chown_tree(&env.path("repo"));
+        fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(BIN)
+            .arg("--repo")
+            .arg(env.path("repo"))
+            .args(args)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .expect("run as nobody");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("ermission"), "{err}");
+    }
+    let names = env.json(&["list"]);
+    assert!(
+        names
+            .as_array()
+            .is_some_and(|a| a.iter().all(|s| s["name"] != "secret")),
+        "{names}"
+    );
+    assert_eq!(
+        env.json(&["verify", "--read-data"])["ok"],
+        Value::Bool(true)
+    );
 }
 
 #[test]

@@ -2,97 +2,14 @@
 //! /dev/fuse, as in CI) and the tests read through the kernel.
 
 mod common;
+#[path = "common/mount.rs"]
+mod mount;
 use common::noise;
+use mount::{BIN, Mount, stasis};
 use std::fs::{self, File};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_stasis");
-
-fn stasis(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .output()
-        .expect("run stasis");
-    assert!(
-        out.status.success(),
-        "stasis {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
-}
-
-/// A running `stasis mount`; unmounted (and reaped) on drop, also when a test fails.
-struct Mount {
-    child: Option<Child>,
-    point: PathBuf,
-}
-
-impl Mount {
-    fn start(repo: &Path, point: &Path) -> Mount {
-        assert!(
-            Path::new("/dev/fuse").exists(),
-            "FUSE tests need /dev/fuse (CI runs them as root)"
-        );
-        fs::create_dir_all(point).expect("mountpoint");
-        let child = Command::new(BIN)
-            .arg("--repo")
-            .arg(repo)
-            .arg("mount")
-            .arg(point)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mount");
-        let mut m = Mount {
-            child: Some(child),
-            point: point.to_path_buf(),
-        };
-        // Wait until the kernel shows our root (bounded; failure is an error, not a skip).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !point.join("vms").exists() {
-            if let Some(c) = m.child.as_mut()
-                && let Ok(Some(st)) = c.try_wait()
-            {
-                panic!("stasis mount exited early: {st}");
-            }
-            assert!(Instant::now() < deadline, "mount did not appear");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        m
-    }
-
-    fn stop(mut self) {
-        let out = Command::new(BIN)
-            .arg("umount")
-            .arg(&self.point)
-            .output()
-            .expect("umount");
-        assert!(
-            out.status.success(),
-            "umount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let st = self.child.take().map(|mut c| c.wait().expect("wait"));
-        assert!(
-            st.is_some_and(|s| s.success()),
-            "stasis mount exits cleanly after umount"
-        );
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new(BIN).arg("umount").arg(&self.point).output();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use std::path::Path;
+use std::process::Command;
 
 /// A sparse disk with data, zero runs and holes.
 fn sparse_disk(path: &Path, seed: u64) -> Vec<u8> {
@@ -319,6 +236,45 @@ fn mount_refuses_bad_mountpoints() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{err}");
     }
+    let mount_fails = |point: &Path, needle: &str| {
+        let out = Command::new(BIN)
+            .arg("--repo")
+            .arg(&repo)
+            .arg("mount")
+            .arg(point)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{needle}: {err}"
+        );
+    };
+    // A directory with something in it.
+    let full = dir.path().join("full");
+    fs::create_dir(&full).expect("mkdir");
+    fs::write(full.join("x"), b"x").expect("write");
+    mount_fails(&full, "not empty");
+
+    // Busy: a mount is running there.
+    let point = dir.path().join("mnt");
+    let m = Mount::start(&repo, &point);
+    mount_fails(&point, "busy");
+    // SIGTERM unmounts cleanly: exit 0 and the directory is plain again.
+    let st = m.signal(libc::SIGTERM);
+    assert!(st.success(), "{st}");
+    assert!(!point.join("vms").exists());
+    let m = Mount::start(&repo, &point);
+    let st = m.signal(libc::SIGINT);
+    assert!(st.success(), "{st}");
+
+    // Stale: the mount process died without unmounting.
+    let m = Mount::start(&repo, &point);
+    let st = m.signal(libc::SIGKILL);
+    assert!(!st.success());
+    mount_fails(&point, "stale");
+    stasis(&repo, &["umount", point.to_str().expect("utf8")]);
+    Mount::start(&repo, &point).stop();
 }
 
 fn fails(repo: &Path, args: &[&str], needle: &str) {

@@ -19,6 +19,10 @@ pub struct Args {
     /// Compression level (zstd 1-19, default 1; lz4 0-9, default 0).
     #[arg(long)]
     level: Option<i32>,
+    /// Target size of pack files (1MiB-1GiB; default 32MiB). Smaller packs make gc
+    /// repack less at a time; larger ones mean fewer files.
+    #[arg(long, value_name = "SIZE")]
+    pack_size: Option<String>,
 }
 
 /// Parse `--block-size` values into `config`: plain sizes first, then per-role ones.
@@ -45,6 +49,12 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         bail!("--level makes no sense with --compression none");
     }
     config.compression = Compression::new(algo, a.level)?;
+    if let Some(p) = &a.pack_size {
+        config.pack_size = parse_size(p)?;
+        if !(1 << 20..=1 << 30).contains(&config.pack_size) {
+            bail!("--pack-size must be between 1MiB and 1GiB, not {p}");
+        }
+    }
     let path = ctx.path()?;
     let repo = repo::init(&path, config)?;
     let c = repo.store.config();

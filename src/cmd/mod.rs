@@ -3,6 +3,7 @@
 pub mod create;
 pub mod du;
 pub mod fork;
+pub mod gc;
 pub mod init;
 pub mod list;
 pub mod mount;

@@ -23,17 +23,51 @@ pub struct UmountArgs {
     mountpoint: PathBuf,
 }
 
+fn stale(p: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is a stale mount left by a process that died; run `stasis umount {}` first",
+        p.display(),
+        p.display()
+    )
+}
+
 fn check_mountpoint(p: &Path) -> Result<()> {
-    match std::fs::metadata(p) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => bail!("{} is not a directory", p.display()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
-            "{} is a stale mount left by a process that died; run `stasis umount {}` first",
+    use std::os::unix::fs::MetadataExt;
+    let is_stale = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
+    let m = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) if is_stale(&e) => return Err(stale(p)),
+        Err(e) => return Err(e).with_context(|| format!("mountpoint {}", p.display())),
+    };
+    if !m.is_dir() {
+        bail!("{} is not a directory", p.display());
+    }
+    // The kernel may answer stat of a dead FUSE mount's root from its cache; listing
+    // it reaches the (gone) server.
+    let mut entries = match std::fs::read_dir(p) {
+        Ok(entries) => entries,
+        Err(e) if is_stale(&e) => return Err(stale(p)),
+        Err(e) => return Err(e).with_context(|| format!("mountpoint {}", p.display())),
+    };
+    // A directory on another device than its parent is a mount point already.
+    if std::fs::metadata(p.join("..")).is_ok_and(|pm| pm.dev() != m.dev()) {
+        bail!(
+            "{} is busy: something is mounted there already (`stasis umount {}` if it is a stasis mount)",
             p.display(),
             p.display()
-        ),
-        Err(e) => Err(e).with_context(|| format!("mountpoint {}", p.display())),
+        );
     }
+    let first = match entries.next() {
+        Some(Err(e)) if is_stale(&e) => return Err(stale(p)),
+        other => other,
+    };
+    if first.is_some() {
+        bail!(
+            "{} is not empty; a mount would hide what is in it",
+            p.display()
+        );
+    }
+    Ok(())
 }
 
 /// Block SIGINT and SIGTERM in this and every later thread, and unmount when one comes.

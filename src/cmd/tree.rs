@@ -175,7 +175,7 @@ pub fn delete(ctx: &Context, a: DeleteArgs) -> Result<()> {
         println!("nothing to delete");
     } else {
         println!(
-            "(blocks are freed by `stasis gc`; deleted snapshots stay listable with `list --all` until then)"
+            "(blocks are freed by `stasis gc`; deleted snapshots stay listable with `list --all`)"
         );
     }
     Ok(())

@@ -1,4 +1,9 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests (each test crate uses some of them).
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Deterministic incompressible bytes (xorshift64), `n` of them from `seed`.
 pub fn noise(n: usize, seed: u64) -> Vec<u8> {
@@ -11,4 +16,69 @@ pub fn noise(n: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+pub fn sh(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An ext4 image (`size`, e.g. `96M`) made with `mkfs.ext4 -d` from a tree of text, binary-like and
+/// random files, like a small root filesystem.
+pub fn make_ext4(dir: &Path, name: &str, size: &str) -> PathBuf {
+    let src = dir.join(format!("{name}-src"));
+    for d in ["etc", "usr/bin", "var/log", "home/user"] {
+        fs::create_dir_all(src.join(d)).expect("mkdir");
+    }
+    for i in 0..40 {
+        let text: String = (0..200)
+            .map(|k| format!("line {k} of config file {i}: key=value\n"))
+            .collect();
+        fs::write(src.join(format!("etc/conf{i}")), text).expect("write");
+    }
+    // Binary-like files: repeated structure with some noise, some shared between files.
+    let shared = noise(300_000, 7);
+    for i in 0..12 {
+        let mut b = shared.clone();
+        b.extend(noise(100_000 + i * 5000, i as u64 + 100));
+        fs::write(src.join(format!("usr/bin/tool{i}")), b).expect("write");
+    }
+    fs::write(src.join("home/user/random.bin"), noise(3 << 20, 42)).expect("write");
+    fs::write(src.join("var/log/syslog"), "boot ok\n".repeat(20_000)).expect("write");
+    let img = dir.join(name);
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-b", "4096", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg(size));
+    img
+}
+
+/// Change an image in place the way a running VM would: new files, a deletion, a
+/// rewritten log (through debugfs, so the filesystem stays consistent).
+pub fn modify_ext4(dir: &Path, img: &Path, seed: u64) {
+    let new = dir.join(format!("new-{seed}"));
+    fs::write(&new, noise(2 << 20, seed)).expect("write");
+    let log = dir.join(format!("log-{seed}"));
+    fs::write(&log, format!("boot ok {seed}\n").repeat(30_000)).expect("write");
+    let cmds = dir.join(format!("cmds-{seed}"));
+    fs::write(
+        &cmds,
+        format!(
+            "write {} home/user/new{seed}.bin\nrm var/log/syslog\nwrite {} var/log/syslog\nrm etc/conf{}\n",
+            new.display(),
+            log.display(),
+            seed % 40
+        ),
+    )
+    .expect("write");
+    sh(Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmds)
+        .arg(img));
 }

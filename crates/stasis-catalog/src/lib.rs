@@ -36,7 +36,7 @@ use stasis_store::manifest::{BlockRef, Manifest};
 pub use error::{Error, ErrorKind, Result};
 pub use fields::{CompressionState, Hypervisor, Kind, PowerState, now, parse_expiry, parse_tag};
 pub use filter::{ListFilter, SortField};
-pub use ids::{new_id, validate_name};
+pub use ids::{new_id, validate_file_name, validate_name};
 pub use record::{
     CompressionInfo, Event, NewPayload, NewSnapshot, Payload, Snapshot, Status, Token, Vm,
 };
@@ -128,6 +128,29 @@ fn root_to_text(m: &Manifest) -> String {
     }
 }
 
+/// The check stored with a payload row (after `#` in its `root` column): the first 64
+/// bits of a blake3 over every field of the row. SQLite has no page checksums; this
+/// makes a damaged payload row an error instead of a wrong size or root.
+#[allow(clippy::too_many_arguments)]
+fn payload_check(
+    snapshot_id: &str,
+    name: &str,
+    role: &str,
+    size: i64,
+    allocated: i64,
+    data_bytes: i64,
+    block_size: i64,
+    fanout: i64,
+    root: &str,
+) -> String {
+    let text = format!(
+        "{snapshot_id}\0{name}\0{role}\0{size}\0{allocated}\0{data_bytes}\0{block_size}\0{fanout}\0{root}"
+    );
+    let mut hex = stasis_store::id::Id::of(text.as_bytes()).to_hex();
+    hex.truncate(16);
+    hex
+}
+
 fn root_from_text(s: &str) -> Result<BlockRef> {
     Ok(match s {
         "hole" => BlockRef::Hole,
@@ -153,6 +176,36 @@ fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
 }
 
 impl Catalog {
+    /// Call `hook` before every row this connection writes and before every commit
+    /// (fault injection: the crash tests kill the process from it, so that a catalog
+    /// write is interrupted at each of its steps). `None` removes it.
+    pub fn on_write(&mut self, hook: Option<fn()>) -> Result<()> {
+        match hook {
+            Some(f) => {
+                self.conn
+                    .update_hook(Some(
+                        move |_: rusqlite::hooks::Action, _: &str, _: &str, _: i64| f(),
+                    ))
+                    .map_err(db("installing the write hook"))?;
+                self.conn
+                    .commit_hook(Some(move || {
+                        f();
+                        false
+                    }))
+                    .map_err(db("installing the commit hook"))?;
+            }
+            None => {
+                self.conn
+                    .update_hook(None::<fn(rusqlite::hooks::Action, &str, &str, i64)>)
+                    .map_err(db("removing the write hook"))?;
+                self.conn
+                    .commit_hook(None::<fn() -> bool>)
+                    .map_err(db("removing the commit hook"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Open (creating if needed) the catalog database at `path` and migrate it.
     pub fn open(path: &Path) -> Result<Catalog> {
         let conn = Connection::open(path)
@@ -398,11 +451,31 @@ impl Catalog {
                     "payload {name} of {snapshot_id} has invalid fields"
                 ))
             };
+            // Rows written before checks existed have none.
+            let (root, check) = root.split_once('#').unwrap_or((&root, ""));
+            if !check.is_empty()
+                && check
+                    != payload_check(
+                        snapshot_id,
+                        &name,
+                        &role,
+                        size,
+                        allocated,
+                        data_bytes,
+                        bs,
+                        fanout,
+                        root,
+                    )
+            {
+                return Err(Error::corrupt(format!(
+                    "the catalog row of payload {name} of {snapshot_id} fails its check (damaged database)"
+                )));
+            }
             let manifest = Manifest {
                 size: u64::try_from(size).map_err(|_| bad())?,
                 block_size: u32::try_from(bs).map_err(|_| bad())?,
                 fanout: u32::try_from(fanout).map_err(|_| bad())?,
-                root: root_from_text(&root)?,
+                root: root_from_text(root)?,
             };
             out.push(Payload {
                 role: role.parse::<Role>().map_err(|_| bad())?,
@@ -411,6 +484,26 @@ impl Catalog {
                 name,
                 manifest,
             });
+        }
+        Ok(out)
+    }
+
+    /// SQLite's own structural check of the database file (`PRAGMA quick_check`):
+    /// the problems it names, empty when it finds none.
+    pub fn check_integrity(&self) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("PRAGMA quick_check")
+            .map_err(db("checking the database"))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(db("checking the database"))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let line = r.map_err(db("checking the database"))?;
+            if line != "ok" {
+                out.push(line);
+            }
         }
         Ok(out)
     }
@@ -547,6 +640,18 @@ impl Catalog {
         )
         .map_err(db("inserting the snapshot"))?;
         for (pos, p) in new.payloads.iter().enumerate() {
+            let root = root_to_text(&p.manifest);
+            let check = payload_check(
+                &id,
+                &p.name,
+                p.role.name(),
+                p.manifest.size as i64,
+                p.allocated as i64,
+                p.data_bytes as i64,
+                i64::from(p.manifest.block_size),
+                i64::from(p.manifest.fanout),
+                &root,
+            );
             tx.execute(
                 "INSERT INTO payloads (snapshot_id, position, name, role, size, allocated, data_bytes, block_size, fanout, root) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -560,7 +665,7 @@ impl Catalog {
                     p.data_bytes as i64,
                     i64::from(p.manifest.block_size),
                     i64::from(p.manifest.fanout),
-                    root_to_text(&p.manifest)
+                    format!("{root}#{check}")
                 ],
             )
             .map_err(db("inserting a payload"))?;

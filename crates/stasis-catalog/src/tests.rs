@@ -331,3 +331,27 @@ fn every_vm_has_a_tenant_and_a_foreign_one_is_not_found() {
     };
     assert_eq!(fork_snap.tenant, "acme");
 }
+
+/// A damaged payload row (a size, a root, a name changed behind the catalog's back) is
+/// a corruption error, never a wrong manifest; the database's own check runs clean.
+#[test]
+fn damaged_payload_rows_fail_their_check() {
+    let mut c = Catalog::open_in_memory().expect("open");
+    let a = c.create(&new_snap("vm1", "base", None)).expect("create");
+    assert!(c.check_integrity().expect("check").is_empty());
+    for damage in [
+        "UPDATE payloads SET size = size + 1",
+        "UPDATE payloads SET block_size = 4096",
+        "UPDATE payloads SET name = 'rooT'",
+        "UPDATE payloads SET root = 'hole' || substr(root, 5)",
+    ] {
+        c.conn.execute_batch("SAVEPOINT d").expect("savepoint");
+        c.conn.execute_batch(damage).expect("damage");
+        let err = c.payloads(&a.id).expect_err(damage);
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{damage}");
+        c.conn
+            .execute_batch("ROLLBACK TO d; RELEASE d")
+            .expect("undo");
+        assert_eq!(c.payloads(&a.id).expect("intact again").len(), 1);
+    }
+}

@@ -52,6 +52,8 @@ pub struct SnapshotFs {
     /// directory in many chunks, and each chunk is served from here.
     open_dirs: Mutex<HashMap<u64, Arc<Vec<Entry>>>>,
     next_handle: AtomicU64,
+    tuning: Tuning,
+    read_sizes: ReadSizes,
 }
 
 impl SnapshotFs {
@@ -61,6 +63,8 @@ impl SnapshotFs {
             tree: Tree::new(store, Mutex::new(catalog)),
             open_dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            tuning: Tuning::default(),
+            read_sizes: ReadSizes::default(),
         }
     }
 
@@ -69,29 +73,237 @@ impl SnapshotFs {
     }
 }
 
-/// Mount options used by stasis: read-only in content (writes fail with EROFS) but not
-/// MS_RDONLY, so QEMU's O_RDWR open of a memory file succeeds; two dispatch threads.
-pub fn config() -> Config {
-    let mut c = Config::default();
-    c.mount_options = vec![
-        MountOption::FSName("stasis".into()),
-        MountOption::Subtype("stasis".into()),
-        MountOption::DefaultPermissions,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
-    c.n_threads = Some(2);
-    c
+/// How a mount is set up: dispatch threads, request and readahead sizes. The defaults
+/// are what measured best here (`tools/bench-mount.sh`, README "The mount, measured"):
+/// the kernel's 128 KiB readahead for a FUSE mount held cold sequential reads to 128 KiB
+/// requests; with a 2 MiB bdi readahead they are 1 MiB requests, two in flight, and a
+/// cloned /dev/fuse descriptor per thread helped a little more. More threads or a larger
+/// max_background did not help on 2 cores.
+///
+/// `STASIS_FUSE_TUNING` overrides the defaults for experiments, as comma-separated
+/// `key=value` pairs: `threads=N`, `clone_fd=0|1`, `readahead=BYTES` (max_readahead
+/// negotiated at init, 4K..1M), `bdi_readahead=BYTES` (the mount's `read_ahead_kb`, 0 to
+/// leave the kernel's) and `background=N` (max_background: readahead requests in
+/// flight).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Threads that read requests from /dev/fuse and serve them.
+    pub threads: usize,
+    /// Give each thread its own /dev/fuse descriptor (FUSE_DEV_IOC_CLONE).
+    pub clone_fd: bool,
+    /// max_readahead answered at init.
+    pub readahead: u32,
+    /// The mount's readahead window (`/sys/class/bdi/<dev>/read_ahead_kb`), in bytes,
+    /// set after mounting (root only); 0 leaves the kernel's, which is the smaller of
+    /// max_readahead and 128 KiB. Requests stay at most 1 MiB (max_pages) each.
+    pub bdi_readahead: u32,
+    /// max_background answered at init.
+    pub background: u16,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            threads: 2,
+            clone_fd: true,
+            readahead: 1 << 20,
+            bdi_readahead: 2 << 20,
+            background: 16,
+        }
+    }
+}
+
+fn bad_tuning(what: &str) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("STASIS_FUSE_TUNING: {what}"),
+    )
+}
+
+impl Tuning {
+    /// The defaults, overridden by `STASIS_FUSE_TUNING` when it is set.
+    pub fn from_env() -> std::io::Result<Tuning> {
+        match std::env::var("STASIS_FUSE_TUNING") {
+            Ok(s) => Tuning::parse(&s),
+            Err(_) => Ok(Tuning::default()),
+        }
+    }
+
+    /// Parse `key=value,...` over the defaults.
+    pub fn parse(s: &str) -> std::io::Result<Tuning> {
+        let mut t = Tuning::default();
+        for kv in s.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| bad_tuning(&format!("{kv:?} is not key=value")))?;
+            let num = |v: &str| -> std::io::Result<u64> {
+                let (digits, mult) = match v.as_bytes().last() {
+                    Some(b'K' | b'k') => (&v[..v.len() - 1], 1u64 << 10),
+                    Some(b'M' | b'm') => (&v[..v.len() - 1], 1 << 20),
+                    _ => (v, 1),
+                };
+                digits
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|n| n.checked_mul(mult))
+                    .ok_or_else(|| bad_tuning(&format!("{k}: {v:?} is not a size")))
+            };
+            let small = |n: u64, max: u64| {
+                if n <= max {
+                    Ok(n)
+                } else {
+                    Err(bad_tuning(&format!("{k}={n} is larger than {max}")))
+                }
+            };
+            match k {
+                "threads" => t.threads = small(num(v)?, 64)?.max(1) as usize,
+                "clone_fd" => t.clone_fd = num(v)? != 0,
+                "readahead" => t.readahead = small(num(v)?, 1 << 20)?.max(4096) as u32,
+                "bdi_readahead" => t.bdi_readahead = small(num(v)?, 64 << 20)? as u32,
+                "background" => t.background = small(num(v)?, 1024)?.max(1) as u16,
+                _ => return Err(bad_tuning(&format!("unknown key {k:?}"))),
+            }
+        }
+        Ok(t)
+    }
+
+    /// Mount options and threads: read-only in content (writes fail with EROFS) but not
+    /// MS_RDONLY, so QEMU's O_RDWR open of a memory file succeeds. clone_fd is dropped
+    /// when this process cannot open /dev/fuse itself (each clone is a new open).
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.mount_options = vec![
+            MountOption::FSName("stasis".into()),
+            MountOption::Subtype("stasis".into()),
+            MountOption::DefaultPermissions,
+            MountOption::NoDev,
+            MountOption::NoSuid,
+        ];
+        c.n_threads = Some(self.threads);
+        c.clone_fd = self.clone_fd
+            && std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/fuse")
+                .is_ok();
+        c
+    }
+
+    /// What to answer the kernel's init with. fuser asks for FUSE_MAX_PAGES with
+    /// max_pages from its 16 MiB max_write, which the kernel caps (256 pages, 1 MiB,
+    /// here), so one request can carry 1 MiB.
+    pub fn init(&self, config: &mut KernelConfig) {
+        let _ = config.set_max_readahead(self.readahead);
+        let _ = config.set_max_background(self.background);
+    }
+
+    /// Set the mount's bdi readahead (needs root; a failure only costs speed).
+    /// `mountpoint` must be canonical. The mount's device number comes from
+    /// /proc/self/mountinfo: a stat of the mountpoint would wait for this very session,
+    /// which is not serving yet.
+    fn apply_bdi(&self, mountpoint: &Path) {
+        if self.bdi_readahead == 0 {
+            return;
+        }
+        let Some(dev) = mount_device(mountpoint) else {
+            tracing::debug!("stasis-fuse: {} not in mountinfo", mountpoint.display());
+            return;
+        };
+        let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+        if let Err(e) = std::fs::write(&path, format!("{}", self.bdi_readahead / 1024)) {
+            tracing::debug!("stasis-fuse: cannot set {path}: {e}");
+        }
+    }
+}
+
+/// `major:minor` of the filesystem mounted last at `mountpoint` (canonical), from
+/// /proc/self/mountinfo.
+fn mount_device(mountpoint: &Path) -> Option<String> {
+    let point = mountpoint.to_str()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // Fields: id parent major:minor root mountpoint ...; the kernel writes space, tab,
+    // newline and backslash in paths as octal escapes.
+    let unescape = |f: &str| {
+        f.replace("\\040", " ")
+            .replace("\\011", "\t")
+            .replace("\\012", "\n")
+            .replace("\\134", "\\")
+    };
+    info.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let dev = f.nth(2)?;
+        let mp = f.nth(1)?;
+        (unescape(mp) == point).then(|| dev.to_string())
+    })
+}
+
+/// Mount any filesystem at `mountpoint` with `tuning` and serve it until it is unmounted.
+/// `fs` must call [`Tuning::init`] from its `init`.
+pub fn serve_with<FS: Filesystem>(
+    fs: FS,
+    mountpoint: &Path,
+    tuning: &Tuning,
+) -> std::io::Result<()> {
+    let mountpoint = std::fs::canonicalize(mountpoint)?;
+    let session = fuser::Session::new(fs, &mountpoint, &tuning.config())?;
+    tuning.apply_bdi(&mountpoint);
+    session.run()
 }
 
 /// Mount `fs` at `mountpoint` in background threads; dropping the session unmounts.
-pub fn spawn(fs: SnapshotFs, mountpoint: &Path) -> std::io::Result<fuser::BackgroundSession> {
-    fuser::spawn_mount(fs, mountpoint, &config())
+pub fn spawn(mut fs: SnapshotFs, mountpoint: &Path) -> std::io::Result<fuser::BackgroundSession> {
+    let tuning = Tuning::from_env()?;
+    fs.tuning = tuning;
+    let mountpoint = std::fs::canonicalize(mountpoint)?;
+    let session = fuser::Session::new(fs, &mountpoint, &tuning.config())?;
+    tuning.apply_bdi(&mountpoint);
+    session.spawn()
 }
 
-/// Mount `fs` at `mountpoint` and serve until it is unmounted.
-pub fn serve(fs: SnapshotFs, mountpoint: &Path) -> std::io::Result<()> {
-    fuser::mount(fs, mountpoint, &config())
+/// Mount `fs` at `mountpoint` and serve until it is unmounted (tuned by
+/// `STASIS_FUSE_TUNING` when set, see [`Tuning`]).
+pub fn serve(mut fs: SnapshotFs, mountpoint: &Path) -> std::io::Result<()> {
+    let tuning = Tuning::from_env()?;
+    fs.tuning = tuning;
+    serve_with(fs, mountpoint, &tuning)
+}
+
+/// How many read requests of each size a mount served: whether the kernel sends large
+/// reads. Logged at unmount (`STASIS_LOG=stasis_fuse=info`).
+#[derive(Debug, Default)]
+pub struct ReadSizes {
+    /// Bucket k counts requests of (2^(k-1)*4K, 2^k*4K] bytes; the last one, larger.
+    buckets: [AtomicU64; 10],
+}
+
+impl ReadSizes {
+    /// Count one request of `size` bytes.
+    pub fn record(&self, size: u32) {
+        let pages = size.div_ceil(4096).max(1);
+        let k = (32 - (pages - 1).leading_zeros()) as usize;
+        self.buckets[k.min(self.buckets.len() - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `"<=4K:n <=8K:n ... >1M:n"`, non-empty buckets only.
+    pub fn summary(&self) -> String {
+        let last = self.buckets.len() - 1;
+        let size = |kib: u64| match kib {
+            k if k >= 1024 => format!("{}M", k / 1024),
+            k => format!("{k}K"),
+        };
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter_map(|(k, b)| {
+                let n = b.load(Ordering::Relaxed);
+                (n > 0).then(|| match k {
+                    k if k == last => format!(">{}:{n}", size(4 << (k - 1))),
+                    k => format!("<={}:{n}", size(4 << k)),
+                })
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// Unmount a stasis mount (lazy, like `umount -l`, so a busy mount detaches too).
@@ -110,9 +322,16 @@ pub fn unmount(mountpoint: &Path) -> std::io::Result<()> {
 
 impl Filesystem for SnapshotFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Large requests and readahead: a request can carry 1 MiB here.
-        let _ = config.set_max_readahead(1 << 20);
+        self.tuning.init(config);
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        tracing::info!(
+            "stasis-fuse: {:?}; read requests by size: {}",
+            self.tuning,
+            self.read_sizes.summary()
+        );
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -157,10 +376,16 @@ impl Filesystem for SnapshotFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.tree.read(ino.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
+        self.read_sizes.record(size);
+        // One buffer per dispatch thread, reused: a fresh 1 MiB per request costs page
+        // faults.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with_borrow_mut(|buf| match self.tree.read(ino.0, offset, size, buf) {
+            Ok(()) => reply.data(buf),
+            Err(e) => reply.error(e),
+        });
     }
 
     fn lseek(
@@ -269,5 +494,46 @@ impl Filesystem for SnapshotFs {
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         reply.error(Errno::EROFS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_parses_over_the_defaults() {
+        let d = Tuning::default();
+        assert_eq!(Tuning::parse("").expect("empty"), d);
+        let t =
+            Tuning::parse("threads=4, clone_fd=0,bdi_readahead=4M,readahead=512K").expect("parse");
+        assert_eq!(
+            t,
+            Tuning {
+                threads: 4,
+                clone_fd: false,
+                readahead: 512 << 10,
+                bdi_readahead: 4 << 20,
+                ..d
+            }
+        );
+        for bad in [
+            "threads",
+            "nope=1",
+            "threads=x",
+            "readahead=2M",
+            "background=1G",
+        ] {
+            assert!(Tuning::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn read_sizes_bucket_by_power_of_two_pages() {
+        let s = ReadSizes::default();
+        for size in [1, 4096, 4097, 128 << 10, 1 << 20, (1 << 20) + 1] {
+            s.record(size);
+        }
+        assert_eq!(s.summary(), "<=4K:2 <=8K:1 <=128K:1 <=1M:1 >1M:1");
     }
 }

@@ -415,23 +415,27 @@ impl Tree {
         self.attr(self.ino(child))
     }
 
-    /// Read up to `size` bytes at `offset`.
-    pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+    /// Read up to `size` bytes at `offset` into `buf` (its old contents are dropped; its
+    /// allocation is reused).
+    pub fn read(&self, ino: u64, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<(), Errno> {
+        buf.clear();
         match self.node(ino)? {
             Node::Payload { id, idx } => {
                 let p = self.payload(ino, &id, idx)?;
                 let reader = PayloadReader::new(&self.store, p.manifest).map_err(eio)?;
                 let len = u64::from(size).min(p.manifest.size.saturating_sub(offset));
-                let mut buf = vec![0u8; len as usize];
-                let n = reader.read_at(offset, &mut buf).map_err(eio)?;
+                // Zeroed, not just reserved: no byte of an earlier read can stay behind.
+                buf.resize(len as usize, 0);
+                let n = reader.read_at(offset, buf).map_err(eio)?;
                 buf.truncate(n);
-                Ok(buf)
+                Ok(())
             }
             Node::Json(id) => {
                 let (bytes, _) = self.json(&id)?;
                 let start = (offset as usize).min(bytes.len());
                 let end = start.saturating_add(size as usize).min(bytes.len());
-                Ok(bytes[start..end].to_vec())
+                buf.extend_from_slice(&bytes[start..end]);
+                Ok(())
             }
             _ => Err(Errno::EISDIR),
         }

@@ -173,7 +173,7 @@ pub fn create(
     progress(Progress::Total(total));
     let advance = |n: u64| progress(Progress::Advanced(n));
 
-    let mut writer = store.writer(compression);
+    let mut writer = store.writer(compression)?;
     let mut stats = Vec::new();
     for (i, inp) in req.inputs.iter().zip(&opened) {
         let (manifest, st) = if req.diff && !i.qcow2 {
@@ -219,7 +219,8 @@ pub fn create(
         });
         stats.push(st);
     }
-    writer
+    // Held until the catalog records the snapshot: gc waits for this session.
+    let committed = writer
         .commit()
         .map_err(|e| e.context("writing the snapshot's blocks"))?;
 
@@ -233,6 +234,7 @@ pub fn create(
     new.compressed_size_bytes = sizes.compressed_size_bytes;
     new.uncompressed_size_bytes = sizes.uncompressed_size_bytes;
     let snapshot = catalog.create(&new)?;
+    drop(committed);
     Ok(Created {
         snapshot,
         ingest: stats,

@@ -17,6 +17,11 @@ use crate::error::{Error, Result};
 
 /// Whether `path` starts with the qcow2 magic.
 pub fn is_qcow2(path: &Path) -> bool {
+    // Only a regular file can be an image file; opening a FIFO or a character device to
+    // look would block or consume it (those are refused later with a clear message).
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let mut magic = [0u8; 4];
     File::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))

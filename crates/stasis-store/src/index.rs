@@ -47,6 +47,8 @@ pub struct Index {
     packs: Vec<PackId>,
     pack_pos: HashMap<PackId, u32, FxBuildHasher>,
     blobs: HashMap<BlockId, Location, FxBuildHasher>,
+    /// The index files this was loaded from.
+    files: Vec<String>,
 }
 
 impl Index {
@@ -55,23 +57,55 @@ impl Index {
         Self::default()
     }
 
-    /// Load every index file of a backend.
+    /// Load every index file of a backend. An index file that disappears while being
+    /// loaded (gc replaced it) makes the load start over, since its replacement may
+    /// have been written after the listing.
     pub fn load(backend: &dyn Backend) -> Result<Index> {
-        let mut idx = Index::new();
-        for meta in backend.list("index/")? {
-            let bytes = backend.get(&meta.key, None)?;
-            let (packs, entries) = decode_file(&bytes).map_err(|e| e.context(&meta.key))?;
-            if Id::of(&bytes).to_hex() != meta.key["index/".len()..] {
-                return Err(Error::corrupt(format!(
-                    "{}: name does not match content",
-                    meta.key
-                )));
+        let mut attempts = 0;
+        loop {
+            match Self::load_once(backend) {
+                Err(e) if e.kind() == crate::ErrorKind::NotFound && attempts < 10 => {
+                    attempts += 1;
+                }
+                r => return r,
             }
+        }
+    }
+
+    fn load_once(backend: &dyn Backend) -> Result<Index> {
+        let (idx, mut bad) = Self::load_tolerant(backend)?;
+        match bad.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(idx),
+        }
+    }
+
+    /// Load every index file that is intact; return the others with their errors
+    /// (for verify and repair, which must open a damaged repository).
+    pub fn load_tolerant(backend: &dyn Backend) -> Result<(Index, Vec<(String, Error)>)> {
+        let mut idx = Index::new();
+        let mut bad = Vec::new();
+        for meta in backend.list("index/")? {
+            idx.files.push(meta.key.clone());
+            let bytes = backend.get(&meta.key, None)?;
+            let (packs, entries) = match decode_file(&bytes) {
+                Ok(d) if Id::of(&bytes).to_hex() == meta.key["index/".len()..] => d,
+                Ok(_) => {
+                    let e = Error::corrupt(format!("{}: name does not match content", meta.key));
+                    bad.push((meta.key, e));
+                    continue;
+                }
+                Err(e) => {
+                    let e = e.context(&meta.key);
+                    bad.push((meta.key, e));
+                    continue;
+                }
+            };
             for (pack_id, pe) in entries.iter().map(|(p, e)| (packs[*p as usize], e)) {
                 idx.insert(pack_id, pe);
             }
         }
-        Ok(idx)
+        Ok((idx, bad))
     }
 
     /// Rebuild the index from the packs alone (reads every pack's entry table).
@@ -146,6 +180,18 @@ impl Index {
     /// Every blob and its location.
     pub fn iter(&self) -> impl Iterator<Item = (&BlockId, &Location)> {
         self.blobs.iter()
+    }
+
+    /// Record that index file `key` is included (a session of this process wrote it).
+    pub(crate) fn note_file(&mut self, key: String) {
+        if let Err(at) = self.files.binary_search(&key) {
+            self.files.insert(at, key);
+        }
+    }
+
+    /// The index files it was loaded from (sorted), empty if built otherwise.
+    pub fn files(&self) -> &[String] {
+        &self.files
     }
 
     /// Every pack the index knows.

@@ -14,6 +14,10 @@
 //! - `packs/<2 hex>/<blake3 of the pack>.pack`: header, blobs, entry table, trailer
 //!   (see [`pack`] and [`raw`]).
 //! - `index/<blake3 of the file>`: which pack holds each blob (see [`index`]).
+//! - `gc/<blake3>`: a gc plan in progress (see [`gc::Plan`]).
+//! - `quarantine/<pack>.pack`: packs whose entry table was unreadable, moved aside by
+//!   repair.
+//! - `.locks/`: lock files of the local backend (not objects; see [`lock`]).
 //! - Tree nodes: postcard [`manifest::NodeRecord`]s stored as blobs of kind `Tree`.
 //!
 //! ## Write and fsync order
@@ -21,6 +25,15 @@
 //! one directory sync; only after that does the catalog record the snapshot. Nothing
 //! stored is modified in place, so a crash at any point leaves every committed
 //! snapshot readable and the interrupted one absent.
+//!
+//! ## gc, repair and locking
+//! [`gc`] removes what no snapshot references while creates and mounts keep running:
+//! it publishes a plan (`gc/<blake3>`) of the blocks it will remove, waits for the
+//! write sessions registered before it ([`lock`]), marks again, and only then deletes;
+//! sessions registered later never deduplicate against planned blocks. [`repair`]
+//! rebuilds the index from the packs. Both hold the exclusive maintenance lock. Local
+//! locks are `flock`s (released by the kernel when a holder dies). Packs carry a random
+//! nonce, so a pack written again can never take the name of one gc is deleting.
 //!
 //! ## Reads
 //! Every block read from storage is checked against its id; corrupt bytes are an error
@@ -31,13 +44,16 @@ pub mod backend;
 pub mod codec;
 pub mod config;
 mod error;
+pub mod gc;
 pub mod id;
 pub mod index;
 pub mod ingest;
+pub mod lock;
 pub mod manifest;
 pub mod pack;
 pub mod raw;
 pub mod reader;
+pub mod repair;
 pub mod source;
 pub mod store;
 pub mod verify;

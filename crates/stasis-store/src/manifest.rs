@@ -231,29 +231,41 @@ pub type NodeVisitor<'a> = dyn FnMut(BlockId, u32, &[BlockRef]) -> Result<bool> 
 /// Every stored node of the tree, each with its level, depth first; `descend(id)` says
 /// whether to look below a node (return false for subtrees already seen).
 pub fn visit_nodes(src: &dyn NodeSource, m: &Manifest, f: &mut NodeVisitor<'_>) -> Result<()> {
-    fn go(
-        src: &dyn NodeSource,
-        m: &Manifest,
-        r: BlockRef,
-        level: u32,
-        base: u64,
-        f: &mut NodeVisitor<'_>,
-    ) -> Result<()> {
+    visit_new_nodes(src, m, &mut |_| true, f)
+}
+
+/// Like [`visit_nodes`], but `is_new(id)` is asked before a node is read: a node it
+/// refuses (a subtree already walked) is neither read nor decoded. Walking many trees
+/// that share most nodes then costs what their distinct nodes cost.
+pub fn visit_new_nodes(
+    src: &dyn NodeSource,
+    m: &Manifest,
+    is_new: &mut dyn FnMut(BlockId) -> bool,
+    f: &mut NodeVisitor<'_>,
+) -> Result<()> {
+    struct Walk<'a, 'b> {
+        src: &'a dyn NodeSource,
+        m: &'a Manifest,
+        is_new: &'a mut dyn FnMut(BlockId) -> bool,
+        f: &'a mut NodeVisitor<'b>,
+    }
+    fn go(w: &mut Walk<'_, '_>, r: BlockRef, level: u32, base: u64) -> Result<()> {
         let BlockRef::Data(id) = r else { return Ok(()) };
-        if level == 0 {
+        if level == 0 || !(w.is_new)(id) {
             return Ok(());
         }
-        let kids = children(src, m, r, level, base)?;
-        if !f(id, level, &kids)? || level == 1 {
+        let kids = children(w.src, w.m, r, level, base)?;
+        if !(w.f)(id, level, &kids)? || level == 1 {
             return Ok(());
         }
-        let child = span(m.fanout, level - 1);
+        let child = span(w.m.fanout, level - 1);
         for (i, k) in kids.iter().enumerate() {
-            go(src, m, *k, level - 1, base + i as u64 * child, f)?;
+            go(w, *k, level - 1, base + i as u64 * child)?;
         }
         Ok(())
     }
-    go(src, m, m.root, m.height(), 0, f)
+    let mut w = Walk { src, m, is_new, f };
+    go(&mut w, m.root, m.height(), 0)
 }
 
 /// Builds a tree from references pushed in block order.

@@ -82,6 +82,22 @@ impl Default for PackBuilder {
     }
 }
 
+/// Fresh random bytes for a pack header (the clock and a counter if the OS has none).
+fn nonce() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        b[..8].copy_from_slice(&t.to_le_bytes());
+        b[8..].copy_from_slice(&(n ^ u64::from(std::process::id())).to_le_bytes());
+    }
+    b
+}
+
 impl PackBuilder {
     /// An empty pack.
     pub fn new() -> Self {
@@ -94,7 +110,8 @@ impl PackBuilder {
         let header = raw::PackHeader {
             magic: raw::PACK_MAGIC,
             version: U32::new(raw::FORMAT_VERSION),
-            reserved: [0; 20],
+            nonce: nonce(),
+            reserved: [0; 4],
         };
         let mut buf = Vec::with_capacity(bytes);
         buf.extend_from_slice(header.as_bytes());

@@ -21,7 +21,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct PackHeader {
     pub magic: [u8; 8],
     pub version: U32,
-    pub reserved: [u8; 20],
+    /// Random bytes: two packs never share a name, even with the same blobs in the same
+    /// order (gc deletes packs by name while writers may be storing those blobs again).
+    pub nonce: [u8; 16],
+    pub reserved: [u8; 4],
 }
 
 /// One stored blob, in the entry table near a pack's end.
@@ -56,6 +59,21 @@ pub struct PackTrailer {
     pub magic: [u8; 8],
 }
 
+/// First bytes of a gc plan.
+pub const PLAN_MAGIC: [u8; 8] = *b"STASPLAN";
+
+/// At offset 0 of a gc plan; followed by `dead_count` blob ids, `pack_count` pack ids
+/// (32 bytes each) and a 32-byte blake3 of everything before it.
+#[derive(Debug, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct PlanHeader {
+    pub magic: [u8; 8],
+    pub version: U32,
+    pub reserved: [u8; 4],
+    pub dead_count: U64,
+    pub pack_count: U64,
+}
+
 /// At offset 0 of an index file; followed by `pack_count` pack ids (32 bytes each),
 /// `entry_count` [`IndexEntry`]s, and a 32-byte blake3 of everything before it.
 #[derive(Debug, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
@@ -88,3 +106,4 @@ const _: () = assert!(size_of::<PackEntry>() == 56);
 const _: () = assert!(size_of::<PackTrailer>() == 64);
 const _: () = assert!(size_of::<IndexHeader>() == 32);
 const _: () = assert!(size_of::<IndexEntry>() == 56);
+const _: () = assert!(size_of::<PlanHeader>() == 32);

@@ -28,6 +28,7 @@ use crate::config::RepoConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlockId, Id, PackId};
 use crate::index::{self, Index, Location};
+use crate::lock::Guard;
 use crate::manifest::{NodeSink, NodeSource};
 use crate::pack::{self, BlobKind, PackBuilder, PackEntry};
 
@@ -76,21 +77,17 @@ impl Store {
 
     /// Open an existing repository: read its config and load its index.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Store> {
-        let bytes = backend.get(CONFIG_KEY, None).map_err(|e| {
-            if e.kind() == ErrorKind::NotFound {
-                Error::new(
-                    ErrorKind::Repository,
-                    "no repository here (run `stasis init`)",
-                )
-            } else {
-                e
-            }
-        })?;
-        let config: RepoConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::corrupt(format!("repository config: {e}")))?;
-        config.validate()?;
+        let config = read_config(&*backend)?;
         let index = Index::load(&*backend)?;
         Ok(Store::with(backend, config, index))
+    }
+
+    /// Open a possibly damaged repository for verify and repair: index files that fail
+    /// their checks are left out and returned with their errors.
+    pub fn open_damaged(backend: Arc<dyn Backend>) -> Result<(Store, Vec<(String, Error)>)> {
+        let config = read_config(&*backend)?;
+        let (index, bad) = Index::load_tolerant(&*backend)?;
+        Ok((Store::with(backend, config, index), bad))
     }
 
     fn with(backend: Arc<dyn Backend>, config: RepoConfig, index: Index) -> Store {
@@ -116,9 +113,33 @@ impl Store {
         &self.config
     }
 
-    /// Read access to the index.
+    /// Read access to the index. Do not hold it while reading blocks: a read whose pack
+    /// was removed by gc reloads the index.
     pub fn index(&self) -> RwLockReadGuard<'_, Index> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Load the index files again (another process may have changed them).
+    pub fn reload_index(&self) -> Result<()> {
+        let idx = Index::load(&*self.backend)?;
+        self.set_index(idx);
+        Ok(())
+    }
+
+    /// Reload the index if its files changed since it was loaded (a create or gc in
+    /// another process); listing the index files is cheap. Returns whether it did.
+    pub fn refresh_index(&self) -> Result<bool> {
+        let now: Vec<String> = self
+            .backend
+            .list("index/")?
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        if now.as_slice() == self.index().files() {
+            return Ok(false);
+        }
+        self.reload_index()?;
+        Ok(true)
     }
 
     /// Replace the in-memory index (after a rebuild).
@@ -133,14 +154,33 @@ impl Store {
     }
 
     /// Read a blob from storage, decode it and check it against its id (no cache).
+    ///
+    /// If the block's pack is gone (gc repacked it since the index was loaded), the
+    /// index is loaded again and the read retried once.
     pub fn read_blob(&self, id: &BlockId) -> Result<Bytes> {
-        let (pack, loc) = self.locate(id).ok_or_else(|| {
+        let not_indexed = || {
             Error::new(
                 ErrorKind::NotFound,
                 format!("block {id} is not in the index"),
             )
-        })?;
-        read_located(&*self.backend, id, &pack, &loc)
+        };
+        // Not indexed here: another process may have written it since (a snapshot
+        // created while this one was mounted).
+        let (pack, loc) = match self.locate(id) {
+            Some(l) => l,
+            None if self.refresh_index()? => self.locate(id).ok_or_else(not_indexed)?,
+            None => return Err(not_indexed()),
+        };
+        match read_located(&*self.backend, id, &pack, &loc) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // Its pack is gone: gc moved the blob. Callers never hold the index lock
+                // while reading blocks, so reloading here cannot deadlock.
+                self.reload_index()?;
+                let (pack, loc) = self.locate(id).ok_or_else(not_indexed)?;
+                read_located(&*self.backend, id, &pack, &loc)
+            }
+            r => r,
+        }
     }
 
     /// A blob by id, through the shared cache of decoded blocks.
@@ -148,10 +188,40 @@ impl Store {
         self.cache.get_or_insert_with(id, || self.read_blob(id))
     }
 
-    /// Start a write session with `compression`.
-    pub fn writer(&self, compression: Compression) -> Writer<'_> {
-        Writer::new(self, compression)
+    /// Start a write session with `compression`. The session is registered (see
+    /// [`crate::lock`]) until the [`Committed`] that [`Writer::commit`] returns is dropped:
+    /// keep that until the catalog has recorded what was written.
+    pub fn writer(&self, compression: Compression) -> Result<Writer<'_>> {
+        let session = self.backend.locks().register_session()?;
+        // After registering: a gc that publishes a plan later waits for us; one that
+        // published before is seen here.
+        let masked = crate::gc::load_masks(&*self.backend)?;
+        Ok(Writer::new(self, compression, Some(session), masked))
     }
+
+    /// A session for gc's repack, which holds the maintenance lock: not registered (gc
+    /// waits for registered sessions) and copying blobs whatever the index says.
+    pub(crate) fn maintenance_writer(&self) -> Writer<'_> {
+        Writer::new(self, Compression::none(), None, HashSet::default())
+    }
+}
+
+/// Read and check a repository's config.
+fn read_config(backend: &dyn Backend) -> Result<RepoConfig> {
+    let bytes = backend.get(CONFIG_KEY, None).map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            Error::new(
+                ErrorKind::Repository,
+                "no repository here (run `stasis init`)",
+            )
+        } else {
+            e
+        }
+    })?;
+    let config: RepoConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::corrupt(format!("repository config: {e}")))?;
+    config.validate()?;
+    Ok(config)
 }
 
 /// Read the blob `id` at `loc` in `pack` and check it.
@@ -199,6 +269,18 @@ pub struct WriteStats {
     pub stored_bytes: u64,
     /// Packs written.
     pub packs: u64,
+    /// Their bytes.
+    pub pack_bytes: u64,
+}
+
+/// A committed write session. Its registration lasts until this is dropped: hold it
+/// until the catalog records the manifests, so that gc cannot remove a block the
+/// session deduplicated against before the snapshot that uses it exists.
+#[derive(Debug)]
+pub struct Committed {
+    /// What the session added.
+    pub stats: WriteStats,
+    _session: Option<Guard>,
 }
 
 type Sealed = (PackId, Vec<u8>);
@@ -228,6 +310,10 @@ pub struct Writer<'s> {
     flush_tx: Option<SyncSender<Sealed>>,
     flusher: Option<JoinHandle<Result<()>>>,
     scratch: Vec<u8>,
+    /// The session's registration (none for gc's own writer).
+    session: Option<Guard>,
+    /// Blobs a gc plan is removing: never deduplicated against.
+    masked: HashSet<BlockId, FxBuildHasher>,
 }
 
 fn flusher(backend: Arc<dyn Backend>, rx: Receiver<Sealed>) -> Result<()> {
@@ -238,7 +324,12 @@ fn flusher(backend: Arc<dyn Backend>, rx: Receiver<Sealed>) -> Result<()> {
 }
 
 impl<'s> Writer<'s> {
-    fn new(store: &'s Store, compression: Compression) -> Self {
+    fn new(
+        store: &'s Store,
+        compression: Compression,
+        session: Option<Guard>,
+        masked: HashSet<BlockId, FxBuildHasher>,
+    ) -> Self {
         Writer {
             store,
             compression,
@@ -252,6 +343,8 @@ impl<'s> Writer<'s> {
             flush_tx: None,
             flusher: None,
             scratch: Vec::new(),
+            session,
+            masked,
         }
     }
 
@@ -267,7 +360,7 @@ impl<'s> Writer<'s> {
 
     /// Whether the repository or this session already has `id`.
     pub fn knows(&self, id: &BlockId) -> bool {
-        self.pending.contains(id) || self.store.index().contains(id)
+        self.pending.contains(id) || (!self.masked.contains(id) && self.store.index().contains(id))
     }
 
     /// What this session added so far.
@@ -287,6 +380,34 @@ impl<'s> Writer<'s> {
         if self.knows(&id) {
             return Ok(false);
         }
+        self.push(id, kind, codec, raw_len, stored)?;
+        Ok(true)
+    }
+
+    /// Add an encoded blob even if the index has it elsewhere (gc's repack); only this
+    /// session's own blobs are deduplicated.
+    pub(crate) fn copy_encoded(
+        &mut self,
+        id: BlockId,
+        kind: BlobKind,
+        codec: Codec,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Result<()> {
+        if self.pending.contains(&id) {
+            return Ok(());
+        }
+        self.push(id, kind, codec, raw_len, stored)
+    }
+
+    fn push(
+        &mut self,
+        id: BlockId,
+        kind: BlobKind,
+        codec: Codec,
+        raw_len: u32,
+        stored: &[u8],
+    ) -> Result<()> {
         let pack = match kind {
             BlobKind::Data => &mut self.pack,
             BlobKind::Tree => &mut self.tree_pack,
@@ -300,7 +421,7 @@ impl<'s> Writer<'s> {
         if full {
             self.seal(kind)?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Compress and add a blob unless it is known. Returns whether it was added.
@@ -333,6 +454,7 @@ impl<'s> Writer<'s> {
         let (id, bytes, entries) = std::mem::replace(slot, fresh).finish();
         self.written.push((id, entries));
         self.stats.packs += 1;
+        self.stats.pack_bytes += bytes.len() as u64;
         if self.flush_tx.is_none() {
             // At most one sealed pack waits while another is being written.
             let (tx, rx) = sync_channel::<Sealed>(1);
@@ -361,10 +483,11 @@ impl<'s> Writer<'s> {
 
     /// Make everything added durable (see the module docs for the order) and visible to
     /// readers of this store.
-    pub fn commit(mut self) -> Result<WriteStats> {
+    pub fn commit(mut self) -> Result<Committed> {
         self.seal(BlobKind::Data)?;
         self.seal(BlobKind::Tree)?;
         self.join_flusher()?;
+        let mut written_file = None;
         if !self.written.is_empty() {
             // The packs must be durable before an index file names them: otherwise a
             // power loss could keep the index and lose a pack, and later writes would
@@ -372,15 +495,22 @@ impl<'s> Writer<'s> {
             self.store.backend.sync()?;
             let (key, bytes) = index::encode_file(&self.written);
             self.store.backend.put(&key, &bytes)?;
+            written_file = Some(key);
         }
         self.store.backend.sync()?;
         let mut idx = self.store.index.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = written_file {
+            idx.note_file(key);
+        }
         for (pid, entries) in &self.written {
             for e in entries {
                 idx.insert(*pid, e);
             }
         }
-        Ok(self.stats)
+        Ok(Committed {
+            stats: self.stats,
+            _session: self.session.take(),
+        })
     }
 }
 
@@ -420,12 +550,12 @@ mod tests {
     fn write_commit_read() {
         let be: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
         let store = Store::init(Arc::clone(&be), RepoConfig::default()).expect("init");
-        let mut w = store.writer(Compression::default());
+        let mut w = store.writer(Compression::default()).expect("writer");
         let a = vec![7u8; 10_000];
         let id = Id::of(&a);
         assert!(w.add(id, BlobKind::Data, &a).expect("add"));
         assert!(!w.add(id, BlobKind::Data, &a).expect("dedup"));
-        let st = w.commit().expect("commit");
+        let st = w.commit().expect("commit").stats;
         assert_eq!(st.blobs, 1);
         assert!(st.stored_bytes < 10_000);
         assert_eq!(&store.block(&id).expect("read")[..], &a[..]);
@@ -439,7 +569,7 @@ mod tests {
     fn corrupt_blob_is_an_error() {
         let be = Arc::new(MemoryBackend::new());
         let store = Store::init(be.clone(), RepoConfig::default()).expect("init");
-        let mut w = store.writer(Compression::none());
+        let mut w = store.writer(Compression::none()).expect("writer");
         let a: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         let id = Id::of(&a);
         w.add(id, BlobKind::Data, &a).expect("add");

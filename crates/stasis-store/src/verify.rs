@@ -37,7 +37,22 @@ pub struct StoreReport {
     pub problems: Vec<Problem>,
     /// Blocks whose stored bytes failed their check (for [`verify_manifest`]).
     #[serde(skip)]
-    pub bad_blocks: HashSet<BlockId, FxBuildHasher>,
+    pub bad_blocks: BadBlocks,
+    /// Packs whose bytes do not match their name (readable table; some blocks may be
+    /// fine): `verify --repair` copies their good blocks out and removes them.
+    #[serde(skip)]
+    pub damaged_packs: HashSet<PackId, FxBuildHasher>,
+}
+
+/// Stored copies that failed their check: (blob, the pack holding the bad copy).
+pub type BadBlocks = HashSet<(BlockId, PackId), FxBuildHasher>;
+
+/// Whether the copy the index points at is a bad one (another copy may be good).
+fn is_bad(store: &Store, bad: &BadBlocks, id: &BlockId) -> bool {
+    !bad.is_empty()
+        && store
+            .locate(id)
+            .is_some_and(|(pack, _)| bad.contains(&(*id, pack)))
 }
 
 fn problem(object: impl Into<String>, message: impl Into<String>) -> Problem {
@@ -79,6 +94,7 @@ pub fn verify_store(
                 Ok(bytes) => {
                     report.bytes_read += bytes.len() as u64;
                     if Id::of(&bytes) != pid {
+                        report.damaged_packs.insert(pid);
                         report.problems.push(problem(
                             &meta.key,
                             "pack bytes do not match the pack's name",
@@ -104,7 +120,7 @@ pub fn verify_store(
                 })
                 .collect();
             for (id, p) in bad {
-                report.bad_blocks.insert(id);
+                report.bad_blocks.insert((id, pid));
                 report.problems.push(p);
             }
             progress(meta.size);
@@ -155,30 +171,24 @@ pub fn verify_store(
 /// Check one payload's tree: every node decodes with the right shape and every
 /// referenced block is in the index and not among `bad` (blocks that failed their check
 /// in [`verify_store`]). Returns the problems found.
-pub fn verify_manifest(
-    store: &Store,
-    m: &Manifest,
-    what: &str,
-    bad: &HashSet<BlockId, FxBuildHasher>,
-) -> Vec<Problem> {
+pub fn verify_manifest(store: &Store, m: &Manifest, what: &str, bad: &BadBlocks) -> Vec<Problem> {
     let mut out = Vec::new();
     if let Err(e) = m.validate() {
         out.push(problem(what, e.to_string()));
         return out;
     }
-    let idx = store.index();
     let mut missing: Vec<BlockId> = Vec::new();
     let mut corrupt: Vec<BlockId> = Vec::new();
     let r = manifest::visit_nodes(store, m, &mut |node, level, refs| {
-        if bad.contains(&node) {
+        if is_bad(store, bad, &node) {
             corrupt.push(node);
         }
         if level == 1 {
             for r in refs {
                 if let BlockRef::Data(id) = r {
-                    if !idx.contains(id) {
+                    if store.locate(id).is_none() {
                         missing.push(*id);
-                    } else if bad.contains(id) {
+                    } else if is_bad(store, bad, id) {
                         corrupt.push(*id);
                     }
                 }
@@ -206,29 +216,34 @@ pub fn new_stored_bytes(
     m: &Manifest,
     seen: &mut HashSet<BlockId, FxBuildHasher>,
 ) -> Result<(u64, u64)> {
-    let idx = store.index();
     let (mut stored, mut raw) = (0u64, 0u64);
+    // The index lock is taken per lookup: reading nodes may reload the index.
     let mut add = |id: &BlockId, seen: &mut HashSet<BlockId, FxBuildHasher>| {
         if seen.insert(*id)
-            && let Some(l) = idx.get(id)
+            && let Some((_, l)) = store.locate(id)
         {
             stored += u64::from(l.stored_len);
             raw += u64::from(l.raw_len);
         }
     };
-    manifest::visit_nodes(store, m, &mut |id, level, refs| {
-        if seen.contains(&id) {
-            return Ok(false);
-        }
-        add(&id, seen);
-        if level == 1 {
-            for r in refs {
-                if let BlockRef::Data(b) = r {
-                    add(b, seen);
-                }
+    let mut fresh: Vec<BlockId> = Vec::new();
+    manifest::visit_new_nodes(
+        store,
+        m,
+        &mut |id| !seen.contains(&id),
+        &mut |id, level, refs| {
+            fresh.push(id);
+            if level == 1 {
+                fresh.extend(refs.iter().filter_map(|r| match r {
+                    BlockRef::Data(b) => Some(*b),
+                    _ => None,
+                }));
             }
-        }
-        Ok(true)
-    })?;
+            Ok(true)
+        },
+    )?;
+    for id in &fresh {
+        add(id, seen);
+    }
     Ok((stored, raw))
 }

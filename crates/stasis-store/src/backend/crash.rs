@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{Backend, Bytes, ObjectMeta, check_key, slice_range};
 use crate::error::{Error, ErrorKind, Result};
+use crate::lock::{Locks, MemoryLocks};
 
 #[derive(Debug, Default)]
 struct State {
@@ -49,6 +50,7 @@ impl State {
 #[derive(Debug, Default)]
 pub struct CrashBackend {
     state: Mutex<State>,
+    locks: MemoryLocks,
 }
 
 fn crashed() -> Error {
@@ -179,6 +181,10 @@ impl Backend for CrashBackend {
                 };
             }
         })
+    }
+
+    fn locks(&self) -> &dyn Locks {
+        &self.locks
     }
 }
 

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Backend, Bytes, ObjectMeta, check_key, slice_range};
 use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::lock::{FileLocks, Locks};
 
 const TMP_PREFIX: &str = ".tmp-";
 
@@ -25,7 +26,11 @@ pub struct LocalBackend {
     dirty_dirs: Mutex<BTreeSet<PathBuf>>,
     maps: quick_cache::sync::Cache<String, Bytes>,
     tmp_counter: AtomicU64,
+    locks: FileLocks,
 }
+
+/// Where a local backend keeps its lock files (hidden from `list`).
+pub const LOCK_DIR: &str = ".locks";
 
 impl LocalBackend {
     /// A backend rooted at `root`, which must exist.
@@ -39,6 +44,7 @@ impl LocalBackend {
             ));
         }
         Ok(LocalBackend {
+            locks: FileLocks::new(root.join(LOCK_DIR)),
             root,
             dirty_dirs: Mutex::new(BTreeSet::new()),
             maps: quick_cache::sync::Cache::new(512),
@@ -112,7 +118,8 @@ impl LocalBackend {
             let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.starts_with(TMP_PREFIX) {
+            // Temporaries and the lock directory are not objects.
+            if name.starts_with('.') {
                 continue;
             }
             let key = if rel.is_empty() {
@@ -218,6 +225,10 @@ impl Backend for LocalBackend {
             f.sync_all().ctx(|| format!("fsync {}", dir.display()))?;
         }
         Ok(())
+    }
+
+    fn locks(&self) -> &dyn Locks {
+        &self.locks
     }
 }
 

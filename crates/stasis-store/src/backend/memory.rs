@@ -6,11 +6,13 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{Backend, Bytes, ObjectMeta, check_key, slice_range};
 use crate::error::{Error, ErrorKind, Result};
+use crate::lock::{Locks, MemoryLocks};
 
 /// Objects kept in a map; `sync` does nothing.
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     objects: Mutex<BTreeMap<String, Bytes>>,
+    locks: MemoryLocks,
 }
 
 impl MemoryBackend {
@@ -72,6 +74,10 @@ impl Backend for MemoryBackend {
 
     fn sync(&self) -> Result<()> {
         Ok(())
+    }
+
+    fn locks(&self) -> &dyn Locks {
+        &self.locks
     }
 }
 

@@ -18,6 +18,7 @@ pub use local::LocalBackend;
 pub use memory::MemoryBackend;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::lock::Locks;
 
 /// An object's key and size, as `list` returns them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +51,9 @@ pub trait Backend: Send + Sync + Debug {
 
     /// Make every earlier `put` and `delete` durable.
     fn sync(&self) -> Result<()>;
+
+    /// How processes sharing this backend coordinate (see [`crate::lock`]).
+    fn locks(&self) -> &dyn Locks;
 }
 
 /// Check that `key` is a well-formed relative object key.

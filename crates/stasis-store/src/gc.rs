@@ -1,0 +1,697 @@
+//! Garbage collection: remove blobs no snapshot references, repack packs that became
+//! mostly garbage.
+//!
+//! ## Protocol
+//! gc holds the maintenance lock ([`crate::lock`]) throughout; creates and mounts keep
+//! running.
+//! 1. **Load** every index file as it is (which packs each one names, and their entries)
+//!    and list the packs. Packs that no index file names are *orphans* (left by crashed
+//!    writers, or being written right now).
+//! 2. **Mark** every blob reachable from the roots (the catalog's snapshots): tree nodes
+//!    and data blocks, each shared subtree walked once, so the cost follows the live data.
+//! 3. **Plan**: each live blob is owned by one pack (the first that holds it). A pack
+//!    owning no live blob is deleted; one whose live share (by stored bytes) is below the
+//!    threshold is repacked, and so are small packs (under 1/8 of the pack size, as every
+//!    create leaves) when there are several, so that they merge. The *dead* blobs are
+//!    those of these packs that nothing references.
+//! 4. **Publish** the plan (`gc/<blake3>`: dead blob ids and packs to remove), synced.
+//!    From now on a new write session reads the plan when it starts and never
+//!    deduplicates against a dead blob; it stores its own copy.
+//! 5. **Wait** for every write session registered before the plan was published: such a
+//!    session may have deduplicated against a dead blob. Then **mark again** from the
+//!    roots (snapshots committed meanwhile are walked; the rest were seen) and re-plan
+//!    with the larger live set; re-read the index files so that orphans a session has
+//!    since committed are kept.
+//! 6. **Repack**: copy the live blobs of repacked packs, checked against their ids, into
+//!    new packs (stored bytes as they are, no recompression); commit them as any writer
+//!    does (packs, sync, index file, sync).
+//! 7. **Rewrite the index**: one new index file for the surviving packs named by the
+//!    index files that also name removed packs; sync; delete those old index files; sync.
+//!    Index files that name no removed pack are left alone.
+//! 8. **Delete** the removed and orphan packs; sync; delete the plan; sync.
+//!
+//! A crash anywhere leaves a readable repository: before step 7 nothing was removed;
+//! after it, the old and new index files overlap (harmless); after the old ones go, the
+//! removed packs are orphans that the next gc deletes. A leftover plan only makes new
+//! sessions store some blocks again; the next gc removes it.
+//!
+//! Readers that looked a blob up before a repack hold a location in a deleted pack: a
+//! pack mapped already stays readable (an unlinked file lives while mapped), and a read
+//! that finds its pack gone reloads the index and retries ([`crate::store::Store::block`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use rustc_hash::FxBuildHasher;
+use serde::Serialize;
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::backend::Backend;
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{BlockId, Id, PackId};
+use crate::index::{self, Location};
+use crate::manifest::{self, BlockRef, Manifest};
+use crate::pack::{self, PackEntry};
+use crate::raw;
+use crate::store::{Store, read_located};
+
+type IdSet = HashSet<BlockId, FxBuildHasher>;
+
+/// Where gc plans live.
+pub const PLAN_PREFIX: &str = "gc/";
+
+/// A published plan: the blobs about to be removed, and the packs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Blobs no snapshot referenced when the plan was made.
+    pub dead: Vec<BlockId>,
+    /// Packs to be deleted (removed, repacked or orphaned).
+    pub packs: Vec<PackId>,
+}
+
+impl Plan {
+    /// Encode; returns the object key and bytes.
+    pub fn encode(&self) -> (String, Vec<u8>) {
+        let header = raw::PlanHeader {
+            magic: raw::PLAN_MAGIC,
+            version: U32::new(raw::FORMAT_VERSION),
+            reserved: [0; 4],
+            dead_count: U64::new(self.dead.len() as u64),
+            pack_count: U64::new(self.packs.len() as u64),
+        };
+        let mut buf = Vec::with_capacity(64 + 32 * (self.dead.len() + self.packs.len()));
+        buf.extend_from_slice(header.as_bytes());
+        for id in self.dead.iter().chain(&self.packs) {
+            buf.extend_from_slice(&id.0);
+        }
+        let sum = *blake3::hash(&buf).as_bytes();
+        buf.extend_from_slice(&sum);
+        (format!("{PLAN_PREFIX}{}", Id::of(&buf).to_hex()), buf)
+    }
+
+    /// Decode and check.
+    pub fn decode(bytes: &[u8]) -> Result<Plan> {
+        if bytes.len() < size_of::<raw::PlanHeader>() + 32 {
+            return Err(Error::corrupt("gc plan is truncated"));
+        }
+        let (body, sum) = bytes.split_at(bytes.len() - 32);
+        if blake3::hash(body).as_bytes() != sum {
+            return Err(Error::corrupt("gc plan checksum mismatch"));
+        }
+        let (h, rest) = raw::PlanHeader::read_from_prefix(body)
+            .map_err(|_| Error::corrupt("gc plan header is short"))?;
+        if h.magic != raw::PLAN_MAGIC || h.version.get() != raw::FORMAT_VERSION {
+            return Err(Error::corrupt("gc plan has a bad magic or version"));
+        }
+        let n = h
+            .dead_count
+            .get()
+            .checked_add(h.pack_count.get())
+            .and_then(|n| n.checked_mul(32));
+        if n != Some(rest.len() as u64) {
+            return Err(Error::corrupt("gc plan size does not match its header"));
+        }
+        let ids: Vec<Id> = rest
+            .chunks_exact(32)
+            .map(|c| {
+                let mut a = [0u8; 32];
+                a.copy_from_slice(c);
+                Id(a)
+            })
+            .collect();
+        // dead_count <= rest.len() / 32 was checked above.
+        let (dead, packs) = ids.split_at(h.dead_count.get() as usize);
+        Ok(Plan {
+            dead: dead.to_vec(),
+            packs: packs.to_vec(),
+        })
+    }
+}
+
+/// The dead blobs of every published plan: what a new write session must not
+/// deduplicate against.
+pub fn load_masks(backend: &dyn Backend) -> Result<IdSet> {
+    let mut out = IdSet::default();
+    for meta in backend.list(PLAN_PREFIX)? {
+        let bytes = match backend.get(&meta.key, None) {
+            Ok(b) => b,
+            // Its gc finished between the listing and now.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let plan = Plan::decode(&bytes).map_err(|e| e.context(&meta.key))?;
+        out.extend(plan.dead);
+    }
+    Ok(out)
+}
+
+/// Settings.
+#[derive(Clone, Copy, Debug)]
+pub struct GcOptions {
+    /// Report what would be done, change nothing.
+    pub dry_run: bool,
+    /// Repack a pack whose live share of stored bytes is below this (0.0-1.0).
+    pub repack_below: f64,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            dry_run: false,
+            repack_below: 0.9,
+        }
+    }
+}
+
+/// What gc found and did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Packs and their bytes before.
+    pub packs_before: u64,
+    /// Bytes of every pack before.
+    pub bytes_before: u64,
+    /// Manifests marked.
+    pub roots: u64,
+    /// Reachable blobs.
+    pub live_blobs: u64,
+    /// Stored bytes of reachable blobs.
+    pub live_bytes: u64,
+    /// Unreferenced blobs removed (or that would be).
+    pub dead_blobs: u64,
+    /// Unreferenced blobs left in packs that stay (live share above the threshold).
+    pub dead_blobs_kept: u64,
+    /// Packs deleted whole.
+    pub packs_deleted: u64,
+    /// Packs rewritten.
+    pub packs_repacked: u64,
+    /// Orphan packs deleted (no index file named them).
+    pub orphans_deleted: u64,
+    /// New packs written by the repack.
+    pub packs_written: u64,
+    /// Bytes freed: removed packs minus new packs.
+    pub bytes_freed: u64,
+    /// Index files replaced by one.
+    pub index_files_replaced: u64,
+    /// Write sessions gc waited for.
+    pub waited_sessions: u64,
+    /// Leftover plans of interrupted gcs removed.
+    pub stale_plans: u64,
+    /// Packs kept although planned for removal, with why (a live blob failed its check).
+    pub kept: Vec<String>,
+    /// Nothing was changed.
+    pub dry_run: bool,
+}
+
+/// Phases reported while gc runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Loading index files.
+    Load,
+    /// Walking the roots.
+    Mark,
+    /// Waiting for this many write sessions.
+    Wait(usize),
+    /// Copying live blobs.
+    Repack,
+    /// Deleting.
+    Sweep,
+}
+
+/// The packs and entries the index files name, as stored.
+#[derive(Debug, Default)]
+struct Files {
+    /// index key -> the packs it names.
+    files: BTreeMap<String, Vec<PackId>>,
+    /// pack -> its entries (union over files).
+    packs: BTreeMap<PackId, Vec<PackEntry>>,
+}
+
+fn load_files(backend: &dyn Backend, skip: &BTreeMap<String, Vec<PackId>>) -> Result<Files> {
+    let mut out = Files::default();
+    for meta in backend.list("index/")? {
+        if skip.contains_key(&meta.key) {
+            continue;
+        }
+        let bytes = backend.get(&meta.key, None)?;
+        let (packs, entries) = index::decode_file(&bytes).map_err(|e| e.context(&meta.key))?;
+        if Id::of(&bytes).to_hex() != meta.key["index/".len()..] {
+            return Err(Error::corrupt(format!(
+                "{}: name does not match content",
+                meta.key
+            )));
+        }
+        let mut per: Vec<Vec<PackEntry>> = vec![Vec::new(); packs.len()];
+        for (p, e) in entries {
+            per[p as usize].push(e);
+        }
+        for (pid, es) in packs.iter().zip(per) {
+            let slot = out.packs.entry(*pid).or_default();
+            if slot.is_empty() {
+                *slot = es;
+            } else {
+                let have: IdSet = slot.iter().map(|e| e.id).collect();
+                slot.extend(es.into_iter().filter(|e| !have.contains(&e.id)));
+            }
+        }
+        out.files.insert(meta.key, packs);
+    }
+    Ok(out)
+}
+
+/// Mark everything reachable from `roots` (skipping keys already in `seen`).
+fn mark(
+    store: &Store,
+    roots: &[(String, Manifest)],
+    seen: &mut HashSet<String>,
+    live: &mut IdSet,
+    nodes: &mut IdSet,
+) -> Result<u64> {
+    let mut n = 0;
+    for (key, m) in roots {
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        n += 1;
+        if m.height() == 0 {
+            if let BlockRef::Data(id) = m.root {
+                live.insert(id);
+            }
+            continue;
+        }
+        // A subtree met again is skipped before it is read, so walking many trees that
+        // share most nodes costs what their distinct nodes cost.
+        let mut data: Vec<BlockId> = Vec::new();
+        manifest::visit_new_nodes(
+            store,
+            m,
+            // Nodes seen are tracked apart from data blocks: a data block with the bytes
+            // of a node must not hide that node's subtree.
+            &mut |id| nodes.insert(id),
+            &mut |node, level, kids| {
+                data.push(node);
+                if level == 1 {
+                    data.extend(kids.iter().filter_map(|k| match k {
+                        BlockRef::Data(b) => Some(*b),
+                        _ => None,
+                    }));
+                }
+                Ok(true)
+            },
+        )
+        .map_err(|e| e.context(format!("walking {key}")))?;
+        live.extend(data);
+    }
+    Ok(n)
+}
+
+/// What to do with each pack.
+#[derive(Debug, Default)]
+struct Decision {
+    delete: Vec<PackId>,
+    repack: Vec<PackId>,
+    /// For each repacked pack, the entries it owns (to copy).
+    copy: HashMap<PackId, Vec<PackEntry>, FxBuildHasher>,
+    /// Unreferenced blobs of removed packs.
+    dead: Vec<BlockId>,
+    /// Unreferenced blobs left in packs kept (above the repack threshold).
+    dead_kept: u64,
+    /// Live bytes (with entry overhead) the repack will copy.
+    repack_live_bytes: u64,
+    live_blobs: u64,
+    live_bytes: u64,
+}
+
+/// A pack under this share of the target pack size is *small*: every create leaves
+/// one or two, and gc merges them (else the number of packs, and the cost of listing
+/// them, would follow the history).
+const SMALL_PACK_SHARE: u64 = 8;
+
+fn decide(files: &Files, live: &IdSet, repack_below: f64, pack_size: u64) -> Decision {
+    let mut d = Decision::default();
+    let small_limit = pack_size / SMALL_PACK_SHARE;
+    // Small packs, by the kind of blob they hold (data and tree nodes live apart); a
+    // kind with two or more merges them into one.
+    let mut small_by_kind: HashMap<u8, Vec<&PackId>> = HashMap::new();
+    for (p, es) in &files.packs {
+        let bytes: u64 = es.iter().map(|e| u64::from(e.stored_len) + 56).sum();
+        if bytes < small_limit {
+            let kind = es.first().map(|e| e.kind as u8).unwrap_or(0);
+            small_by_kind.entry(kind).or_default().push(p);
+        }
+    }
+    let small: HashSet<&PackId> = small_by_kind
+        .into_values()
+        .filter(|v| v.len() >= 2)
+        .flatten()
+        .collect();
+    let mut owned = IdSet::default();
+    let mut dead = IdSet::default();
+    for (pid, entries) in &files.packs {
+        let mut mine = Vec::new();
+        let mut not_mine = Vec::new();
+        let (mut total, mut live_bytes) = (0u64, 0u64);
+        for e in entries {
+            let cost = u64::from(e.stored_len) + 56;
+            total += cost;
+            if live.contains(&e.id) && owned.insert(e.id) {
+                live_bytes += cost;
+                mine.push(*e);
+            } else {
+                not_mine.push(e);
+            }
+        }
+        d.live_blobs += mine.len() as u64;
+        d.live_bytes += mine.iter().map(|e| u64::from(e.stored_len)).sum::<u64>();
+        let removed = if mine.is_empty() {
+            d.delete.push(*pid);
+            true
+        } else if (live_bytes as f64) < repack_below * total as f64 || small.contains(pid) {
+            d.repack.push(*pid);
+            d.repack_live_bytes += live_bytes;
+            d.copy.insert(*pid, mine);
+            true
+        } else {
+            d.dead_kept += not_mine.iter().filter(|e| !live.contains(&e.id)).count() as u64;
+            false
+        };
+        if removed {
+            // Copies of live blobs owned elsewhere are not dead: only unreferenced ids.
+            dead.extend(
+                not_mine
+                    .iter()
+                    .filter(|e| !live.contains(&e.id))
+                    .map(|e| e.id),
+            );
+        }
+    }
+    d.dead = dead.into_iter().collect();
+    d.dead.sort();
+    d
+}
+
+/// Collect garbage. `roots` lists every manifest to keep, each under a stable key
+/// (e.g. snapshot id and payload name); it is called twice (see the module docs).
+pub fn collect(
+    store: &Store,
+    opts: &GcOptions,
+    roots: &mut dyn FnMut() -> Result<Vec<(String, Manifest)>>,
+    progress: &dyn Fn(Phase),
+) -> Result<GcReport> {
+    let backend = &**store.backend();
+    let _maintenance = backend.locks().try_maintenance()?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Repository,
+            "another gc or repair is running on this repository",
+        )
+    })?;
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..GcReport::default()
+    };
+
+    // Plans left by interrupted gcs (no gc can be running: we hold the lock).
+    let stale: Vec<String> = backend
+        .list(PLAN_PREFIX)?
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    report.stale_plans = stale.len() as u64;
+    if !opts.dry_run && !stale.is_empty() {
+        for k in &stale {
+            backend.delete(k)?;
+        }
+        backend.sync()?;
+    }
+
+    // 1. Load.
+    progress(Phase::Load);
+    store.reload_index()?;
+    let files = load_files(backend, &BTreeMap::new())?;
+    let listed: BTreeMap<PackId, u64> = backend
+        .list("packs/")?
+        .into_iter()
+        .filter_map(|m| pack::pack_id_of_key(&m.key).map(|p| (p, m.size)))
+        .collect();
+    report.packs_before = listed.len() as u64;
+    report.bytes_before = listed.values().sum();
+    if let Some(missing) = files.packs.keys().find(|p| !listed.contains_key(*p)) {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "an index file names the missing pack {}; run `stasis verify --repair` first",
+                pack::pack_key(missing)
+            ),
+        ));
+    }
+    let mut orphans: Vec<PackId> = listed
+        .keys()
+        .filter(|p| !files.packs.contains_key(*p))
+        .copied()
+        .collect();
+
+    // 2. Mark.
+    progress(Phase::Mark);
+    let mut live = IdSet::default();
+    let mut nodes = IdSet::default();
+    let mut seen = HashSet::new();
+    report.roots = mark(store, &roots()?, &mut seen, &mut live, &mut nodes)?;
+
+    // 3. Plan.
+    let pack_size = store.config().pack_size;
+    let mut d = decide(&files, &live, opts.repack_below, pack_size);
+    if opts.dry_run {
+        let estimate = d.repack_live_bytes;
+        fill(&mut report, &d, &orphans, &listed, estimate);
+        return Ok(report);
+    }
+    if d.delete.is_empty() && d.repack.is_empty() && orphans.is_empty() {
+        // Nothing to remove; merging many index files needs no plan (no pack goes).
+        rewrite_index(backend, &files, &HashSet::new(), &mut report)?;
+        store.reload_index()?;
+        fill(&mut report, &d, &orphans, &listed, 0);
+        return Ok(report);
+    }
+
+    // 4. Publish.
+    let plan = Plan {
+        dead: d.dead.clone(),
+        packs: d
+            .delete
+            .iter()
+            .chain(&d.repack)
+            .chain(&orphans)
+            .copied()
+            .collect(),
+    };
+    let (plan_key, plan_bytes) = plan.encode();
+    backend.put(&plan_key, &plan_bytes)?;
+    backend.sync()?;
+
+    // 5. Wait, mark again, re-plan.
+    report.waited_sessions = backend
+        .locks()
+        .wait_for_sessions(&|n| progress(Phase::Wait(n)))? as u64;
+    store.reload_index()?;
+    report.roots += mark(store, &roots()?, &mut seen, &mut live, &mut nodes)?;
+    d = decide(&files, &live, opts.repack_below, pack_size);
+    let newer = load_files(backend, &files.files)?;
+    orphans.retain(|p| !newer.packs.contains_key(p));
+    // A live blob that no index file names can only be in an orphan (an index file
+    // lost to damage): keep any orphan holding one, for `verify --repair` to index.
+    let indexed: IdSet = files
+        .packs
+        .values()
+        .chain(newer.packs.values())
+        .flatten()
+        .map(|e| e.id)
+        .collect();
+    if live.iter().any(|id| !indexed.contains(id)) {
+        let mut keep_orphans = Vec::new();
+        for p in &orphans {
+            let holds_live = pack::read_entries(backend, p)
+                .map(|es| {
+                    es.iter()
+                        .any(|e| live.contains(&e.id) && !indexed.contains(&e.id))
+                })
+                .unwrap_or(true);
+            if holds_live {
+                report.kept.push(format!(
+                    "{}: not indexed but holds live blobs; run `stasis verify --repair`",
+                    pack::pack_key(p)
+                ));
+                keep_orphans.push(*p);
+            }
+        }
+        orphans.retain(|p| !keep_orphans.contains(p));
+    }
+
+    // 6. Repack.
+    progress(Phase::Repack);
+    let mut written_bytes = 0u64;
+    let mut keep: Vec<PackId> = Vec::new();
+    if !d.repack.is_empty() {
+        let mut w = store.maintenance_writer();
+        for pid in &d.repack {
+            let mut ok = true;
+            let mut copied = Vec::new();
+            for e in d.copy.get(pid).map(Vec::as_slice).unwrap_or(&[]) {
+                let loc = Location {
+                    pack: 0,
+                    offset: e.offset,
+                    stored_len: e.stored_len,
+                    raw_len: e.raw_len,
+                    codec: e.codec,
+                    kind: e.kind,
+                };
+                // Check the blob before copying it; a bad one keeps its pack in place.
+                if let Err(err) = read_located(backend, &e.id, pid, &loc) {
+                    report.kept.push(format!("{}: {err}", pack::pack_key(pid)));
+                    ok = false;
+                    break;
+                }
+                let stored = backend.get(
+                    &pack::pack_key(pid),
+                    Some(e.offset..e.offset + u64::from(e.stored_len)),
+                )?;
+                copied.push((*e, stored));
+            }
+            if !ok {
+                keep.push(*pid);
+                continue;
+            }
+            for (e, stored) in copied {
+                w.copy_encoded(e.id, e.kind, e.codec, e.raw_len, &stored)?;
+            }
+        }
+        let committed = w.commit()?;
+        written_bytes = committed.stats.pack_bytes;
+        report.packs_written = committed.stats.packs;
+    }
+    d.repack.retain(|p| !keep.contains(p));
+
+    // 7. Rewrite the index files that name removed packs.
+    progress(Phase::Sweep);
+    let removed: HashSet<PackId> = d.delete.iter().chain(&d.repack).copied().collect();
+    rewrite_index(backend, &files, &removed, &mut report)?;
+
+    // 8. Delete packs, then the plan.
+    for p in removed.iter().chain(&orphans) {
+        backend.delete(&pack::pack_key(p))?;
+    }
+    backend.sync()?;
+    backend.delete(&plan_key)?;
+    backend.sync()?;
+    store.reload_index()?;
+    fill(&mut report, &d, &orphans, &listed, written_bytes);
+    Ok(report)
+}
+
+/// More index files than this and gc merges them all into one (every write session
+/// adds one; loading thousands at every open would make cost follow history).
+pub const COMPACT_INDEX_FILES: usize = 32;
+
+/// Replace the index files that name `removed` packs (all of them when there are
+/// many) by one file for their surviving packs: write it, sync, delete the old, sync.
+fn rewrite_index(
+    backend: &dyn Backend,
+    files: &Files,
+    removed: &HashSet<PackId>,
+    report: &mut GcReport,
+) -> Result<()> {
+    let compact = files.files.len() > COMPACT_INDEX_FILES;
+    let affected: Vec<String> = files
+        .files
+        .iter()
+        .filter(|(_, ps)| compact || ps.iter().any(|p| removed.contains(p)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if !affected.is_empty() {
+        let mut survivors: Vec<PackId> = affected
+            .iter()
+            .filter_map(|k| files.files.get(k))
+            .flatten()
+            .filter(|p| !removed.contains(p))
+            .copied()
+            .collect();
+        survivors.sort();
+        survivors.dedup();
+        if !survivors.is_empty() {
+            let table: Vec<(PackId, Vec<PackEntry>)> = survivors
+                .iter()
+                .map(|p| (*p, files.packs.get(p).cloned().unwrap_or_default()))
+                .collect();
+            let (key, bytes) = index::encode_file(&table);
+            backend.put(&key, &bytes)?;
+            backend.sync()?;
+            // The new file may share its name with one of the old (same content).
+            for k in affected.iter().filter(|k| **k != key) {
+                backend.delete(k)?;
+            }
+        } else {
+            for k in &affected {
+                backend.delete(k)?;
+            }
+        }
+        backend.sync()?;
+        report.index_files_replaced = affected.len() as u64;
+    }
+
+    Ok(())
+}
+
+fn fill(
+    r: &mut GcReport,
+    d: &Decision,
+    orphans: &[PackId],
+    listed: &BTreeMap<PackId, u64>,
+    written: u64,
+) {
+    r.live_blobs = d.live_blobs;
+    r.live_bytes = d.live_bytes;
+    r.dead_blobs = d.dead.len() as u64;
+    r.dead_blobs_kept = d.dead_kept;
+    r.packs_deleted = d.delete.len() as u64;
+    r.packs_repacked = d.repack.len() as u64;
+    r.orphans_deleted = orphans.len() as u64;
+    let gone: u64 = d
+        .delete
+        .iter()
+        .chain(&d.repack)
+        .chain(orphans)
+        .filter_map(|p| listed.get(p))
+        .sum();
+    r.bytes_freed = gone.saturating_sub(written);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn plan_roundtrip(dead in 0usize..50, packs in 0usize..10) {
+            let p = Plan {
+                dead: (0..dead).map(|i| Id::of(&i.to_le_bytes())).collect(),
+                packs: (0..packs).map(|i| Id::of(&[i as u8, 1])).collect(),
+            };
+            let (key, bytes) = p.encode();
+            prop_assert!(key.starts_with(PLAN_PREFIX));
+            prop_assert_eq!(Plan::decode(&bytes).expect("decode"), p);
+        }
+
+        #[test]
+        fn plan_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Plan::decode(&bytes);
+        }
+
+        #[test]
+        fn plan_flip_is_detected(pos in any::<prop::sample::Index>(), flip in 1u8..=255) {
+            let p = Plan { dead: vec![Id::of(b"a")], packs: vec![Id::of(b"b")] };
+            let (_, mut bytes) = p.encode();
+            let i = pos.index(bytes.len());
+            bytes[i] ^= flip;
+            prop_assert!(Plan::decode(&bytes).is_err());
+        }
+    }
+}

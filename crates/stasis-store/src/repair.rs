@@ -1,0 +1,144 @@
+//! Rebuilding the index from the packs, after damage.
+//!
+//! Under the maintenance lock ([`crate::lock`]): every pack's own entry table is read
+//! (packs whose table is damaged contribute nothing), blobs known to be corrupt are
+//! left out, so that later writes store fresh copies instead of deduplicating against
+//! them, and the result is written as one index file. Only then are the index files
+//! that existed before removed; index files written meanwhile by running sessions stay.
+
+use std::collections::{BTreeMap, HashSet};
+
+use rustc_hash::FxBuildHasher;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::PackId;
+use crate::index;
+use crate::index::Location;
+use crate::pack::{self, PackEntry};
+use crate::store::{Store, read_located};
+use crate::verify::BadBlocks;
+
+/// Where repair moves a pack whose entry table is unreadable.
+pub fn quarantine_key(pack: &PackId) -> String {
+    format!("quarantine/{}.pack", pack.to_hex())
+}
+
+/// What a repair did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepairReport {
+    /// Packs whose tables were read.
+    pub packs: u64,
+    /// Blobs now indexed.
+    pub blobs: u64,
+    /// Packs whose table could not be read, and why: their blobs are lost and the packs
+    /// were moved to `quarantine/`.
+    pub unreadable_packs: Vec<String>,
+    /// Blobs left out because they failed their check.
+    pub dropped_blobs: u64,
+    /// Index files replaced.
+    pub index_files_replaced: u64,
+    /// Damaged packs whose good blobs were copied to new packs, then removed.
+    pub packs_rewritten: u64,
+}
+
+/// Rebuild the index from the packs, leaving out `bad` blobs. The good blobs of
+/// `damaged` packs are copied (checked) into new packs and the damaged packs removed.
+pub fn rebuild_index(
+    store: &Store,
+    bad: &BadBlocks,
+    damaged: &HashSet<PackId, FxBuildHasher>,
+) -> Result<RepairReport> {
+    let backend = &**store.backend();
+    let _maintenance = backend.locks().try_maintenance()?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Repository,
+            "a gc or another repair is running on this repository",
+        )
+    })?;
+    let old: Vec<String> = backend.list("index/")?.into_iter().map(|m| m.key).collect();
+    let mut report = RepairReport::default();
+    let mut table: BTreeMap<PackId, Vec<PackEntry>> = BTreeMap::new();
+    let mut unreadable: Vec<(PackId, String)> = Vec::new();
+    for meta in backend.list("packs/")? {
+        let Some(pid) = pack::pack_id_of_key(&meta.key) else {
+            continue;
+        };
+        let entries = match pack::read_entries(backend, &pid) {
+            Ok(e) => e,
+            Err(e) => {
+                report.unreadable_packs.push(format!("{}: {e}", meta.key));
+                unreadable.push((pid, meta.key));
+                continue;
+            }
+        };
+        report.packs += 1;
+        let before = entries.len();
+        let kept: Vec<PackEntry> = entries
+            .into_iter()
+            .filter(|e| !bad.contains(&(e.id, pid)))
+            .collect();
+        report.dropped_blobs += (before - kept.len()) as u64;
+        report.blobs += kept.len() as u64;
+        table.insert(pid, kept);
+    }
+    // Copy the good blobs out of damaged packs (a blob whose check fails now stays
+    // behind: it was bad).
+    let damaged: Vec<PackId> = table
+        .keys()
+        .filter(|p| damaged.contains(*p) || bad.iter().any(|(_, bp)| bp == *p))
+        .copied()
+        .collect();
+    if !damaged.is_empty() {
+        let mut w = store.maintenance_writer();
+        for pid in &damaged {
+            for e in table.remove(pid).unwrap_or_default() {
+                let loc = Location {
+                    pack: 0,
+                    offset: e.offset,
+                    stored_len: e.stored_len,
+                    raw_len: e.raw_len,
+                    codec: e.codec,
+                    kind: e.kind,
+                };
+                if read_located(backend, &e.id, pid, &loc).is_err() {
+                    report.dropped_blobs += 1;
+                    report.blobs -= 1;
+                    continue;
+                }
+                let stored = backend.get(
+                    &pack::pack_key(pid),
+                    Some(e.offset..e.offset + u64::from(e.stored_len)),
+                )?;
+                w.copy_encoded(e.id, e.kind, e.codec, e.raw_len, &stored)?;
+            }
+        }
+        // Commits the copies with their own index file.
+        w.commit()?;
+        report.packs_rewritten = damaged.len() as u64;
+    }
+    let table: Vec<(PackId, Vec<PackEntry>)> = table.into_iter().collect();
+    let (key, bytes) = index::encode_file(&table);
+    backend.put(&key, &bytes)?;
+    backend.sync()?;
+    for k in old.iter().filter(|k| **k != key) {
+        backend.delete(k)?;
+        report.index_files_replaced += 1;
+    }
+    backend.sync()?;
+    for pid in &damaged {
+        backend.delete(&pack::pack_key(pid))?;
+    }
+    // Packs whose table is unreadable move aside, kept for inspection.
+    for (pid, key) in &unreadable {
+        let bytes = backend.get(key, None)?;
+        backend.put(&quarantine_key(pid), &bytes)?;
+    }
+    backend.sync()?;
+    for (_, key) in &unreadable {
+        backend.delete(key)?;
+    }
+    backend.sync()?;
+    store.reload_index()?;
+    Ok(report)
+}

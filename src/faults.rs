@@ -1,0 +1,95 @@
+//! A fault-injection hook for the crash tests (`tests/crash.rs`).
+//!
+//! With `STASIS_KILL_AT=N` in the environment, the process kills itself with SIGKILL
+//! right before its N-th (from 0) step, so that a test can stop a real `create`, `gc`
+//! or `delete` between any two steps of its write and fsync order. A step is a
+//! mutating backend call (`put`, `delete`, `sync`), a row the catalog writes, or a
+//! catalog commit; one count covers them all. `N` past the last step lets the command
+//! finish. Nothing else changes.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use stasis_store::backend::{Backend, Bytes, ObjectMeta};
+use stasis_store::lock::Locks;
+
+/// Steps taken so far, process-wide.
+static COUNT: AtomicU64 = AtomicU64::new(0);
+
+fn kill_at() -> Option<u64> {
+    std::env::var("STASIS_KILL_AT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// One step; the process dies here if it is the chosen one.
+fn step() {
+    if Some(COUNT.fetch_add(1, Ordering::SeqCst)) == kill_at() {
+        // SAFETY: kill and getpid have no preconditions.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Count the catalog's row writes and commits as steps when `STASIS_KILL_AT` is set.
+pub fn hook_catalog(catalog: &mut stasis_catalog::Catalog) -> stasis_catalog::Result<()> {
+    if kill_at().is_some() {
+        catalog.on_write(Some(step))?;
+    }
+    Ok(())
+}
+
+/// Wraps a backend and dies at the chosen step.
+#[derive(Debug)]
+pub struct KillAt {
+    inner: Arc<dyn Backend>,
+}
+
+impl KillAt {
+    /// `backend` as is, or wrapped when `STASIS_KILL_AT` is set.
+    pub fn wrap(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
+        match kill_at() {
+            Some(_) => Arc::new(KillAt { inner: backend }),
+            None => backend,
+        }
+    }
+
+    fn step(&self) {
+        step();
+    }
+}
+
+impl Backend for KillAt {
+    fn put(&self, key: &str, data: &[u8]) -> stasis_store::Result<()> {
+        self.step();
+        self.inner.put(key, data)
+    }
+
+    fn get(&self, key: &str, range: Option<Range<u64>>) -> stasis_store::Result<Bytes> {
+        self.inner.get(key, range)
+    }
+
+    fn size(&self, key: &str) -> stasis_store::Result<u64> {
+        self.inner.size(key)
+    }
+
+    fn list(&self, prefix: &str) -> stasis_store::Result<Vec<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn delete(&self, key: &str) -> stasis_store::Result<()> {
+        self.step();
+        self.inner.delete(key)
+    }
+
+    fn sync(&self) -> stasis_store::Result<()> {
+        self.step();
+        self.inner.sync()
+    }
+
+    fn locks(&self) -> &dyn Locks {
+        self.inner.locks()
+    }
+}

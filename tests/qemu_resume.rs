@@ -1,0 +1,404 @@
+//! A real QEMU guest resumes with its memory file and device state read from the mount.
+//!
+//! The guest (`tools/qemu-guest.sh`: Debian cloud kernel, busybox initramfs, cached under
+//! `target/tmp`) boots under TCG with its 128 MiB of RAM in a file (memory-backend-file,
+//! share=on). It draws a random token, writes 32 MiB of random bytes into a tmpfs and
+//! prints `GUEST-TICK <token> <n> <md5 of the 32 MiB>` once a second. The test stops it,
+//! saves its device state with `migrate` + x-ignore-shared, stores RAM file and state with
+//! `stasis create --memory --state`, deletes both originals, mounts the repository and
+//! starts a new QEMU whose RAM is the `mem` file in the mount (share=off, i.e.
+//! MAP_PRIVATE) and whose state comes from `migrate-incoming exec:cat <mount>/.../vmstate`.
+//! After `cont` the guest must go on counting where it stopped, with the same token and
+//! the same md5 (it re-reads all 32 MiB from RAM served by the mount on every tick).
+//!
+//! Needs qemu-system-x86_64 and /dev/fuse, run as root (as `.ci/run` does, which installs
+//! qemu-system-x86). Without qemu the test fails and says so, unless `STASIS_SKIP_QEMU=1`
+//! is set, in which case it passes without running (and prints that it skipped).
+//! Correctness never depends on timing: every wait polls for a condition with a generous
+//! bound, and a bound that runs out is a failure showing the guest's console.
+
+#[path = "common/mount.rs"]
+mod mount;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mount::{Mount, stasis};
+use serde_json::{Value, json};
+
+const MEM_MIB: u32 = 128;
+/// Bounds for things that normally take seconds: a slow shared CI machine gets minutes.
+const BOOT_BOUND: Duration = Duration::from_secs(600);
+const STEP_BOUND: Duration = Duration::from_secs(180);
+
+/// A QMP connection (one command at a time; events are skipped).
+struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    fn connect(sock: &Path, qemu: &mut Child) -> Qmp {
+        let deadline = Instant::now() + STEP_BOUND;
+        let stream = loop {
+            match UnixStream::connect(sock) {
+                Ok(s) => break s,
+                Err(e) => {
+                    if let Ok(Some(st)) = qemu.try_wait() {
+                        panic!("qemu exited before its QMP socket opened: {st}");
+                    }
+                    assert!(Instant::now() < deadline, "QMP socket {sock:?}: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        // A read that never returns would hang the test: bound every wait for a reply.
+        stream
+            .set_read_timeout(Some(STEP_BOUND))
+            .expect("socket timeout");
+        let writer = stream.try_clone().expect("clone socket");
+        let mut q = Qmp {
+            reader: BufReader::new(stream),
+            writer,
+        };
+        let greeting = q.line();
+        assert!(greeting.get("QMP").is_some(), "QMP greeting: {greeting}");
+        q.call("qmp_capabilities", None);
+        q
+    }
+
+    fn line(&mut self) -> Value {
+        let mut s = String::new();
+        let n = self.reader.read_line(&mut s).expect("read from QMP");
+        assert!(n > 0, "QMP connection closed");
+        serde_json::from_str(&s).expect("QMP sends JSON")
+    }
+
+    fn try_call(&mut self, cmd: &str, args: Option<Value>) -> Result<Value, String> {
+        let mut msg = json!({ "execute": cmd });
+        if let Some(a) = args {
+            msg["arguments"] = a;
+        }
+        writeln!(self.writer, "{msg}").expect("write to QMP");
+        loop {
+            let r = self.line();
+            if r.get("event").is_some() {
+                continue;
+            }
+            if let Some(e) = r.get("error") {
+                return Err(format!("{cmd}: {e}"));
+            }
+            return Ok(r.get("return").cloned().unwrap_or(Value::Null));
+        }
+    }
+
+    fn call(&mut self, cmd: &str, args: Option<Value>) -> Value {
+        self.try_call(cmd, args)
+            .unwrap_or_else(|e| panic!("QMP {e}"))
+    }
+
+    /// Poll `query-migrate` until the migration completed (bounded).
+    fn wait_migration(&mut self, qemu: &mut Guest) {
+        let deadline = Instant::now() + STEP_BOUND;
+        loop {
+            let r = self.call("query-migrate", None);
+            match r["status"].as_str() {
+                Some("completed") => return,
+                Some("failed" | "cancelled") => panic!("migration failed: {r}"),
+                _ => {}
+            }
+            qemu.check_alive();
+            assert!(
+                Instant::now() < deadline,
+                "migration did not complete: {r}\n{}",
+                qemu.console()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A running QEMU; killed and reaped on drop.
+struct Guest {
+    child: Child,
+    console: PathBuf,
+}
+
+impl Guest {
+    fn start(
+        dir: &Path,
+        name: &str,
+        guest: &Path,
+        ram: &Path,
+        share: bool,
+        extra: &[&str],
+    ) -> Guest {
+        let console = dir.join(format!("{name}.console"));
+        let sock = dir.join(format!("{name}.qmp"));
+        let _ = fs::remove_file(&sock);
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-name", name, "-accel", "tcg", "-cpu", "max", "-smp", "1"])
+            .args(["-m", &format!("{MEM_MIB}M")])
+            .args(["-machine", "q35,memory-backend=mem"])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-file,id=mem,size={MEM_MIB}M,mem-path={},share={}",
+                ram.display(),
+                if share { "on" } else { "off" }
+            ))
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-vga",
+                "none",
+                "-display",
+                "none",
+            ])
+            .args(["-monitor", "none", "-no-reboot"])
+            .arg("-kernel")
+            .arg(guest.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(guest.join("initrd.cpio.gz"))
+            .args(["-append", "console=ttyS0 panic=-1 quiet"])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::File::create(dir.join(format!("{name}.stderr"))).expect("stderr file"),
+            ))
+            .spawn()
+            .expect("start qemu-system-x86_64");
+        Guest { child, console }
+    }
+
+    fn qmp(&mut self) -> Qmp {
+        let sock = self.console.with_extension("qmp");
+        Qmp::connect(&sock, &mut self.child)
+    }
+
+    fn console(&self) -> String {
+        let text = fs::read(&self.console).unwrap_or_default();
+        let stderr = fs::read(self.console.with_extension("stderr")).unwrap_or_default();
+        format!(
+            "--- guest console ---\n{}\n--- qemu stderr ---\n{}",
+            String::from_utf8_lossy(&text),
+            String::from_utf8_lossy(&stderr)
+        )
+    }
+
+    fn check_alive(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!("qemu exited: {st}\n{}", self.console());
+        }
+    }
+
+    /// Complete `GUEST-TICK` lines: (token, n, md5).
+    fn ticks(&self) -> Vec<(String, u64, String)> {
+        let text = fs::read(&self.console).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        // Only lines that ended: the last one may still be arriving.
+        let complete = text.rsplit_once('\n').map_or("", |(done, _)| done);
+        complete
+            .lines()
+            .filter_map(|l| {
+                let mut w = l[l.find("GUEST-TICK ")?..].split_whitespace().skip(1);
+                let (tok, n, sum) = (w.next()?, w.next()?, w.next()?);
+                Some((tok.to_string(), n.parse().ok()?, sum.to_string()))
+            })
+            .collect()
+    }
+
+    /// Wait until `f` holds for the console's complete ticks (bounded).
+    fn wait_ticks(
+        &mut self,
+        bound: Duration,
+        what: &str,
+        f: impl Fn(&[(String, u64, String)]) -> bool,
+    ) {
+        let deadline = Instant::now() + bound;
+        while !f(&self.ticks()) {
+            self.check_alive();
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not seen within {bound:?}\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn quit(mut self, qmp: &mut Qmp) {
+        let _ = qmp.try_call("quit", None);
+        let deadline = Instant::now() + STEP_BOUND;
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            assert!(Instant::now() < deadline, "qemu did not quit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn have_qemu() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_qemu_guest_resumes_from_memory_and_state_in_the_mount() {
+    if !have_qemu() {
+        if std::env::var("STASIS_SKIP_QEMU").is_ok_and(|v| v == "1") {
+            eprintln!("SKIPPED: qemu-system-x86_64 is not installed and STASIS_SKIP_QEMU=1");
+            return;
+        }
+        panic!(
+            "this test boots a real guest and needs qemu-system-x86_64: install \
+             qemu-system-x86 (.ci/run does), or set STASIS_SKIP_QEMU=1 to skip it"
+        );
+    }
+    // The kernel and initramfs, built once and cached next to the build.
+    let guest = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu-guest");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/qemu-guest.sh");
+    let out = Command::new(&script)
+        .arg(&guest)
+        .output()
+        .expect("run tools/qemu-guest.sh");
+    assert!(
+        out.status.success(),
+        "tools/qemu-guest.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let ram = dir.path().join("guest.ram");
+    let vmstate = dir.path().join("guest.vmstate");
+
+    // 1. Boot, let it tick, stop it and save its device state (RAM stays in the file).
+    let mut a = Guest::start(dir.path(), "boot", &guest, &ram, true, &[]);
+    let mut qa = a.qmp();
+    a.wait_ticks(BOOT_BOUND, "the booted guest's first ticks", |t| {
+        t.len() >= 2
+    });
+    qa.call("stop", None);
+    let ticks = a.ticks();
+    let (token, last, sum) = ticks.last().cloned().expect("ticks before the stop");
+    assert!(
+        ticks.iter().all(|t| t.0 == token && t.2 == sum),
+        "one boot, stable memory: {ticks:?}"
+    );
+    qa.call(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+    );
+    qa.call(
+        "migrate",
+        Some(json!({"uri": format!("exec:cat > {}", vmstate.display())})),
+    );
+    qa.wait_migration(&mut a);
+    a.quit(&mut qa);
+    let state_len = fs::metadata(&vmstate).expect("vmstate").len();
+    assert!(
+        state_len > 0 && state_len < u64::from(MEM_MIB) << 20 >> 2,
+        "x-ignore-shared leaves RAM out of the state ({state_len} bytes)"
+    );
+
+    // 2. Store RAM and state; the originals go away, so only the mount can serve them.
+    let repo = dir.path().join("repo");
+    stasis(&repo, &["init"]);
+    stasis(
+        &repo,
+        &[
+            "create",
+            "guest",
+            "saved",
+            "--hypervisor",
+            "qemu",
+            "--memory",
+            &format!("mem={}", ram.display()),
+            "--state",
+            &format!("vmstate={}", vmstate.display()),
+        ],
+    );
+    fs::remove_file(&ram).expect("rm ram");
+    fs::remove_file(&vmstate).expect("rm vmstate");
+    let point = dir.path().join("mnt");
+    let m = Mount::start(&repo, &point);
+    let snap = point.join("vms/guest/saved");
+    assert_eq!(
+        fs::metadata(snap.join("mem"))
+            .expect("mem in the mount")
+            .len(),
+        u64::from(MEM_MIB) << 20
+    );
+
+    // 3. Resume: RAM mapped privately from the mount, state streamed from it.
+    let mem = snap.join("mem");
+    let mut b = Guest::start(
+        dir.path(),
+        "resume",
+        &guest,
+        &mem,
+        false,
+        &["-incoming", "defer"],
+    );
+    let mut qb = b.qmp();
+    qb.call(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+    );
+    qb.call(
+        "migrate-incoming",
+        Some(json!({"uri": format!("exec:cat {}", snap.join("vmstate").display())})),
+    );
+    qb.wait_migration(&mut b);
+    let maps = fs::read_to_string(format!("/proc/{}/maps", b.child.id())).expect("maps");
+    // The kernel names mappings by their resolved path.
+    let real = fs::canonicalize(&mem).expect("canonical mem path");
+    assert!(
+        maps.contains(&real.display().to_string()),
+        "QEMU maps guest RAM from the mount"
+    );
+    qb.call("cont", None);
+    let status = qb.call("query-status", None);
+    assert_eq!(status["status"], "running", "{status}");
+
+    // 4. The same guest goes on: same token, the count continues, memory intact. The
+    //    tick cut off by the stop may finish on the new console, so the first complete
+    //    one is last+1 or last+2; two consecutive ticks show it keeps running.
+    let want = |t: &[(String, u64, String)]| t.len() >= 2;
+    b.wait_ticks(STEP_BOUND, "two ticks after resuming", want);
+    let after = b.ticks();
+    let first = after[0].1;
+    assert!(
+        first == last + 1 || first == last + 2,
+        "the count continues from {last}: {after:?}"
+    );
+    for (k, (tok, n, s)) in after.iter().enumerate() {
+        assert_eq!(tok, &token, "same boot (a reboot draws a new token)");
+        assert_eq!(*n, first + k as u64, "consecutive ticks: {after:?}");
+        assert_eq!(s, &sum, "the guest's 32 MiB read back intact from RAM");
+    }
+    eprintln!(
+        "guest {token}: stopped after tick {last}, resumed from the mount: ticks {:?}",
+        after.iter().map(|t| t.1).collect::<Vec<_>>()
+    );
+    b.quit(&mut qb);
+    m.stop();
+}
