@@ -621,6 +621,10 @@ fn every_route_status_and_tenant() {
     {
         let addr = s.base.trim_start_matches("http://");
         let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        // A bound so a server that waits for the rest of the body fails the test
+        // instead of hanging it.
+        c.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+            .expect("timeout");
         let head = format!(
             "POST /instances/web/snapshots HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{{\"kind\": \"Stopped\", \"description\": \"",
             tok,

@@ -147,6 +147,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                refuse_oversized(limit, req, next)
+            },
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &axum::http::Request<_>| {
@@ -167,6 +172,26 @@ pub fn router(state: Arc<AppState>) -> Router {
                 ),
         )
         .with_state(state)
+}
+
+/// A body whose declared Content-Length is over `limit` gets its 413 at once, before
+/// it is read (the body-limit layer only notices while reading, so a client that sends
+/// the head and waits for an answer would wait forever).
+async fn refuse_oversized(
+    limit: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::too_large().into_response();
+    }
+    next.run(req).await
 }
 
 /// Serve on `listener` until `shutdown` completes; then stop accepting and let running

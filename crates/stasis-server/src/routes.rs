@@ -55,11 +55,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 fn json_rejection(e: JsonRejection) -> ApiError {
     let text = e.body_text();
     match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is larger than this server accepts",
-        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
