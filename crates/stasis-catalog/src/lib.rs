@@ -23,13 +23,11 @@ mod record;
 mod schema;
 mod tokens;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{
-    Connection, OptionalExtension, Transaction, TransactionBehavior, params, params_from_iter,
-};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use stasis_store::config::Role;
 use stasis_store::manifest::{BlockRef, Manifest};
 
@@ -263,7 +261,7 @@ impl Catalog {
             .map_err(db("listing VMs"))
     }
 
-    fn snapshots_where(&self, clause: &str, p: impl rusqlite::Params) -> Result<Vec<Snapshot>> {
+    fn snapshots_where(&self, clause: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<Snapshot>> {
         let sql = format!(
             "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s JOIN vms v ON v.id = s.vm_id {clause}"
         );
@@ -277,16 +275,44 @@ impl Catalog {
         let mut out: Vec<Snapshot> = rows
             .collect::<rusqlite::Result<_>>()
             .map_err(db("reading snapshots"))?;
+        drop(st);
+        if out.is_empty() {
+            return Ok(out);
+        }
+        // Payloads and tags of every selected snapshot in one query each (not two per
+        // snapshot: a 10,000-snapshot list was 20,000 queries).
+        let selected =
+            format!("SELECT s.id FROM snapshots s JOIN vms v ON v.id = s.vm_id {clause}");
+        let mut payloads: HashMap<String, Vec<Payload>> = HashMap::new();
+        for (id, p) in self.payloads_where(&format!("snapshot_id IN ({selected})"), p)? {
+            payloads.entry(id).or_default().push(p);
+        }
+        let mut tags: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        {
+            let mut st = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT snapshot_id, key, value FROM tags WHERE snapshot_id IN ({selected})"
+                ))
+                .map_err(db("reading tags"))?;
+            let rows = st
+                .query_map(p, |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(db("reading tags"))?;
+            for row in rows {
+                let (id, k, v) = row.map_err(db("reading tags"))?;
+                tags.entry(id).or_default().insert(k, v);
+            }
+        }
         for s in &mut out {
-            s.payloads = self.payloads(&s.id)?;
-            s.tags = self.tags(&s.id)?;
+            s.payloads = payloads.remove(&s.id).unwrap_or_default();
+            s.tags = tags.remove(&s.id).unwrap_or_default();
         }
         Ok(out)
     }
 
     /// A snapshot by id.
     pub fn get(&self, id: &str) -> Result<Option<Snapshot>> {
-        Ok(self.snapshots_where("WHERE s.id = ?1", [id])?.pop())
+        Ok(self.snapshots_where("WHERE s.id = ?1", &[&id])?.pop())
     }
 
     /// Resolve `spec`: a snapshot id, `VM/NAME`, or `VM` (its current snapshot).
@@ -299,7 +325,7 @@ impl Catalog {
             return self
                 .snapshots_where(
                     "WHERE (v.name = ?1 OR v.id = ?1) AND s.name = ?2 AND s.status != 'deleted'",
-                    [vm, name],
+                    &[&vm, &name],
                 )?
                 .pop()
                 .ok_or_else(|| {
@@ -381,7 +407,9 @@ impl Catalog {
         if let Some(n) = f.limit {
             sql.push_str(&format!(" LIMIT {n}"));
         }
-        self.snapshots_where(&sql, params_from_iter(args.iter()))
+        let refs: Vec<&dyn rusqlite::ToSql> =
+            args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
+        self.snapshots_where(&sql, &refs)
     }
 
     /// Live (not deleted) snapshots, oldest first, of one VM or all.
@@ -420,16 +448,30 @@ impl Catalog {
 
     /// The payloads of a snapshot.
     pub fn payloads(&self, snapshot_id: &str) -> Result<Vec<Payload>> {
+        Ok(self
+            .payloads_where("snapshot_id = ?1", [snapshot_id])?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    /// Payload rows matching `filter` (an SQL condition on the payloads table), in
+    /// order, with their snapshot ids; each row is checked against its stored check.
+    fn payloads_where(
+        &self,
+        filter: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<(String, Payload)>> {
         let mut st = self
             .conn
-            .prepare_cached(
-                "SELECT name, role, size, allocated, data_bytes, block_size, fanout, root \
-                 FROM payloads WHERE snapshot_id = ?1 ORDER BY position",
-            )
+            .prepare_cached(&format!(
+                "SELECT snapshot_id, name, role, size, allocated, data_bytes, block_size, fanout, root \
+                 FROM payloads WHERE {filter} ORDER BY snapshot_id, position"
+            ))
             .map_err(db("reading payloads"))?;
-        type Row = (String, String, i64, i64, i64, i64, i64, String);
+        type Row = (String, String, String, i64, i64, i64, i64, i64, String);
         let rows = st
-            .query_map([snapshot_id], |r| -> rusqlite::Result<Row> {
+            .query_map(params, |r| -> rusqlite::Result<Row> {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -439,12 +481,13 @@ impl Catalog {
                     r.get(5)?,
                     r.get(6)?,
                     r.get(7)?,
+                    r.get(8)?,
                 ))
             })
             .map_err(db("reading payloads"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, role, size, allocated, data_bytes, bs, fanout, root) =
+            let (snapshot_id, name, role, size, allocated, data_bytes, bs, fanout, root) =
                 row.map_err(db("reading payloads"))?;
             let bad = || {
                 Error::corrupt(format!(
@@ -456,7 +499,7 @@ impl Catalog {
             if !check.is_empty()
                 && check
                     != payload_check(
-                        snapshot_id,
+                        &snapshot_id,
                         &name,
                         &role,
                         size,
@@ -477,13 +520,14 @@ impl Catalog {
                 fanout: u32::try_from(fanout).map_err(|_| bad())?,
                 root: root_from_text(root)?,
             };
-            out.push(Payload {
+            let payload = Payload {
                 role: role.parse::<Role>().map_err(|_| bad())?,
                 allocated: u64::try_from(allocated).map_err(|_| bad())?,
                 data_bytes: u64::try_from(data_bytes).map_err(|_| bad())?,
                 name,
                 manifest,
-            });
+            };
+            out.push((snapshot_id, payload));
         }
         Ok(out)
     }
