@@ -56,6 +56,8 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Space used: logical and stored bytes, dedup and compression ratios.
     Du(cmd::du::Args),
+    /// Measure the store on your own data: `bench codecs FILE...`.
+    Bench(cmd::bench::Args),
     /// Remove blocks no snapshot uses; repack packs that became mostly garbage.
     Gc(cmd::gc::Args),
     /// Serve the hypeman-compatible Snapshots HTTP API (bearer tokens, tenants).
@@ -101,6 +103,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::restore::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Du(a) => cmd::du::run(&ctx, a),
+        Command::Bench(a) => cmd::bench::run(&ctx, a),
         Command::Gc(a) => cmd::gc::run(&ctx, a),
         Command::Serve(a) => cmd::serve::serve(&ctx, a),
         Command::Token(a) => cmd::serve::token(&ctx, a),

@@ -899,3 +899,71 @@ fn ten_thousand_deep_chain_works_everywhere() {
         0
     );
 }
+
+/// `bench codecs` on a file with known duplication and zeros: the JSON says so.
+#[test]
+fn bench_codecs_reports_dedup_zeros_and_ratios() {
+    let env = Env::new();
+    let f = env.path("sample.img");
+    // 8 copies of one 64 KiB block of noise, then 64 KiB of zeros, then 64 KiB of text.
+    let block = noise(64 << 10, 9);
+    let mut data = Vec::new();
+    for _ in 0..8 {
+        data.extend_from_slice(&block);
+    }
+    data.extend_from_slice(&[0u8; 64 << 10]);
+    data.extend(b"a snapshot store ".iter().copied().cycle().take(64 << 10));
+    fs::write(&f, &data).expect("write");
+    let v = env.json(&[
+        "bench",
+        "codecs",
+        f.to_str().expect("utf8"),
+        "--block-sizes",
+        "64KiB",
+        "--codecs",
+        "none,zstd:1",
+    ]);
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(v["sample_bytes"], data.len() as u64);
+    for r in rows {
+        assert_eq!(r["zero_bytes"], 64 << 10);
+        // 9 non-zero blocks, 2 distinct: 9/2.
+        assert_eq!(r["unique_bytes"], 128 << 10);
+        assert_eq!(r["dedup_ratio"].as_f64(), Some(4.5));
+    }
+    assert_eq!(rows[0]["codec"], "none");
+    assert_eq!(rows[0]["compression_ratio"].as_f64(), Some(1.0));
+    assert_eq!(rows[0]["stored_bytes"], 128 << 10);
+    // zstd: the noise block stays raw, the text block shrinks.
+    let z = &rows[1];
+    assert_eq!(z["codec"], "zstd:1");
+    let stored = z["stored_bytes"].as_u64().expect("stored");
+    assert!(stored > 64 << 10 && stored < 72 << 10, "{stored}");
+    assert!(z["compression_ratio"].as_f64().is_some_and(|r| r > 1.7));
+    // Bad input: a clear error.
+    env.fails(
+        &[
+            "bench",
+            "codecs",
+            f.to_str().expect("utf8"),
+            "--block-sizes",
+            "3KiB",
+        ],
+        "power of two",
+    );
+    env.fails(
+        &[
+            "bench",
+            "codecs",
+            f.to_str().expect("utf8"),
+            "--codecs",
+            "gzip",
+        ],
+        "unknown compression",
+    );
+    env.fails(
+        &["bench", "codecs", env.path("").to_str().expect("utf8")],
+        "not a regular file",
+    );
+}

@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod bench;
 pub mod create;
 pub mod du;
 pub mod fork;
