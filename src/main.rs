@@ -1,5 +1,6 @@
 //! `stasis`: the command-line interface of the stasis VM snapshot store.
 
+mod bench;
 mod cmd;
 mod faults;
 mod output;
@@ -56,7 +57,7 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Space used: logical and stored bytes, dedup and compression ratios.
     Du(cmd::du::Args),
-    /// Measure the store on your own data: `bench codecs FILE...`.
+    /// Measure the store: `bench codecs FILE...` on your data, `bench repo` end to end.
     Bench(cmd::bench::Args),
     /// Remove blocks no snapshot uses; repack packs that became mostly garbage.
     Gc(cmd::gc::Args),
