@@ -8,8 +8,13 @@
 #
 # Measures per tool: ingest wall time per image, peak RSS of the base ingest,
 # repository bytes (du -sb) after each image, cold-cache restore time of child2
-# (verified with cmp). Also machine limits in the same run: b3sum per image,
-# zstd -1 -T1 / -T0 of base, dd of base from page cache.
+# (verified with cmp), cold sequential read of child2 through the tool's FUSE mount
+# (restic mount, borg mount, stasis mount; casync has no FUSE view of a blob index:
+# a fresh mount, then drop_caches, then read(2) in 1 MiB calls; the median of
+# MOUNT_ROUNDS (3) such reads; as root only). Also
+# machine limits in the same run: b3sum per image, zstd -1 -T1 / -T0 of base, dd of
+# base from page cache, and the FUSE ceiling: the same read from a do-nothing FUSE file
+# served from memory with stasis's mount options (crates/stasis-fuse/examples/nullfs.rs).
 # Prints markdown tables; writes JSON to $OUT_JSON when set.
 #
 # Settings (encryption off wherever the tool allows, to compare fairly):
@@ -31,6 +36,8 @@
 # Restore times stop when the tool exits (no extra sync); a second figure,
 # restore+sync, also includes the sync that follows (writeback of the output).
 #
+# Mount reads need root and the nullfs/readbench examples (built with cargo from this
+# checkout when missing; MOUNT=0 skips the column).
 # Environment: PEERS_TMP (parent dir for the temporary repositories; default
 # the parent of CORPUSDIR, i.e. the same disk), OUT_JSON, KEEP_REPOS=1,
 # TOOLS (space-separated subset of: restic borg-fixed4M borg-default casync stasis
@@ -188,6 +195,20 @@ stasis_diff_ingest() {
 }
 stasis_diff_restore() { stasis_restore "$@"; }
 
+# <t>_mount REPO NAME MNT: serve the repository at MNT in the foreground (the caller
+# backgrounds it); <t>_mounted_file REPO NAME MNT: where image NAME appears in it.
+restic_mount() { RESTIC_CACHE_DIR=$1.cache restic -r "$1" mount "$3"; }
+restic_mounted_file() { echo "$3/snapshots/latest$CORPUS/$2.ext4"; }
+borg_mount() { BORG_BASE_DIR=$1.home borg mount -f "$1::$2" "$3"; }
+borg_fixed4M_mount() { borg_mount "$@"; }
+borg_fixed4M_mounted_file() { echo "$3/$2.ext4"; }
+borg_default_mount() { borg_mount "$@"; }
+borg_default_mounted_file() { echo "$3/$2.ext4"; }
+stasis_mount() { "$STASIS_BIN" --repo "$1" mount "$3"; }
+stasis_mounted_file() { echo "$3/vms/vm/$2/root"; }
+stasis_diff_mount() { stasis_mount "$@"; }
+stasis_diff_mounted_file() { stasis_mounted_file "$@"; }
+
 # input_path TOOL IMAGE: the file TOOL ingests for IMAGE (warmed, then timed)
 input_path() {
   if [[ $1 == stasis-diff && $2 != "${IMAGES[0]}" ]]; then
@@ -202,7 +223,60 @@ export -f restic_init restic_ingest restic_restore borg_init borg_create borg_re
   borg_fixed4M_init borg_fixed4M_ingest borg_fixed4M_restore \
   borg_default_init borg_default_ingest borg_default_restore \
   casync_init casync_ingest casync_restore stasis_init stasis_ingest stasis_restore \
-  stasis_diff_init stasis_diff_ingest stasis_diff_restore
+  stasis_diff_init stasis_diff_ingest stasis_diff_restore restic_mount borg_mount \
+  borg_fixed4M_mount borg_default_mount stasis_mount stasis_diff_mount
+
+# ---------------------------------------------------------------- mounts
+MOUNT=${MOUNT:-1}
+if [[ $MOUNT == 1 && $(id -u) != 0 ]]; then
+  log "warning: not root, skipping the mount column"
+  MOUNT=0
+fi
+if [[ $MOUNT == 1 ]]; then
+  ROOT=$(cd "$(dirname "$0")/.." && pwd)
+  EXAMPLES=$ROOT/target/release/examples
+  log "building the nullfs and readbench examples"
+  (cd "$ROOT" && cargo build -q --release -p stasis-fuse --example nullfs --example readbench)
+  MNT=$WORK/mnt
+  mkdir -p "$MNT"
+fi
+MPID=
+unmount_all() {
+  if [[ -n ${MNT:-} ]] && mountpoint -q "$MNT"; then umount "$MNT" 2>/dev/null || umount -l "$MNT"; fi
+  if [[ -n $MPID ]]; then wait "$MPID" 2>/dev/null || true; MPID=; fi
+}
+trap 'unmount_all; cleanup' EXIT
+# mount_read KEY CMD...: $MOUNT_ROUNDS times, run CMD (a mount server) in the
+# background, wait for $MOUNTED_FILE, drop caches, time a sequential read of it,
+# unmount; records the median as KEY.s (and each round as KEY.rounds).
+MOUNT_ROUNDS=${MOUNT_ROUNDS:-3}
+mount_read() {
+  local key=$1 r all=()
+  shift
+  for ((r = 0; r < MOUNT_ROUNDS; r++)); do
+    mount_read_once "$key" "$@"
+    all+=("$LAST_S")
+  done
+  LAST_S=$(printf '%s\n' "${all[@]}" | sort -g | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}')
+  put "$key.s" "$LAST_S"
+  put "$key.rounds" "${all[*]}"
+}
+mount_read_once() {
+  local key=$1 i out
+  shift
+  "$@" >>"$WORK/mount.log" 2>&1 &
+  MPID=$!
+  for ((i = 0; i < 1200; i++)); do
+    [[ -e $MOUNTED_FILE ]] && break
+    kill -0 "$MPID" 2>/dev/null || { tail "$WORK/mount.log" >&2; die "$key: mount exited"; }
+    sleep 0.1
+  done
+  [[ -e $MOUNTED_FILE ]] || die "$key: $MOUNTED_FILE did not appear"
+  drop_caches
+  out=$("$EXAMPLES/readbench" seq "$MOUNTED_FILE")
+  unmount_all
+  LAST_S=${out##*secs=}
+}
 
 # ---------------------------------------------------------------- environment
 put machine.nproc "$(nproc)"
@@ -232,6 +306,11 @@ timed limits.zstd1_T1_base zstd -q -1 -T1 -c "$CORPUS/base.ext4" -o /dev/null
 timed limits.zstd1_T0_base zstd -q -1 -T0 -c "$CORPUS/base.ext4" -o /dev/null
 put limits.zstd1_base_bytes "$(zstd -q -1 -T0 -c "$CORPUS/base.ext4" | wc -c)"
 timed limits.dd_base dd if="$CORPUS/base.ext4" of=/dev/null bs=1M
+if [[ $MOUNT == 1 ]]; then
+  MOUNTED_FILE=$MNT/file
+  mount_read limits.fuse_ceiling_child2 "$EXAMPLES/nullfs" "$MNT" "$(stat -c %s "$CORPUS/child2.ext4")"
+  log "FUSE ceiling: ${LAST_S}s"
+fi
 
 # ---------------------------------------------------------------- peers
 for t in $TOOLS; do
@@ -272,6 +351,12 @@ for t in $TOOLS; do
   put "tools.$t.restore.child2.allocated_bytes" "$(du -B1 "$restored" | cut -f1)"
   log "$t: restore ok=$ok"
   rm -rf "$out"
+  if [[ $MOUNT == 1 ]] && declare -F "${fn}_mount" >/dev/null; then
+    MOUNTED_FILE=$("${fn}_mounted_file" "$repo" child2 "$MNT")
+    log "$t: cold sequential read of child2 through its mount"
+    mount_read "tools.$t.mount_read.child2" "${fn}_mount" "$repo" child2 "$MNT"
+    log "$t: mount read took ${LAST_S}s"
+  fi
 done
 
 # ---------------------------------------------------------------- report
@@ -311,6 +396,9 @@ for t, r in tools.items():
     r["restore_child2_plus_sync_s"] = rc["sync_s"]
     r["restore_child2_ok"] = rc["ok"]
     r["restore_child2_allocated_bytes"] = rc["allocated_bytes"]
+    mr = r.pop("mount_read", {}).get("child2")
+    r["mount_read_child2_s"] = mr["s"] if mr else None
+    r["mount_read_child2_rounds"] = mr.get("rounds") if mr else None
 lim = data.get("limits", {})
 apparent = data["corpus"]["base"]["apparent_bytes"]
 limits = {}
@@ -320,7 +408,9 @@ for k, v in list(lim.items()):
         img = k.rsplit("_", 1)[-1]
         if img in images:
             mbps = round(data["corpus"][img]["apparent_bytes"] / v["s"] / 1e6, 1)
-        limits[k] = {"s": v["s"], "rss_kib": v["rss_kib"], "apparent_MBps": mbps}
+        limits[k] = {"s": v["s"], "rss_kib": v.get("rss_kib"), "apparent_MBps": mbps}
+        if "rounds" in v:
+            limits[k]["rounds"] = v["rounds"]
     else:
         limits[k] = v
 data["limits"] = limits
@@ -336,11 +426,12 @@ print()
 print("### Peers (ingest from page cache; restore after drop_caches; time ratio vs %s, bytes ratio vs smallest repo)" % ref)
 print()
 labels = {"stasis-diff": "stasis --diff"}
-print("| tool | ingest base s | ingest child1 s | ingest child2 s | ingest total s | × %s | peak RSS base MiB | repo after base MB | +child1 MB | +child2 MB | repo bytes (du -sb) | × smallest | repo allocated | restore child2 s | × %s | restore ok | restore+sync s |" % (ref, ref))
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+print("| tool | ingest base s | ingest child1 s | ingest child2 s | ingest total s | × %s | peak RSS base MiB | repo after base MB | +child1 MB | +child2 MB | repo bytes (du -sb) | × smallest | repo allocated | restore child2 s | × %s | restore ok | restore+sync s | mount read child2 s |" % (ref, ref))
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
 for t, r in tools.items():
     a = r["repo_bytes_after"]
-    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %d | %s | %s | %s | %s |" % (
+    mr = r["mount_read_child2_s"]
+    print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %s | %d | %s | %s | %s | %s | %s |" % (
         labels.get(t, t), f(r["ingest_s"]["base"]), f(r["ingest_s"]["child1"]), f(r["ingest_s"]["child2"]),
         f(r["ingest_total_s"]), f(r["ingest_total_s"] / tools[ref]["ingest_total_s"]),
         f(r["peak_rss_kib_base"] / 1024, 0),
@@ -348,7 +439,8 @@ for t, r in tools.items():
         f((a["child2"] - a["child1"]) / 1e6, 1), r["repo_bytes"],
         f(r["repo_bytes"] / smallest), r["repo_allocated_bytes"], f(r["restore_child2_s"]),
         f(r["restore_child2_s"] / tools[ref]["restore_child2_s"]),
-        "yes" if r["restore_child2_ok"] else "NO", f(r["restore_child2_plus_sync_s"])))
+        "yes" if r["restore_child2_ok"] else "NO", f(r["restore_child2_plus_sync_s"]),
+        f(mr) if mr else "-"))
 stasis_rows = [t for t in tools if t.startswith("stasis")]
 peers = [t for t in tools if not t.startswith("stasis")]
 if stasis_rows and peers:
@@ -358,17 +450,25 @@ if stasis_rows and peers:
     print()
     print("### stasis ratios (ingest time vs %s per image; repo bytes vs the smallest peer, %s; restore child2 vs %s)" % (tref, sp, rref))
     print()
-    print("| row | ingest base × | ingest child1 × | ingest child2 × | ingest total × | repo bytes × %s | restore × %s | restore+sync × %s |" % (sp, rref, rref))
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    ceiling = limits.get("fuse_ceiling_child2", {}).get("s")
+    mref = "restic" if tools.get("restic", {}).get("mount_read_child2_s") else None
+    print("| row | ingest base × | ingest child1 × | ingest child2 × | ingest total × | repo bytes × %s | restore × %s | restore+sync × %s | mount read × %s | mount read speed × FUSE ceiling |" % (sp, rref, rref, mref))
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for t in stasis_rows:
         r, q = tools[t], tools[tref]
         rr = tools[rref]
-        print("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        print("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             labels.get(t, t), *(f(r["ingest_s"][i] / q["ingest_s"][i]) for i in images),
             f(r["ingest_total_s"] / q["ingest_total_s"]),
             f(r["repo_bytes"] / tools[sp]["repo_bytes"], 3),
             f(r["restore_child2_s"] / rr["restore_child2_s"]),
-            f(r["restore_child2_plus_sync_s"] / rr["restore_child2_plus_sync_s"])))
+            f(r["restore_child2_plus_sync_s"] / rr["restore_child2_plus_sync_s"]),
+            f(r["mount_read_child2_s"] / tools[mref]["mount_read_child2_s"]) if mref and r["mount_read_child2_s"] else "-",
+            f(ceiling / r["mount_read_child2_s"]) if ceiling and r["mount_read_child2_s"] else "-"))
+    print()
+    print("Ingest of base as a share of b3sum's rate on the same file: " + ", ".join(
+        "%s %.0f%%" % (labels.get(t, t), 100 * limits["b3sum_base"]["s"] / tools[t]["ingest_s"]["base"])
+        for t in stasis_rows))
 print()
 print("### Machine limits (same run; MB/s over the apparent image size)")
 print()
