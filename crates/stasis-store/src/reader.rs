@@ -116,7 +116,15 @@ pub fn restore(
     })?;
     let per_chunk = ((32u64 << 20) / bs).max(1) as usize;
     let mut written = 0u64;
-    for chunk in blocks.chunks(per_chunk) {
+    let chunks: Vec<&[(u64, BlockId)]> = blocks.chunks(per_chunk).collect();
+    if let Some(first) = chunks.first() {
+        store.prefetch(first.iter().map(|(_, id)| id));
+    }
+    for (k, chunk) in chunks.iter().enumerate() {
+        // The next chunk's packs are fetched while this one is decoded and written.
+        if let Some(next) = chunks.get(k + 1) {
+            store.prefetch(next.iter().map(|(_, id)| id));
+        }
         let n: Result<Vec<u64>> = chunk
             .par_iter()
             .map(|(i, id)| {

@@ -153,6 +153,31 @@ impl Store {
         idx.get(id).map(|l| (idx.pack_id(l), *l))
     }
 
+    /// Hint that the blobs `ids` will be read soon (see [`Backend::prefetch`]): their
+    /// stored ranges, merged per pack where they nearly touch, are passed to the
+    /// backend. Ids not in the index are skipped.
+    pub fn prefetch<'a>(&self, ids: impl IntoIterator<Item = &'a BlockId>) {
+        /// Ranges closer than this are fetched as one.
+        const GAP: u64 = 256 << 10;
+        let mut by_pack: HashMap<PackId, Vec<std::ops::Range<u64>>, FxBuildHasher> =
+            HashMap::default();
+        {
+            let idx = self.index();
+            for id in ids {
+                if let Some(l) = idx.get(id) {
+                    by_pack
+                        .entry(idx.pack_id(l))
+                        .or_default()
+                        .push(l.offset..l.offset + u64::from(l.stored_len));
+                }
+            }
+        }
+        for (pack, ranges) in by_pack {
+            let merged = merge_ranges(ranges, GAP);
+            self.backend.prefetch(&pack::pack_key(&pack), &merged);
+        }
+    }
+
     /// Read a blob from storage, decode it and check it against its id (no cache).
     ///
     /// If the block's pack is gone (gc repacked it since the index was loaded), the
@@ -256,6 +281,19 @@ impl NodeSource for Store {
     fn node_bytes(&self, id: &BlockId) -> Result<Bytes> {
         self.block(id)
     }
+}
+
+/// `ranges` sorted and merged where they overlap or lie less than `gap` apart.
+fn merge_ranges(mut ranges: Vec<std::ops::Range<u64>>, gap: u64) -> Vec<std::ops::Range<u64>> {
+    ranges.sort_unstable_by_key(|r| r.start);
+    let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match merged.last_mut() {
+            Some(m) if r.start <= m.end.saturating_add(gap) => m.end = m.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    merged
 }
 
 /// What a write session added.
@@ -545,6 +583,38 @@ impl NodeSource for Writer<'_> {
 mod tests {
     use super::*;
     use crate::backend::MemoryBackend;
+
+    #[test]
+    fn prefetch_ranges_merge_when_close() {
+        assert_eq!(
+            merge_ranges(vec![300..400, 0..100, 90..120, 1000..1100, 130..140], 10),
+            vec![0..140, 300..400, 1000..1100]
+        );
+        assert_eq!(merge_ranges(vec![], 10), Vec::<std::ops::Range<u64>>::new());
+        assert_eq!(merge_ranges(vec![5..9, 0..20], 0), vec![0..20]);
+    }
+
+    /// Prefetching is only a hint: known, unknown and repeated ids are all fine, and
+    /// reads afterwards return the same bytes.
+    #[test]
+    fn prefetch_changes_no_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let be: Arc<dyn Backend> =
+            Arc::new(crate::backend::LocalBackend::open(dir.path()).expect("backend"));
+        let store = Store::init(Arc::clone(&be), RepoConfig::default()).expect("init");
+        let mut w = store.writer(Compression::default()).expect("writer");
+        let blocks: Vec<Vec<u8>> = (0..20u8).map(|k| vec![k; 70_000]).collect();
+        let ids: Vec<BlockId> = blocks.iter().map(|b| Id::of(b)).collect();
+        for (id, b) in ids.iter().zip(&blocks) {
+            w.add(*id, BlobKind::Data, b).expect("add");
+        }
+        w.commit().expect("commit");
+        let unknown = Id::of(b"never stored");
+        store.prefetch(ids.iter().chain([&unknown, &ids[0]]));
+        for (id, b) in ids.iter().zip(&blocks) {
+            assert_eq!(&store.read_blob(id).expect("read")[..], &b[..]);
+        }
+    }
 
     #[test]
     fn write_commit_read() {

@@ -227,6 +227,20 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
+    fn prefetch(&self, key: &str, ranges: &[Range<u64>]) {
+        // posix_fadvise(WILLNEED) starts asynchronous readahead of each range into the
+        // page cache, which the pack's mapping then reads without waiting on the disk.
+        // Only a hint: errors are ignored.
+        let Ok(path) = self.path(key) else { return };
+        let Ok(file) = File::open(&path) else { return };
+        for r in ranges {
+            if let Some(len) = std::num::NonZeroU64::new(r.end.saturating_sub(r.start)) {
+                let _ =
+                    rustix::fs::fadvise(&file, r.start, Some(len), rustix::fs::Advice::WillNeed);
+            }
+        }
+    }
+
     fn locks(&self) -> &dyn Locks {
         &self.locks
     }

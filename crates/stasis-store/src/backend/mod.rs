@@ -54,6 +54,13 @@ pub trait Backend: Send + Sync + Debug {
 
     /// How processes sharing this backend coordinate (see [`crate::lock`]).
     fn locks(&self) -> &dyn Locks;
+
+    /// A hint that `ranges` (sorted) of object `key` will be read soon: a backend may
+    /// start fetching them so the reads that follow find them in memory. It changes
+    /// nothing a read returns; by default it does nothing.
+    fn prefetch(&self, key: &str, ranges: &[Range<u64>]) {
+        let _ = (key, ranges);
+    }
 }
 
 /// Check that `key` is a well-formed relative object key.
