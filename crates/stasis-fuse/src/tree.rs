@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,12 +37,42 @@ pub enum Node {
     Current(String),
 }
 
+/// Requests this large come from the kernel's readahead of a sequential reader.
+const SEQUENTIAL_REQUEST: u64 = 256 << 10;
+/// How far ahead of a sequential reader the packs of its blocks are prefetched.
+const PREFETCH_AHEAD: u64 = 8 << 20;
+
+/// After a sequential read ending at `end`, ask the store to fetch the packs of the
+/// next [`PREFETCH_AHEAD`] bytes, so cold blocks are read from the disk while earlier
+/// ones are decoded. Each stretch is asked for once: `prefetched` records how far it
+/// went, and a reader that jumps elsewhere starts a new stretch.
+fn prefetch_ahead(reader: &PayloadReader<'_>, p: &PayloadInfo, end: u64) {
+    let limit = (end + PREFETCH_AHEAD).min(p.manifest.size);
+    let done = p.prefetched.load(Ordering::Relaxed);
+    let from = if (end..limit).contains(&done) {
+        done
+    } else {
+        end
+    };
+    if from >= limit
+        || p.prefetched
+            .compare_exchange(done, limit, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    // Only a hint: a failure here shows up, if at all, on the read itself.
+    let _ = reader.prefetch(from..limit);
+}
+
 #[derive(Debug)]
 struct PayloadInfo {
     manifest: Manifest,
     data_bytes: u64,
     created: SystemTime,
     ranges: OnceLock<Vec<Range<u64>>>,
+    /// How far a sequential reader's packs have been prefetched (see [`Tree::read`]).
+    prefetched: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +190,7 @@ impl Tree {
             data_bytes: p.data_bytes,
             created: time_of(&s),
             ranges: OnceLock::new(),
+            prefetched: AtomicU64::new(0),
         });
         self.payloads
             .write()
@@ -415,22 +447,30 @@ impl Tree {
         self.attr(self.ino(child))
     }
 
-    /// Read up to `size` bytes at `offset` into `buf` (its old contents are dropped; its
-    /// allocation is reused).
+    /// Read up to `size` bytes at `offset` into `buf`, reusing its allocation: on
+    /// success it holds exactly the bytes read; after an error its contents are
+    /// unspecified and must not be sent.
     pub fn read(&self, ino: u64, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<(), Errno> {
-        buf.clear();
         match self.node(ino)? {
             Node::Payload { id, idx } => {
                 let p = self.payload(ino, &id, idx)?;
                 let reader = PayloadReader::new(&self.store, p.manifest).map_err(eio)?;
                 let len = u64::from(size).min(p.manifest.size.saturating_sub(offset));
-                // Zeroed, not just reserved: no byte of an earlier read can stay behind.
+                // Sized, not cleared: `read_at` writes every byte of it (holes and zero
+                // blocks as zeros) or fails, and a failed read's buffer is never sent, so
+                // no byte of an earlier read can stay behind. Not zeroing it first saves a
+                // memset of every request.
+                buf.truncate(len as usize);
                 buf.resize(len as usize, 0);
                 let n = reader.read_at(offset, buf).map_err(eio)?;
                 buf.truncate(n);
+                if u64::from(size) >= SEQUENTIAL_REQUEST {
+                    prefetch_ahead(&reader, &p, offset + n as u64);
+                }
                 Ok(())
             }
             Node::Json(id) => {
+                buf.clear();
                 let (bytes, _) = self.json(&id)?;
                 let start = (offset as usize).min(bytes.len());
                 let end = start.saturating_add(size as usize).min(bytes.len());

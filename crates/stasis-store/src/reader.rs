@@ -69,6 +69,31 @@ impl<'s> PayloadReader<'s> {
         }
     }
 
+    /// Hint that bytes `range` will be read soon: the store prefetches the packs of
+    /// the data blocks there (see [`Store::prefetch`]).
+    pub fn prefetch(&self, range: std::ops::Range<u64>) -> Result<()> {
+        let m = &self.manifest;
+        let end = range.end.min(m.size);
+        if range.start >= end {
+            return Ok(());
+        }
+        let bs = u64::from(m.block_size);
+        let mut ids = Vec::new();
+        manifest::visit_blocks(
+            self.store,
+            m,
+            range.start / bs..end.div_ceil(bs),
+            &mut |_, _, r| {
+                if let BlockRef::Data(id) = r {
+                    ids.push(id);
+                }
+                Ok(())
+            },
+        )?;
+        self.store.prefetch(&ids);
+        Ok(())
+    }
+
     /// The data regions (blocks that are neither holes nor zeros), as byte ranges.
     pub fn data_ranges(&self) -> Result<Vec<std::ops::Range<u64>>> {
         let m = &self.manifest;
