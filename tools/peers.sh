@@ -15,6 +15,12 @@
 # machine limits in the same run: b3sum per image, zstd -1 -T1 / -T0 of base, dd of
 # base from page cache, and the FUSE ceiling: the same read from a do-nothing FUSE file
 # served from memory with stasis's mount options (crates/stasis-fuse/examples/nullfs.rs).
+# Everything above except the corpus facts is measured ROUNDS (3) times: each round
+# takes the machine limits, then every tool in turn (the order rotates by one each
+# round) from a fresh repository. Tables give the median of each figure over the
+# rounds and ratios of those medians; the JSON keeps every round's times (*_rounds).
+# This machine's figures vary by 10-30% from one measurement to the next, too much
+# for a single sample to settle a ratio.
 # Prints markdown tables; writes JSON to $OUT_JSON when set.
 #
 # Settings (encryption off wherever the tool allows, to compare fairly):
@@ -107,7 +113,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-RES=$WORK/results.tsv
+ROUNDS=${ROUNDS:-3}
+RES=$WORK/results.env.tsv
 : >"$RES"
 put() { printf '%s\t%s\n' "$1" "$2" >>"$RES"; }
 log "work dir $WORK (same filesystem as corpus: $(stat -f -c %T "$WORK"))"
@@ -249,7 +256,7 @@ trap 'unmount_all; cleanup' EXIT
 # mount_read KEY CMD...: $MOUNT_ROUNDS times, run CMD (a mount server) in the
 # background, wait for $MOUNTED_FILE, drop caches, time a sequential read of it,
 # unmount; records the median as KEY.s (and each round as KEY.rounds).
-MOUNT_ROUNDS=${MOUNT_ROUNDS:-3}
+MOUNT_ROUNDS=${MOUNT_ROUNDS:-1}
 mount_read() {
   local key=$1 r all=()
   shift
@@ -295,93 +302,120 @@ for i in "${IMAGES[@]}"; do
   fi
 done
 
-# ---------------------------------------------------------------- machine limits
-log "machine limits: b3sum, zstd, dd (page cache)"
-for i in "${IMAGES[@]}"; do
-  warm "$CORPUS/$i.ext4"
-  timed "limits.b3sum_$i" b3sum "$CORPUS/$i.ext4"
-done
-warm "$CORPUS/base.ext4"
-timed limits.zstd1_T1_base zstd -q -1 -T1 -c "$CORPUS/base.ext4" -o /dev/null
-timed limits.zstd1_T0_base zstd -q -1 -T0 -c "$CORPUS/base.ext4" -o /dev/null
-put limits.zstd1_base_bytes "$(zstd -q -1 -T0 -c "$CORPUS/base.ext4" | wc -c)"
-timed limits.dd_base dd if="$CORPUS/base.ext4" of=/dev/null bs=1M
-if [[ $MOUNT == 1 ]]; then
-  MOUNTED_FILE=$MNT/file
-  mount_read limits.fuse_ceiling_child2 "$EXAMPLES/nullfs" "$MNT" "$(stat -c %s "$CORPUS/child2.ext4")"
-  log "FUSE ceiling: ${LAST_S}s"
-fi
-
-# ---------------------------------------------------------------- peers
-for t in $TOOLS; do
-  repo=$WORK/$t.repo
-  fn=${t//-/_}
-  log "$t: init"
-  "${fn}_init" "$repo" >"$WORK/$t.init.log" 2>&1 || { cat "$WORK/$t.init.log" >&2; die "$t init failed"; }
-  prev=
+# ---------------------------------------------------------------- rounds
+# Each round measures the machine limits and every tool from a fresh repository, the
+# tools in a rotating order; the report gives the median of each figure over the rounds.
+order=$TOOLS
+for ((round = 1; round <= ROUNDS; round++)); do
+  RES=$WORK/results.$round.tsv
+  : >"$RES"
+  log "round $round: machine limits: b3sum, zstd, dd (page cache)"
   for i in "${IMAGES[@]}"; do
-    src=$(input_path "$t" "$i")
-    warm "$src"
-    log "$t: ingest $i ($(basename "$src"))"
-    timed "tools.$t.ingest.$i" "${fn}_ingest" "$repo" "$i" "$src" "$prev"
-    log "$t: ingest $i took ${LAST_S}s"
-    put "tools.$t.repo_bytes_after.$i" "$(du -sb "$repo" | cut -f1)"
-    prev=$i
+    warm "$CORPUS/$i.ext4"
+    timed "limits.b3sum_$i" b3sum "$CORPUS/$i.ext4"
   done
-  put "tools.$t.repo_bytes" "$(du -sb "$repo" | cut -f1)"
-  put "tools.$t.repo_allocated_bytes" "$(du -s -B1 "$repo" | cut -f1)"
-  if [[ $t == stasis* ]]; then "$STASIS_BIN" --repo "$repo" du >"$WORK/$t.du.log" 2>&1 || true; cat "$WORK/$t.du.log" >&2; fi
-  out=$WORK/$t.restore
-  rm -rf "$out"
-  mkdir -p "$out"
-  drop_caches
-  log "$t: restore child2 (cold cache)"
-  t0=$(date +%s.%N)
-  if ! restored=$("${fn}_restore" "$repo" child2 "$out" 2>"$WORK/$t.restore.log"); then
-    tail -20 "$WORK/$t.restore.log" >&2
-    die "$t restore failed"
+  warm "$CORPUS/base.ext4"
+  timed limits.zstd1_T1_base zstd -q -1 -T1 -c "$CORPUS/base.ext4" -o /dev/null
+  timed limits.zstd1_T0_base zstd -q -1 -T0 -c "$CORPUS/base.ext4" -o /dev/null
+  put limits.zstd1_base_bytes "$(zstd -q -1 -T0 -c "$CORPUS/base.ext4" | wc -c)"
+  timed limits.dd_base dd if="$CORPUS/base.ext4" of=/dev/null bs=1M
+  if [[ $MOUNT == 1 ]]; then
+    MOUNTED_FILE=$MNT/file
+    mount_read limits.fuse_ceiling_child2 "$EXAMPLES/nullfs" "$MNT" "$(stat -c %s "$CORPUS/child2.ext4")"
+    log "FUSE ceiling: ${LAST_S}s"
   fi
-  t1=$(date +%s.%N)
-  sync
-  t2=$(date +%s.%N)
-  put "tools.$t.restore.child2.s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')"
-  put "tools.$t.restore.child2.sync_s" "$(awk -v a="$t0" -v b="$t2" 'BEGIN{printf "%.3f", b-a}')"
-  if cmp -s "$restored" "$CORPUS/child2.ext4"; then ok=true; else ok=false; fi
-  put "tools.$t.restore.child2.ok" "$ok"
-  put "tools.$t.restore.child2.allocated_bytes" "$(du -B1 "$restored" | cut -f1)"
-  log "$t: restore ok=$ok"
-  rm -rf "$out"
-  if [[ $MOUNT == 1 ]] && declare -F "${fn}_mount" >/dev/null; then
-    MOUNTED_FILE=$("${fn}_mounted_file" "$repo" child2 "$MNT")
-    log "$t: cold sequential read of child2 through its mount"
-    mount_read "tools.$t.mount_read.child2" "${fn}_mount" "$repo" child2 "$MNT"
-    log "$t: mount read took ${LAST_S}s"
-  fi
+
+  for t in $order; do
+    repo=$WORK/$t.repo
+    fn=${t//-/_}
+    log "round $round, $t: init"
+    rm -rf "$repo" "$repo".*
+    "${fn}_init" "$repo" >"$WORK/$t.init.log" 2>&1 || { cat "$WORK/$t.init.log" >&2; die "$t init failed"; }
+    prev=
+    for i in "${IMAGES[@]}"; do
+      src=$(input_path "$t" "$i")
+      warm "$src"
+      log "$t: ingest $i ($(basename "$src"))"
+      timed "tools.$t.ingest.$i" "${fn}_ingest" "$repo" "$i" "$src" "$prev"
+      log "$t: ingest $i took ${LAST_S}s"
+      put "tools.$t.repo_bytes_after.$i" "$(du -sb "$repo" | cut -f1)"
+      prev=$i
+    done
+    put "tools.$t.repo_bytes" "$(du -sb "$repo" | cut -f1)"
+    put "tools.$t.repo_allocated_bytes" "$(du -s -B1 "$repo" | cut -f1)"
+    if [[ $t == stasis* ]]; then "$STASIS_BIN" --repo "$repo" du >"$WORK/$t.du.log" 2>&1 || true; cat "$WORK/$t.du.log" >&2; fi
+    out=$WORK/$t.restore
+    rm -rf "$out"
+    mkdir -p "$out"
+    drop_caches
+    log "$t: restore child2 (cold cache)"
+    t0=$(date +%s.%N)
+    if ! restored=$("${fn}_restore" "$repo" child2 "$out" 2>"$WORK/$t.restore.log"); then
+      tail -20 "$WORK/$t.restore.log" >&2
+      die "$t restore failed"
+    fi
+    t1=$(date +%s.%N)
+    sync
+    t2=$(date +%s.%N)
+    put "tools.$t.restore.child2.s" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')"
+    put "tools.$t.restore.child2.sync_s" "$(awk -v a="$t0" -v b="$t2" 'BEGIN{printf "%.3f", b-a}')"
+    if cmp -s "$restored" "$CORPUS/child2.ext4"; then ok=true; else ok=false; fi
+    put "tools.$t.restore.child2.ok" "$ok"
+    put "tools.$t.restore.child2.allocated_bytes" "$(du -B1 "$restored" | cut -f1)"
+    log "$t: restore ok=$ok"
+    rm -rf "$out"
+    if [[ $MOUNT == 1 ]] && declare -F "${fn}_mount" >/dev/null; then
+      MOUNTED_FILE=$("${fn}_mounted_file" "$repo" child2 "$MNT")
+      log "$t: cold sequential read of child2 through its mount"
+      mount_read "tools.$t.mount_read.child2" "${fn}_mount" "$repo" child2 "$MNT"
+      log "$t: mount read took ${LAST_S}s"
+    fi
+  done
+  # the next round starts with the next tool
+  read -r first rest <<<"$order"
+  order="$rest $first"
 done
 
 # ---------------------------------------------------------------- report
-python3 - "$RES" "${OUT_JSON:-}" <<'PY'
-import json, sys
+python3 - "${OUT_JSON:-}" "$WORK"/results.env.tsv "$WORK"/results.[0-9]*.tsv <<'PY'
+import json, statistics, sys
 
-res, out_json = sys.argv[1], sys.argv[2]
-data = {}
-for line in open(res):
-    key, val = line.rstrip("\n").split("\t", 1)
+out_json, files = sys.argv[1], sys.argv[2:]
+
+def value(val):
     if val in ("true", "false"):
-        v = val == "true"
-    else:
+        return val == "true"
+    for conv in (int, float):
         try:
-            v = int(val)
+            return conv(val)
         except ValueError:
-            try:
-                v = float(val)
-            except ValueError:
-                v = val
+            pass
+    return val
+
+# key -> values over the rounds (the environment file has one of each)
+values = {}
+for path in files:
+    for line in open(path):
+        key, val = line.rstrip("\n").split("\t", 1)
+        values.setdefault(key, []).append(value(val))
+
+def combine(vs):
+    nums = [v for v in vs if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(nums) == len(vs) and len(vs) > 1:
+        return statistics.median(nums)
+    if all(isinstance(v, bool) for v in vs):
+        return all(vs)  # a restore is ok only if it was ok in every round
+    return vs[0]
+
+data = {"rounds": len(files) - 1}
+for key, vs in values.items():
     d = data
     parts = key.split(".")
     for p in parts[:-1]:
         d = d.setdefault(p, {})
-    d[parts[-1]] = v
+    d[parts[-1]] = combine(vs)
+    if len(vs) > 1 and parts[-1] in ("s", "sync_s"):
+        d[parts[-1] + "_rounds"] = vs
 
 images = ["base", "child1", "child2"]
 tools = data.get("tools", {})
@@ -423,7 +457,7 @@ def f(x, d=2):
     return "%.*f" % (d, x)
 
 print()
-print("### Peers (ingest from page cache; restore after drop_caches; time ratio vs %s, bytes ratio vs smallest repo)" % ref)
+print("### Peers (medians of %d rounds; ingest from page cache; restore after drop_caches; time ratio vs %s, bytes ratio vs smallest repo)" % (data["rounds"], ref))
 print()
 labels = {"stasis-diff": "stasis --diff"}
 print("| tool | ingest base s | ingest child1 s | ingest child2 s | ingest total s | × %s | peak RSS base MiB | repo after base MB | +child1 MB | +child2 MB | repo bytes (du -sb) | × smallest | repo allocated | restore child2 s | × %s | restore ok | restore+sync s | mount read child2 s |" % (ref, ref))
