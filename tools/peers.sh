@@ -423,16 +423,18 @@ tools = data.get("tools", {})
 for t, r in tools.items():
     ing = r.pop("ingest")
     r["ingest_s"] = {i: ing[i]["s"] for i in images}
+    r["ingest_s_rounds"] = {i: ing[i].get("s_rounds") for i in images}
     r["ingest_total_s"] = round(sum(r["ingest_s"].values()), 3)
     r["peak_rss_kib_base"] = ing["base"]["rss_kib"]
     rc = r.pop("restore")["child2"]
     r["restore_child2_s"] = rc["s"]
+    r["restore_child2_s_rounds"] = rc.get("s_rounds")
     r["restore_child2_plus_sync_s"] = rc["sync_s"]
     r["restore_child2_ok"] = rc["ok"]
     r["restore_child2_allocated_bytes"] = rc["allocated_bytes"]
     mr = r.pop("mount_read", {}).get("child2")
     r["mount_read_child2_s"] = mr["s"] if mr else None
-    r["mount_read_child2_rounds"] = mr.get("rounds") if mr else None
+    r["mount_read_child2_s_rounds"] = mr.get("s_rounds") if mr else None
 lim = data.get("limits", {})
 apparent = data["corpus"]["base"]["apparent_bytes"]
 limits = {}
@@ -443,8 +445,8 @@ for k, v in list(lim.items()):
         if img in images:
             mbps = round(data["corpus"][img]["apparent_bytes"] / v["s"] / 1e6, 1)
         limits[k] = {"s": v["s"], "rss_kib": v.get("rss_kib"), "apparent_MBps": mbps}
-        if "rounds" in v:
-            limits[k]["rounds"] = v["rounds"]
+        if "s_rounds" in v:
+            limits[k]["s_rounds"] = v["s_rounds"]
     else:
         limits[k] = v
 data["limits"] = limits
