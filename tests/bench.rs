@@ -2,37 +2,14 @@
 //! temporary repository. Nothing here asserts on a speed or a latency.
 
 mod common;
-use common::noise;
+use common::{noise, run_stasis as stasis, stasis_ok as ok};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_stasis");
 const MIB: u64 = 1 << 20;
-
-fn stasis(repo: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .env_remove("STASIS_REPO")
-        .output()
-        .expect("run stasis")
-}
-
-fn ok(repo: &Path, args: &[&str]) -> String {
-    let out = stasis(repo, args);
-    assert!(
-        out.status.success(),
-        "stasis {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf8")
-}
 
 fn json(repo: &Path, args: &[&str]) -> Value {
     let mut a = vec!["--json"];

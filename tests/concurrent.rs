@@ -6,35 +6,16 @@
 mod common;
 #[path = "common/mount.rs"]
 mod mount;
+use common::stasis_ok as ok;
 use mount::Mount;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
 use mount::BIN;
-
-fn stasis(repo: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .output()
-        .expect("run stasis")
-}
-
-fn ok(repo: &Path, args: &[&str]) -> String {
-    let out = stasis(repo, args);
-    assert!(
-        out.status.success(),
-        "stasis {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn drop_caches() {
     // Root only (CI); elsewhere the reads still go through the mount, just cached.

@@ -5,23 +5,12 @@
 //! restores byte-identical or is named as having lost blocks.
 
 mod common;
+use common::run_stasis as stasis;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_stasis");
-
-fn stasis(repo: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .output()
-        .expect("run stasis")
-}
 
 fn copy_dir(src: &Path, dst: &Path) {
     let _ = fs::remove_dir_all(dst);

@@ -3,7 +3,33 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+
+/// The `stasis` binary under test.
+pub const STASIS_BIN: &str = env!("CARGO_BIN_EXE_stasis");
+
+/// `stasis --repo REPO ARGS...`, ignoring any STASIS_REPO of the environment.
+pub fn run_stasis(repo: &Path, args: &[&str]) -> Output {
+    Command::new(STASIS_BIN)
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env_remove("STASIS_REPO")
+        .output()
+        .expect("run stasis")
+}
+
+/// [`run_stasis`], which must succeed; its stdout.
+pub fn stasis_ok(repo: &Path, args: &[&str]) -> String {
+    let out = run_stasis(repo, args);
+    assert!(
+        out.status.success(),
+        "stasis {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 /// Deterministic incompressible bytes (xorshift64), `n` of them from `seed`.
 pub fn noise(n: usize, seed: u64) -> Vec<u8> {
