@@ -1,15 +1,19 @@
-//! Stored block bytes under every codec: errors, never panics, never a wrong length.
+//! Stored block bytes under every codec: errors, never panics, never a wrong length; and
+//! shared frames, which never decode past their bound.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stasis_store::codec::{Codec, decompress};
+use stasis_store::codec::{Codec, MAX_FRAME_BYTES, decompress, decompress_frame};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&c, rest)) = data.split_first() else { return };
-    let Ok(codec) = Codec::from_u8(c % 3) else { return };
+    let Ok(codec) = Codec::from_u8(c % 4) else { return };
     let raw_len = usize::from(c) * 97;
     let mut out = Vec::new();
     if decompress(codec, rest, raw_len, &mut out).is_ok() {
         assert_eq!(out.len(), raw_len);
+    }
+    if decompress_frame(rest, &mut out).is_ok() {
+        assert!(out.len() <= MAX_FRAME_BYTES);
     }
 });

@@ -73,15 +73,17 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     }
     let snaps = repo.catalog.list(None)?;
     let (mut unique, mut stored_data, mut stored_tree) = (0u64, 0u64, 0u64);
-    for (_, loc) in repo.store.index().iter() {
+    let idx = repo.store.index();
+    for (_, loc) in idx.iter() {
         match loc.kind {
             BlobKind::Data => {
                 unique += u64::from(loc.raw_len);
-                stored_data += u64::from(loc.stored_len);
+                stored_data += idx.stored_share(loc);
             }
-            BlobKind::Tree => stored_tree += u64::from(loc.stored_len),
+            BlobKind::Tree => stored_tree += idx.stored_share(loc),
         }
     }
+    drop(idx);
     let backend = repo.store.backend();
     let pack_bytes: u64 = backend.list("packs/")?.iter().map(|m| m.size).sum();
     let index_bytes: u64 = backend.list("index/")?.iter().map(|m| m.size).sum();

@@ -23,6 +23,11 @@ pub struct Args {
     /// repack less at a time; larger ones mean fewer files.
     #[arg(long, value_name = "SIZE")]
     pack_size: Option<String>,
+    /// zstd compresses the new blocks of a write together in frames of up to this size
+    /// (0 or 0-16MiB; default 256KiB; 0 compresses each block alone). Larger frames
+    /// compress a little better; a random read decodes a whole frame.
+    #[arg(long, value_name = "SIZE")]
+    frame_size: Option<String>,
 }
 
 /// Parse `--block-size` values into `config`: plain sizes first, then per-role ones.
@@ -55,6 +60,13 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
             bail!("--pack-size must be between 1MiB and 1GiB, not {p}");
         }
     }
+    if let Some(f) = &a.frame_size {
+        let max = stasis_store::codec::MAX_FRAME_BYTES as u64;
+        config.frame_size = match parse_size(f)? {
+            n if n <= max => n as u32,
+            _ => bail!("--frame-size must be at most 16MiB, not {f}"),
+        };
+    }
     let path = ctx.path()?;
     let repo = repo::init(&path, config)?;
     let c = repo.store.config();
@@ -62,12 +74,16 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         return print_json(&serde_json::json!({ "path": path, "config": c }));
     }
     println!(
-        "initialised {}: blocks disk {} memory {} state {}, compression {}",
+        "initialised {}: blocks disk {} memory {} state {}, compression {}, frames {}",
         path.display(),
         human(c.block_sizes.disk.into()),
         human(c.block_sizes.memory.into()),
         human(c.block_sizes.state.into()),
-        c.compression
+        c.compression,
+        match c.frame_size {
+            0 => "off".to_string(),
+            n => human(n.into()),
+        }
     );
     Ok(())
 }

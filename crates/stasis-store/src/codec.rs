@@ -170,7 +170,15 @@ pub enum Codec {
     Zstd = 1,
     /// An lz4 block (no size prefix; the raw length is kept beside it).
     Lz4 = 2,
+    /// One zstd frame holding several blobs back to back (see [`MAX_FRAME_BYTES`]):
+    /// each member's entry names the same stored range and where in the decoded bytes
+    /// its own bytes start. Neighbouring blocks compress better together than alone.
+    ZstdFrame = 3,
 }
+
+/// The most bytes a shared frame may decode to (a bound on what a damaged or hostile
+/// frame header can make a reader allocate).
+pub const MAX_FRAME_BYTES: usize = 16 << 20;
 
 impl Codec {
     /// The codec named by an on-disk byte.
@@ -179,6 +187,7 @@ impl Codec {
             0 => Ok(Codec::Raw),
             1 => Ok(Codec::Zstd),
             2 => Ok(Codec::Lz4),
+            3 => Ok(Codec::ZstdFrame),
             _ => Err(Error::corrupt(format!("unknown block codec {b}"))),
         }
     }
@@ -243,6 +252,48 @@ pub fn compress(c: Compression, data: &[u8], out: &mut Vec<u8>) -> Result<Codec>
     Ok(codec)
 }
 
+fn zstd_decompress(stored: &[u8], capacity: usize, out: &mut Vec<u8>) -> Result<()> {
+    ZSTD_D.with(|cell| -> Result<()> {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| Error::new(ErrorKind::Io, format!("zstd init: {e}")))?,
+            );
+        }
+        let Some(d) = slot.as_mut() else {
+            return Err(Error::new(ErrorKind::Io, "zstd decompressor missing"));
+        };
+        out.reserve(capacity);
+        d.decompress_to_buffer(stored, out)
+            .map_err(|e| Error::corrupt(format!("zstd block does not decode: {e}")))?;
+        Ok(())
+    })
+}
+
+/// Decode a shared frame ([`Codec::ZstdFrame`]) whole into `out`: its length is the one
+/// its header declares, at most [`MAX_FRAME_BYTES`].
+pub fn decompress_frame(stored: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    out.clear();
+    let len = match zstd::zstd_safe::get_frame_content_size(stored) {
+        Ok(Some(n)) if n <= MAX_FRAME_BYTES as u64 => n as usize,
+        Ok(Some(n)) => {
+            return Err(Error::corrupt(format!(
+                "frame declares {n} bytes, more than {MAX_FRAME_BYTES}"
+            )));
+        }
+        _ => return Err(Error::corrupt("frame header does not declare its size")),
+    };
+    zstd_decompress(stored, len, out)?;
+    if out.len() != len {
+        return Err(Error::corrupt(format!(
+            "frame decoded to {} bytes, its header says {len}",
+            out.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Decode `stored` (encoded with `codec`) into `out`, which must come out `raw_len` long.
 pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
     out.clear();
@@ -256,24 +307,7 @@ pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize, out: &mut Vec<u8>
             }
             out.extend_from_slice(stored);
         }
-        Codec::Zstd => {
-            ZSTD_D.with(|cell| -> Result<()> {
-                let mut slot = cell.borrow_mut();
-                if slot.is_none() {
-                    *slot = Some(
-                        zstd::bulk::Decompressor::new()
-                            .map_err(|e| Error::new(ErrorKind::Io, format!("zstd init: {e}")))?,
-                    );
-                }
-                let Some(d) = slot.as_mut() else {
-                    return Err(Error::new(ErrorKind::Io, "zstd decompressor missing"));
-                };
-                out.reserve(raw_len);
-                d.decompress_to_buffer(stored, out)
-                    .map_err(|e| Error::corrupt(format!("zstd block does not decode: {e}")))?;
-                Ok(())
-            })?;
-        }
+        Codec::Zstd | Codec::ZstdFrame => zstd_decompress(stored, raw_len, out)?,
         Codec::Lz4 => {
             out.resize(raw_len, 0);
             let n = lz4_flex::block::decompress_into(stored, out)
@@ -333,11 +367,26 @@ mod tests {
         }
 
         #[test]
-        fn garbage_never_panics(codec in 0u8..3, stored in proptest::collection::vec(any::<u8>(), 0..300), len in 0usize..5000) {
+        fn garbage_never_panics(codec in 0u8..4, stored in proptest::collection::vec(any::<u8>(), 0..300), len in 0usize..5000) {
             let mut out = Vec::new();
             let codec = Codec::from_u8(codec).expect("valid codec byte");
             if decompress(codec, &stored, len, &mut out).is_ok() {
                 prop_assert_eq!(out.len(), len);
+            }
+            if decompress_frame(&stored, &mut out).is_ok() {
+                prop_assert!(out.len() <= MAX_FRAME_BYTES);
+            }
+        }
+
+        #[test]
+        fn frames_roundtrip(parts in proptest::collection::vec(block(), 1..6), level in 1i32..=19) {
+            let whole: Vec<u8> = parts.concat();
+            let mut enc = Vec::new();
+            let mut dec = Vec::new();
+            let c = Compression::new(Algorithm::Zstd, Some(level)).expect("valid");
+            if compress(c, &whole, &mut enc).expect("compress") == Codec::Zstd {
+                decompress_frame(&enc, &mut dec).expect("decode");
+                prop_assert_eq!(&dec, &whole);
             }
         }
     }

@@ -137,6 +137,18 @@ pub struct RepoConfig {
     pub fanout: u32,
     /// Packs are sealed once they reach this many bytes.
     pub pack_size: u64,
+    /// New data blocks are compressed together in shared frames of up to this many
+    /// bytes (see [`crate::frame`]); 0 compresses each block alone. Repositories made
+    /// before frames existed read as the default.
+    #[serde(default = "default_frame_size")]
+    pub frame_size: u32,
+}
+
+/// The frame size of a new repository.
+pub const DEFAULT_FRAME_SIZE: u32 = 256 << 10;
+
+fn default_frame_size() -> u32 {
+    DEFAULT_FRAME_SIZE
 }
 
 impl Default for RepoConfig {
@@ -148,6 +160,7 @@ impl Default for RepoConfig {
             compression: Compression::default(),
             fanout: DEFAULT_FANOUT,
             pack_size: 32 << 20,
+            frame_size: DEFAULT_FRAME_SIZE,
         }
     }
 }
@@ -170,6 +183,13 @@ impl RepoConfig {
         }
         if !(2..=4096).contains(&self.fanout) || !(1 << 20..=1 << 30).contains(&self.pack_size) {
             return Err(Error::corrupt("config has an invalid fanout or pack size"));
+        }
+        if self.frame_size as usize > crate::codec::MAX_FRAME_BYTES {
+            return Err(Error::corrupt(format!(
+                "config frame size {} is over {} bytes",
+                self.frame_size,
+                crate::codec::MAX_FRAME_BYTES
+            )));
         }
         Ok(())
     }

@@ -48,6 +48,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::Backend;
 use crate::error::{Error, ErrorKind, Result};
+use crate::frame::FrameCache;
 use crate::id::{BlockId, Id, PackId};
 use crate::index::{self, Location};
 use crate::manifest::{self, BlockRef, Manifest};
@@ -255,6 +256,11 @@ fn load_files(backend: &dyn Backend, skip: &BTreeMap<String, Vec<PackId>>) -> Re
         }
         out.files.insert(meta.key, packs);
     }
+    // Index files list entries by id; put each pack's in its table's order, so that a
+    // frame's members are next to each other.
+    for es in out.packs.values_mut() {
+        es.sort_unstable_by_key(|e| (e.offset, e.skip));
+    }
     Ok(out)
 }
 
@@ -333,7 +339,7 @@ fn decide(files: &Files, live: &IdSet, repack_below: f64, pack_size: u64) -> Dec
     // kind with two or more merges them into one.
     let mut small_by_kind: HashMap<u8, Vec<&PackId>> = HashMap::new();
     for (p, es) in &files.packs {
-        let bytes: u64 = es.iter().map(|e| u64::from(e.stored_len) + 56).sum();
+        let bytes: u64 = pack::stored_shares(es).iter().map(|b| b + 56).sum();
         if bytes < small_limit {
             let kind = es.first().map(|e| e.kind as u8).unwrap_or(0);
             small_by_kind.entry(kind).or_default().push(p);
@@ -350,18 +356,21 @@ fn decide(files: &Files, live: &IdSet, repack_below: f64, pack_size: u64) -> Dec
         let mut mine = Vec::new();
         let mut not_mine = Vec::new();
         let (mut total, mut live_bytes) = (0u64, 0u64);
-        for e in entries {
-            let cost = u64::from(e.stored_len) + 56;
+        // A frame's bytes are shared evenly by its members.
+        let mut mine_stored = 0u64;
+        for (e, share) in entries.iter().zip(pack::stored_shares(entries)) {
+            let cost = share + 56;
             total += cost;
             if live.contains(&e.id) && owned.insert(e.id) {
                 live_bytes += cost;
+                mine_stored += share;
                 mine.push(*e);
             } else {
                 not_mine.push(e);
             }
         }
         d.live_blobs += mine.len() as u64;
-        d.live_bytes += mine.iter().map(|e| u64::from(e.stored_len)).sum::<u64>();
+        d.live_bytes += mine_stored;
         let removed = if mine.is_empty() {
             d.delete.push(*pid);
             true
@@ -531,37 +540,19 @@ pub fn collect(
     let mut keep: Vec<PackId> = Vec::new();
     if !d.repack.is_empty() {
         let mut w = store.maintenance_writer();
+        let frames = FrameCache::new(16 << 20);
         for pid in &d.repack {
-            let mut ok = true;
-            let mut copied = Vec::new();
-            for e in d.copy.get(pid).map(Vec::as_slice).unwrap_or(&[]) {
-                let loc = Location {
-                    pack: 0,
-                    offset: e.offset,
-                    stored_len: e.stored_len,
-                    raw_len: e.raw_len,
-                    codec: e.codec,
-                    kind: e.kind,
-                };
-                // Check the blob before copying it; a bad one keeps its pack in place.
-                if let Err(err) = read_located(backend, &e.id, pid, &loc) {
-                    report.kept.push(format!("{}: {err}", pack::pack_key(pid)));
-                    ok = false;
-                    break;
-                }
-                let stored = backend.get(
-                    &pack::pack_key(pid),
-                    Some(e.offset..e.offset + u64::from(e.stored_len)),
-                )?;
-                copied.push((*e, stored));
-            }
-            if !ok {
+            let entries = d.copy.get(pid).map(Vec::as_slice).unwrap_or(&[]);
+            // Check every blob before copying any; a bad one keeps its pack in place.
+            let bad = entries.iter().find_map(|e| {
+                read_located(backend, &frames, &e.id, pid, &Location::of(0, e)).err()
+            });
+            if let Some(err) = bad {
+                report.kept.push(format!("{}: {err}", pack::pack_key(pid)));
                 keep.push(*pid);
                 continue;
             }
-            for (e, stored) in copied {
-                w.copy_encoded(e.id, e.kind, e.codec, e.raw_len, &stored)?;
-            }
+            w.copy_entries(pid, entries)?;
         }
         let committed = w.commit()?;
         written_bytes = committed.stats.pack_bytes;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use rustc_hash::FxBuildHasher;
-use zerocopy::little_endian::{U32, U64};
+use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::Backend;
@@ -34,6 +34,23 @@ pub struct Location {
     pub codec: Codec,
     /// Data or tree.
     pub kind: BlobKind,
+    /// Where the blob starts in its decoded frame ([`Codec::ZstdFrame`]), else zero.
+    pub skip: u32,
+}
+
+impl Location {
+    /// The location of `e` in the pack at position `pack`.
+    pub fn of(pack: u32, e: &PackEntry) -> Location {
+        Location {
+            pack,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+            codec: e.codec,
+            kind: e.kind,
+            skip: e.skip,
+        }
+    }
 }
 
 /// The object key of an index file.
@@ -47,6 +64,8 @@ pub struct Index {
     packs: Vec<PackId>,
     pack_pos: HashMap<PackId, u32, FxBuildHasher>,
     blobs: HashMap<BlockId, Location, FxBuildHasher>,
+    /// Indexed members of each shared frame, by (pack position, offset).
+    frame_members: HashMap<(u32, u64), u32, FxBuildHasher>,
     /// The index files this was loaded from.
     files: Vec<String>,
 }
@@ -142,14 +161,27 @@ impl Index {
     /// Record that `e` lives in pack `pack` (a blob already known keeps its location).
     pub fn insert(&mut self, pack: PackId, e: &PackEntry) {
         let slot = self.pack_slot(pack);
-        self.blobs.entry(e.id).or_insert(Location {
-            pack: slot,
-            offset: e.offset,
-            stored_len: e.stored_len,
-            raw_len: e.raw_len,
-            codec: e.codec,
-            kind: e.kind,
-        });
+        if let std::collections::hash_map::Entry::Vacant(v) = self.blobs.entry(e.id) {
+            v.insert(Location::of(slot, e));
+            if e.codec == Codec::ZstdFrame {
+                *self.frame_members.entry((slot, e.offset)).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// The stored bytes `loc` accounts for: its stored length, or an even share of its
+    /// frame's among the frame's indexed members.
+    pub fn stored_share(&self, loc: &Location) -> u64 {
+        let n = match loc.codec {
+            Codec::ZstdFrame => self
+                .frame_members
+                .get(&(loc.pack, loc.offset))
+                .copied()
+                .unwrap_or(1)
+                .max(1),
+            _ => 1,
+        };
+        u64::from(loc.stored_len) / u64::from(n)
     }
 
     /// Where `id` is stored.
@@ -213,7 +245,7 @@ pub fn encode_file(packs: &[(PackId, Vec<PackEntry>)]) -> (String, Vec<u8>) {
                 raw_len: U32::new(e.raw_len),
                 codec: e.codec as u8,
                 kind: e.kind as u8,
-                reserved: [0; 2],
+                frame_skip: U16::new((e.skip / pack::FRAME_SKIP_UNIT) as u16),
             });
         }
     }
@@ -282,14 +314,15 @@ pub fn decode_file(bytes: &[u8]) -> Result<DecodedFile> {
         }
         out.push((
             pack,
-            PackEntry {
-                id: Id(r.id),
-                kind: BlobKind::from_u8(r.kind)?,
-                codec: Codec::from_u8(r.codec)?,
-                offset: r.offset.get(),
-                stored_len: r.stored_len.get(),
-                raw_len: r.raw_len.get(),
-            },
+            pack::entry_from_raw(
+                r.id,
+                r.kind,
+                r.codec,
+                r.offset.get(),
+                r.stored_len.get(),
+                r.raw_len.get(),
+                r.frame_skip.get(),
+            )?,
         ));
     }
     Ok((packs, out))
@@ -312,6 +345,7 @@ mod tests {
             offset: off,
             stored_len: 10 + u32::from(seed),
             raw_len: 100,
+            skip: 0,
         }
     }
 

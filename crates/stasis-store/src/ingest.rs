@@ -17,11 +17,12 @@ use rayon::prelude::*;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
-use crate::codec::{self, Codec};
+use crate::codec::{self, Algorithm, Codec};
 use crate::error::{Error, ErrorKind, Result};
+use crate::frame;
 use crate::id::Id;
 use crate::manifest::{self, BlockRef, Manifest, TreeBuilder};
-use crate::pack::BlobKind;
+use crate::pack::{BlobKind, FrameMember};
 use crate::source::{data_regions, is_zero};
 use crate::store::Writer;
 
@@ -83,26 +84,66 @@ fn store_blocks(
         }
     }
     let compression = w.compression();
-    let encoded: Vec<Result<(Codec, Vec<u8>)>> = todo
+    // Shared frames are zstd frames; other codecs compress each block alone.
+    let frame_size = match compression.algorithm() {
+        Algorithm::Zstd => w.store().config().frame_size as usize,
+        _ => 0,
+    };
+    let data = |k: usize| blocks[k].unwrap_or_default();
+    let lens: Vec<usize> = todo.iter().map(|&k| data(k).len()).collect();
+    let groups = frame::plan(&lens, frame_size);
+    let encoded: Vec<Result<(Codec, Vec<u8>)>> = groups
         .par_iter()
-        .map(|&k| {
-            let data = blocks[k].unwrap_or_default();
+        .map(|g| {
             let mut out = Vec::new();
-            let c = codec::compress(compression, data, &mut out)?;
+            let c = if g.len() == 1 {
+                codec::compress(compression, data(todo[g.start]), &mut out)?
+            } else {
+                let mut whole = Vec::with_capacity(lens[g.clone()].iter().sum());
+                for &k in &todo[g.clone()] {
+                    whole.extend_from_slice(data(k));
+                }
+                codec::compress(compression, &whole, &mut out)?
+            };
             Ok((c, out))
         })
         .collect();
-    for (&k, enc) in todo.iter().zip(encoded) {
-        let (codec, out) = enc?;
-        let data = blocks[k].unwrap_or_default();
-        let stored: &[u8] = if codec == Codec::Raw { data } else { &out };
-        let BlockRef::Data(id) = refs[k] else {
+    let raw_len = |k: usize| {
+        u32::try_from(data(k).len())
+            .map_err(|_| Error::new(ErrorKind::InvalidInput, "block too large"))
+    };
+    let id_of = |k: usize| match refs[k] {
+        BlockRef::Data(id) => Ok(id),
+        _ => Err(Error::new(ErrorKind::Io, "a data block lost its id")),
+    };
+    for (g, enc) in groups.iter().zip(encoded) {
+        let (c, out) = enc?;
+        if g.len() > 1 && c == Codec::Zstd {
+            let mut members = Vec::with_capacity(g.len());
+            let mut skip = 0u32;
+            for &k in &todo[g.clone()] {
+                let raw_len = raw_len(k)?;
+                members.push(FrameMember {
+                    id: id_of(k)?,
+                    raw_len,
+                    skip,
+                });
+                skip += raw_len;
+            }
+            w.add_frame(BlobKind::Data, &members, &out)?;
+            stats.new_blocks += members.len() as u64;
             continue;
-        };
-        let raw_len = u32::try_from(data.len())
-            .map_err(|_| Error::new(ErrorKind::InvalidInput, "block too large"))?;
-        if w.add_encoded(id, BlobKind::Data, codec, raw_len, stored)? {
-            stats.new_blocks += 1;
+        }
+        // A lone block, or a group that did not compress: each block alone, as it is.
+        for &k in &todo[g.clone()] {
+            let (c, stored): (Codec, &[u8]) = if g.len() == 1 && c != Codec::Raw {
+                (c, &out)
+            } else {
+                (Codec::Raw, data(k))
+            };
+            if w.add_encoded(id_of(k)?, BlobKind::Data, c, raw_len(k)?, stored)? {
+                stats.new_blocks += 1;
+            }
         }
     }
     Ok(refs)

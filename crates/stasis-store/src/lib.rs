@@ -4,7 +4,8 @@
 //!
 //! Data flows one way: an input file is read by [`source`] (data regions only), cut into
 //! fixed-size blocks and stored by [`ingest`] (blake3 ids, zero blocks never stored,
-//! per-block compression by [`codec`]) into [`pack`] files through a [`store::Writer`];
+//! compression by [`codec`], the new blocks of a batch grouped into shared zstd frames
+//! by [`frame`]) into [`pack`] files through a [`store::Writer`];
 //! the [`index`] says where each block lives; a [`manifest`] (a Merkle tree of block
 //! references) describes each payload; the catalog (another crate) records manifests.
 //! All storage goes through one [`backend::Backend`] trait.
@@ -38,12 +39,14 @@
 //! ## Reads
 //! Every block read from storage is checked against its id; corrupt bytes are an error
 //! ([`ErrorKind::Corrupt`]), never returned. Decoded blocks are shared through one
-//! bounded cache per [`store::Store`].
+//! bounded cache per [`store::Store`], and decoded shared frames through another
+//! ([`frame::FrameCache`]), so a sequential reader decodes each frame once.
 
 pub mod backend;
 pub mod codec;
 pub mod config;
 mod error;
+pub mod frame;
 pub mod gc;
 pub mod id;
 pub mod index;

@@ -5,8 +5,13 @@
 //! table and carries its blake3. A pack is named by the blake3 of all its bytes, so
 //! `verify --read-data` checks every byte; each blob is also checked against its own id
 //! whenever it is read. The entry tables alone are enough to rebuild the index.
+//!
+//! Stored ranges never overlap, except that the members of one shared frame
+//! ([`Codec::ZstdFrame`], see [`crate::frame`]) are listed one after another with the
+//! same range, each with a larger skip than the one before (in 4 KiB units in the
+//! entry's `frame_skip`).
 
-use zerocopy::little_endian::{U32, U64};
+use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::Backend;
@@ -51,6 +56,59 @@ pub struct PackEntry {
     pub stored_len: u32,
     /// Uncompressed length.
     pub raw_len: u32,
+    /// For a member of a shared frame ([`Codec::ZstdFrame`]): where its bytes start in
+    /// the decoded frame (a multiple of [`FRAME_SKIP_UNIT`]). Zero otherwise.
+    pub skip: u32,
+}
+
+/// Frame members start at multiples of this many bytes in their decoded frame (every
+/// block size is one), so the on-disk skip fits in 16 bits.
+pub const FRAME_SKIP_UNIT: u32 = 4096;
+
+/// The largest skip a frame member can have.
+pub const MAX_FRAME_SKIP: u32 = u16::MAX as u32 * FRAME_SKIP_UNIT;
+
+/// One blob of a frame being added: its id, length, and where it starts in the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameMember {
+    /// Content id.
+    pub id: BlockId,
+    /// Uncompressed length.
+    pub raw_len: u32,
+    /// Offset in the decoded frame.
+    pub skip: u32,
+}
+
+impl PackEntry {
+    /// Whether `self` and `other` are members of the same shared frame.
+    pub fn same_frame(&self, other: &PackEntry) -> bool {
+        self.codec == Codec::ZstdFrame
+            && other.codec == Codec::ZstdFrame
+            && self.offset == other.offset
+            && self.stored_len == other.stored_len
+    }
+}
+
+/// Each entry's share of the stored bytes: its stored length, or for the members of a
+/// shared frame an even part of the frame's (`entries` as a pack table lists them, so
+/// a frame's members are next to each other).
+pub fn stored_shares(entries: &[PackEntry]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut i = 0;
+    while i < entries.len() {
+        let mut j = i + 1;
+        while j < entries.len() && entries[i].same_frame(&entries[j]) {
+            j += 1;
+        }
+        let n = (j - i) as u64;
+        let total = u64::from(entries[i].stored_len);
+        for k in 0..n {
+            // The first member carries the remainder.
+            out.push(total / n + if k == 0 { total % n } else { 0 });
+        }
+        i = j;
+    }
+    out
 }
 
 /// The object key of a pack.
@@ -139,10 +197,48 @@ impl PackBuilder {
             offset: self.buf.len() as u64,
             stored_len,
             raw_len,
+            skip: 0,
         };
         self.buf.extend_from_slice(stored);
         self.entries.push(e);
         Ok(e)
+    }
+
+    /// Append one zstd frame shared by `members` (in increasing `skip` order, each skip
+    /// a multiple of [`FRAME_SKIP_UNIT`] up to [`MAX_FRAME_SKIP`]).
+    pub fn add_frame(
+        &mut self,
+        kind: BlobKind,
+        members: &[FrameMember],
+        stored: &[u8],
+    ) -> Result<()> {
+        let bad = |m: &str| Error::new(crate::ErrorKind::InvalidInput, format!("frame: {m}"));
+        let stored_len = u32::try_from(stored.len()).map_err(|_| bad("larger than 4 GiB"))?;
+        let mut next = 0u64;
+        for m in members {
+            if !m.skip.is_multiple_of(FRAME_SKIP_UNIT)
+                || m.skip > MAX_FRAME_SKIP
+                || u64::from(m.skip) < next
+            {
+                return Err(bad("members out of order or unaligned"));
+            }
+            next = u64::from(m.skip) + u64::from(m.raw_len).max(1);
+        }
+        if members.is_empty() {
+            return Err(bad("no members"));
+        }
+        let offset = self.buf.len() as u64;
+        self.buf.extend_from_slice(stored);
+        self.entries.extend(members.iter().map(|m| PackEntry {
+            id: m.id,
+            kind,
+            codec: Codec::ZstdFrame,
+            offset,
+            stored_len,
+            raw_len: m.raw_len,
+            skip: m.skip,
+        }));
+        Ok(())
     }
 
     /// Bytes written so far.
@@ -166,7 +262,8 @@ impl PackBuilder {
                 raw_len: U32::new(e.raw_len),
                 codec: e.codec as u8,
                 kind: e.kind as u8,
-                reserved: [0; 6],
+                frame_skip: U16::new((e.skip / FRAME_SKIP_UNIT) as u16),
+                reserved: [0; 4],
             };
             self.buf.extend_from_slice(r.as_bytes());
         }
@@ -184,6 +281,35 @@ impl PackBuilder {
         let id = Id::of(&self.buf);
         (id, self.buf, self.entries)
     }
+}
+
+/// A validated entry from its on-disk fields (shared by pack tables and index files).
+pub(crate) fn entry_from_raw(
+    id: [u8; 32],
+    kind: u8,
+    codec: u8,
+    offset: u64,
+    stored_len: u32,
+    raw_len: u32,
+    frame_skip: u16,
+) -> Result<PackEntry> {
+    let codec = Codec::from_u8(codec)?;
+    let skip = u32::from(frame_skip) * FRAME_SKIP_UNIT;
+    if skip != 0 && codec != Codec::ZstdFrame {
+        return Err(Error::corrupt(format!(
+            "blob {} has a frame offset but is not in a frame",
+            Id(id)
+        )));
+    }
+    Ok(PackEntry {
+        id: Id(id),
+        kind: BlobKind::from_u8(kind)?,
+        codec,
+        offset,
+        stored_len,
+        raw_len,
+        skip,
+    })
 }
 
 /// Read and check a pack's entry table (reads only the table and trailer).
@@ -229,19 +355,25 @@ pub fn read_entries(backend: &dyn Backend, id: &PackId) -> Result<Vec<PackEntry>
     }
     let raws = <[raw::PackEntry]>::ref_from_bytes(&table)
         .map_err(|_| Error::corrupt(format!("pack {key}: entry table misaligned")))?;
-    let mut out = Vec::with_capacity(raws.len());
+    let mut out: Vec<PackEntry> = Vec::with_capacity(raws.len());
     let mut prev_end = hsize;
     for r in raws {
-        let e = PackEntry {
-            id: Id(r.id),
-            kind: BlobKind::from_u8(r.kind)?,
-            codec: Codec::from_u8(r.codec)?,
-            offset: r.offset.get(),
-            stored_len: r.stored_len.get(),
-            raw_len: r.raw_len.get(),
-        };
+        let e = entry_from_raw(
+            r.id,
+            r.kind,
+            r.codec,
+            r.offset.get(),
+            r.stored_len.get(),
+            r.raw_len.get(),
+            r.frame_skip.get(),
+        )?;
+        // Blobs lie back to back; only the members of one frame share their bytes, each
+        // starting past the one before it.
+        let in_prev_frame = out.last().is_some_and(|p: &PackEntry| {
+            p.same_frame(&e) && u64::from(e.skip) >= u64::from(p.skip) + u64::from(p.raw_len)
+        });
         let end = e.offset.checked_add(u64::from(e.stored_len));
-        if e.offset < prev_end || end.is_none_or(|end| end > start) {
+        if (e.offset < prev_end && !in_prev_frame) || end.is_none_or(|end| end > start) {
             return Err(Error::corrupt(format!(
                 "pack {key}: entry {} out of bounds",
                 e.id
@@ -301,6 +433,60 @@ mod tests {
                 prop_assert!(r.is_err(), "flip at {} undetected", pos);
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn frames_build_read_and_share(groups in proptest::collection::vec(1usize..6, 1..8)) {
+            let mut b = PackBuilder::new();
+            let mut n = 0u32;
+            for g in &groups {
+                let members: Vec<FrameMember> = (0..*g as u32)
+                    .map(|k| { n += 1; FrameMember { id: Id::of(&n.to_le_bytes()), raw_len: 4096, skip: k * 4096 } })
+                    .collect();
+                if *g == 1 {
+                    b.add(members[0].id, BlobKind::Data, Codec::Raw, 3, b"abc").expect("add");
+                } else {
+                    b.add_frame(BlobKind::Data, &members, &[7u8; 100]).expect("frame");
+                }
+            }
+            let (id, bytes, entries) = b.finish();
+            let be = MemoryBackend::new();
+            be.put(&pack_key(&id), &bytes).expect("put");
+            let read = read_entries(&be, &id).expect("read");
+            prop_assert_eq!(&read, &entries);
+            let shares = stored_shares(&read);
+            let want: u64 = groups.iter().map(|g| if *g == 1 { 3 } else { 100 }).sum();
+            prop_assert_eq!(shares.iter().sum::<u64>(), want);
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_refused() {
+        let m = |k: u32, skip: u32| FrameMember {
+            id: Id::of(&k.to_le_bytes()),
+            raw_len: 4096,
+            skip,
+        };
+        let mut b = PackBuilder::new();
+        // Unaligned, overlapping or empty frames never get written.
+        assert!(
+            b.add_frame(BlobKind::Data, &[m(1, 0), m(2, 100)], b"x")
+                .is_err()
+        );
+        assert!(
+            b.add_frame(BlobKind::Data, &[m(1, 0), m(2, 0)], b"x")
+                .is_err()
+        );
+        assert!(b.add_frame(BlobKind::Data, &[], b"x").is_err());
+        // A table whose frame members go backwards is corrupt.
+        b.add_frame(BlobKind::Data, &[m(1, 0), m(2, 8192)], b"xyz")
+            .expect("frame");
+        b.entries.swap(0, 1);
+        let (id, bytes, _) = b.finish();
+        let be = MemoryBackend::new();
+        be.put(&pack_key(&id), &bytes).expect("put");
+        assert!(read_entries(&be, &id).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Nothing here is validated; [`crate::pack`] and [`crate::index`] turn these into
 //! domain types and check every field.
 
-use zerocopy::little_endian::{U32, U64};
+use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// First bytes of a pack file.
@@ -43,7 +43,10 @@ pub struct PackEntry {
     pub codec: u8,
     /// [`crate::pack::BlobKind`] byte.
     pub kind: u8,
-    pub reserved: [u8; 6],
+    /// For a blob in a shared frame ([`crate::codec::Codec::ZstdFrame`]): where its bytes
+    /// start in the decoded frame, in 4 KiB units. Zero otherwise.
+    pub frame_skip: U16,
+    pub reserved: [u8; 4],
 }
 
 /// The last bytes of a pack: where its entry table is and a hash of it.
@@ -98,7 +101,8 @@ pub struct IndexEntry {
     pub raw_len: U32,
     pub codec: u8,
     pub kind: u8,
-    pub reserved: [u8; 2],
+    /// As [`PackEntry::frame_skip`].
+    pub frame_skip: U16,
 }
 
 const _: () = assert!(size_of::<PackHeader>() == 32);

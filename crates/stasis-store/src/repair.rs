@@ -12,6 +12,7 @@ use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::frame::FrameCache;
 use crate::id::PackId;
 use crate::index;
 use crate::index::Location;
@@ -91,27 +92,18 @@ pub fn rebuild_index(
         .collect();
     if !damaged.is_empty() {
         let mut w = store.maintenance_writer();
+        let frames = FrameCache::new(16 << 20);
         for pid in &damaged {
+            let mut good = Vec::new();
             for e in table.remove(pid).unwrap_or_default() {
-                let loc = Location {
-                    pack: 0,
-                    offset: e.offset,
-                    stored_len: e.stored_len,
-                    raw_len: e.raw_len,
-                    codec: e.codec,
-                    kind: e.kind,
-                };
-                if read_located(backend, &e.id, pid, &loc).is_err() {
+                if read_located(backend, &frames, &e.id, pid, &Location::of(0, &e)).is_err() {
                     report.dropped_blobs += 1;
                     report.blobs -= 1;
                     continue;
                 }
-                let stored = backend.get(
-                    &pack::pack_key(pid),
-                    Some(e.offset..e.offset + u64::from(e.stored_len)),
-                )?;
-                w.copy_encoded(e.id, e.kind, e.codec, e.raw_len, &stored)?;
+                good.push(e);
             }
+            w.copy_entries(pid, &good)?;
         }
         // Commits the copies with their own index file.
         w.commit()?;

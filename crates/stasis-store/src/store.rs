@@ -26,11 +26,12 @@ use crate::backend::Backend;
 use crate::codec::{self, Codec, Compression};
 use crate::config::RepoConfig;
 use crate::error::{Error, ErrorKind, Result};
+use crate::frame::FrameCache;
 use crate::id::{BlockId, Id, PackId};
 use crate::index::{self, Index, Location};
 use crate::lock::Guard;
 use crate::manifest::{NodeSink, NodeSource};
-use crate::pack::{self, BlobKind, PackBuilder, PackEntry};
+use crate::pack::{self, BlobKind, FrameMember, PackBuilder, PackEntry};
 
 const CONFIG_KEY: &str = "config";
 
@@ -49,10 +50,15 @@ pub struct Store {
     config: RepoConfig,
     index: RwLock<Index>,
     cache: quick_cache::sync::Cache<BlockId, Bytes, ByteWeight>,
+    frames: FrameCache,
 }
 
 /// Default bound of the decompressed-block cache.
 pub const DEFAULT_CACHE_BYTES: u64 = 128 << 20;
+
+/// Bound of the decoded-frame cache: a few frames for each of several sequential
+/// readers (a mount serves requests on many threads).
+pub const FRAME_CACHE_BYTES: u64 = 32 << 20;
 
 impl Store {
     /// Create a new repository in `backend` (which must hold no config yet).
@@ -100,6 +106,7 @@ impl Store {
                 DEFAULT_CACHE_BYTES,
                 ByteWeight,
             ),
+            frames: FrameCache::new(FRAME_CACHE_BYTES),
         }
     }
 
@@ -196,13 +203,13 @@ impl Store {
             None if self.refresh_index()? => self.locate(id).ok_or_else(not_indexed)?,
             None => return Err(not_indexed()),
         };
-        match read_located(&*self.backend, id, &pack, &loc) {
+        match read_located(&*self.backend, &self.frames, id, &pack, &loc) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // Its pack is gone: gc moved the blob. Callers never hold the index lock
                 // while reading blocks, so reloading here cannot deadlock.
                 self.reload_index()?;
                 let (pack, loc) = self.locate(id).ok_or_else(not_indexed)?;
-                read_located(&*self.backend, id, &pack, &loc)
+                read_located(&*self.backend, &self.frames, id, &pack, &loc)
             }
             r => r,
         }
@@ -249,14 +256,28 @@ fn read_config(backend: &dyn Backend) -> Result<RepoConfig> {
     Ok(config)
 }
 
-/// Read the blob `id` at `loc` in `pack` and check it.
+/// Read the blob `id` at `loc` in `pack` and check it; a member of a shared frame is
+/// cut from the frame, decoded through `frames`.
 pub fn read_located(
     backend: &dyn Backend,
+    frames: &FrameCache,
     id: &BlockId,
     pack: &PackId,
     loc: &Location,
 ) -> Result<Bytes> {
     let key = pack::pack_key(pack);
+    if loc.codec == Codec::ZstdFrame {
+        let frame = frames.frame(backend, pack, loc)?;
+        let (a, b) = (loc.skip as usize, loc.skip as usize + loc.raw_len as usize);
+        // A copy: a slice would keep the whole frame alive in the block cache.
+        let raw = frame.get(a..b).map(Bytes::copy_from_slice);
+        return match raw {
+            Some(raw) if Id::of(&raw) == *id => Ok(raw),
+            _ => Err(Error::corrupt(format!(
+                "block {id} in {key} does not match its checksum"
+            ))),
+        };
+    }
     let stored = backend.get(
         &key,
         Some(loc.offset..loc.offset + u64::from(loc.stored_len)),
@@ -436,6 +457,77 @@ impl<'s> Writer<'s> {
             return Ok(());
         }
         self.push(id, kind, codec, raw_len, stored)
+    }
+
+    /// Add one shared frame of data blocks (`stored`: the zstd frame of their bytes
+    /// back to back). Members this session already added are left out of it; the
+    /// caller leaves out blocks the repository has (gc's repack keeps them all).
+    pub(crate) fn add_frame(
+        &mut self,
+        kind: BlobKind,
+        members: &[FrameMember],
+        stored: &[u8],
+    ) -> Result<()> {
+        let fresh: Vec<FrameMember> = members
+            .iter()
+            .filter(|m| !self.pending.contains(&m.id))
+            .copied()
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let pack = match kind {
+            BlobKind::Data => &mut self.pack,
+            BlobKind::Tree => &mut self.tree_pack,
+        };
+        pack.add_frame(kind, &fresh, stored)?;
+        let full = pack.len() as u64 >= self.store.config.pack_size;
+        for m in &fresh {
+            self.pending.insert(m.id);
+            self.stats.blobs += 1;
+            self.stats.raw_bytes += u64::from(m.raw_len);
+        }
+        self.stats.stored_bytes += stored.len() as u64;
+        if full {
+            self.seal(kind)?;
+        }
+        Ok(())
+    }
+
+    /// Copy `entries` of pack `pid` as they are stored, even if the index has them elsewhere (gc's repack, repair): the listed
+    /// members of a frame share one copy of it, which keeps the bytes of members left
+    /// out (a frame is never re-encoded, so a copy cannot change what it decodes to).
+    pub(crate) fn copy_entries(&mut self, pid: &PackId, entries: &[PackEntry]) -> Result<()> {
+        let key = pack::pack_key(pid);
+        let mut entries = entries.to_vec();
+        entries.sort_unstable_by_key(|e| (e.offset, e.skip));
+        let mut i = 0;
+        while i < entries.len() {
+            let e = entries[i];
+            let mut j = i + 1;
+            while j < entries.len() && e.same_frame(&entries[j]) {
+                j += 1;
+            }
+            let stored = self
+                .store
+                .backend
+                .get(&key, Some(e.offset..e.offset + u64::from(e.stored_len)))?;
+            if e.codec == Codec::ZstdFrame {
+                let members: Vec<FrameMember> = entries[i..j]
+                    .iter()
+                    .map(|m| FrameMember {
+                        id: m.id,
+                        raw_len: m.raw_len,
+                        skip: m.skip,
+                    })
+                    .collect();
+                self.add_frame(e.kind, &members, &stored)?;
+            } else {
+                self.copy_encoded(e.id, e.kind, e.codec, e.raw_len, &stored)?;
+            }
+            i = j;
+        }
+        Ok(())
     }
 
     fn push(

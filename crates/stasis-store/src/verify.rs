@@ -7,6 +7,7 @@ use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::frame::FrameCache;
 use crate::id::{BlockId, Id, PackId};
 use crate::index::Location;
 use crate::manifest::{self, BlockRef, Manifest};
@@ -71,6 +72,7 @@ pub fn verify_store(
 ) -> Result<StoreReport> {
     let backend = &**store.backend();
     let mut report = StoreReport::default();
+    let frames = FrameCache::new(16 << 20);
     let mut tables: HashMap<PackId, Vec<PackEntry>, FxBuildHasher> = HashMap::default();
     let listed = backend.list("packs/")?;
     for meta in &listed {
@@ -106,15 +108,7 @@ pub fn verify_store(
             let bad: Vec<(BlockId, Problem)> = entries
                 .par_iter()
                 .filter_map(|e| {
-                    let loc = Location {
-                        pack: 0,
-                        offset: e.offset,
-                        stored_len: e.stored_len,
-                        raw_len: e.raw_len,
-                        codec: e.codec,
-                        kind: e.kind,
-                    };
-                    read_located(backend, &e.id, &pid, &loc)
+                    read_located(backend, &frames, &e.id, &pid, &Location::of(0, e))
                         .err()
                         .map(|err| (e.id, problem(format!("block {}", e.id), err.to_string())))
                 })
@@ -151,6 +145,7 @@ pub fn verify_store(
                 && e.offset == loc.offset
                 && e.stored_len == loc.stored_len
                 && e.codec == loc.codec
+                && e.skip == loc.skip
         });
         if !ok {
             report.problems.push(problem(
@@ -219,11 +214,12 @@ pub fn new_stored_bytes(
     let (mut stored, mut raw) = (0u64, 0u64);
     // The index lock is taken per lookup: reading nodes may reload the index.
     let mut add = |id: &BlockId, seen: &mut HashSet<BlockId, FxBuildHasher>| {
-        if seen.insert(*id)
-            && let Some((_, l)) = store.locate(id)
-        {
-            stored += u64::from(l.stored_len);
-            raw += u64::from(l.raw_len);
+        if seen.insert(*id) {
+            let idx = store.index();
+            if let Some(l) = idx.get(id) {
+                stored += idx.stored_share(l);
+                raw += u64::from(l.raw_len);
+            }
         }
     };
     let mut fresh: Vec<BlockId> = Vec::new();
