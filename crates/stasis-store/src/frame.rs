@@ -10,55 +10,78 @@
 //! (a random 4 KiB read decodes at most one frame) and decoded frames are cached here
 //! so that a sequential reader decodes each one once.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
 use bytes::Bytes;
 
 use crate::backend::Backend;
 use crate::codec;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::id::PackId;
 use crate::index::Location;
 use crate::pack::{self, FRAME_SKIP_UNIT};
 
-#[derive(Clone, Debug)]
-struct FrameWeight;
-impl quick_cache::Weighter<(PackId, u64), Bytes> for FrameWeight {
-    fn weight(&self, _: &(PackId, u64), v: &Bytes) -> u64 {
-        v.len() as u64 + 64
-    }
-}
-
-/// Decoded frames by (pack, offset), bounded in bytes.
+/// Recently decoded frames by (pack, offset), most recent first, bounded in bytes.
+///
+/// A plain LRU list rather than the block cache's policy: a frame is wanted again
+/// right after it is decoded (its next members), and a scan-resistant cache would admit
+/// it to a small probation part where a 256 KiB frame does not fit.
 #[derive(Debug)]
 pub struct FrameCache {
-    cache: quick_cache::sync::Cache<(PackId, u64), Bytes, FrameWeight>,
+    frames: Mutex<VecDeque<((PackId, u64), Bytes)>>,
+    max_bytes: usize,
 }
 
 impl FrameCache {
-    /// A cache holding up to `bytes` of decoded frames.
+    /// A cache holding up to `bytes` of decoded frames (and always the newest one).
     pub fn new(bytes: u64) -> FrameCache {
         FrameCache {
-            cache: quick_cache::sync::Cache::with_weighter(
-                (bytes / (64 << 10)).max(4) as usize,
-                bytes,
-                FrameWeight,
-            ),
+            frames: Mutex::new(VecDeque::new()),
+            max_bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<((PackId, u64), Bytes)>> {
+        self.frames.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The decoded frame that `loc` (a [`crate::codec::Codec::ZstdFrame`] member of
     /// `pack`) lies in; read and decoded on a miss (damaged frames are not cached).
     pub fn frame(&self, backend: &dyn Backend, pack: &PackId, loc: &Location) -> Result<Bytes> {
-        self.cache.get_or_insert_with(&(*pack, loc.offset), || {
-            let key = pack::pack_key(pack);
-            let stored = backend.get(
-                &key,
-                Some(loc.offset..loc.offset + u64::from(loc.stored_len)),
-            )?;
-            let mut out = Vec::new();
-            codec::decompress_frame(&stored, &mut out)
-                .map_err(|e| e.context(format!("frame at {} in {key}", loc.offset)))?;
-            Ok::<_, Error>(Bytes::from(out))
-        })
+        let key = (*pack, loc.offset);
+        {
+            let mut frames = self.lock();
+            if let Some(at) = frames.iter().position(|(k, _)| *k == key) {
+                let hit = frames.remove(at);
+                let bytes = hit.as_ref().map(|(_, b)| b.clone());
+                if let Some(hit) = hit {
+                    frames.push_front(hit);
+                }
+                if let Some(b) = bytes {
+                    return Ok(b);
+                }
+            }
+        }
+        // Decoded outside the lock: two readers may rarely decode the same frame.
+        let pkey = pack::pack_key(pack);
+        let stored = backend.get(
+            &pkey,
+            Some(loc.offset..loc.offset + u64::from(loc.stored_len)),
+        )?;
+        let mut out = Vec::new();
+        codec::decompress_frame(&stored, &mut out)
+            .map_err(|e| e.context(format!("frame at {} in {pkey}", loc.offset)))?;
+        let b = Bytes::from(out);
+        let mut frames = self.lock();
+        if !frames.iter().any(|(k, _)| *k == key) {
+            frames.push_front((key, b.clone()));
+            let mut total: usize = frames.iter().map(|(_, f)| f.len()).sum();
+            while total > self.max_bytes && frames.len() > 1 {
+                total -= frames.pop_back().map_or(0, |(_, f)| f.len());
+            }
+        }
+        Ok(b)
     }
 }
 
@@ -96,6 +119,55 @@ pub fn plan(lens: &[usize], frame_size: usize) -> Vec<std::ops::Range<usize>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_frame_is_decoded_once_for_its_members_until_evicted() {
+        use crate::backend::MemoryBackend;
+        use crate::codec::{Codec, Compression, compress};
+        use crate::id::Id;
+        use crate::pack::{BlobKind, FrameMember, PackBuilder};
+
+        // Three frames of four 64 KiB blocks (256 KiB each), in one pack.
+        let mut b = PackBuilder::new();
+        let mut members = Vec::new();
+        for f in 0..3u8 {
+            let blocks: Vec<Vec<u8>> = (0..4u8).map(|k| vec![f * 4 + k; 64 << 10]).collect();
+            let ms: Vec<FrameMember> = blocks
+                .iter()
+                .enumerate()
+                .map(|(k, d)| FrameMember {
+                    id: Id::of(d),
+                    raw_len: d.len() as u32,
+                    skip: (k as u32) << 16,
+                })
+                .collect();
+            let mut stored = Vec::new();
+            let c = compress(Compression::default(), &blocks.concat(), &mut stored);
+            assert_eq!(c.expect("compress"), Codec::Zstd);
+            b.add_frame(BlobKind::Data, &ms, &stored).expect("frame");
+            members.push(ms);
+        }
+        let (pid, bytes, entries) = b.finish();
+        let be = MemoryBackend::new();
+        be.put(&pack::pack_key(&pid), &bytes).expect("put");
+        let loc = |f: usize, k: usize| Location::of(0, &entries[f * 4 + k]);
+        let cache = FrameCache::new(512 << 10);
+        for f in 0..3 {
+            let frame = cache.frame(&be, &pid, &loc(f, 0)).expect("decode");
+            assert_eq!(frame.len(), 256 << 10);
+        }
+        // With the pack gone, the newest frames still serve every member; the oldest,
+        // evicted past 512 KiB, does not.
+        be.delete(&pack::pack_key(&pid)).expect("delete");
+        for (f, ms) in members.iter().enumerate().skip(1) {
+            for (k, m) in ms.iter().enumerate() {
+                let frame = cache.frame(&be, &pid, &loc(f, k)).expect("cached");
+                let s = m.skip as usize;
+                assert_eq!(Id::of(&frame[s..s + m.raw_len as usize]), m.id);
+            }
+        }
+        assert!(cache.frame(&be, &pid, &loc(0, 1)).is_err());
+    }
 
     #[test]
     fn plans_group_aligned_blocks_up_to_the_frame_size() {
