@@ -36,6 +36,8 @@
 #   stasis-diff  (row "stasis --diff") the same, but child1/child2 are ingested
 #           from the sparse diff layers child1.diff/child2.diff made by
 #           tools/corpus-disk.sh (create --parent vm/PREV --diff); base as above
+#   stasis-noframes  stasis with `init --frame-size 0`: every block compressed alone
+#           (the A/B of shared frames)
 # Images are read once into the page cache right before each ingest, so every
 # tool ingests from a warm cache (stasis-diff: the diff layer it reads); caches
 # are dropped (sync; echo 3 > drop_caches) before each restore.
@@ -47,7 +49,7 @@
 # Environment: PEERS_TMP (parent dir for the temporary repositories; default
 # the parent of CORPUSDIR, i.e. the same disk), OUT_JSON, KEEP_REPOS=1,
 # TOOLS (space-separated subset of: restic borg-fixed4M borg-default casync stasis
-# stasis-diff).
+# stasis-diff stasis-noframes).
 set -euo pipefail
 
 CORPUS=${1:?usage: $0 CORPUSDIR [STASIS_BIN]}
@@ -90,6 +92,7 @@ else
   if [[ -n $STASIS_BIN ]]; then log "warning: $STASIS_BIN not executable, skipping stasis"; fi
   drop_tool stasis
   drop_tool stasis-diff
+  drop_tool stasis-noframes
 fi
 if [[ " $TOOLS " == *" stasis-diff "* ]]; then
   for i in "${IMAGES[@]:1}"; do
@@ -201,6 +204,10 @@ stasis_diff_ingest() {
   "$STASIS_BIN" --repo "$1" create vm "$2" --disk "root=$3" --parent "vm/$4" --diff
 }
 stasis_diff_restore() { stasis_restore "$@"; }
+# stasis with each block compressed alone (no shared frames): the A/B of that design
+stasis_noframes_init() { "$STASIS_BIN" --repo "$1" init --frame-size 0; }
+stasis_noframes_ingest() { stasis_ingest "$@"; }
+stasis_noframes_restore() { stasis_restore "$@"; }
 
 # <t>_mount REPO NAME MNT: serve the repository at MNT in the foreground (the caller
 # backgrounds it); <t>_mounted_file REPO NAME MNT: where image NAME appears in it.
@@ -215,6 +222,8 @@ stasis_mount() { "$STASIS_BIN" --repo "$1" mount "$3"; }
 stasis_mounted_file() { echo "$3/vms/vm/$2/root"; }
 stasis_diff_mount() { stasis_mount "$@"; }
 stasis_diff_mounted_file() { stasis_mounted_file "$@"; }
+stasis_noframes_mount() { stasis_mount "$@"; }
+stasis_noframes_mounted_file() { stasis_mounted_file "$@"; }
 
 # input_path TOOL IMAGE: the file TOOL ingests for IMAGE (warmed, then timed)
 input_path() {
@@ -231,7 +240,8 @@ export -f restic_init restic_ingest restic_restore borg_init borg_create borg_re
   borg_default_init borg_default_ingest borg_default_restore \
   casync_init casync_ingest casync_restore stasis_init stasis_ingest stasis_restore \
   stasis_diff_init stasis_diff_ingest stasis_diff_restore restic_mount borg_mount \
-  borg_fixed4M_mount borg_default_mount stasis_mount stasis_diff_mount
+  stasis_noframes_init stasis_noframes_ingest stasis_noframes_restore \
+  borg_fixed4M_mount borg_default_mount stasis_mount stasis_diff_mount stasis_noframes_mount
 
 # ---------------------------------------------------------------- mounts
 MOUNT=${MOUNT:-1}
