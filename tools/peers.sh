@@ -345,6 +345,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
     for i in "${IMAGES[@]}"; do
       src=$(input_path "$t" "$i")
       warm "$src"
+      # Nobody's timed ingest pays for the writeback of what ran before it.
+      sync
       log "$t: ingest $i ($(basename "$src"))"
       timed "tools.$t.ingest.$i" "${fn}_ingest" "$repo" "$i" "$src" "$prev"
       log "$t: ingest $i took ${LAST_S}s"
