@@ -22,6 +22,10 @@ use crate::id::PackId;
 use crate::index::Location;
 use crate::pack::{self, FRAME_SKIP_UNIT};
 
+/// Bound of the frame cache of one pass over whole packs (verify, gc's repack,
+/// repair), which reads each frame's members one after another.
+pub const SCAN_CACHE_BYTES: u64 = 16 << 20;
+
 /// Recently decoded frames by (pack, offset), most recent first, bounded in bytes.
 ///
 /// A plain LRU list rather than the block cache's policy: a frame is wanted again

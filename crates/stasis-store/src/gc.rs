@@ -48,7 +48,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::Backend;
 use crate::error::{Error, ErrorKind, Result};
-use crate::frame::FrameCache;
+use crate::frame::{self, FrameCache};
 use crate::id::{BlockId, Id, PackId};
 use crate::index::{self, Location};
 use crate::manifest::{self, BlockRef, Manifest};
@@ -540,7 +540,7 @@ pub fn collect(
     let mut keep: Vec<PackId> = Vec::new();
     if !d.repack.is_empty() {
         let mut w = store.maintenance_writer();
-        let frames = FrameCache::new(16 << 20);
+        let frames = FrameCache::new(frame::SCAN_CACHE_BYTES);
         for pid in &d.repack {
             let entries = d.copy.get(pid).map(Vec::as_slice).unwrap_or(&[]);
             // Check every blob before copying any; a bad one keeps its pack in place.

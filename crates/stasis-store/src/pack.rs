@@ -94,19 +94,13 @@ impl PackEntry {
 /// a frame's members are next to each other).
 pub fn stored_shares(entries: &[PackEntry]) -> Vec<u64> {
     let mut out = Vec::with_capacity(entries.len());
-    let mut i = 0;
-    while i < entries.len() {
-        let mut j = i + 1;
-        while j < entries.len() && entries[i].same_frame(&entries[j]) {
-            j += 1;
-        }
-        let n = (j - i) as u64;
-        let total = u64::from(entries[i].stored_len);
+    for group in entries.chunk_by(PackEntry::same_frame) {
+        let n = group.len() as u64;
+        let total = u64::from(group[0].stored_len);
         for k in 0..n {
             // The first member carries the remainder.
             out.push(total / n + if k == 0 { total % n } else { 0 });
         }
-        i = j;
     }
     out
 }

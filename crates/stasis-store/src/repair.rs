@@ -12,7 +12,7 @@ use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::frame::FrameCache;
+use crate::frame::{self, FrameCache};
 use crate::id::PackId;
 use crate::index;
 use crate::index::Location;
@@ -92,7 +92,7 @@ pub fn rebuild_index(
         .collect();
     if !damaged.is_empty() {
         let mut w = store.maintenance_writer();
-        let frames = FrameCache::new(16 << 20);
+        let frames = FrameCache::new(frame::SCAN_CACHE_BYTES);
         for pid in &damaged {
             let mut good = Vec::new();
             for e in table.remove(pid).unwrap_or_default() {

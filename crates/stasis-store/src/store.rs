@@ -494,26 +494,22 @@ impl<'s> Writer<'s> {
         Ok(())
     }
 
-    /// Copy `entries` of pack `pid` as they are stored, even if the index has them elsewhere (gc's repack, repair): the listed
-    /// members of a frame share one copy of it, which keeps the bytes of members left
-    /// out (a frame is never re-encoded, so a copy cannot change what it decodes to).
+    /// Copy `entries` of pack `pid` as they are stored, even if the index has them
+    /// elsewhere (gc's repack, repair): the listed members of a frame share one copy
+    /// of it, which keeps the bytes of members left out (a frame is never re-encoded,
+    /// so a copy cannot change what it decodes to).
     pub(crate) fn copy_entries(&mut self, pid: &PackId, entries: &[PackEntry]) -> Result<()> {
         let key = pack::pack_key(pid);
         let mut entries = entries.to_vec();
         entries.sort_unstable_by_key(|e| (e.offset, e.skip));
-        let mut i = 0;
-        while i < entries.len() {
-            let e = entries[i];
-            let mut j = i + 1;
-            while j < entries.len() && e.same_frame(&entries[j]) {
-                j += 1;
-            }
+        for group in entries.chunk_by(PackEntry::same_frame) {
+            let e = group[0];
             let stored = self
                 .store
                 .backend
                 .get(&key, Some(e.offset..e.offset + u64::from(e.stored_len)))?;
             if e.codec == Codec::ZstdFrame {
-                let members: Vec<FrameMember> = entries[i..j]
+                let members: Vec<FrameMember> = group
                     .iter()
                     .map(|m| FrameMember {
                         id: m.id,
@@ -525,7 +521,6 @@ impl<'s> Writer<'s> {
             } else {
                 self.copy_encoded(e.id, e.kind, e.codec, e.raw_len, &stored)?;
             }
-            i = j;
         }
         Ok(())
     }

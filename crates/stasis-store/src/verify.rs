@@ -7,7 +7,7 @@ use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::frame::FrameCache;
+use crate::frame::{self, FrameCache};
 use crate::id::{BlockId, Id, PackId};
 use crate::index::Location;
 use crate::manifest::{self, BlockRef, Manifest};
@@ -72,7 +72,7 @@ pub fn verify_store(
 ) -> Result<StoreReport> {
     let backend = &**store.backend();
     let mut report = StoreReport::default();
-    let frames = FrameCache::new(16 << 20);
+    let frames = FrameCache::new(frame::SCAN_CACHE_BYTES);
     let mut tables: HashMap<PackId, Vec<PackEntry>, FxBuildHasher> = HashMap::default();
     let listed = backend.list("packs/")?;
     for meta in &listed {
