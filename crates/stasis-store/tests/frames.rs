@@ -2,7 +2,9 @@
 //! exactly, fail loudly when the frame is damaged, and survive gc when only some of
 //! their members are still live.
 
-use std::fs::{File, OpenOptions};
+mod common;
+
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,7 +16,6 @@ use stasis_store::gc::{GcOptions, collect};
 use stasis_store::ingest::ingest_full;
 use stasis_store::manifest::{self, BlockRef, Manifest};
 use stasis_store::pack::BlobKind;
-use stasis_store::reader::restore;
 use stasis_store::store::Store;
 
 const BLOCK: u32 = 4096;
@@ -73,15 +74,7 @@ fn put(store: &Store, dir: &Path, name: &str, bytes: &[u8]) -> Manifest {
 }
 
 fn restored(store: &Store, m: &Manifest, out: &Path) -> stasis_store::Result<Vec<u8>> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(out)
-        .expect("out");
-    restore(store, m, &f, &|_| {})?;
-    Ok(std::fs::read(out).expect("read back"))
+    common::restore_to_file(store, m, out).map(|(_, bytes)| bytes)
 }
 
 fn data_ids(store: &Store, m: &Manifest) -> Vec<stasis_store::id::BlockId> {

@@ -1,7 +1,9 @@
 //! Property tests of the whole store path on real sparse files: ingest (full and diff)
 //! then restore must give back the same bytes, with holes where there was no data.
 
-use std::fs::{File, OpenOptions};
+mod common;
+
+use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use stasis_store::codec::{Algorithm, Compression};
 use stasis_store::config::RepoConfig;
 use stasis_store::ingest::{ingest_diff, ingest_full};
 use stasis_store::manifest::Manifest;
-use stasis_store::reader::{PayloadReader, restore};
+use stasis_store::reader::PayloadReader;
 use stasis_store::store::Store;
 
 /// A piece of a generated payload.
@@ -92,15 +94,7 @@ fn open_store(dir: &Path, block: u32, compression: Compression) -> Store {
 }
 
 fn restore_and_check(store: &Store, m: &Manifest, want: &[u8], out: &Path) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(out)
-        .expect("out");
-    let st = restore(store, m, &f, &|_| {}).expect("restore");
-    let got = std::fs::read(out).expect("read back");
+    let (st, got) = common::restore_to_file(store, m, out).expect("restore");
     assert!(
         got == want,
         "restored bytes differ (len {} vs {})",
