@@ -13,7 +13,9 @@ BIN=$(realpath "${1:-target/release/stasis}")
 EXAMPLES=${2:-60}
 
 if ! command -v schemathesis >/dev/null 2>&1; then
-  python3 -m pip install -q schemathesis
+  # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told to.
+  python3 -m pip install -q schemathesis 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages schemathesis
 fi
 
 tmp=$(mktemp -d)
