@@ -209,7 +209,7 @@ pub fn ingest_full(
                 let first = k * per_batch;
                 let count = per_batch.min(nblocks - first);
                 let mut present = vec![false; count as usize];
-                let mut buf = vec![0u8; (count * bs) as usize];
+                let mut buf = crate::buffer::zeroed((count * bs) as usize);
                 let lo = first * bs;
                 let hi = ((first + count) * bs).min(size);
                 while ri > 0 && regions[ri - 1].end > lo {

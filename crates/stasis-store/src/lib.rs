@@ -43,6 +43,7 @@
 //! ([`frame::FrameCache`]), so a sequential reader decodes each frame once.
 
 pub mod backend;
+mod buffer;
 pub mod codec;
 pub mod config;
 mod error;

@@ -165,7 +165,7 @@ impl PackBuilder {
             nonce: nonce(),
             reserved: [0; 4],
         };
-        let mut buf = Vec::with_capacity(bytes);
+        let mut buf = crate::buffer::with_capacity(bytes);
         buf.extend_from_slice(header.as_bytes());
         PackBuilder {
             buf,
