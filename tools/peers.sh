@@ -17,8 +17,9 @@
 # served from memory with stasis's mount options (crates/stasis-fuse/examples/nullfs.rs).
 # Everything above except the corpus facts is measured ROUNDS (3) times: each round
 # takes the machine limits, then every tool in turn (the order rotates by one each
-# round) from a fresh repository. Tables give the median of each figure over the
-# rounds and ratios of those medians; the JSON keeps every round's times (*_rounds).
+# round and runs backwards every other round) from a fresh repository. Tables give the
+# median of each figure over the rounds and ratios of those medians; the JSON keeps every
+# round's times (*_rounds).
 # This machine's figures vary by 10-30% from one measurement to the next, too much
 # for a single sample to settle a ratio.
 # Prints markdown tables; writes JSON to $OUT_JSON when set.
@@ -314,7 +315,8 @@ done
 
 # ---------------------------------------------------------------- rounds
 # Each round measures the machine limits and every tool from a fresh repository, the
-# tools in a rotating order; the report gives the median of each figure over the rounds.
+# tools in a rotating order, reversed every other round; the report gives the median
+# of each figure over the rounds.
 order=$TOOLS
 for ((round = 1; round <= ROUNDS; round++)); do
   RES=$WORK/results.$round.tsv
@@ -383,9 +385,13 @@ for ((round = 1; round <= ROUNDS; round++)); do
       log "$t: mount read took ${LAST_S}s"
     fi
   done
-  # the next round starts with the next tool
+  # The next round starts with the next tool, and every other round runs backwards:
+  # rotation alone keeps each tool behind the same neighbour in every round (stasis
+  # always ran right after casync), so whatever a tool leaves behind would always
+  # land on the same one.
   read -r first rest <<<"$order"
   order="$rest $first"
+  if ((round % 2 == 1)); then order=$(tr ' ' '\n' <<<"$order" | tac | tr '\n' ' '); fi
 done
 
 # ---------------------------------------------------------------- report
