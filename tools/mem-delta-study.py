@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Would delta-compressing guest memory pages against similar stored pages close the
+memory target? Stores the three memory files in order (A-t1, A-t2, B) the way a
+repository sees them (distinct non-zero 4 KiB pages, deduplicated across files) and,
+for the pages each file adds, prints the bytes of:
+
+  - frames of 64 new pages, zstd -1 (what stasis stores today);
+  - each page alone with a reference page as a raw-content zstd dictionary, keeping
+    the smaller of that and the page alone. The reference is the previous file's page
+    at the same offset, or the stored page sharing the most of 4 min-hash features
+    over the page's 8-byte words.
+
+    tools/mem-delta-study.py guestA-t1.mem guestA-t2.mem guestB.mem
+
+Needs python's zstandard and numpy. Compare with
+`zstd -1 --long=30 --patch-from=OLD NEW`, which finds matches anywhere in OLD.
+"""
+import hashlib
+import sys
+
+import numpy as np
+import zstandard as z
+
+PAGE = 4096
+WORDS = PAGE // 8
+MULS = [np.uint64(m) for m in (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93)]
+
+
+def load(path):
+    return np.fromfile(path, dtype=np.uint64).reshape(-1, WORDS)
+
+
+def features(pages):
+    """Min-hash of the non-zero 8-byte words, one per multiplier: pages x 4."""
+    out = []
+    with np.errstate(over="ignore"):
+        for m in MULS:
+            x = pages * m
+            x ^= x >> np.uint64(29)
+            x = x * m
+            out.append(np.where(pages == 0, np.uint64(2**64 - 1), x).min(axis=1))
+    return np.stack(out, axis=1)
+
+
+def key(page):
+    return hashlib.blake2b(page.tobytes(), digest_size=16).digest()
+
+
+class Repo:
+    def __init__(self):
+        self.seen = set()
+        self.pages = []  # stored page bytes
+        self.index = [{} for _ in MULS]  # feature -> stored page
+
+    def new_pages(self, arr):
+        rows = np.nonzero(arr.any(axis=1))[0]
+        feats = features(arr[rows])
+        out = []
+        for r, f in zip(rows, feats):
+            k = key(arr[r])
+            if k in self.seen:
+                continue
+            self.seen.add(k)
+            out.append((int(r), arr[r].tobytes(), [int(x) for x in f]))
+        return out
+
+    def similar(self, f):
+        votes = {}
+        for j, x in enumerate(f):
+            s = self.index[j].get(x)
+            if s is not None:
+                votes[s] = votes.get(s, 0) + 1
+        return self.pages[max(votes, key=votes.get)] if votes else None
+
+    def add(self, new):
+        for _, p, f in new:
+            s = len(self.pages)
+            self.pages.append(p)
+            for j, x in enumerate(f):
+                self.index[j].setdefault(x, s)
+
+
+def delta(page, ref, alone):
+    if ref is None:
+        return alone
+    d = z.ZstdCompressionDict(ref, dict_type=z.DICT_TYPE_RAWCONTENT)
+    return min(alone, len(z.ZstdCompressor(level=1, dict_data=d).compress(page)))
+
+
+def main():
+    paths = sys.argv[1:]
+    if len(paths) < 2:
+        sys.exit(__doc__)
+    c = z.ZstdCompressor(level=1)
+    repo, prev = Repo(), None
+    for path in paths:
+        arr = load(path)
+        new = repo.new_pages(arr)
+        frames = sum(
+            len(c.compress(b"".join(p for _, p, _ in new[i : i + 64]))) for i in range(0, len(new), 64)
+        )
+        same = sim = 0
+        for r, p, f in new:
+            alone = min(len(c.compress(p)), PAGE)
+            ref = prev[r].tobytes() if prev is not None and r < len(prev) and prev[r].any() else None
+            same += delta(p, ref, alone)
+            sim += delta(p, repo.similar(f), alone)
+        print(
+            f"{path}: {len(new)} new pages; frames of 64: {frames / 1e6:.2f} MB; "
+            f"per page against the same offset before: {same / 1e6:.2f} MB; "
+            f"against the most similar stored page: {sim / 1e6:.2f} MB",
+            flush=True,
+        )
+        repo.add(new)
+        prev = arr
+
+
+if __name__ == "__main__":
+    main()
