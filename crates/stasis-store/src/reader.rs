@@ -212,7 +212,12 @@ pub fn restore(
             .collect();
         let mut total = Ok(0u64);
         for h in handles {
-            let r = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let r = h.join().unwrap_or_else(|p| {
+                // Free a parked prefetcher first, or the scope would wait for it forever.
+                stop.store(true, Ordering::Release);
+                wake.unpark();
+                std::panic::resume_unwind(p)
+            });
             total = match (total, r) {
                 (Ok(a), Ok(b)) => Ok(a + b),
                 (Err(e), _) | (_, Err(e)) => Err(e),
