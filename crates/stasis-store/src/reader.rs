@@ -191,7 +191,7 @@ pub fn restore(
                         let k = claimed.fetch_add(1, Ordering::AcqRel);
                         let Some(run) = runs.get(k) else { break };
                         // The prefetcher waits for the workers to enter a window.
-                        if windows.iter().any(|w| w.start == k) {
+                        if windows.binary_search_by_key(&k, |w| w.start).is_ok() {
                             wake.unpark();
                         }
                         match write_run(store, m, out, run) {
