@@ -274,6 +274,63 @@ fn memory_and_state_payloads_keep_their_names() {
     assert!(same(&out.join("one"), &one));
 }
 
+/// Pages like a guest's: 8-byte words, a third of them zero, the rest from a small range.
+fn guest_pages(pages: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(pages * 4096);
+    for _ in 0..pages * 512 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let w = if x.is_multiple_of(3) {
+            0
+        } else {
+            x & 0x0000_ffff_ffff_f0f0
+        };
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+#[test]
+fn memory_children_store_changed_pages_as_deltas() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let mem = env.path("mem");
+    let mut bytes = guest_pages(1024, 5);
+    fs::write(&mem, &bytes).expect("write");
+    let m = format!("mem={}", mem.display());
+    env.ok(&["create", "vm1", "t1", "--memory", &m]);
+    let t1_added = env.json(&["show", "vm1/t1"])["added_bytes"]
+        .as_u64()
+        .expect("n");
+    // The guest ran on: a few words changed in one page of ten.
+    for p in (0..1024).step_by(10) {
+        for k in [8usize, 800, 2000, 4000] {
+            bytes[p * 4096 + k] ^= 0xa5;
+        }
+    }
+    fs::write(&mem, &bytes).expect("write");
+    env.ok(&["create", "vm1", "t2", "--memory", &m]);
+    let t2 = env.json(&["show", "vm1/t2"]);
+    let t2_added = t2["added_bytes"].as_u64().expect("n");
+    // 103 changed pages whole would be about a tenth of t1; as deltas, far less.
+    assert!(
+        t2_added * 40 < t1_added,
+        "t2 added {t2_added} bytes, t1 {t1_added}"
+    );
+    let out = env.path("out2");
+    env.ok(&["restore", "vm1/t2", out.to_str().expect("utf8")]);
+    assert!(same(&out.join("mem"), &mem));
+    // The parent goes; its pages that t2's deltas are on stay.
+    env.ok(&["delete", "vm1/t1"]);
+    env.ok(&["gc"]);
+    env.ok(&["verify", "--read-data"]);
+    let out = env.path("out3");
+    env.ok(&["restore", "vm1/t2", out.to_str().expect("utf8")]);
+    assert!(same(&out.join("mem"), &mem));
+}
+
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
     let env = Env::new();

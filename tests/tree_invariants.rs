@@ -123,7 +123,7 @@ proptest! {
                     File::create(&path).and_then(|mut f| f.write_all(&bytes)).expect("write");
                     let f = File::open(&path).expect("open");
                     let mut w = store.writer(Compression::default()).expect("writer");
-                    let (m, st) = ingest_full(&mut w, &f, bytes.len() as u64, 4096, &|_| {}).expect("ingest");
+                    let (m, st) = ingest_full(&mut w, &f, bytes.len() as u64, 4096, None, &|_| {}).expect("ingest");
                     w.commit().expect("commit");
                     let s = cat
                         .create(&NewSnapshot {

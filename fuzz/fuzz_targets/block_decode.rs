@@ -1,13 +1,16 @@
-//! Stored block bytes under every codec: errors, never panics, never a wrong length; and
-//! shared frames, which never decode past their bound.
+//! Stored block bytes under every codec: errors, never panics, never a wrong length;
+//! shared frames, which never decode past their bound; and deltas, against a base made
+//! from the input's own bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stasis_store::codec::{Codec, MAX_FRAME_BYTES, decompress, decompress_frame};
+use stasis_store::codec::{
+    Codec, MAX_FRAME_BYTES, decompress, decompress_delta, decompress_frame, split_delta,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&c, rest)) = data.split_first() else { return };
-    let Ok(codec) = Codec::from_u8(c % 4) else { return };
+    let Ok(codec) = Codec::from_u8(c % 5) else { return };
     let raw_len = usize::from(c) * 97;
     let mut out = Vec::new();
     if decompress(codec, rest, raw_len, &mut out).is_ok() {
@@ -15,5 +18,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if decompress_frame(rest, &mut out).is_ok() {
         assert!(out.len() <= MAX_FRAME_BYTES);
+    }
+    if let Ok((base_id, frame)) = split_delta(rest) {
+        if decompress_delta(frame, &base_id, raw_len, &mut out).is_ok() {
+            assert_eq!(out.len(), raw_len);
+        }
     }
 });

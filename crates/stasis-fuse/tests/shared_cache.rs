@@ -83,8 +83,9 @@ fn snapshot(store: &Store, cat: &mut Catalog, dir: &Path, vm: &str, bytes: &[u8]
     let f = File::open(&path).expect("open input");
     let mut w = store.writer(Compression::default()).expect("writer");
     let bs = store.config().block_sizes.get(Role::Disk);
-    let (m, st) = stasis_store::ingest::ingest_full(&mut w, &f, bytes.len() as u64, bs, &|_| {})
-        .expect("ingest");
+    let (m, st) =
+        stasis_store::ingest::ingest_full(&mut w, &f, bytes.len() as u64, bs, None, &|_| {})
+            .expect("ingest");
     w.commit().expect("commit");
     let p = NewPayload {
         name: "root".into(),

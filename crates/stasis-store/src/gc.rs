@@ -8,7 +8,8 @@
 //!    and list the packs. Packs that no index file names are *orphans* (left by crashed
 //!    writers, or being written right now).
 //! 2. **Mark** every blob reachable from the roots (the catalog's snapshots): tree nodes
-//!    and data blocks, each shared subtree walked once, so the cost follows the live data.
+//!    and data blocks, each shared subtree walked once, so the cost follows the live data;
+//!    then the base of every live delta block (a delta is read through its base).
 //! 3. **Plan**: each live blob is owned by one pack (the first that holds it). A pack
 //!    owning no live blob is deleted; one whose live share (by stored bytes) is below the
 //!    threshold is repacked, and so are small packs (under 1/8 of the pack size, as every
@@ -16,7 +17,8 @@
 //!    those of these packs that nothing references.
 //! 4. **Publish** the plan (`gc/<blake3>`: dead blob ids and packs to remove), synced.
 //!    From now on a new write session reads the plan when it starts and never
-//!    deduplicates against a dead blob; it stores its own copy.
+//!    deduplicates against a dead blob, nor stores a delta on one; it stores its own
+//!    copy.
 //! 5. **Wait** for every write session registered before the plan was published: such a
 //!    session may have deduplicated against a dead blob. Then **mark again** from the
 //!    roots (snapshots committed meanwhile are walked; the rest were seen) and re-plan
@@ -47,6 +49,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::Backend;
+use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{self, FrameCache};
 use crate::id::{BlockId, Id, PackId};
@@ -310,6 +313,28 @@ fn mark(
     Ok(n)
 }
 
+/// Mark the base of every live delta ([`Codec::ZstdDelta`]): a delta reads its base,
+/// so the base lives as long as the delta. A base is never a delta, so one pass marks
+/// them all. A delta whose base cannot be read stops gc rather than guess.
+fn mark_bases(store: &Store, live: &mut IdSet) -> Result<()> {
+    let deltas: Vec<BlockId> = {
+        let idx = store.index();
+        live.iter()
+            .filter(|id| idx.get(id).is_some_and(|l| l.codec == Codec::ZstdDelta))
+            .copied()
+            .collect()
+    };
+    for id in deltas {
+        if let Some(base) = store
+            .base_of(&id)
+            .map_err(|e| e.context("reading the base of a live delta"))?
+        {
+            live.insert(base);
+        }
+    }
+    Ok(())
+}
+
 /// What to do with each pack.
 #[derive(Debug, Default)]
 struct Decision {
@@ -464,6 +489,7 @@ pub fn collect(
     let mut nodes = IdSet::default();
     let mut seen = HashSet::new();
     report.roots = mark(store, &roots()?, &mut seen, &mut live, &mut nodes)?;
+    mark_bases(store, &mut live)?;
 
     // 3. Plan.
     let pack_size = store.config().pack_size;
@@ -502,6 +528,7 @@ pub fn collect(
         .wait_for_sessions(&|n| progress(Phase::Wait(n)))? as u64;
     store.reload_index()?;
     report.roots += mark(store, &roots()?, &mut seen, &mut live, &mut nodes)?;
+    mark_bases(store, &mut live)?;
     d = decide(&files, &live, opts.repack_below, pack_size);
     let newer = load_files(backend, &files.files)?;
     orphans.retain(|p| !newer.packs.contains_key(p));
@@ -545,7 +572,10 @@ pub fn collect(
             let entries = d.copy.get(pid).map(Vec::as_slice).unwrap_or(&[]);
             // Check every blob before copying any; a bad one keeps its pack in place.
             let bad = entries.iter().find_map(|e| {
-                read_located(backend, &frames, &e.id, pid, &Location::of(0, e)).err()
+                read_located(backend, &frames, &e.id, pid, &Location::of(0, e), &|b| {
+                    store.delta_base(b)
+                })
+                .err()
             });
             if let Some(err) = bad {
                 report.kept.push(format!("{}: {err}", pack::pack_key(pid)));

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::codec::{self, Algorithm, Codec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame;
-use crate::id::Id;
+use crate::id::{BlockId, Id};
 use crate::manifest::{self, BlockRef, Manifest, TreeBuilder};
 use crate::pack::{BlobKind, FrameMember};
 use crate::source::{data_regions, is_zero};
@@ -49,15 +49,59 @@ pub struct IngestStats {
     pub hole_blocks: u64,
     /// Data blocks that were new to the repository.
     pub new_blocks: u64,
+    /// Of those, the blocks stored as deltas on their predecessor in the parent.
+    pub delta_blocks: u64,
 }
 
 /// Progress callback: called with bytes of the input processed since the last call.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
+/// A delta is kept only when it is at most this fraction of the block compressed alone:
+/// a block that is not stored as a delta usually compresses better than alone, in a
+/// shared frame with its neighbours.
+const DELTA_MAX_SHARE: usize = 2;
+
+/// Compress `data` against `base` (its predecessor at the same place); the stored bytes
+/// of a delta when that pays (see [`DELTA_MAX_SHARE`]), else `None`.
+fn try_delta(w: &Writer<'_>, level: i32, base: &BlockId, data: &[u8]) -> Result<Option<Vec<u8>>> {
+    // The parent's block, or, when that is a delta itself (the page changed in the
+    // parent too), the block that delta is on: a base is always a whole block.
+    let base = if w.may_base(base) {
+        *base
+    } else {
+        match w.store().base_of(base) {
+            Ok(Some(b)) if w.may_base(&b) => b,
+            _ => return Ok(None),
+        }
+    };
+    let base = &base;
+    let base_bytes = match w.store().delta_base(base) {
+        Ok(b) => b,
+        Err(e) => {
+            // Only a missed saving: the block is stored whole.
+            tracing::warn!("not storing a delta on block {base}: {e}");
+            return Ok(None);
+        }
+    };
+    let mut delta = Vec::new();
+    codec::compress_delta(level, &base.0, &base_bytes, data, &mut delta)?;
+    let mut alone = Vec::new();
+    let c = codec::compress(w.compression(), data, &mut alone)?;
+    let alone_len = if c == Codec::Raw {
+        data.len()
+    } else {
+        alone.len()
+    };
+    Ok((delta.len() * DELTA_MAX_SHARE <= alone_len).then_some(delta))
+}
+
 /// Classify, deduplicate, compress and add a batch of blocks (`None` = a hole).
+/// `bases[k]`, when given, is the block that was at block `k`'s place in the parent:
+/// a new block that differs from it is stored as a delta on it when that pays.
 fn store_blocks(
     w: &mut Writer<'_>,
     blocks: &[Option<&[u8]>],
+    bases: &[Option<BlockId>],
     stats: &mut IngestStats,
 ) -> Result<Vec<BlockRef>> {
     let refs: Vec<BlockRef> = blocks
@@ -90,6 +134,42 @@ fn store_blocks(
         _ => 0,
     };
     let data = |k: usize| blocks[k].unwrap_or_default();
+    let id_of = |k: usize| match refs[k] {
+        BlockRef::Data(id) => Ok(id),
+        _ => Err(Error::new(ErrorKind::Io, "a data block lost its id")),
+    };
+
+    // Deltas (zstd only): new blocks whose predecessor at the same place may be a base.
+    if compression.algorithm() == Algorithm::Zstd && !bases.is_empty() {
+        let candidates: Vec<(usize, BlockId)> = todo
+            .iter()
+            .filter_map(|&k| bases.get(k).copied().flatten().map(|b| (k, b)))
+            .collect();
+        let level = compression.level();
+        let wr = &*w;
+        let deltas: Vec<Result<Option<Vec<u8>>>> = candidates
+            .par_iter()
+            .map(|(k, b)| try_delta(wr, level, b, data(*k)))
+            .collect();
+        let mut stored_as_delta: HashSet<usize, FxBuildHasher> = HashSet::default();
+        for ((k, _), d) in candidates.iter().zip(deltas) {
+            if let Some(d) = d? {
+                if w.add_encoded(
+                    id_of(*k)?,
+                    BlobKind::Data,
+                    Codec::ZstdDelta,
+                    raw_len(data(*k))?,
+                    &d,
+                )? {
+                    stats.new_blocks += 1;
+                    stats.delta_blocks += 1;
+                }
+                stored_as_delta.insert(*k);
+            }
+        }
+        todo.retain(|k| !stored_as_delta.contains(k));
+    }
+
     let lens: Vec<usize> = todo.iter().map(|&k| data(k).len()).collect();
     let groups = frame::plan(&lens, frame_size);
     let encoded: Vec<Result<(Codec, Vec<u8>)>> = groups
@@ -108,14 +188,7 @@ fn store_blocks(
             Ok((c, out))
         })
         .collect();
-    let raw_len = |k: usize| {
-        u32::try_from(data(k).len())
-            .map_err(|_| Error::new(ErrorKind::InvalidInput, "block too large"))
-    };
-    let id_of = |k: usize| match refs[k] {
-        BlockRef::Data(id) => Ok(id),
-        _ => Err(Error::new(ErrorKind::Io, "a data block lost its id")),
-    };
+    let raw_len = |k: usize| raw_len(data(k));
     for (g, enc) in groups.iter().zip(encoded) {
         let (c, out) = enc?;
         if g.len() > 1 && c == Codec::Zstd {
@@ -149,6 +222,10 @@ fn store_blocks(
     Ok(refs)
 }
 
+fn raw_len(data: &[u8]) -> Result<u32> {
+    u32::try_from(data.len()).map_err(|_| Error::new(ErrorKind::InvalidInput, "block too large"))
+}
+
 /// One batch of a full ingest: blocks `first..first+present.len()`.
 struct Batch {
     first: u64,
@@ -168,13 +245,20 @@ fn read_err(e: std::io::Error) -> Error {
 }
 
 /// Store a whole input file; returns its manifest.
+///
+/// With a `parent` (the same payload in the parent snapshot, with the same block size),
+/// a new block that replaces a stored block of the parent at the same place is stored
+/// as a delta on that block when that pays: a guest memory page that changed between
+/// two snapshots of one VM usually differs from its old bytes in a few words.
 pub fn ingest_full(
     w: &mut Writer<'_>,
     file: &File,
     size: u64,
     block_size: u32,
+    parent: Option<&Manifest>,
     progress: Progress<'_>,
 ) -> Result<(Manifest, IngestStats)> {
+    let parent = parent.filter(|p| p.block_size == block_size);
     let bs = u64::from(block_size);
     let fanout = w.store().config().fanout;
     let regions = data_regions(file, size)?;
@@ -274,7 +358,21 @@ pub fn ingest_full(
                     p.then(|| &batch.buf[off..off + block_len(i) as usize])
                 })
                 .collect();
-            let refs = store_blocks(w, &blocks, &mut stats)?;
+            let mut bases: Vec<Option<BlockId>> = Vec::new();
+            if let Some(p) = parent {
+                bases.resize(blocks.len(), None);
+                let end = batch.first + blocks.len() as u64;
+                manifest::visit_blocks(w.store(), p, batch.first..end, &mut |i, n, r| {
+                    if let BlockRef::Data(id) = r {
+                        for j in i..i + n {
+                            bases[(j - batch.first) as usize] = Some(id);
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|e| e.context("reading the parent's blocks"))?;
+            }
+            let refs = store_blocks(w, &blocks, &bases, &mut stats)?;
             let bytes: u64 = blocks.iter().flatten().map(|b| b.len() as u64).sum();
             stats.read += bytes;
             for r in refs {
@@ -395,7 +493,7 @@ pub fn ingest_layer(
             .collect();
         let contents: Vec<Vec<u8>> = contents.into_iter().collect::<Result<_>>()?;
         let blocks: Vec<Option<&[u8]>> = contents.iter().map(|c| Some(&c[..])).collect();
-        let refs = store_blocks(w, &blocks, &mut stats)?;
+        let refs = store_blocks(w, &blocks, &[], &mut stats)?;
         let bytes: u64 = chunk
             .iter()
             .flat_map(|(_, p)| p)

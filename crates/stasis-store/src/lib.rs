@@ -20,6 +20,14 @@
 //!   repair.
 //! - `.locks/`: lock files of the local backend (not objects; see [`lock`]).
 //! - Tree nodes: postcard [`manifest::NodeRecord`]s stored as blobs of kind `Tree`.
+//! - Delta blocks ([`codec::Codec::ZstdDelta`]): a block stored as the 32-byte id of
+//!   its *base*, then a zstd frame made with the base's bytes as raw-content prefix.
+//!   [`ingest::ingest_full`] writes one where a block replaces a different block at the
+//!   same place in the parent payload and the delta is at most half the block
+//!   compressed alone (the CLI asks for this on memory payloads). A base is always a
+//!   whole block: committed, not in a gc plan, and never a delta itself (when the
+//!   parent's block is a delta, its base is used), so a read decodes at most two
+//!   blocks and chains or cycles cannot form; a delta naming a delta is corrupt.
 //!
 //! ## Write and fsync order
 //! See [`store`]: packs (each fdatasynced before its rename), then the index file, then
@@ -31,7 +39,8 @@
 //! [`gc`] removes what no snapshot references while creates and mounts keep running:
 //! it publishes a plan (`gc/<blake3>`) of the blocks it will remove, waits for the
 //! write sessions registered before it ([`lock`]), marks again, and only then deletes;
-//! sessions registered later never deduplicate against planned blocks. [`repair`]
+//! sessions registered later never deduplicate against planned blocks, nor take one
+//! as a delta's base. Marking keeps the base of every live delta. [`repair`]
 //! rebuilds the index from the packs. Both hold the exclusive maintenance lock. Local
 //! locks are `flock`s (released by the kernel when a holder dies). Packs carry a random
 //! nonce, so a pack written again can never take the name of one gc is deleting.

@@ -96,7 +96,9 @@ pub fn rebuild_index(
         for pid in &damaged {
             let mut good = Vec::new();
             for e in table.remove(pid).unwrap_or_default() {
-                if read_located(backend, &frames, &e.id, pid, &Location::of(0, &e)).is_err() {
+                let base = |b: &crate::id::BlockId| store.delta_base(b);
+                if read_located(backend, &frames, &e.id, pid, &Location::of(0, &e), &base).is_err()
+                {
                     report.dropped_blobs += 1;
                     report.blobs -= 1;
                     continue;

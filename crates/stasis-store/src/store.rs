@@ -203,16 +203,47 @@ impl Store {
             None if self.refresh_index()? => self.locate(id).ok_or_else(not_indexed)?,
             None => return Err(not_indexed()),
         };
-        match read_located(&*self.backend, &self.frames, id, &pack, &loc) {
+        let base = |b: &BlockId| self.delta_base(b);
+        match read_located(&*self.backend, &self.frames, id, &pack, &loc, &base) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // Its pack is gone: gc moved the blob. Callers never hold the index lock
                 // while reading blocks, so reloading here cannot deadlock.
                 self.reload_index()?;
                 let (pack, loc) = self.locate(id).ok_or_else(not_indexed)?;
-                read_located(&*self.backend, &self.frames, id, &pack, &loc)
+                read_located(&*self.backend, &self.frames, id, &pack, &loc, &base)
             }
             r => r,
         }
+    }
+
+    /// The bytes of `id` as the base of a delta: through the block cache, and refused
+    /// if `id` is stored as a delta itself (a base is always a whole block, which bounds
+    /// a read to two blocks and rules out cycles).
+    pub fn delta_base(&self, id: &BlockId) -> Result<Bytes> {
+        if self
+            .locate(id)
+            .is_some_and(|(_, l)| l.codec == Codec::ZstdDelta)
+        {
+            return Err(Error::corrupt(format!("delta base {id} is itself a delta")));
+        }
+        self.block(id)
+    }
+
+    /// The base a stored delta names (`None` if `id` is not stored as a delta). Reads
+    /// only the id at the front of its stored bytes.
+    pub fn base_of(&self, id: &BlockId) -> Result<Option<BlockId>> {
+        let Some((pack, loc)) = self.locate(id) else {
+            return Ok(None);
+        };
+        if loc.codec != Codec::ZstdDelta {
+            return Ok(None);
+        }
+        let n = (codec::DELTA_HEADER as u64).min(u64::from(loc.stored_len));
+        let head = self
+            .backend
+            .get(&pack::pack_key(&pack), Some(loc.offset..loc.offset + n))?;
+        let base = codec::delta_base_id(&head).map_err(|e| e.context(format!("block {id}")))?;
+        Ok(Some(Id(base)))
     }
 
     /// A blob by id, through the shared cache of decoded blocks.
@@ -258,12 +289,16 @@ fn read_config(backend: &dyn Backend) -> Result<RepoConfig> {
 
 /// Read the blob `id` at `loc` in `pack` and check it; a member of a shared frame is
 /// cut from the frame, decoded through `frames`.
+///
+/// A delta ([`Codec::ZstdDelta`]) is decoded against its base, which `base` reads
+/// (checked against its id, and refused if it is a delta itself).
 pub fn read_located(
     backend: &dyn Backend,
     frames: &FrameCache,
     id: &BlockId,
     pack: &PackId,
     loc: &Location,
+    base: &dyn Fn(&BlockId) -> Result<Bytes>,
 ) -> Result<Bytes> {
     let key = pack::pack_key(pack);
     if loc.codec == Codec::ZstdFrame {
@@ -284,6 +319,21 @@ pub fn read_located(
     )?;
     let raw = if loc.codec == Codec::Raw {
         stored
+    } else if loc.codec == Codec::ZstdDelta {
+        let (base_id, frame) =
+            codec::split_delta(&stored).map_err(|e| e.context(format!("block {id} in {key}")))?;
+        let base_id = Id(base_id);
+        if base_id == *id {
+            return Err(Error::corrupt(format!(
+                "block {id} in {key} is a delta on itself"
+            )));
+        }
+        let base_bytes = base(&base_id)
+            .map_err(|e| e.context(format!("the base of delta block {id} in {key}")))?;
+        let mut out = Vec::new();
+        codec::decompress_delta(frame, &base_bytes, loc.raw_len as usize, &mut out)
+            .map_err(|e| e.context(format!("block {id} in {key}")))?;
+        Bytes::from(out)
     } else {
         let mut out = Vec::new();
         codec::decompress(loc.codec, &stored, loc.raw_len as usize, &mut out)
@@ -420,6 +470,17 @@ impl<'s> Writer<'s> {
     /// Whether the repository or this session already has `id`.
     pub fn knows(&self, id: &BlockId) -> bool {
         self.pending.contains(id) || (!self.masked.contains(id) && self.store.index().contains(id))
+    }
+
+    /// Whether a new delta may name `id` as its base: committed (a base must be durable
+    /// before a delta on it is), not being removed by a gc plan, and stored whole, not
+    /// as a delta itself.
+    pub fn may_base(&self, id: &BlockId) -> bool {
+        !self.masked.contains(id)
+            && self
+                .store
+                .locate(id)
+                .is_some_and(|(_, l)| l.codec != Codec::ZstdDelta)
     }
 
     /// What this session added so far.

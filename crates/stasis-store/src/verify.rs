@@ -108,9 +108,11 @@ pub fn verify_store(
             let bad: Vec<(BlockId, Problem)> = entries
                 .par_iter()
                 .filter_map(|e| {
-                    read_located(backend, &frames, &e.id, &pid, &Location::of(0, e))
-                        .err()
-                        .map(|err| (e.id, problem(format!("block {}", e.id), err.to_string())))
+                    read_located(backend, &frames, &e.id, &pid, &Location::of(0, e), &|b| {
+                        store.delta_base(b)
+                    })
+                    .err()
+                    .map(|err| (e.id, problem(format!("block {}", e.id), err.to_string())))
                 })
                 .collect();
             for (id, p) in bad {
@@ -174,6 +176,7 @@ pub fn verify_manifest(store: &Store, m: &Manifest, what: &str, bad: &BadBlocks)
     }
     let mut missing: Vec<BlockId> = Vec::new();
     let mut corrupt: Vec<BlockId> = Vec::new();
+    let mut missing_bases: Vec<(BlockId, BlockId)> = Vec::new();
     let r = manifest::visit_nodes(store, m, &mut |node, level, refs| {
         if is_bad(store, bad, &node) {
             corrupt.push(node);
@@ -185,6 +188,17 @@ pub fn verify_manifest(store: &Store, m: &Manifest, what: &str, bad: &BadBlocks)
                         missing.push(*id);
                     } else if is_bad(store, bad, id) {
                         corrupt.push(*id);
+                    } else {
+                        // A delta needs its base too.
+                        match store.base_of(id) {
+                            Ok(None) => {}
+                            Ok(Some(b)) if store.locate(&b).is_none() => {
+                                missing_bases.push((*id, b))
+                            }
+                            Ok(Some(b)) if is_bad(store, bad, &b) => corrupt.push(b),
+                            Ok(Some(_)) => {}
+                            Err(_) => corrupt.push(*id),
+                        }
                     }
                 }
             }
@@ -196,6 +210,12 @@ pub fn verify_manifest(store: &Store, m: &Manifest, what: &str, bad: &BadBlocks)
     }
     for id in missing {
         out.push(problem(what, format!("block {id} is missing")));
+    }
+    for (id, b) in missing_bases {
+        out.push(problem(
+            what,
+            format!("block {id} is a delta on block {b}, which is missing"),
+        ));
     }
     for id in corrupt {
         out.push(problem(what, format!("block {id} is corrupt")));

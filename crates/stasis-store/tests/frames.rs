@@ -68,7 +68,7 @@ fn put(store: &Store, dir: &Path, name: &str, bytes: &[u8]) -> Manifest {
     std::fs::write(&p, bytes).expect("write input");
     let f = File::open(&p).expect("open input");
     let mut w = store.writer(Compression::default()).expect("writer");
-    let (m, _) = ingest_full(&mut w, &f, bytes.len() as u64, BLOCK, &|_| {}).expect("ingest");
+    let (m, _) = ingest_full(&mut w, &f, bytes.len() as u64, BLOCK, None, &|_| {}).expect("ingest");
     w.commit().expect("commit");
     m
 }

@@ -152,7 +152,7 @@ proptest! {
         let want = write_payload(&dir.path().join("in"), &segs);
         let f = File::open(dir.path().join("in")).expect("open");
         let mut w = store.writer(comp).expect("writer");
-        let (m, st) = ingest_full(&mut w, &f, want.len() as u64, 1 << block_pow, &|_| {}).expect("ingest");
+        let (m, st) = ingest_full(&mut w, &f, want.len() as u64, 1 << block_pow, None, &|_| {}).expect("ingest");
         w.commit().expect("commit");
         prop_assert_eq!(st.size, want.len() as u64);
         restore_and_check(&store, &m, &want, &dir.path().join("out"));
@@ -175,7 +175,7 @@ proptest! {
         let mut want = write_payload(&dir.path().join("base"), &base);
         let f = File::open(dir.path().join("base")).expect("open");
         let mut w = store.writer(Compression::default()).expect("writer");
-        let (mut m, _) = ingest_full(&mut w, &f, want.len() as u64, 16384, &|_| {}).expect("ingest");
+        let (mut m, _) = ingest_full(&mut w, &f, want.len() as u64, 16384, None, &|_| {}).expect("ingest");
         w.commit().expect("commit");
         for layer in 0..layers {
             // A diff layer: page-aligned written ranges (zeros included), holes elsewhere.
@@ -235,12 +235,13 @@ fn a_crash_at_any_step_keeps_committed_data() {
         let store = Store::init(be.clone(), cfg).expect("init");
         let f = File::open(dir.path().join("a")).expect("open");
         let mut w = store.writer(Compression::none()).expect("writer");
-        let (ma, _) = ingest_full(&mut w, &f, base.len() as u64, 4096, &|_| {}).expect("ingest a");
+        let (ma, _) =
+            ingest_full(&mut w, &f, base.len() as u64, 4096, None, &|_| {}).expect("ingest a");
         w.commit().expect("commit a");
         be.fail_after(step);
         let f = File::open(dir.path().join("b")).expect("open");
         let mut w = store.writer(Compression::none()).expect("writer");
-        let finished = ingest_full(&mut w, &f, next.len() as u64, 4096, &|_| {})
+        let finished = ingest_full(&mut w, &f, next.len() as u64, 4096, None, &|_| {})
             .and_then(|(m, _)| w.commit().map(|_| m));
         drop(store);
         be.power_loss(step);
@@ -290,7 +291,8 @@ fn index_rebuilds_from_packs_alone() {
         let want = write_payload(&dir.path().join(format!("in{k}")), segs);
         let f = File::open(dir.path().join(format!("in{k}"))).expect("open");
         let mut w = store.writer(Compression::default()).expect("writer");
-        let (m, _) = ingest_full(&mut w, &f, want.len() as u64, 4096, &|_| {}).expect("ingest");
+        let (m, _) =
+            ingest_full(&mut w, &f, want.len() as u64, 4096, None, &|_| {}).expect("ingest");
         w.commit().expect("commit");
         manifests.push((m, want));
     }
@@ -336,7 +338,7 @@ fn small_config() -> RepoConfig {
 fn put_file(store: &Store, path: &Path, len: usize) -> Manifest {
     let f = File::open(path).expect("open");
     let mut w = store.writer(Compression::default()).expect("writer");
-    let (m, _) = ingest_full(&mut w, &f, len as u64, 4096, &|_| {}).expect("ingest");
+    let (m, _) = ingest_full(&mut w, &f, len as u64, 4096, None, &|_| {}).expect("ingest");
     w.commit().expect("commit");
     m
 }
@@ -432,7 +434,7 @@ fn gc_never_removes_a_block_a_running_session_deduplicated() {
     let session = std::thread::spawn(move || {
         let f = File::open(&path).expect("open");
         let mut w = s2.writer(Compression::default()).expect("writer");
-        let (m, st) = ingest_full(&mut w, &f, len as u64, 4096, &|_| {}).expect("ingest");
+        let (m, st) = ingest_full(&mut w, &f, len as u64, 4096, None, &|_| {}).expect("ingest");
         assert_eq!(st.new_blocks, 0, "deduplicated against the garbage");
         to_test.send(()).expect("send");
         session_rx.recv().expect("recv"); // gc has published its plan and waits
@@ -461,12 +463,12 @@ fn gc_never_removes_a_block_a_running_session_deduplicated() {
     let f = File::open(dir.path().join("b")).expect("open");
     let mut w = store.writer(Compression::default()).expect("writer");
     let fa = File::open(dir.path().join("a")).expect("open");
-    let (_, st) = ingest_full(&mut w, &fa, a.len() as u64, 4096, &|_| {}).expect("ingest");
+    let (_, st) = ingest_full(&mut w, &fa, a.len() as u64, 4096, None, &|_| {}).expect("ingest");
     assert!(
         st.new_blocks > 0,
         "a session after the plan stores its own copy"
     );
-    let (mb, _) = ingest_full(&mut w, &f, b.len() as u64, 4096, &|_| {}).expect("ingest");
+    let (mb, _) = ingest_full(&mut w, &f, b.len() as u64, 4096, None, &|_| {}).expect("ingest");
     drop(w); // abandoned: its packs are orphans, but it was registered after the plan
     to_session.send(()).expect("send");
     let m_again = session.join().expect("session");
