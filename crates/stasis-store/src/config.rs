@@ -9,8 +9,16 @@ use crate::codec::Compression;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::DEFAULT_FANOUT;
 
-/// Version of the repository layout this code writes and reads.
-pub const REPO_VERSION: u32 = 1;
+/// Version of the repository layout this code writes. Version 2 adds delta blocks
+/// ([`crate::codec::Codec::ZstdDelta`]); a version 1 repository stays readable by
+/// earlier releases, because nothing writes deltas into it.
+pub const REPO_VERSION: u32 = 2;
+
+/// The oldest layout this code reads (and writes, in its own terms).
+pub const MIN_REPO_VERSION: u32 = 1;
+
+/// The first layout that may hold delta blocks.
+pub const DELTA_REPO_VERSION: u32 = 2;
 
 /// Smallest block size.
 pub const MIN_BLOCK_SIZE: u32 = 4096;
@@ -168,11 +176,12 @@ impl Default for RepoConfig {
 impl RepoConfig {
     /// Check every field.
     pub fn validate(&self) -> Result<()> {
-        if self.version != REPO_VERSION {
+        if !(MIN_REPO_VERSION..=REPO_VERSION).contains(&self.version) {
             return Err(Error::new(
                 ErrorKind::Repository,
                 format!(
-                    "repository version {} is not supported (this stasis reads {REPO_VERSION})",
+                    "repository version {} is not supported (this stasis reads \
+                     {MIN_REPO_VERSION} to {REPO_VERSION})",
                     self.version
                 ),
             ));

@@ -139,8 +139,10 @@ fn store_blocks(
         _ => Err(Error::new(ErrorKind::Io, "a data block lost its id")),
     };
 
-    // Deltas (zstd only): new blocks whose predecessor at the same place may be a base.
-    if compression.algorithm() == Algorithm::Zstd && !bases.is_empty() {
+    // Deltas (zstd only, and not in a repository that earlier releases may still read):
+    // new blocks whose predecessor at the same place may be a base.
+    let deltas_allowed = w.store().config().version >= crate::config::DELTA_REPO_VERSION;
+    if compression.algorithm() == Algorithm::Zstd && deltas_allowed && !bases.is_empty() {
         let candidates: Vec<(usize, BlockId)> = todo
             .iter()
             .filter_map(|&k| bases.get(k).copied().flatten().map(|b| (k, b)))

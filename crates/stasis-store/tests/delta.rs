@@ -286,3 +286,34 @@ proptest! {
         prop_assert_eq!(read_back(&store, &m3, dir.path(), "r3").expect("t3"), t3);
     }
 }
+
+/// A version 1 repository (which earlier releases read, and would take a delta in for
+/// damage) never gets a delta; a version this code does not know is refused.
+#[test]
+fn version_one_repositories_get_no_deltas() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
+    let be: Arc<dyn Backend> =
+        Arc::new(LocalBackend::open(&dir.path().join("repo")).expect("backend"));
+    let cfg = RepoConfig {
+        version: 1,
+        ..RepoConfig::default()
+    };
+    let store = Store::init(be, cfg).expect("init");
+    let t1 = memory(32, 9);
+    let t2 = touch(&t1, &[1, 2, 3], 9);
+    let (m1, _, _) = ingest(&store, dir.path(), "t1", &t1, None);
+    let (m2, st, _) = ingest(&store, dir.path(), "t2", &t2, Some(&m1));
+    assert_eq!((st.new_blocks, st.delta_blocks), (3, 0));
+    assert_eq!(
+        read_back(&store, &m2, dir.path(), "r2").expect("restore"),
+        t2
+    );
+
+    let future = RepoConfig {
+        version: stasis_store::config::REPO_VERSION + 1,
+        ..RepoConfig::default()
+    };
+    let err = future.validate().expect_err("unknown version");
+    assert!(err.to_string().contains("not supported"), "{err}");
+}
