@@ -10,14 +10,15 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::DEFAULT_FANOUT;
 
 /// Version of the repository layout this code writes. Version 2 adds delta blocks
-/// ([`crate::codec::Codec::ZstdDelta`]); a version 1 repository stays readable by
-/// earlier releases, because nothing writes deltas into it.
+/// ([`crate::codec::Codec::ZstdDelta`]) and compressed pack tables and index files
+/// ([`crate::raw::COMPACT_FORMAT_VERSION`]); a version 1 repository stays readable by
+/// earlier releases, because nothing writes those into it.
 pub const REPO_VERSION: u32 = 2;
 
 /// The oldest layout this code reads (and writes, in its own terms).
 pub const MIN_REPO_VERSION: u32 = 1;
 
-/// The first layout that may hold delta blocks.
+/// The first layout that may hold delta blocks and compressed tables.
 pub const DELTA_REPO_VERSION: u32 = 2;
 
 /// Smallest block size.
@@ -174,6 +175,16 @@ impl Default for RepoConfig {
 }
 
 impl RepoConfig {
+    /// The format version of the packs and index files written here: compressed tables
+    /// ([`crate::raw::COMPACT_FORMAT_VERSION`]) from repository version 2 on.
+    pub fn object_format(&self) -> u32 {
+        if self.version >= DELTA_REPO_VERSION {
+            crate::raw::COMPACT_FORMAT_VERSION
+        } else {
+            crate::raw::FORMAT_VERSION
+        }
+    }
+
     /// Check every field.
     pub fn validate(&self) -> Result<()> {
         if !(MIN_REPO_VERSION..=REPO_VERSION).contains(&self.version) {

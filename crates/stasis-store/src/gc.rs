@@ -501,7 +501,13 @@ pub fn collect(
     }
     if d.delete.is_empty() && d.repack.is_empty() && orphans.is_empty() {
         // Nothing to remove; merging many index files needs no plan (no pack goes).
-        rewrite_index(backend, &files, &HashSet::new(), &mut report)?;
+        rewrite_index(
+            backend,
+            store.config().object_format(),
+            &files,
+            &HashSet::new(),
+            &mut report,
+        )?;
         store.reload_index()?;
         fill(&mut report, &d, &orphans, &listed, 0);
         return Ok(report);
@@ -593,7 +599,13 @@ pub fn collect(
     // 7. Rewrite the index files that name removed packs.
     progress(Phase::Sweep);
     let removed: HashSet<PackId> = d.delete.iter().chain(&d.repack).copied().collect();
-    rewrite_index(backend, &files, &removed, &mut report)?;
+    rewrite_index(
+        backend,
+        store.config().object_format(),
+        &files,
+        &removed,
+        &mut report,
+    )?;
 
     // 8. Delete packs, then the plan.
     for p in removed.iter().chain(&orphans) {
@@ -615,6 +627,7 @@ pub const COMPACT_INDEX_FILES: usize = 32;
 /// many) by one file for their surviving packs: write it, sync, delete the old, sync.
 fn rewrite_index(
     backend: &dyn Backend,
+    format: u32,
     files: &Files,
     removed: &HashSet<PackId>,
     report: &mut GcReport,
@@ -641,7 +654,7 @@ fn rewrite_index(
                 .iter()
                 .map(|p| (*p, files.packs.get(p).cloned().unwrap_or_default()))
                 .collect();
-            let (key, bytes) = index::encode_file(&table);
+            let (key, bytes) = index::encode_file(&table, format);
             backend.put(&key, &bytes)?;
             backend.sync()?;
             // The new file may share its name with one of the old (same content).

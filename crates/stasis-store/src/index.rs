@@ -233,7 +233,12 @@ impl Index {
 }
 
 /// Encode an index file for `packs` (each with its entries). Returns its key and bytes.
-pub fn encode_file(packs: &[(PackId, Vec<PackEntry>)]) -> (String, Vec<u8>) {
+///
+/// `version` is [`raw::FORMAT_VERSION`] (entries sorted by id, as earlier releases
+/// read) or [`raw::COMPACT_FORMAT_VERSION`] (entries in pack order, and everything after
+/// the header one zstd frame: neighbouring entries share their pack, frame and
+/// lengths, so the entries shrink to little more than their ids).
+pub fn encode_file(packs: &[(PackId, Vec<PackEntry>)], version: u32) -> (String, Vec<u8>) {
     let mut entries: Vec<raw::IndexEntry> = Vec::new();
     for (pos, (_, es)) in packs.iter().enumerate() {
         for e in es {
@@ -249,20 +254,37 @@ pub fn encode_file(packs: &[(PackId, Vec<PackEntry>)]) -> (String, Vec<u8>) {
             });
         }
     }
-    entries.sort_by_key(|e| e.id);
+    let mut body = Vec::with_capacity(packs.len() * 32 + entries.len() * 56);
+    for (id, _) in packs {
+        body.extend_from_slice(&id.0);
+    }
+    let mut version = version;
+    if version == raw::COMPACT_FORMAT_VERSION {
+        body.extend_from_slice(entries.as_bytes());
+        match pack::compress_table(&body) {
+            Some(c) => body = c,
+            None => {
+                // zstd failed (out of memory): write the plain format instead.
+                version = raw::FORMAT_VERSION;
+                body.truncate(packs.len() * 32);
+            }
+        }
+    }
+    if version != raw::COMPACT_FORMAT_VERSION {
+        version = raw::FORMAT_VERSION;
+        entries.sort_by_key(|e| e.id);
+        body.extend_from_slice(entries.as_bytes());
+    }
     let header = raw::IndexHeader {
         magic: raw::INDEX_MAGIC,
-        version: U32::new(raw::FORMAT_VERSION),
+        version: U32::new(version),
         pack_count: U32::new(u32::try_from(packs.len()).unwrap_or(u32::MAX)),
         entry_count: U64::new(entries.len() as u64),
         reserved: [0; 8],
     };
-    let mut buf = Vec::with_capacity(32 + packs.len() * 32 + entries.len() * 56 + 32);
+    let mut buf = Vec::with_capacity(32 + body.len() + 32);
     buf.extend_from_slice(header.as_bytes());
-    for (id, _) in packs {
-        buf.extend_from_slice(&id.0);
-    }
-    buf.extend_from_slice(entries.as_bytes());
+    buf.extend_from_slice(&body);
     let sum = *blake3::hash(&buf).as_bytes();
     buf.extend_from_slice(&sum);
     (index_key(&Id::of(&buf)), buf)
@@ -283,7 +305,10 @@ pub fn decode_file(bytes: &[u8]) -> Result<DecodedFile> {
     }
     let (header, rest) = raw::IndexHeader::read_from_prefix(body)
         .map_err(|_| Error::corrupt("index file header is short"))?;
-    if header.magic != raw::INDEX_MAGIC || header.version.get() != raw::FORMAT_VERSION {
+    let version = header.version.get();
+    if header.magic != raw::INDEX_MAGIC
+        || ![raw::FORMAT_VERSION, raw::COMPACT_FORMAT_VERSION].contains(&version)
+    {
         return Err(Error::corrupt("index file has a bad magic or version"));
     }
     let npacks = header.pack_count.get() as usize;
@@ -292,6 +317,14 @@ pub fn decode_file(bytes: &[u8]) -> Result<DecodedFile> {
     let want = npacks
         .checked_mul(32)
         .and_then(|p| nentries.checked_mul(56).and_then(|e| e.checked_add(p)));
+    let plain: Vec<u8>;
+    let rest: &[u8] = if version == raw::FORMAT_VERSION {
+        rest
+    } else {
+        let want = want.ok_or_else(|| Error::corrupt("index file counts overflow"))?;
+        plain = pack::decompress_table(rest, want, "index file body")?;
+        &plain
+    };
     if want != Some(rest.len()) {
         return Err(Error::corrupt("index file size does not match its header"));
     }
@@ -351,7 +384,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn file_roundtrip(sizes in proptest::collection::vec(0usize..20, 0..5)) {
+        fn file_roundtrip(sizes in proptest::collection::vec(0usize..20, 0..5), compact in any::<bool>()) {
+            let version = if compact { raw::COMPACT_FORMAT_VERSION } else { raw::FORMAT_VERSION };
             let mut seed = 0u8;
             let packs: Vec<(PackId, Vec<PackEntry>)> = sizes
                 .iter()
@@ -361,8 +395,9 @@ mod tests {
                     (Id::of(&[i as u8, 0xff]), es)
                 })
                 .collect();
-            let (key, bytes) = encode_file(&packs);
+            let (key, bytes) = encode_file(&packs, version);
             prop_assert_eq!(key, index_key(&Id::of(&bytes)));
+            prop_assert_eq!(bytes[8..12].to_vec(), version.to_le_bytes().to_vec());
             let (dp, de) = decode_file(&bytes).expect("decode");
             prop_assert_eq!(dp.len(), packs.len());
             let total: usize = packs.iter().map(|(_, e)| e.len()).sum();
@@ -373,14 +408,36 @@ mod tests {
         }
 
         #[test]
+        fn compact_files_are_smaller_for_frames(members in 16usize..200) {
+            // Members of shared frames: same pack range, consecutive skips.
+            let es: Vec<PackEntry> = (0..members)
+                .map(|k| PackEntry {
+                    id: Id::of(&k.to_le_bytes()),
+                    kind: BlobKind::Data,
+                    codec: Codec::ZstdFrame,
+                    offset: 32 + (k / 64) as u64 * 9000,
+                    stored_len: 9000,
+                    raw_len: 4096,
+                    skip: (k % 64) as u32 * 4096,
+                })
+                .collect();
+            let packs = vec![(Id::of(b"p"), es)];
+            let (_, plain) = encode_file(&packs, raw::FORMAT_VERSION);
+            let (_, compact) = encode_file(&packs, raw::COMPACT_FORMAT_VERSION);
+            prop_assert!(compact.len() * 10 < plain.len() * 8, "{} vs {}", compact.len(), plain.len());
+            prop_assert_eq!(decode_file(&compact).expect("decode").1.len(), members);
+        }
+
+        #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode_file(&bytes);
         }
 
         #[test]
-        fn any_flip_is_detected(pos in any::<prop::sample::Index>(), flip in 1u8..=255) {
+        fn any_flip_is_detected(pos in any::<prop::sample::Index>(), flip in 1u8..=255, compact in any::<bool>()) {
+            let version = if compact { raw::COMPACT_FORMAT_VERSION } else { raw::FORMAT_VERSION };
             let packs = vec![(Id::of(b"p"), vec![entry(1, 32), entry(2, 200)])];
-            let (_, mut bytes) = encode_file(&packs);
+            let (_, mut bytes) = encode_file(&packs, version);
             let i = pos.index(bytes.len());
             bytes[i] ^= flip;
             prop_assert!(decode_file(&bytes).is_err());

@@ -126,6 +126,8 @@ pub fn pack_id_of_key(key: &str) -> Option<PackId> {
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
+    /// [`raw::FORMAT_VERSION`] or [`raw::COMPACT_FORMAT_VERSION`].
+    version: u32,
 }
 
 impl Default for PackBuilder {
@@ -159,9 +161,15 @@ impl PackBuilder {
     /// An empty pack whose buffer holds `bytes` without growing (a pack is sealed just
     /// past its target size; growing by doubling would hold twice that in memory).
     pub fn with_capacity(bytes: usize) -> Self {
+        Self::with_format(bytes, raw::FORMAT_VERSION)
+    }
+
+    /// [`PackBuilder::with_capacity`], writing the pack in format `version`
+    /// ([`raw::COMPACT_FORMAT_VERSION`] compresses the entry table).
+    pub fn with_format(bytes: usize, version: u32) -> Self {
         let header = raw::PackHeader {
             magic: raw::PACK_MAGIC,
-            version: U32::new(raw::FORMAT_VERSION),
+            version: U32::new(version),
             nonce: nonce(),
             reserved: [0; 4],
         };
@@ -170,6 +178,7 @@ impl PackBuilder {
         PackBuilder {
             buf,
             entries: Vec::new(),
+            version,
         }
     }
 
@@ -248,6 +257,7 @@ impl PackBuilder {
     /// Seal: append the entry table and trailer. Returns the pack id, bytes and entries.
     pub fn finish(mut self) -> (PackId, Vec<u8>, Vec<PackEntry>) {
         let entries_offset = self.buf.len() as u64;
+        let mut table: Vec<u8> = Vec::with_capacity(self.entries.len() * 56);
         for e in &self.entries {
             let r = raw::PackEntry {
                 id: e.id.0,
@@ -259,14 +269,26 @@ impl PackBuilder {
                 frame_skip: U16::new((e.skip / FRAME_SKIP_UNIT) as u16),
                 reserved: [0; 4],
             };
-            self.buf.extend_from_slice(r.as_bytes());
+            table.extend_from_slice(r.as_bytes());
         }
+        if self.version == raw::COMPACT_FORMAT_VERSION {
+            match compress_table(&table) {
+                Some(c) => table = c,
+                None => {
+                    // Out of memory in zstd, say: the pack is written with a plain table,
+                    // which its header must then say.
+                    self.version = raw::FORMAT_VERSION;
+                    self.buf[8..12].copy_from_slice(&raw::FORMAT_VERSION.to_le_bytes());
+                }
+            }
+        }
+        self.buf.extend_from_slice(&table);
         let entries_hash = *blake3::hash(&self.buf[entries_offset as usize..]).as_bytes();
         let count = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
         let trailer = raw::PackTrailer {
             entries_offset: U64::new(entries_offset),
             entry_count: U32::new(count),
-            version: U32::new(raw::FORMAT_VERSION),
+            version: U32::new(self.version),
             entries_hash,
             reserved: [0; 8],
             magic: raw::PACK_END_MAGIC,
@@ -275,6 +297,25 @@ impl PackBuilder {
         let id = Id::of(&self.buf);
         (id, self.buf, self.entries)
     }
+}
+
+/// A table of fixed records as one zstd frame (level 3: tables are small, and their
+/// ids are random, so higher levels find nothing more).
+pub(crate) fn compress_table(table: &[u8]) -> Option<Vec<u8>> {
+    zstd::bulk::compress(table, 3).ok()
+}
+
+/// Decode a compressed table that must come to exactly `len` bytes.
+pub(crate) fn decompress_table(stored: &[u8], len: usize, what: &str) -> Result<Vec<u8>> {
+    if len > raw::MAX_TABLE_BYTES {
+        return Err(Error::corrupt(format!(
+            "{what}: table of {len} bytes is too large"
+        )));
+    }
+    let mut out = Vec::new();
+    crate::codec::decompress(Codec::Zstd, stored, len, &mut out)
+        .map_err(|e| e.context(what.to_string()))?;
+    Ok(out)
 }
 
 /// A validated entry from its on-disk fields (shared by pack tables and index files).
@@ -320,7 +361,9 @@ pub fn read_entries(backend: &dyn Backend, id: &PackId) -> Result<Vec<PackEntry>
     let head = backend.get(&key, Some(0..hsize))?;
     let header = raw::PackHeader::read_from_bytes(&head[..])
         .map_err(|_| Error::corrupt(format!("pack {key}: short header")))?;
-    if header.magic != raw::PACK_MAGIC || header.version.get() != raw::FORMAT_VERSION {
+    let version = header.version.get();
+    let known = [raw::FORMAT_VERSION, raw::COMPACT_FORMAT_VERSION];
+    if header.magic != raw::PACK_MAGIC || !known.contains(&version) {
         return Err(Error::corrupt(format!(
             "pack {key}: bad header magic or version"
         )));
@@ -328,7 +371,7 @@ pub fn read_entries(backend: &dyn Backend, id: &PackId) -> Result<Vec<PackEntry>
     let tail = backend.get(&key, Some(size - tsize..size))?;
     let trailer = raw::PackTrailer::read_from_bytes(&tail[..])
         .map_err(|_| Error::corrupt(format!("pack {key}: short trailer")))?;
-    if trailer.magic != raw::PACK_END_MAGIC || trailer.version.get() != raw::FORMAT_VERSION {
+    if trailer.magic != raw::PACK_END_MAGIC || trailer.version.get() != version {
         return Err(Error::corrupt(format!(
             "pack {key}: bad trailer (truncated or not a pack)"
         )));
@@ -336,18 +379,30 @@ pub fn read_entries(backend: &dyn Backend, id: &PackId) -> Result<Vec<PackEntry>
     let start = trailer.entries_offset.get();
     let count = u64::from(trailer.entry_count.get());
     let esize = size_of::<raw::PackEntry>() as u64;
-    if start < hsize || start.checked_add(count * esize) != Some(size - tsize) {
+    let fits = match version {
+        raw::FORMAT_VERSION => start.checked_add(count * esize) == Some(size - tsize),
+        _ => start < size - tsize,
+    };
+    if start < hsize || !fits {
         return Err(Error::corrupt(format!(
             "pack {key}: entry table does not fit"
         )));
     }
-    let table = backend.get(&key, Some(start..size - tsize))?;
-    if blake3::hash(&table).as_bytes() != &trailer.entries_hash {
+    let stored = backend.get(&key, Some(start..size - tsize))?;
+    if blake3::hash(&stored).as_bytes() != &trailer.entries_hash {
         return Err(Error::corrupt(format!(
             "pack {key}: entry table checksum mismatch"
         )));
     }
-    let raws = <[raw::PackEntry]>::ref_from_bytes(&table)
+    let table: Vec<u8>;
+    let table: &[u8] = if version == raw::FORMAT_VERSION {
+        &stored
+    } else {
+        let len = usize::try_from(count * esize).unwrap_or(usize::MAX);
+        table = decompress_table(&stored, len, &format!("pack {key}: entry table"))?;
+        &table
+    };
+    let raws = <[raw::PackEntry]>::ref_from_bytes(table)
         .map_err(|_| Error::corrupt(format!("pack {key}: entry table misaligned")))?;
     let mut out: Vec<PackEntry> = Vec::with_capacity(raws.len());
     let mut prev_end = hsize;
@@ -387,8 +442,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn build_and_read(blobs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..500), 0..20)) {
-            let mut b = PackBuilder::new();
+        fn build_and_read(blobs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..500), 0..20), compact in any::<bool>()) {
+            let version = if compact { raw::COMPACT_FORMAT_VERSION } else { raw::FORMAT_VERSION };
+            let mut b = PackBuilder::with_format(1 << 20, version);
             for (i, blob) in blobs.iter().enumerate() {
                 let kind = if i % 3 == 0 { BlobKind::Tree } else { BlobKind::Data };
                 b.add(Id::of(blob), kind, Codec::Raw, blob.len() as u32, blob).expect("add");
@@ -406,8 +462,9 @@ mod tests {
         }
 
         #[test]
-        fn damaged_table_is_detected(pos_frac in 0.0f64..1.0, flip in 1u8..=255) {
-            let mut b = PackBuilder::new();
+        fn damaged_table_is_detected(pos_frac in 0.0f64..1.0, flip in 1u8..=255, compact in any::<bool>()) {
+            let version = if compact { raw::COMPACT_FORMAT_VERSION } else { raw::FORMAT_VERSION };
+            let mut b = PackBuilder::with_format(1 << 20, version);
             for i in 0..5u8 {
                 let blob = vec![i; 100];
                 b.add(Id::of(&blob), BlobKind::Data, Codec::Raw, 100, &blob).expect("add");

@@ -12,8 +12,17 @@ pub const PACK_MAGIC: [u8; 8] = *b"STASPACK";
 pub const PACK_END_MAGIC: [u8; 8] = *b"STASPEND";
 /// First bytes of an index file.
 pub const INDEX_MAGIC: [u8; 8] = *b"STASINDX";
-/// Format version of packs and index files written by this code.
+/// Format version of packs and index files with plain tables (and of gc plans).
 pub const FORMAT_VERSION: u32 = 1;
+/// Format version of packs and index files whose tables are zstd-compressed: a pack's
+/// entry table, and an index file's body after its header (pack ids, then entries in
+/// pack order), are one zstd frame each; the checksums cover the stored bytes. Written
+/// in repositories of version [`crate::config::DELTA_REPO_VERSION`] and later.
+pub const COMPACT_FORMAT_VERSION: u32 = 2;
+
+/// The largest table a compressed pack table or index body may decode to (a bound on
+/// what a damaged header can make a reader allocate).
+pub const MAX_TABLE_BYTES: usize = 1 << 30;
 
 /// At offset 0 of a pack.
 #[derive(Debug, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]

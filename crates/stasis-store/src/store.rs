@@ -398,7 +398,7 @@ type Sealed = (PackId, Vec<u8>);
 /// largest block and an entry table's worth.
 fn new_pack(store: &Store) -> PackBuilder {
     let target = usize::try_from(store.config.pack_size).unwrap_or(32 << 20);
-    PackBuilder::with_capacity(target + (4 << 20) + (1 << 20))
+    PackBuilder::with_format(target + (4 << 20) + (1 << 20), store.config.object_format())
 }
 
 /// A write session: new blobs go into packs, made durable by [`Writer::commit`].
@@ -444,7 +444,7 @@ impl<'s> Writer<'s> {
             compression,
             // Reserved address space only: pages are touched as blocks arrive.
             pack: new_pack(store),
-            tree_pack: PackBuilder::with_capacity(1 << 20),
+            tree_pack: PackBuilder::with_format(1 << 20, store.config.object_format()),
             written: Vec::new(),
             pending: HashSet::default(),
             pending_nodes: HashMap::default(),
@@ -628,7 +628,7 @@ impl<'s> Writer<'s> {
     fn seal(&mut self, kind: BlobKind) -> Result<()> {
         let fresh = match kind {
             BlobKind::Data => new_pack(self.store),
-            BlobKind::Tree => PackBuilder::with_capacity(1 << 20),
+            BlobKind::Tree => PackBuilder::with_format(1 << 20, self.store.config.object_format()),
         };
         let slot = match kind {
             BlobKind::Data => &mut self.pack,
@@ -679,7 +679,7 @@ impl<'s> Writer<'s> {
             // power loss could keep the index and lose a pack, and later writes would
             // deduplicate against blocks that are gone.
             self.store.backend.sync()?;
-            let (key, bytes) = index::encode_file(&self.written);
+            let (key, bytes) = index::encode_file(&self.written, self.store.config.object_format());
             self.store.backend.put(&key, &bytes)?;
             written_file = Some(key);
         }

@@ -305,6 +305,13 @@ fn version_one_repositories_get_no_deltas() {
     let (m1, _, _) = ingest(&store, dir.path(), "t1", &t1, None);
     let (m2, st, _) = ingest(&store, dir.path(), "t2", &t2, Some(&m1));
     assert_eq!((st.new_blocks, st.delta_blocks), (3, 0));
+    // Its packs and index files keep the plain tables earlier releases read.
+    for prefix in ["packs/", "index/"] {
+        for meta in store.backend().list(prefix).expect("list") {
+            let head = store.backend().get(&meta.key, Some(0..12)).expect("head");
+            assert_eq!(head[8..12], 1u32.to_le_bytes(), "{}", meta.key);
+        }
+    }
     assert_eq!(
         read_back(&store, &m2, dir.path(), "r2").expect("restore"),
         t2
