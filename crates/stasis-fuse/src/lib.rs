@@ -383,7 +383,7 @@ impl Filesystem for SnapshotFs {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         BUF.with_borrow_mut(|buf| match self.tree.read(ino.0, offset, size, buf) {
-            Ok(()) => reply.data(buf),
+            Ok(bytes) => reply.data(bytes),
             Err(e) => reply.error(e),
         });
     }

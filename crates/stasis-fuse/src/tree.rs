@@ -65,6 +65,19 @@ fn prefetch_ahead(reader: &PayloadReader<'_>, p: &PayloadInfo, end: u64) {
     let _ = reader.prefetch(from..limit);
 }
 
+/// The largest read answered straight from [`ZEROS`].
+const ZERO_REPLY: usize = 1 << 20;
+
+/// Zeros for reads that fall wholly in holes or zero blocks: replied as they are, with
+/// no buffer to fill (static and never written, so its pages are the kernel's zero page).
+static ZEROS: [u8; ZERO_REPLY] = [0; ZERO_REPLY];
+
+/// Whether `start..end` meets any of the sorted, disjoint `ranges`.
+fn meets(ranges: &[Range<u64>], start: u64, end: u64) -> bool {
+    let i = ranges.partition_point(|r| r.end <= start);
+    ranges.get(i).is_some_and(|r| r.start < end)
+}
+
 #[derive(Debug)]
 struct PayloadInfo {
     manifest: Manifest,
@@ -450,12 +463,25 @@ impl Tree {
     /// Read up to `size` bytes at `offset` into `buf`, reusing its allocation: on
     /// success it holds exactly the bytes read; after an error its contents are
     /// unspecified and must not be sent.
-    pub fn read(&self, ino: u64, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<(), Errno> {
+    pub fn read<'b>(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<&'b [u8], Errno> {
         match self.node(ino)? {
             Node::Payload { id, idx } => {
                 let p = self.payload(ino, &id, idx)?;
                 let reader = PayloadReader::new(&self.store, p.manifest).map_err(eio)?;
                 let len = u64::from(size).min(p.manifest.size.saturating_sub(offset));
+                if len as usize <= ZERO_REPLY && !meets(self.ranges(&p)?, offset, offset + len) {
+                    // All holes: nothing to decode or copy. Still prefetch past them.
+                    if u64::from(size) >= SEQUENTIAL_REQUEST {
+                        prefetch_ahead(&reader, &p, offset + len);
+                    }
+                    return Ok(&ZEROS[..len as usize]);
+                }
                 // Sized, not cleared: `read_at` writes every byte of it (holes and zero
                 // blocks as zeros) or fails, and a failed read's buffer is never sent, so
                 // no byte of an earlier read can stay behind. Not zeroing it first saves a
@@ -467,7 +493,7 @@ impl Tree {
                 if u64::from(size) >= SEQUENTIAL_REQUEST {
                     prefetch_ahead(&reader, &p, offset + n as u64);
                 }
-                Ok(())
+                Ok(&buf[..])
             }
             Node::Json(id) => {
                 buf.clear();
@@ -475,10 +501,21 @@ impl Tree {
                 let start = (offset as usize).min(bytes.len());
                 let end = start.saturating_add(size as usize).min(bytes.len());
                 buf.extend_from_slice(&bytes[start..end]);
-                Ok(())
+                Ok(&buf[..])
             }
             _ => Err(Errno::EISDIR),
         }
+    }
+
+    /// The payload's data ranges (holes and zero blocks left out), worked out once.
+    fn ranges<'p>(&self, p: &'p PayloadInfo) -> Result<&'p [Range<u64>], Errno> {
+        if let Some(r) = p.ranges.get() {
+            return Ok(r);
+        }
+        let r = PayloadReader::new(&self.store, p.manifest)
+            .and_then(|r| r.data_ranges())
+            .map_err(eio)?;
+        Ok(p.ranges.get_or_init(|| r))
     }
 
     /// `lseek` with SEEK_DATA or SEEK_HOLE: holes and zero blocks are holes.
@@ -492,15 +529,7 @@ impl Tree {
         if off >= size {
             return Err(Errno::ENXIO);
         }
-        let ranges = match p.ranges.get() {
-            Some(r) => r,
-            None => {
-                let r = PayloadReader::new(&self.store, p.manifest)
-                    .and_then(|r| r.data_ranges())
-                    .map_err(eio)?;
-                p.ranges.get_or_init(|| r)
-            }
-        };
+        let ranges = self.ranges(&p)?;
         let found = match whence {
             libc::SEEK_DATA => ranges
                 .iter()
@@ -515,5 +544,31 @@ impl Tree {
             _ => return Err(Errno::EINVAL),
         };
         i64::try_from(found).map_err(|_| Errno::EOVERFLOW)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `meets` agrees with checking every range.
+        #[test]
+        fn meets_is_an_overlap_test(
+            gaps in proptest::collection::vec((1u64..50, 1u64..50), 0..20),
+            start in 0u64..1500,
+            len in 1u64..200,
+        ) {
+            let mut ranges = Vec::new();
+            let mut at = 0;
+            for (gap, n) in gaps {
+                ranges.push(at + gap..at + gap + n);
+                at += gap + n;
+            }
+            let end = start + len;
+            let want = ranges.iter().any(|r| r.start < end && start < r.end);
+            prop_assert_eq!(meets(&ranges, start, end), want);
+        }
     }
 }
