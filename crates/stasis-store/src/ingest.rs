@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
+use crate::codec::Compression;
 use crate::codec::{self, Algorithm, Codec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame;
@@ -24,7 +25,7 @@ use crate::id::{BlockId, Id};
 use crate::manifest::{self, BlockRef, Manifest, TreeBuilder};
 use crate::pack::{BlobKind, FrameMember};
 use crate::source::{data_regions, is_zero};
-use crate::store::Writer;
+use crate::store::{Bases, Writer};
 
 /// Bytes read per batch.
 const BATCH_BYTES: u64 = 8 << 20;
@@ -63,7 +64,13 @@ const DELTA_MAX_SHARE: usize = 2;
 
 /// Compress `data` against `base` (its predecessor at the same place); the stored bytes
 /// of a delta when that pays (see [`DELTA_MAX_SHARE`]), else `None`.
-fn try_delta(w: &Writer<'_>, level: i32, base: &BlockId, data: &[u8]) -> Result<Option<Vec<u8>>> {
+fn try_delta(
+    w: Bases<'_, '_>,
+    compression: Compression,
+    base: &BlockId,
+    data: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    let level = compression.level();
     // The parent's block, or, when that is a delta itself (the page changed in the
     // parent too), the block that delta is on: a base is always a whole block.
     let base = if w.may_base(base) {
@@ -86,7 +93,7 @@ fn try_delta(w: &Writer<'_>, level: i32, base: &BlockId, data: &[u8]) -> Result<
     let mut delta = Vec::new();
     codec::compress_delta(level, &base.0, &base_bytes, data, &mut delta)?;
     let mut alone = Vec::new();
-    let c = codec::compress(w.compression(), data, &mut alone)?;
+    let c = codec::compress(compression, data, &mut alone)?;
     let alone_len = if c == Codec::Raw {
         data.len()
     } else {
@@ -147,11 +154,10 @@ fn store_blocks(
             .iter()
             .filter_map(|&k| bases.get(k).copied().flatten().map(|b| (k, b)))
             .collect();
-        let level = compression.level();
-        let wr = &*w;
+        let bases = w.bases();
         let deltas: Vec<Result<Option<Vec<u8>>>> = candidates
             .par_iter()
-            .map(|(k, b)| try_delta(wr, level, b, data(*k)))
+            .map(|(k, b)| try_delta(bases, compression, b, data(*k)))
             .collect();
         let mut stored_as_delta: HashSet<usize, FxBuildHasher> = HashSet::default();
         for ((k, _), d) in candidates.iter().zip(deltas) {

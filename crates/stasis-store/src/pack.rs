@@ -164,6 +164,24 @@ impl PackBuilder {
         Self::with_format(bytes, raw::FORMAT_VERSION)
     }
 
+    /// An empty pack in format `version` built in `buf`, a buffer from an earlier pack
+    /// (its bytes are dropped, its capacity kept).
+    pub fn reusing(mut buf: Vec<u8>, version: u32) -> Self {
+        buf.clear();
+        let header = raw::PackHeader {
+            magic: raw::PACK_MAGIC,
+            version: U32::new(version),
+            nonce: nonce(),
+            reserved: [0; 4],
+        };
+        buf.extend_from_slice(header.as_bytes());
+        PackBuilder {
+            buf,
+            entries: Vec::new(),
+            version,
+        }
+    }
+
     /// [`PackBuilder::with_capacity`], writing the pack in format `version`
     /// ([`raw::COMPACT_FORMAT_VERSION`] compresses the entry table).
     pub fn with_format(bytes: usize, version: u32) -> Self {

@@ -396,9 +396,39 @@ type Sealed = (PackId, Vec<u8>);
 
 /// A pack buffer that holds a full pack without growing: the target size, plus the
 /// largest block and an entry table's worth.
-fn new_pack(store: &Store) -> PackBuilder {
+fn new_pack(store: &Store, spare: Option<Vec<u8>>) -> PackBuilder {
     let target = usize::try_from(store.config.pack_size).unwrap_or(32 << 20);
-    PackBuilder::with_format(target + (4 << 20) + (1 << 20), store.config.object_format())
+    let capacity = target + (4 << 20) + (1 << 20);
+    match spare {
+        Some(buf) if buf.capacity() >= capacity => {
+            PackBuilder::reusing(buf, store.config.object_format())
+        }
+        _ => PackBuilder::with_format(capacity, store.config.object_format()),
+    }
+}
+
+/// Which blocks a new delta of a write session may name as its base (see
+/// [`Writer::may_base`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Bases<'s, 'w> {
+    store: &'s Store,
+    masked: &'w HashSet<BlockId, FxBuildHasher>,
+}
+
+impl<'s> Bases<'s, '_> {
+    /// The store written to.
+    pub fn store(&self) -> &'s Store {
+        self.store
+    }
+
+    /// See [`Writer::may_base`].
+    pub fn may_base(&self, id: &BlockId) -> bool {
+        !self.masked.contains(id)
+            && self
+                .store
+                .locate(id)
+                .is_some_and(|(_, l)| l.codec != Codec::ZstdDelta)
+    }
 }
 
 /// A write session: new blobs go into packs, made durable by [`Writer::commit`].
@@ -418,6 +448,9 @@ pub struct Writer<'s> {
     stats: WriteStats,
     flush_tx: Option<SyncSender<Sealed>>,
     flusher: Option<JoinHandle<Result<()>>>,
+    /// Data pack buffers the flusher has written out, for the next packs: a fresh
+    /// 37 MiB buffer costs the kernel clearing every page of it as it is first touched.
+    spare_rx: Option<Receiver<Vec<u8>>>,
     scratch: Vec<u8>,
     /// The session's registration (none for gc's own writer).
     session: Option<Guard>,
@@ -425,9 +458,15 @@ pub struct Writer<'s> {
     masked: HashSet<BlockId, FxBuildHasher>,
 }
 
-fn flusher(backend: Arc<dyn Backend>, rx: Receiver<Sealed>) -> Result<()> {
+fn flusher(
+    backend: Arc<dyn Backend>,
+    rx: Receiver<Sealed>,
+    spare_tx: SyncSender<Vec<u8>>,
+) -> Result<()> {
     for (id, bytes) in rx {
         backend.put(&pack::pack_key(&id), &bytes)?;
+        // Handed back for reuse if the writer has room for it; else freed here.
+        let _ = spare_tx.try_send(bytes);
     }
     Ok(())
 }
@@ -443,7 +482,7 @@ impl<'s> Writer<'s> {
             store,
             compression,
             // Reserved address space only: pages are touched as blocks arrive.
-            pack: new_pack(store),
+            pack: new_pack(store, None),
             tree_pack: PackBuilder::with_format(1 << 20, store.config.object_format()),
             written: Vec::new(),
             pending: HashSet::default(),
@@ -451,6 +490,7 @@ impl<'s> Writer<'s> {
             stats: WriteStats::default(),
             flush_tx: None,
             flusher: None,
+            spare_rx: None,
             scratch: Vec::new(),
             session,
             masked,
@@ -476,11 +516,15 @@ impl<'s> Writer<'s> {
     /// before a delta on it is), not being removed by a gc plan, and stored whole, not
     /// as a delta itself.
     pub fn may_base(&self, id: &BlockId) -> bool {
-        !self.masked.contains(id)
-            && self
-                .store
-                .locate(id)
-                .is_some_and(|(_, l)| l.codec != Codec::ZstdDelta)
+        self.bases().may_base(id)
+    }
+
+    /// [`Writer::may_base`] as a value that threads can share.
+    pub fn bases(&self) -> Bases<'s, '_> {
+        Bases {
+            store: self.store,
+            masked: &self.masked,
+        }
     }
 
     /// What this session added so far.
@@ -627,7 +671,10 @@ impl<'s> Writer<'s> {
 
     fn seal(&mut self, kind: BlobKind) -> Result<()> {
         let fresh = match kind {
-            BlobKind::Data => new_pack(self.store),
+            BlobKind::Data => new_pack(
+                self.store,
+                self.spare_rx.as_ref().and_then(|rx| rx.try_recv().ok()),
+            ),
             BlobKind::Tree => PackBuilder::with_format(1 << 20, self.store.config.object_format()),
         };
         let slot = match kind {
@@ -645,7 +692,11 @@ impl<'s> Writer<'s> {
             // At most one sealed pack waits while another is being written.
             let (tx, rx) = sync_channel::<Sealed>(1);
             let backend = Arc::clone(&self.store.backend);
-            self.flusher = Some(std::thread::spawn(move || flusher(backend, rx)));
+            // Two spares at most: with one pack filling, one queued and one being
+            // written, no more can be in use at once.
+            let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(2);
+            self.spare_rx = Some(spare_rx);
+            self.flusher = Some(std::thread::spawn(move || flusher(backend, rx, spare_tx)));
             self.flush_tx = Some(tx);
         }
         let sent = self.flush_tx.as_ref().map(|tx| tx.send((id, bytes)));
