@@ -311,7 +311,11 @@ fn memory_children_store_changed_pages_as_deltas() {
         }
     }
     fs::write(&mem, &bytes).expect("write");
-    env.ok(&["create", "vm1", "t2", "--memory", &m]);
+    let out = env.ok(&["create", "vm1", "t2", "--memory", &m]);
+    assert!(
+        out.contains("103 of 103 new blocks stored as deltas"),
+        "{out}"
+    );
     let t2 = env.json(&["show", "vm1/t2"]);
     let t2_added = t2["added_bytes"].as_u64().expect("n");
     // 103 changed pages whole would be about a tenth of t1; as deltas, far less.

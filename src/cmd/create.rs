@@ -215,5 +215,10 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         ratio(snap.uncompressed_size_bytes, snap.compressed_size_bytes),
         secs
     );
+    let deltas: u64 = stats.iter().map(|s| s.delta_blocks).sum();
+    if deltas > 0 {
+        let new: u64 = stats.iter().map(|s| s.new_blocks).sum();
+        println!("{deltas} of {new} new blocks stored as deltas on the parent's blocks");
+    }
     Ok(())
 }
