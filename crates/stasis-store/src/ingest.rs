@@ -252,6 +252,47 @@ fn read_err(e: std::io::Error) -> Error {
     }
 }
 
+/// An input's size and modification time, to tell whether it changed while it was read.
+#[derive(Debug, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(file: &File) -> Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file
+            .metadata()
+            .map_err(|e| Error::io("reading the input's size", e))?;
+        Ok(Stamp {
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        })
+    }
+
+    /// An error unless the input is still `size` bytes and unmodified since `before`.
+    fn same_as(&self, before: &Stamp, size: u64) -> Result<()> {
+        if self.size != size || self.size != before.size {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the input file changed size while it was being read ({size} to {} bytes)",
+                    self.size
+                ),
+            ));
+        }
+        if self.mtime != before.mtime {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "the input file changed while it was being read; pause the VM (or copy \
+                 the file) and try again",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Store a whole input file; returns its manifest.
 ///
 /// With a `parent` (the same payload in the parent snapshot, with the same block size),
@@ -269,6 +310,7 @@ pub fn ingest_full(
     let parent = parent.filter(|p| p.block_size == block_size);
     let bs = u64::from(block_size);
     let fanout = w.store().config().fanout;
+    let before = Stamp::of(file)?;
     let regions = data_regions(file, size)?;
     let nblocks = size.div_ceil(bs);
     let per_batch = (BATCH_BYTES / bs).max(1);
@@ -390,6 +432,9 @@ pub fn ingest_full(
         }
         Ok(())
     })?;
+    // A file that shrank before its data regions were listed reads as holes past its
+    // new end, with no read failing: compare it with what it was.
+    Stamp::of(file)?.same_as(&before, size)?;
     while builder.position() < nblocks {
         builder.push(0, BlockRef::Hole, w)?;
         stats.hole_blocks += 1;
@@ -427,8 +472,11 @@ pub fn ingest_diff(
     parent: &Manifest,
     progress: Progress<'_>,
 ) -> Result<(Manifest, IngestStats)> {
+    let before = Stamp::of(file)?;
     let regions = data_regions(file, size)?;
-    ingest_layer(w, file, &regions, size, parent, progress)
+    let out = ingest_layer(w, file, &regions, size, parent, progress)?;
+    Stamp::of(file)?.same_as(&before, size)?;
+    Ok(out)
 }
 
 /// Apply a layer over `parent`: the bytes of `regions` (sorted, disjoint, read from

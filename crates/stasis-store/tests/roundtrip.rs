@@ -593,3 +593,23 @@ fn gc_with_threshold(store: &Store, roots: &Roots, t: f64) -> stasis_store::gc::
     };
     collect(store, &opts, &mut r, &|_| {}).expect("gc")
 }
+
+/// A file that shrank between being opened (its size taken) and being read lists fewer
+/// data regions and no read fails; the ingest must still refuse it, not store the
+/// missing end as holes.
+#[test]
+fn an_input_that_shrank_before_it_was_read_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
+    let store = open_store(&dir.path().join("repo"), 4096, Compression::default());
+    let path = dir.path().join("in");
+    std::fs::write(&path, noise(1 << 20, 4)).expect("write");
+    let f = File::open(&path).expect("open");
+    let mut w = store.writer(Compression::default()).expect("writer");
+    // As if it was 8 MiB when opened.
+    let err = ingest_full(&mut w, &f, 8 << 20, 4096, None, &|_| {})
+        .expect_err("a shrunken input is an error");
+    assert!(err.to_string().contains("changed size"), "{err}");
+    let ok = ingest_full(&mut w, &f, 1 << 20, 4096, None, &|_| {});
+    assert!(ok.is_ok(), "the same file at its real size stores");
+}
