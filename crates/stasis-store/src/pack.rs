@@ -347,6 +347,14 @@ pub(crate) fn entry_from_raw(
     frame_skip: u16,
 ) -> Result<PackEntry> {
     let codec = Codec::from_u8(codec)?;
+    // Every blob is a block (at most the largest block size) or a tree node (smaller):
+    // a larger length is damage, and would have a reader reserve up to 4 GiB for it.
+    if raw_len > crate::config::MAX_BLOCK_SIZE {
+        return Err(Error::corrupt(format!(
+            "blob {} claims {raw_len} bytes, more than any block",
+            Id(id)
+        )));
+    }
     let skip = u32::from(frame_skip) * FRAME_SKIP_UNIT;
     if skip != 0 && codec != Codec::ZstdFrame {
         return Err(Error::corrupt(format!(
@@ -477,6 +485,13 @@ mod tests {
                 let s = e.offset as usize;
                 prop_assert_eq!(&bytes[s..s + e.stored_len as usize], &blob[..]);
             }
+        }
+
+        #[test]
+        fn lengths_past_the_largest_block_are_corrupt(extra in 1u32..1 << 20) {
+            let len = crate::config::MAX_BLOCK_SIZE + extra;
+            prop_assert!(entry_from_raw([1; 32], 0, 1, 32, 10, len, 0).is_err());
+            prop_assert!(entry_from_raw([1; 32], 0, 1, 32, 10, len - extra, 0).is_ok());
         }
 
         #[test]
