@@ -10,7 +10,8 @@
 //! 2. **Mark** every blob reachable from the roots (the catalog's snapshots): tree nodes
 //!    and data blocks, each shared subtree walked once, so the cost follows the live data;
 //!    then the base of every live delta block (a delta is read through its base).
-//! 3. **Plan**: each live blob is owned by one pack (the first that holds it). A pack
+//! 3. **Plan**: each live blob is owned by one pack (the first that holds it, preferring
+//!    a whole copy to a delta copy). A pack
 //!    owning no live blob is deleted; one whose live share (by stored bytes) is below the
 //!    threshold is repacked, and so are small packs (under 1/8 of the pack size, as every
 //!    create leaves) when there are several, so that they merge. The *dead* blobs are
@@ -375,6 +376,16 @@ fn decide(files: &Files, live: &IdSet, repack_below: f64, pack_size: u64) -> Dec
         .filter(|v| v.len() >= 2)
         .flatten()
         .collect();
+    // A block stored both whole and as a delta (a create that started after a plan
+    // masked it stores its own copy, while an earlier create's delta keeps the old one
+    // live) is owned by a whole copy: a delta's base must stay readable whole.
+    let whole: IdSet = files
+        .packs
+        .values()
+        .flatten()
+        .filter(|e| e.codec != Codec::ZstdDelta)
+        .map(|e| e.id)
+        .collect();
     let mut owned = IdSet::default();
     let mut dead = IdSet::default();
     for (pid, entries) in &files.packs {
@@ -386,7 +397,8 @@ fn decide(files: &Files, live: &IdSet, repack_below: f64, pack_size: u64) -> Dec
         for (e, share) in entries.iter().zip(pack::stored_shares(entries)) {
             let cost = share + 56;
             total += cost;
-            if live.contains(&e.id) && owned.insert(e.id) {
+            let may_own = e.codec != Codec::ZstdDelta || !whole.contains(&e.id);
+            if live.contains(&e.id) && may_own && owned.insert(e.id) {
                 live_bytes += cost;
                 mine_stored += share;
                 mine.push(*e);
@@ -712,6 +724,30 @@ mod tests {
             let (key, bytes) = p.encode();
             prop_assert!(key.starts_with(PLAN_PREFIX));
             prop_assert_eq!(Plan::decode(&bytes).expect("decode"), p);
+        }
+
+        #[test]
+        fn a_whole_copy_owns_a_block_stored_both_ways(delta_pack_first in any::<bool>()) {
+            let id = Id::of(b"x");
+            let whole = PackEntry {
+                id,
+                kind: pack::BlobKind::Data,
+                codec: Codec::Zstd,
+                offset: 32,
+                stored_len: 100,
+                raw_len: 4096,
+                skip: 0,
+            };
+            let delta = PackEntry { codec: Codec::ZstdDelta, stored_len: 60, ..whole };
+            let (p0, p1) = (Id([0; 32]), Id([1; 32]));
+            let (dp, wp) = if delta_pack_first { (p0, p1) } else { (p1, p0) };
+            let mut files = Files::default();
+            files.packs.insert(dp, vec![delta]);
+            files.packs.insert(wp, vec![whole]);
+            let live: IdSet = [id].into_iter().collect();
+            let d = decide(&files, &live, 0.9, 32 << 20);
+            prop_assert!(d.delete.contains(&dp), "{:?}", d);
+            prop_assert!(!d.delete.contains(&wp) && !d.dead.contains(&id));
         }
 
         #[test]

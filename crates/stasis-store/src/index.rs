@@ -159,13 +159,25 @@ impl Index {
     }
 
     /// Record that `e` lives in pack `pack` (a blob already known keeps its location).
+    ///
+    /// The first copy of a blob wins, except that a whole copy replaces a delta: a
+    /// delta's base must be read whole, and gc can leave a block stored both ways (see
+    /// [`crate::gc`]).
     pub fn insert(&mut self, pack: PackId, e: &PackEntry) {
         let slot = self.pack_slot(pack);
-        if let std::collections::hash_map::Entry::Vacant(v) = self.blobs.entry(e.id) {
-            v.insert(Location::of(slot, e));
-            if e.codec == Codec::ZstdFrame {
-                *self.frame_members.entry((slot, e.offset)).or_insert(0) += 1;
+        match self.blobs.entry(e.id) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Location::of(slot, e));
             }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                if o.get().codec != Codec::ZstdDelta || e.codec == Codec::ZstdDelta {
+                    return;
+                }
+                o.insert(Location::of(slot, e));
+            }
+        }
+        if e.codec == Codec::ZstdFrame {
+            *self.frame_members.entry((slot, e.offset)).or_insert(0) += 1;
         }
     }
 
@@ -426,6 +438,24 @@ mod tests {
             let (_, compact) = encode_file(&packs, raw::COMPACT_FORMAT_VERSION);
             prop_assert!(compact.len() * 10 < plain.len() * 8, "{} vs {}", compact.len(), plain.len());
             prop_assert_eq!(decode_file(&compact).expect("decode").1.len(), members);
+        }
+
+        #[test]
+        fn a_whole_copy_wins_over_a_delta(delta_first in any::<bool>()) {
+            let whole = entry(4, 32);
+            let delta = PackEntry { codec: Codec::ZstdDelta, offset: 500, ..whole };
+            let (a, b) = (Id::of(b"pa"), Id::of(b"pb"));
+            let mut idx = Index::new();
+            if delta_first {
+                idx.insert(a, &delta);
+                idx.insert(b, &whole);
+            } else {
+                idx.insert(b, &whole);
+                idx.insert(a, &delta);
+            }
+            let loc = idx.get(&whole.id).copied().expect("indexed");
+            prop_assert_eq!(loc.codec, Codec::Zstd);
+            prop_assert_eq!(idx.pack_id(&loc), b);
         }
 
         #[test]
