@@ -12,9 +12,10 @@
 //!    then the base of every live delta block (a delta is read through its base).
 //! 3. **Plan**: each live blob is owned by one pack (the first that holds it, preferring
 //!    a whole copy to a delta copy). A pack owning no live blob is deleted; one whose
-//!    live share (by stored bytes) is below the threshold is repacked, and so are small packs (under 1/8 of the pack size, as every
-//!    create leaves) when there are several, so that they merge. The *dead* blobs are
-//!    those of these packs that nothing references.
+//!    live share (by stored bytes) is below the threshold is repacked, and so are small
+//!    packs (under 1/8 of the pack size, as every create leaves) when there are several,
+//!    so that they merge. The *dead* blobs are those of these packs that nothing
+//!    references.
 //! 4. **Publish** the plan (`gc/<blake3>`: dead blob ids and packs to remove), synced.
 //!    From now on a new write session reads the plan when it starts and never
 //!    deduplicates against a dead blob, nor stores a delta on one; it stores its own
