@@ -270,23 +270,22 @@ pub fn encode_file(packs: &[(PackId, Vec<PackEntry>)], version: u32) -> (String,
     for (id, _) in packs {
         body.extend_from_slice(&id.0);
     }
-    let mut version = version;
-    if version == raw::COMPACT_FORMAT_VERSION {
-        body.extend_from_slice(entries.as_bytes());
-        match pack::compress_table(&body) {
-            Some(c) => body = c,
-            None => {
-                // zstd failed (out of memory): write the plain format instead.
-                version = raw::FORMAT_VERSION;
-                body.truncate(packs.len() * 32);
-            }
+    // Compact: entries in pack order, compressed with the pack ids. Plain (also when zstd
+    // fails, out of memory say): entries sorted by id, as earlier releases wrote them.
+    let compact = (version == raw::COMPACT_FORMAT_VERSION)
+        .then(|| pack::compress_table(&[&body[..], entries.as_bytes()].concat()))
+        .flatten();
+    let version = match compact {
+        Some(c) => {
+            body = c;
+            raw::COMPACT_FORMAT_VERSION
         }
-    }
-    if version != raw::COMPACT_FORMAT_VERSION {
-        version = raw::FORMAT_VERSION;
-        entries.sort_by_key(|e| e.id);
-        body.extend_from_slice(entries.as_bytes());
-    }
+        None => {
+            entries.sort_by_key(|e| e.id);
+            body.extend_from_slice(entries.as_bytes());
+            raw::FORMAT_VERSION
+        }
+    };
     let header = raw::IndexHeader {
         magic: raw::INDEX_MAGIC,
         version: U32::new(version),

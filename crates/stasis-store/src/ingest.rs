@@ -73,7 +73,7 @@ fn try_delta(
     let level = compression.level();
     // The parent's block, or, when that is a delta itself (the page changed in the
     // parent too), the block that delta is on: a base is always a whole block.
-    let base = if w.may_base(base) {
+    let base = &if w.may_base(base) {
         *base
     } else {
         match w.store().base_of(base) {
@@ -81,7 +81,6 @@ fn try_delta(
             _ => return Ok(None),
         }
     };
-    let base = &base;
     let base_bytes = match w.store().delta_base(base) {
         Ok(b) => b,
         Err(e) => {
@@ -146,10 +145,8 @@ fn store_blocks(
         _ => Err(Error::new(ErrorKind::Io, "a data block lost its id")),
     };
 
-    // Deltas (zstd only, and not in a repository that earlier releases may still read):
-    // new blocks whose predecessor at the same place may be a base.
-    let deltas_allowed = w.store().config().version >= crate::config::DELTA_REPO_VERSION;
-    if compression.algorithm() == Algorithm::Zstd && deltas_allowed && !bases.is_empty() {
+    // Deltas: new blocks whose predecessor at the same place may be a base.
+    if w.stores_deltas() && !bases.is_empty() {
         let candidates: Vec<(usize, BlockId)> = todo
             .iter()
             .filter_map(|&k| bases.get(k).copied().flatten().map(|b| (k, b)))
@@ -307,7 +304,8 @@ pub fn ingest_full(
     parent: Option<&Manifest>,
     progress: Progress<'_>,
 ) -> Result<(Manifest, IngestStats)> {
-    let parent = parent.filter(|p| p.block_size == block_size);
+    // The parent's blocks are looked up only for a session that stores deltas.
+    let parent = parent.filter(|p| p.block_size == block_size && w.stores_deltas());
     let bs = u64::from(block_size);
     let fanout = w.store().config().fanout;
     let before = Stamp::of(file)?;

@@ -185,19 +185,7 @@ impl PackBuilder {
     /// [`PackBuilder::with_capacity`], writing the pack in format `version`
     /// ([`raw::COMPACT_FORMAT_VERSION`] compresses the entry table).
     pub fn with_format(bytes: usize, version: u32) -> Self {
-        let header = raw::PackHeader {
-            magic: raw::PACK_MAGIC,
-            version: U32::new(version),
-            nonce: nonce(),
-            reserved: [0; 4],
-        };
-        let mut buf = crate::buffer::with_capacity(bytes);
-        buf.extend_from_slice(header.as_bytes());
-        PackBuilder {
-            buf,
-            entries: Vec::new(),
-            version,
-        }
+        Self::reusing(crate::buffer::with_capacity(bytes), version)
     }
 
     /// Append a blob; returns its entry.

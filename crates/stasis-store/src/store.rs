@@ -407,8 +407,8 @@ fn new_pack(store: &Store, spare: Option<Vec<u8>>) -> PackBuilder {
     }
 }
 
-/// Which blocks a new delta of a write session may name as its base (see
-/// [`Writer::may_base`]).
+/// Which blocks a new delta of a write session may name as its base
+/// ([`Writer::bases`]); a value that threads can share.
 #[derive(Clone, Copy, Debug)]
 pub struct Bases<'s, 'w> {
     store: &'s Store,
@@ -421,7 +421,9 @@ impl<'s> Bases<'s, '_> {
         self.store
     }
 
-    /// See [`Writer::may_base`].
+    /// Whether a new delta may name `id` as its base: committed (a base must be durable
+    /// before a delta on it is), not being removed by a gc plan, and stored whole, not
+    /// as a delta itself.
     pub fn may_base(&self, id: &BlockId) -> bool {
         !self.masked.contains(id)
             && self
@@ -512,14 +514,14 @@ impl<'s> Writer<'s> {
         self.pending.contains(id) || (!self.masked.contains(id) && self.store.index().contains(id))
     }
 
-    /// Whether a new delta may name `id` as its base: committed (a base must be durable
-    /// before a delta on it is), not being removed by a gc plan, and stored whole, not
-    /// as a delta itself.
-    pub fn may_base(&self, id: &BlockId) -> bool {
-        self.bases().may_base(id)
+    /// Whether this session stores deltas at all: zstd only, and only in a repository
+    /// that earlier releases do not read (see [`crate::config::DELTA_REPO_VERSION`]).
+    pub fn stores_deltas(&self) -> bool {
+        self.compression.algorithm() == crate::codec::Algorithm::Zstd
+            && self.store.config.version >= crate::config::DELTA_REPO_VERSION
     }
 
-    /// [`Writer::may_base`] as a value that threads can share.
+    /// What this session's deltas may use as bases ([`Bases::may_base`]).
     pub fn bases(&self) -> Bases<'s, '_> {
         Bases {
             store: self.store,

@@ -21,6 +21,14 @@ use stasis_store::store::Store;
 
 const PAGE: usize = 4096;
 
+/// A temporary directory with a new default repository in its `repo`.
+fn fresh_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
+    let store = store_at(&dir.path().join("repo"));
+    (dir, store)
+}
+
 fn store_at(dir: &Path) -> Store {
     let be: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir).expect("backend"));
     let cfg = RepoConfig {
@@ -101,9 +109,7 @@ fn data_ids(store: &Store, m: &Manifest) -> Vec<Id> {
 
 #[test]
 fn changed_pages_are_stored_as_small_deltas_and_read_back() {
-    let dir = tempfile::tempdir().expect("tmp");
-    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
-    let store = store_at(&dir.path().join("repo"));
+    let (dir, store) = fresh_store();
     let t1 = memory(256, 1);
     let changed: Vec<usize> = (0..256).step_by(5).collect();
     let t2 = touch(&t1, &changed, 7);
@@ -126,9 +132,7 @@ fn changed_pages_are_stored_as_small_deltas_and_read_back() {
     );
 
     // The same pages stored whole take several times the bytes.
-    let dir2 = tempfile::tempdir().expect("tmp");
-    std::fs::create_dir(dir2.path().join("repo")).expect("mkdir");
-    let plain = store_at(&dir2.path().join("repo"));
+    let (dir2, plain) = fresh_store();
     ingest(&plain, dir2.path(), "t1", &t1, None);
     let (_, st, whole) = ingest(&plain, dir2.path(), "t2", &t2, None);
     assert_eq!(st.delta_blocks, 0);
@@ -147,9 +151,7 @@ fn changed_pages_are_stored_as_small_deltas_and_read_back() {
 
 #[test]
 fn gc_keeps_the_bases_of_live_deltas() {
-    let dir = tempfile::tempdir().expect("tmp");
-    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
-    let store = store_at(&dir.path().join("repo"));
+    let (dir, store) = fresh_store();
     let t1 = memory(128, 3);
     let t2 = touch(&t1, &(0..128).step_by(3).collect::<Vec<_>>(), 11);
     let (m1, _, _) = ingest(&store, dir.path(), "t1", &t1, None);
@@ -182,9 +184,7 @@ fn gc_keeps_the_bases_of_live_deltas() {
 
 #[test]
 fn a_delta_without_its_base_is_an_error() {
-    let dir = tempfile::tempdir().expect("tmp");
-    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
-    let store = store_at(&dir.path().join("repo"));
+    let (dir, store) = fresh_store();
     let t1 = memory(64, 5);
     let t2 = touch(&t1, &[0, 9, 33], 3);
     let (m1, _, _) = ingest(&store, dir.path(), "t1", &t1, None);
@@ -213,9 +213,7 @@ fn a_delta_without_its_base_is_an_error() {
 
 #[test]
 fn a_delta_on_a_delta_is_refused() {
-    let dir = tempfile::tempdir().expect("tmp");
-    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
-    let store = store_at(&dir.path().join("repo"));
+    let (dir, store) = fresh_store();
     let a = memory(1, 1);
     let b = touch(&a, &[0], 1);
     let c = touch(&b, &[0], 2);
@@ -260,9 +258,7 @@ proptest! {
         rewrite in proptest::collection::vec(any::<usize>(), 0..4),
         grow in 0usize..3,
     ) {
-        let dir = tempfile::tempdir().expect("tmp");
-        std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
-        let store = store_at(&dir.path().join("repo"));
+        let (dir, store) = fresh_store();
         let t1 = memory(pages, seed);
         let changed: Vec<usize> = changed.iter().map(|c| c % pages).collect();
         let mut t2 = touch(&t1, &changed, seed);
