@@ -524,10 +524,10 @@ mod tests {
         #[test]
         fn delta_garbage_never_panics(stored in proptest::collection::vec(any::<u8>(), 0..300), base in proptest::collection::vec(any::<u8>(), 0..300), len in 0usize..5000) {
             let mut out = Vec::new();
-            if let Ok((_, frame)) = split_delta(&stored) {
-                if decompress_delta(frame, &base, len, &mut out).is_ok() {
-                    prop_assert_eq!(out.len(), len);
-                }
+            if let Ok((_, frame)) = split_delta(&stored)
+                && decompress_delta(frame, &base, len, &mut out).is_ok()
+            {
+                prop_assert_eq!(out.len(), len);
             }
         }
 

@@ -52,7 +52,7 @@ fn memory(pages: usize, seed: u64) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let word = if x % 3 == 0 {
+        let word = if x.is_multiple_of(3) {
             0
         } else {
             x & 0x0000_ffff_ffff_f0f0
@@ -213,7 +213,7 @@ fn a_delta_without_its_base_is_an_error() {
 
 #[test]
 fn a_delta_on_a_delta_is_refused() {
-    let (dir, store) = fresh_store();
+    let (_dir, store) = fresh_store();
     let a = memory(1, 1);
     let b = touch(&a, &[0], 1);
     let c = touch(&b, &[0], 2);
@@ -290,7 +290,7 @@ fn version_one_repositories_get_no_deltas() {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
     let be: Arc<dyn Backend> =
-        Arc::new(LocalBackend::open(&dir.path().join("repo")).expect("backend"));
+        Arc::new(LocalBackend::open(dir.path().join("repo")).expect("backend"));
     let cfg = RepoConfig {
         version: 1,
         ..RepoConfig::default()
