@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use stasis_store::backend::{Backend, Bytes, ObjectMeta};
+use stasis_store::backend::{Backend, Bytes, ObjectMeta, PartialObject};
 use stasis_store::lock::Locks;
 
 /// Steps taken so far, process-wide.
@@ -91,5 +91,27 @@ impl Backend for KillAt {
 
     fn locks(&self) -> &dyn Locks {
         self.inner.locks()
+    }
+
+    fn create(&self, prefix: &str) -> stasis_store::Result<Box<dyn PartialObject + '_>> {
+        Ok(Box::new(KillAtPartial {
+            inner: self.inner.create(prefix)?,
+        }))
+    }
+}
+
+/// An object written in pieces: naming it is the step, as a `put` is.
+struct KillAtPartial<'a> {
+    inner: Box<dyn PartialObject + 'a>,
+}
+
+impl PartialObject for KillAtPartial<'_> {
+    fn write(&mut self, data: &[u8]) -> stasis_store::Result<()> {
+        self.inner.write(data)
+    }
+
+    fn finish(self: Box<Self>, key: &str) -> stasis_store::Result<()> {
+        step();
+        self.inner.finish(key)
     }
 }

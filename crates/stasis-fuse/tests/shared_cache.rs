@@ -61,6 +61,12 @@ impl Backend for Counting {
     fn locks(&self) -> &dyn stasis_store::lock::Locks {
         self.inner.locks()
     }
+    fn create(
+        &self,
+        prefix: &str,
+    ) -> stasis_store::Result<Box<dyn stasis_store::backend::PartialObject + '_>> {
+        self.inner.create(prefix)
+    }
 }
 
 /// Deterministic incompressible bytes.

@@ -151,7 +151,7 @@ mod tests {
             b.add_frame(BlobKind::Data, &ms, &stored).expect("frame");
             members.push(ms);
         }
-        let (pid, bytes, entries) = b.finish();
+        let (pid, bytes, entries) = b.finish().expect("finish");
         let be = MemoryBackend::new();
         be.put(&pack::pack_key(&pid), &bytes).expect("put");
         let loc = |f: usize, k: usize| Location::of(0, &entries[f * 4 + k]);

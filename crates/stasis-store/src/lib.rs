@@ -30,7 +30,8 @@
 //!   blocks and chains or cycles cannot form; a delta naming a delta is corrupt.
 //!
 //! ## Write and fsync order
-//! See [`store`]: packs (each fdatasynced before its rename), then the index file, then
+//! See [`store`]: packs (streamed to a temporary object as they fill, each fdatasynced
+//! before it is renamed to the hash of its bytes), then the index file, then
 //! one directory sync; only after that does the catalog record the snapshot. Nothing
 //! stored is modified in place, so a crash at any point leaves every committed
 //! snapshot readable and the interrupted one absent.

@@ -121,10 +121,15 @@ pub fn pack_id_of_key(key: &str) -> Option<PackId> {
     name.parse().ok()
 }
 
-/// Builds one pack in memory.
+/// Builds one pack. Its bytes may be taken out as it grows ([`PackBuilder::take`]),
+/// so that a writer streams them to storage while blocks still arrive; then only the
+/// end is left for [`PackBuilder::seal`].
 #[derive(Debug)]
 pub struct PackBuilder {
+    /// The bytes not yet taken.
     buf: Vec<u8>,
+    /// How many bytes were taken before `buf`.
+    taken: u64,
     entries: Vec<PackEntry>,
     /// [`raw::FORMAT_VERSION`] or [`raw::COMPACT_FORMAT_VERSION`].
     version: u32,
@@ -177,6 +182,7 @@ impl PackBuilder {
         buf.extend_from_slice(header.as_bytes());
         PackBuilder {
             buf,
+            taken: 0,
             entries: Vec::new(),
             version,
         }
@@ -203,7 +209,7 @@ impl PackBuilder {
             id,
             kind,
             codec,
-            offset: self.buf.len() as u64,
+            offset: self.len(),
             stored_len,
             raw_len,
             skip: 0,
@@ -236,7 +242,7 @@ impl PackBuilder {
         if members.is_empty() {
             return Err(bad("no members"));
         }
-        let offset = self.buf.len() as u64;
+        let offset = self.len();
         self.buf.extend_from_slice(stored);
         self.entries.extend(members.iter().map(|m| PackEntry {
             id: m.id,
@@ -250,8 +256,13 @@ impl PackBuilder {
         Ok(())
     }
 
-    /// Bytes written so far.
-    pub fn len(&self) -> usize {
+    /// Bytes written so far, taken or not.
+    pub fn len(&self) -> u64 {
+        self.taken + self.buf.len() as u64
+    }
+
+    /// Bytes written and not yet taken.
+    pub fn untaken(&self) -> usize {
         self.buf.len()
     }
 
@@ -260,9 +271,20 @@ impl PackBuilder {
         self.entries.is_empty()
     }
 
-    /// Seal: append the entry table and trailer. Returns the pack id, bytes and entries.
-    pub fn finish(mut self) -> (PackId, Vec<u8>, Vec<PackEntry>) {
-        let entries_offset = self.buf.len() as u64;
+    /// Take the bytes written so far (to be stored in order, followed by whatever is
+    /// taken later and by [`PackBuilder::seal`]'s bytes), and go on in `next`, a buffer
+    /// whose bytes are dropped and capacity kept.
+    pub fn take(&mut self, mut next: Vec<u8>) -> Vec<u8> {
+        next.clear();
+        let out = std::mem::replace(&mut self.buf, next);
+        self.taken += out.len() as u64;
+        out
+    }
+
+    /// Seal: append the entry table and trailer. Returns the bytes not yet taken (the
+    /// pack's end) and the entries.
+    pub fn seal(mut self) -> Result<(Vec<u8>, Vec<PackEntry>)> {
+        let entries_offset = self.len();
         let mut table: Vec<u8> = Vec::with_capacity(self.entries.len() * 56);
         for e in &self.entries {
             let r = raw::PackEntry {
@@ -280,16 +302,23 @@ impl PackBuilder {
         if self.version == raw::COMPACT_FORMAT_VERSION {
             match compress_table(&table) {
                 Some(c) => table = c,
-                None => {
-                    // Out of memory in zstd, say: the pack is written with a plain table,
-                    // which its header must then say.
+                // Out of memory in zstd, say: the pack is written with a plain table,
+                // which its header must then say, unless the header is already gone.
+                None if self.taken == 0 => {
                     self.version = raw::FORMAT_VERSION;
                     self.buf[8..12].copy_from_slice(&raw::FORMAT_VERSION.to_le_bytes());
                 }
+                None => {
+                    return Err(Error::new(
+                        crate::ErrorKind::Io,
+                        "compressing a pack's entry table failed",
+                    ));
+                }
             }
         }
+        let table_at = self.buf.len();
         self.buf.extend_from_slice(&table);
-        let entries_hash = *blake3::hash(&self.buf[entries_offset as usize..]).as_bytes();
+        let entries_hash = *blake3::hash(&self.buf[table_at..]).as_bytes();
         let count = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
         let trailer = raw::PackTrailer {
             entries_offset: U64::new(entries_offset),
@@ -300,8 +329,20 @@ impl PackBuilder {
             magic: raw::PACK_END_MAGIC,
         };
         self.buf.extend_from_slice(trailer.as_bytes());
-        let id = Id::of(&self.buf);
-        (id, self.buf, self.entries)
+        Ok((self.buf, self.entries))
+    }
+
+    /// Seal a pack none of whose bytes were taken. Returns the pack id, bytes and
+    /// entries.
+    pub fn finish(self) -> Result<(PackId, Vec<u8>, Vec<PackEntry>)> {
+        if self.taken != 0 {
+            return Err(Error::new(
+                crate::ErrorKind::InvalidInput,
+                "finish: part of the pack was taken; hash the parts instead",
+            ));
+        }
+        let (bytes, entries) = self.seal()?;
+        Ok((Id::of(&bytes), bytes, entries))
     }
 }
 
@@ -463,7 +504,7 @@ mod tests {
                 let kind = if i % 3 == 0 { BlobKind::Tree } else { BlobKind::Data };
                 b.add(Id::of(blob), kind, Codec::Raw, blob.len() as u32, blob).expect("add");
             }
-            let (id, bytes, entries) = b.finish();
+            let (id, bytes, entries) = b.finish().expect("finish");
             prop_assert_eq!(id, Id::of(&bytes));
             let be = MemoryBackend::new();
             be.put(&pack_key(&id), &bytes).expect("put");
@@ -490,7 +531,7 @@ mod tests {
                 let blob = vec![i; 100];
                 b.add(Id::of(&blob), BlobKind::Data, Codec::Raw, 100, &blob).expect("add");
             }
-            let (id, mut bytes, _) = b.finish();
+            let (id, mut bytes, _) = b.finish().expect("finish");
             // Damage something in the header, table or trailer.
             let table_start = 32 + 500;
             let candidates: Vec<usize> = (0..32).chain(table_start..bytes.len()).collect();
@@ -522,7 +563,7 @@ mod tests {
                     b.add_frame(BlobKind::Data, &members, &[7u8; 100]).expect("frame");
                 }
             }
-            let (id, bytes, entries) = b.finish();
+            let (id, bytes, entries) = b.finish().expect("finish");
             let be = MemoryBackend::new();
             be.put(&pack_key(&id), &bytes).expect("put");
             let read = read_entries(&be, &id).expect("read");
@@ -555,7 +596,7 @@ mod tests {
         b.add_frame(BlobKind::Data, &[m(1, 0), m(2, 8192)], b"xyz")
             .expect("frame");
         b.entries.swap(0, 1);
-        let (id, bytes, _) = b.finish();
+        let (id, bytes, _) = b.finish().expect("finish");
         let be = MemoryBackend::new();
         be.put(&pack_key(&id), &bytes).expect("put");
         assert!(read_entries(&be, &id).is_err());
@@ -573,7 +614,7 @@ mod tests {
         let mut b = PackBuilder::new();
         b.add(Id::of(b"abc"), BlobKind::Data, Codec::Raw, 3, b"abc")
             .expect("add");
-        let (id, bytes, _) = b.finish();
+        let (id, bytes, _) = b.finish().expect("finish");
         let be = MemoryBackend::new();
         for cut in [0, 10, 40, bytes.len() - 1] {
             be.put(&pack_key(&id), &bytes[..cut]).expect("put");

@@ -2,16 +2,20 @@
 //!
 //! ## Commit order
 //! A [`Writer`] collects new blobs into packs (data blocks and tree nodes in separate
-//! packs, so tree walks stay within a few dense packs). Each full pack is sealed and handed to a
-//! flusher thread, which `put`s it (the local backend writes a temporary file,
-//! fdatasyncs it and renames it). [`Writer::commit`] then seals the last pack, waits for
-//! the flusher, calls [`Backend::sync`] (directory fsyncs: the packs are now durable),
+//! packs, so tree walks stay within a few dense packs). A pack's bytes go to a flusher
+//! thread in pieces of 4 MiB as it fills, and the flusher appends them to an object
+//! started with [`Backend::create`] (the local backend: a temporary file, whose
+//! writeback the kernel is asked to start piece by piece). When the pack is full the
+//! flusher seals it (entry table and trailer), names it by the hash of all its bytes and
+//! finishes the object (the local backend: fdatasync, then rename to its key). Nothing
+//! names a pack before that. [`Writer::commit`] seals the last packs, waits for the
+//! flusher, calls [`Backend::sync`] (directory fsyncs: the packs are now durable),
 //! `put`s one index file naming the session's packs, and syncs again, after which
 //! everything the session wrote is durable. An index file therefore never names a pack
-//! that a power loss could take away. Only then may the caller record the new manifests in the catalog: the
-//! catalog commit is the point at which a snapshot exists. A crash before it leaves
-//! unreferenced packs and index files (garbage for gc), never a damaged snapshot, since
-//! nothing stored is ever modified in place.
+//! that a power loss could take away. Only then may the caller record the new manifests
+//! in the catalog: the catalog commit is the point at which a snapshot exists. A crash
+//! before it leaves unreferenced packs, index files and temporaries (garbage for gc),
+//! never a damaged snapshot, since nothing stored is ever modified in place.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -392,19 +396,25 @@ pub struct Committed {
     _session: Option<Guard>,
 }
 
-type Sealed = (PackId, Vec<u8>);
+/// A writer hands its packs to storage in pieces of at least this many bytes, as they
+/// fill, instead of whole when they are sealed: the bytes go to the page cache and
+/// start towards the disk while later blocks are compressed, and a commit waits only
+/// for the last piece.
+const PIECE: usize = 4 << 20;
 
-/// A pack buffer that holds a full pack without growing: the target size, plus the
-/// largest block and an entry table's worth.
-fn new_pack(store: &Store, spare: Option<Vec<u8>>) -> PackBuilder {
-    let target = usize::try_from(store.config.pack_size).unwrap_or(32 << 20);
-    let capacity = target + (4 << 20) + (1 << 20);
-    match spare {
-        Some(buf) if buf.capacity() >= capacity => {
-            PackBuilder::reusing(buf, store.config.object_format())
-        }
-        _ => PackBuilder::with_format(capacity, store.config.object_format()),
-    }
+/// A piece buffer that holds a piece without growing: [`PIECE`], plus the largest blob
+/// that may cross it (a 4 MiB block) and room for an entry table.
+const PIECE_CAPACITY: usize = PIECE + (4 << 20) + (1 << 20);
+
+/// Pieces that may wait for the flusher before the writer blocks.
+const FLUSH_QUEUE: usize = 4;
+
+/// What a writer hands its flusher thread, in order.
+enum ToFlusher {
+    /// The next bytes of the open pack of a kind.
+    Part(BlobKind, Vec<u8>),
+    /// The open pack of a kind is complete: seal and name it.
+    Seal(BlobKind, PackBuilder),
 }
 
 /// Which blocks a new delta of a write session may name as its base
@@ -448,10 +458,10 @@ pub struct Writer<'s> {
     /// Tree nodes added by this session, readable before commit.
     pending_nodes: HashMap<BlockId, Bytes, FxBuildHasher>,
     stats: WriteStats,
-    flush_tx: Option<SyncSender<Sealed>>,
-    flusher: Option<JoinHandle<Result<()>>>,
-    /// Data pack buffers the flusher has written out, for the next packs: a fresh
-    /// 37 MiB buffer costs the kernel clearing every page of it as it is first touched.
+    flush_tx: Option<SyncSender<ToFlusher>>,
+    flusher: Option<JoinHandle<Result<Flushed>>>,
+    /// Piece buffers the flusher has written out, for the next pieces: a fresh buffer
+    /// costs the kernel clearing every page of it as it is first touched.
     spare_rx: Option<Receiver<Vec<u8>>>,
     scratch: Vec<u8>,
     /// The session's registration (none for gc's own writer).
@@ -460,17 +470,58 @@ pub struct Writer<'s> {
     masked: HashSet<BlockId, FxBuildHasher>,
 }
 
+/// What the flusher wrote: each pack's id and entries, in the order they were sealed,
+/// and their bytes in all.
+type Flushed = (Vec<(PackId, Vec<PackEntry>)>, u64);
+
+/// A pack the flusher is writing: its object so far and the hash of its bytes.
+struct OpenPack<'b> {
+    object: Box<dyn crate::backend::PartialObject + 'b>,
+    hash: blake3::Hasher,
+}
+
+/// Write the packs the writer hands over, piece by piece, and name each by its hash
+/// when it is sealed. Sealing (the entry table) and hashing happen here, off the thread
+/// that feeds blocks. Buffers written out go back to the writer for reuse.
 fn flusher(
     backend: Arc<dyn Backend>,
-    rx: Receiver<Sealed>,
+    rx: Receiver<ToFlusher>,
     spare_tx: SyncSender<Vec<u8>>,
-) -> Result<()> {
-    for (id, bytes) in rx {
-        backend.put(&pack::pack_key(&id), &bytes)?;
+) -> Result<Flushed> {
+    let mut open: [Option<OpenPack<'_>>; 2] = [None, None];
+    let mut done = Vec::new();
+    let mut bytes_written = 0u64;
+    for msg in rx {
+        let (kind, bytes, entries) = match msg {
+            ToFlusher::Part(kind, bytes) => (kind, bytes, None),
+            ToFlusher::Seal(kind, builder) => {
+                let (bytes, entries) = builder.seal()?;
+                (kind, bytes, Some(entries))
+            }
+        };
+        let slot = &mut open[kind as usize];
+        let pack = match slot {
+            Some(p) => p,
+            None => slot.insert(OpenPack {
+                object: backend.create("packs/")?,
+                hash: blake3::Hasher::new(),
+            }),
+        };
+        pack.object.write(&bytes)?;
+        pack.hash.update(&bytes);
+        bytes_written += bytes.len() as u64;
+        if let Some(entries) = entries {
+            let Some(pack) = slot.take() else {
+                return Err(Error::new(ErrorKind::Io, "pack writer lost its open pack"));
+            };
+            let id = Id(*pack.hash.finalize().as_bytes());
+            pack.object.finish(&pack::pack_key(&id))?;
+            done.push((id, entries));
+        }
         // Handed back for reuse if the writer has room for it; else freed here.
         let _ = spare_tx.try_send(bytes);
     }
-    Ok(())
+    Ok((done, bytes_written))
 }
 
 impl<'s> Writer<'s> {
@@ -484,7 +535,7 @@ impl<'s> Writer<'s> {
             store,
             compression,
             // Reserved address space only: pages are touched as blocks arrive.
-            pack: new_pack(store, None),
+            pack: PackBuilder::with_format(PIECE_CAPACITY, store.config.object_format()),
             tree_pack: PackBuilder::with_format(1 << 20, store.config.object_format()),
             written: Vec::new(),
             pending: HashSet::default(),
@@ -588,17 +639,13 @@ impl<'s> Writer<'s> {
             BlobKind::Tree => &mut self.tree_pack,
         };
         pack.add_frame(kind, &fresh, stored)?;
-        let full = pack.len() as u64 >= self.store.config.pack_size;
         for m in &fresh {
             self.pending.insert(m.id);
             self.stats.blobs += 1;
             self.stats.raw_bytes += u64::from(m.raw_len);
         }
         self.stats.stored_bytes += stored.len() as u64;
-        if full {
-            self.seal(kind)?;
-        }
-        Ok(())
+        self.grew(kind)
     }
 
     /// Copy `entries` of pack `pid` as they are stored, even if the index has them
@@ -645,15 +692,42 @@ impl<'s> Writer<'s> {
             BlobKind::Tree => &mut self.tree_pack,
         };
         pack.add(id, kind, codec, raw_len, stored)?;
-        let full = pack.len() as u64 >= self.store.config.pack_size;
         self.pending.insert(id);
         self.stats.blobs += 1;
         self.stats.raw_bytes += u64::from(raw_len);
         self.stats.stored_bytes += stored.len() as u64;
-        if full {
-            self.seal(kind)?;
+        self.grew(kind)
+    }
+
+    fn slot(&mut self, kind: BlobKind) -> &mut PackBuilder {
+        match kind {
+            BlobKind::Data => &mut self.pack,
+            BlobKind::Tree => &mut self.tree_pack,
+        }
+    }
+
+    /// After a blob was added to the pack of `kind`: seal the pack if it is full, or
+    /// else hand its bytes to the flusher once they make a piece.
+    fn grew(&mut self, kind: BlobKind) -> Result<()> {
+        let pack_size = self.store.config.pack_size;
+        let pack = self.slot(kind);
+        if pack.len() >= pack_size {
+            return self.seal(kind);
+        }
+        if pack.untaken() >= PIECE {
+            let next = self.spare();
+            let part = self.slot(kind).take(next);
+            self.send_to_flusher(ToFlusher::Part(kind, part))?;
         }
         Ok(())
+    }
+
+    /// A buffer for the next piece: one the flusher is done with, or a fresh one.
+    fn spare(&self) -> Vec<u8> {
+        match self.spare_rx.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            Some(buf) if buf.capacity() >= PIECE_CAPACITY => buf,
+            _ => crate::buffer::with_capacity(PIECE_CAPACITY),
+        }
     }
 
     /// Compress and add a blob unless it is known. Returns whether it was added.
@@ -672,36 +746,28 @@ impl<'s> Writer<'s> {
     }
 
     fn seal(&mut self, kind: BlobKind) -> Result<()> {
-        let fresh = match kind {
-            BlobKind::Data => new_pack(
-                self.store,
-                self.spare_rx.as_ref().and_then(|rx| rx.try_recv().ok()),
-            ),
-            BlobKind::Tree => PackBuilder::with_format(1 << 20, self.store.config.object_format()),
-        };
-        let slot = match kind {
-            BlobKind::Data => &mut self.pack,
-            BlobKind::Tree => &mut self.tree_pack,
-        };
-        if slot.is_empty() {
+        if self.slot(kind).is_empty() {
             return Ok(());
         }
-        let (id, bytes, entries) = std::mem::replace(slot, fresh).finish();
-        self.written.push((id, entries));
-        self.stats.packs += 1;
-        self.stats.pack_bytes += bytes.len() as u64;
+        let fresh = PackBuilder::reusing(self.spare(), self.store.config.object_format());
+        let sealed = std::mem::replace(self.slot(kind), fresh);
+        self.send_to_flusher(ToFlusher::Seal(kind, sealed))
+    }
+
+    /// Send `msg` to the flusher thread, starting it on first use.
+    fn send_to_flusher(&mut self, msg: ToFlusher) -> Result<()> {
         if self.flush_tx.is_none() {
-            // At most one sealed pack waits while another is being written.
-            let (tx, rx) = sync_channel::<Sealed>(1);
+            // A few pieces may wait while one is written; the writer blocks beyond that.
+            let (tx, rx) = sync_channel::<ToFlusher>(FLUSH_QUEUE);
             let backend = Arc::clone(&self.store.backend);
-            // Two spares at most: with one pack filling, one queued and one being
-            // written, no more can be in use at once.
-            let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(2);
+            // No more buffers than can be in use at once: the ones queued, the one
+            // being written and the one filling.
+            let (spare_tx, spare_rx) = sync_channel::<Vec<u8>>(FLUSH_QUEUE + 2);
             self.spare_rx = Some(spare_rx);
             self.flusher = Some(std::thread::spawn(move || flusher(backend, rx, spare_tx)));
             self.flush_tx = Some(tx);
         }
-        let sent = self.flush_tx.as_ref().map(|tx| tx.send((id, bytes)));
+        let sent = self.flush_tx.as_ref().map(|tx| tx.send(msg));
         if !matches!(sent, Some(Ok(()))) {
             // The flusher stopped: its error says why.
             return self
@@ -711,13 +777,20 @@ impl<'s> Writer<'s> {
         Ok(())
     }
 
+    /// Wait for the flusher to write every pack handed to it, and record them.
     fn join_flusher(&mut self) -> Result<()> {
         self.flush_tx = None;
-        match self.flusher.take().map(|h| h.join()) {
-            None => Ok(()),
-            Some(Ok(r)) => r,
-            Some(Err(_)) => Err(Error::new(ErrorKind::Io, "pack writer thread panicked")),
-        }
+        let (done, bytes) = match self.flusher.take().map(|h| h.join()) {
+            None => return Ok(()),
+            Some(Ok(r)) => r?,
+            Some(Err(_)) => {
+                return Err(Error::new(ErrorKind::Io, "pack writer thread panicked"));
+            }
+        };
+        self.stats.packs += done.len() as u64;
+        self.stats.pack_bytes += bytes;
+        self.written.extend(done);
+        Ok(())
     }
 
     /// Make everything added durable (see the module docs for the order) and visible to
@@ -814,6 +887,54 @@ mod tests {
         store.prefetch(ids.iter().chain([&unknown, &ids[0]]));
         for (id, b) in ids.iter().zip(&blocks) {
             assert_eq!(&store.read_blob(id).expect("read")[..], &b[..]);
+        }
+    }
+
+    /// A session larger than a pack, whose packs go out in several pieces each: every
+    /// pack is whole and named by its hash, and every block reads back after a reopen.
+    #[test]
+    fn packs_written_in_pieces_read_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local: Arc<dyn Backend> =
+            Arc::new(crate::backend::LocalBackend::open(dir.path()).expect("backend"));
+        let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        for be in [local, memory] {
+            let cfg = RepoConfig {
+                pack_size: 10 << 20,
+                ..RepoConfig::default()
+            };
+            let store = Store::init(Arc::clone(&be), cfg).expect("init");
+            let mut w = store.writer(Compression::none()).expect("writer");
+            // 25 MiB of distinct 1 MiB blocks: three packs of up to three pieces.
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let blocks: Vec<Vec<u8>> = (0..25)
+                .map(|_| {
+                    (0..1 << 20)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x as u8
+                        })
+                        .collect()
+                })
+                .collect();
+            for b in &blocks {
+                assert!(w.add(Id::of(b), BlobKind::Data, b).expect("add"));
+            }
+            let stats = w.commit().expect("commit").stats;
+            assert_eq!(stats.packs, 3);
+            let packs = be.list("packs/").expect("list");
+            assert_eq!(packs.len(), 3);
+            assert_eq!(packs.iter().map(|m| m.size).sum::<u64>(), stats.pack_bytes);
+            for m in &packs {
+                let bytes = be.get(&m.key, None).expect("get");
+                assert_eq!(pack::pack_key(&Id::of(&bytes)), m.key);
+            }
+            let again = Store::open(be).expect("open");
+            for b in &blocks {
+                assert_eq!(&again.read_blob(&Id::of(b)).expect("read")[..], &b[..]);
+            }
         }
     }
 

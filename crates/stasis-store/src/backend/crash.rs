@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{Backend, Bytes, ObjectMeta, check_key, slice_range};
+use super::{
+    Backend, Buffered, Bytes, ObjectMeta, PartialObject, check_key, check_prefix, slice_range,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::lock::{Locks, MemoryLocks};
 
@@ -185,6 +187,11 @@ impl Backend for CrashBackend {
 
     fn locks(&self) -> &dyn Locks {
         &self.locks
+    }
+
+    fn create(&self, prefix: &str) -> Result<Box<dyn PartialObject + '_>> {
+        check_prefix(prefix)?;
+        Ok(Box::new(Buffered::new(self)))
     }
 }
 

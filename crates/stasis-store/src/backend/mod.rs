@@ -4,6 +4,11 @@
 //! list by prefix, delete, and `sync` (make every earlier put and delete durable).
 //! Committing never needs a rename or an in-place edit, so an S3 backend can implement
 //! the same trait. Keys are `/`-separated relative paths of `[a-z0-9._-]` segments.
+//!
+//! An object named by the hash of its bytes (a pack) can also be written piece by piece
+//! while it is built and named when it is complete ([`Backend::create`]): it is whole
+//! or absent after a crash, exactly like a `put` of the same bytes. A backend with
+//! nothing better to do buffers the pieces and puts them at the end ([`Buffered`]).
 
 mod crash;
 mod local;
@@ -55,11 +60,56 @@ pub trait Backend: Send + Sync + Debug {
     /// How processes sharing this backend coordinate (see [`crate::lock`]).
     fn locks(&self) -> &dyn Locks;
 
+    /// Start an object to be written in pieces and named at the end
+    /// ([`PartialObject::finish`]), under a key that starts with `prefix`. Until then
+    /// it is invisible, and dropping it unfinished leaves nothing behind (or a
+    /// temporary that gc removes, after a crash).
+    fn create(&self, prefix: &str) -> Result<Box<dyn PartialObject + '_>>;
+
     /// A hint that `ranges` (sorted) of object `key` will be read soon: a backend may
     /// start fetching them so the reads that follow find them in memory. It changes
     /// nothing a read returns; by default it does nothing.
     fn prefetch(&self, key: &str, ranges: &[Range<u64>]) {
         let _ = (key, ranges);
+    }
+}
+
+/// An object being written in pieces ([`Backend::create`]).
+pub trait PartialObject: Send {
+    /// Append `data`.
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+
+    /// Name the object `key` with everything written so far. Afterwards it is what a
+    /// `put(key, bytes)` of those bytes would have made: whole or absent after a crash,
+    /// and durable after the next [`Backend::sync`].
+    fn finish(self: Box<Self>, key: &str) -> Result<()>;
+}
+
+/// A [`PartialObject`] kept in memory and put whole at the end.
+#[derive(Debug)]
+pub struct Buffered<'a> {
+    backend: &'a dyn Backend,
+    buf: Vec<u8>,
+}
+
+impl<'a> Buffered<'a> {
+    /// An empty object, to be put into `backend`.
+    pub fn new(backend: &'a dyn Backend) -> Self {
+        Buffered {
+            backend,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl PartialObject for Buffered<'_> {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, key: &str) -> Result<()> {
+        self.backend.put(key, &self.buf)
     }
 }
 
@@ -81,6 +131,18 @@ pub fn check_key(key: &str) -> Result<()> {
             ErrorKind::InvalidInput,
             format!("bad object key {key:?}"),
         ))
+    }
+}
+
+/// Check a key prefix that names a directory (`packs/`) or nothing (`""`).
+pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
+    match prefix.strip_suffix('/') {
+        Some(dir) => check_key(dir),
+        None if prefix.is_empty() => Ok(()),
+        None => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("bad object key prefix {prefix:?}: not a directory"),
+        )),
     }
 }
 
@@ -140,6 +202,26 @@ pub(crate) mod tests {
         assert_eq!(b.list("index/").expect("list").len(), 0);
         assert!(b.put("../evil", b"x").is_err());
         assert!(b.put("a//b", b"x").is_err());
+
+        // An object written in pieces is invisible until named, then reads as the
+        // pieces in order; one dropped unnamed leaves nothing.
+        let before = b.list("").expect("list");
+        let mut o = b.create("packs/").expect("create");
+        o.write(b"one ").expect("write");
+        o.write(&[]).expect("write nothing");
+        o.write(b"two").expect("write");
+        assert_eq!(b.list("").expect("list"), before);
+        o.finish("packs/cd/y.pack").expect("finish");
+        b.sync().expect("sync");
+        assert_eq!(
+            &b.get("packs/cd/y.pack", None).expect("get")[..],
+            b"one two"
+        );
+        let mut dropped = b.create("packs/").expect("create");
+        dropped.write(b"lost").expect("write");
+        drop(dropped);
+        assert_eq!(b.list("").expect("list").len(), before.len() + 1);
+        assert!(b.create("../evil/").is_err());
     }
 
     #[test]
