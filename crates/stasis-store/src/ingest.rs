@@ -101,12 +101,32 @@ fn try_delta(
     Ok((delta.len() * DELTA_MAX_SHARE <= alone_len).then_some(delta))
 }
 
+/// The bytes of `parts` as one slice of `backing`, if they lie in it back to back.
+fn joined<'a>(backing: &'a [u8], parts: impl IntoIterator<Item = &'a [u8]>) -> Option<&'a [u8]> {
+    let base = backing.as_ptr() as usize;
+    let mut span: Option<Range<usize>> = None;
+    for p in parts {
+        // Where `p` starts inside `backing`, by address: nothing is read through it.
+        let at = (p.as_ptr() as usize).checked_sub(base)?;
+        let end = at.checked_add(p.len()).filter(|&e| e <= backing.len())?;
+        span = match span {
+            None => Some(at..end),
+            Some(r) if r.end == at => Some(r.start..end),
+            Some(_) => return None,
+        };
+    }
+    span.map(|r| &backing[r])
+}
+
 /// Classify, deduplicate, compress and add a batch of blocks (`None` = a hole).
 /// `bases[k]`, when given, is the block that was at block `k`'s place in the parent:
 /// a new block that differs from it is stored as a delta on it when that pays.
+/// `backing`, when given, is the buffer the blocks were read into: a frame of blocks
+/// that lie in it back to back is compressed from there, without a copy.
 fn store_blocks(
     w: &mut Writer<'_>,
     blocks: &[Option<&[u8]>],
+    backing: Option<&[u8]>,
     bases: &[Option<BlockId>],
     stats: &mut IngestStats,
 ) -> Result<Vec<BlockRef>> {
@@ -181,11 +201,16 @@ fn store_blocks(
         .par_iter()
         .map(|g| {
             let mut out = Vec::new();
+            let members = &todo[g.clone()];
             let c = if g.len() == 1 {
                 codec::compress(compression, data(todo[g.start]), &mut out)?
+            } else if let Some(run) =
+                backing.and_then(|b| joined(b, members.iter().map(|&k| data(k))))
+            {
+                codec::compress(compression, run, &mut out)?
             } else {
                 let mut whole = Vec::with_capacity(lens[g.clone()].iter().sum());
-                for &k in &todo[g.clone()] {
+                for &k in members {
                     whole.extend_from_slice(data(k));
                 }
                 codec::compress(compression, &whole, &mut out)?
@@ -420,7 +445,7 @@ pub fn ingest_full(
                 })
                 .map_err(|e| e.context("reading the parent's blocks"))?;
             }
-            let refs = store_blocks(w, &blocks, &bases, &mut stats)?;
+            let refs = store_blocks(w, &blocks, Some(&batch.buf), &bases, &mut stats)?;
             let bytes: u64 = blocks.iter().flatten().map(|b| b.len() as u64).sum();
             stats.read += bytes;
             for r in refs {
@@ -547,7 +572,7 @@ pub fn ingest_layer(
             .collect();
         let contents: Vec<Vec<u8>> = contents.into_iter().collect::<Result<_>>()?;
         let blocks: Vec<Option<&[u8]>> = contents.iter().map(|c| Some(&c[..])).collect();
-        let refs = store_blocks(w, &blocks, &[], &mut stats)?;
+        let refs = store_blocks(w, &blocks, None, &[], &mut stats)?;
         let bytes: u64 = chunk
             .iter()
             .flat_map(|(_, p)| p)
@@ -585,4 +610,37 @@ pub fn ingest_layer(
         Ok(())
     })?;
     Ok((m, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Adjacent parts of the backing buffer join into the slice they cover; parts
+        /// with a gap between them, or from another buffer, do not.
+        #[test]
+        fn joined_spans_adjacent_parts_only(
+            len in 1usize..4096,
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+            from in any::<prop::sample::Index>(),
+        ) {
+            let buf: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(len + 1)).collect();
+            at.extend([0, len]);
+            at.sort_unstable();
+            at.dedup();
+            let parts: Vec<&[u8]> = at.windows(2).map(|w| &buf[w[0]..w[1]]).collect();
+            prop_assert_eq!(joined(&buf, parts.iter().copied()), Some(&buf[..]));
+            let f = from.index(parts.len());
+            prop_assert_eq!(joined(&buf, parts[f..].iter().copied()), Some(&buf[at[f]..]));
+            if parts.len() >= 3 {
+                prop_assert_eq!(joined(&buf, [parts[0], parts[2]]), None);
+            }
+            let other = buf.clone();
+            prop_assert_eq!(joined(&buf, [&other[..]]), None);
+            prop_assert_eq!(joined(&buf, std::iter::empty()), None);
+        }
+    }
 }
