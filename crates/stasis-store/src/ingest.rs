@@ -122,12 +122,14 @@ fn joined<'a>(backing: &'a [u8], parts: impl IntoIterator<Item = &'a [u8]>) -> O
 /// `bases[k]`, when given, is the block that was at block `k`'s place in the parent:
 /// a new block that differs from it is stored as a delta on it when that pays.
 /// `backing`, when given, is the buffer the blocks were read into: a frame of blocks
-/// that lie in it back to back is compressed from there, without a copy.
+/// that lie in it back to back is compressed from there, without a copy. `outs` keeps
+/// compression output buffers from one batch to the next.
 fn store_blocks(
     w: &mut Writer<'_>,
     blocks: &[Option<&[u8]>],
     backing: Option<&[u8]>,
     bases: &[Option<BlockId>],
+    outs: &mut Vec<Vec<u8>>,
     stats: &mut IngestStats,
 ) -> Result<Vec<BlockRef>> {
     let refs: Vec<BlockRef> = blocks
@@ -197,10 +199,16 @@ fn store_blocks(
 
     let lens: Vec<usize> = todo.iter().map(|&k| data(k).len()).collect();
     let groups = frame::plan(&lens, frame_size);
+    // Output buffers come from `outs` and go back to it: fresh ones each batch would
+    // be freed together and trimmed off the heap, to fault in again for the next.
+    let bufs: Vec<Vec<u8>> = groups
+        .iter()
+        .map(|_| outs.pop().unwrap_or_default())
+        .collect();
     let encoded: Vec<Result<(Codec, Vec<u8>)>> = groups
         .par_iter()
-        .map(|g| {
-            let mut out = Vec::new();
+        .zip(bufs)
+        .map(|(g, mut out)| {
             let members = &todo[g.clone()];
             let c = if g.len() == 1 {
                 codec::compress(compression, data(todo[g.start]), &mut out)?
@@ -235,6 +243,7 @@ fn store_blocks(
             }
             w.add_frame(BlobKind::Data, &members, &out)?;
             stats.new_blocks += members.len() as u64;
+            outs.push(out);
             continue;
         }
         // A lone block, or a group that did not compress: each block alone, as it is.
@@ -248,6 +257,7 @@ fn store_blocks(
                 stats.new_blocks += 1;
             }
         }
+        outs.push(out);
     }
     Ok(refs)
 }
@@ -343,6 +353,7 @@ pub fn ingest_full(
         ..Default::default()
     };
     let mut builder = TreeBuilder::new(nblocks, fanout);
+    let mut outs = Vec::new();
 
     // Which batches hold data: only those are read.
     let mut batches: Vec<u64> = Vec::new();
@@ -357,6 +368,10 @@ pub fn ingest_full(
 
     let block_len = |i: u64| (size - i * bs).min(bs);
     let (tx, rx) = sync_channel::<Result<Batch>>(2);
+    // Batch buffers come back once their blocks are stored, and are read into again
+    // without being cleared: only the present blocks' bytes are ever used, and those
+    // are all read anew.
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(4);
     std::thread::scope(|s| -> Result<()> {
         let regions = &regions;
         let batches = &batches;
@@ -366,7 +381,14 @@ pub fn ingest_full(
                 let first = k * per_batch;
                 let count = per_batch.min(nblocks - first);
                 let mut present = vec![false; count as usize];
-                let mut buf = crate::buffer::zeroed((count * bs) as usize);
+                let len = (count * bs) as usize;
+                let mut buf = match free_rx.try_recv() {
+                    Ok(mut b) if b.len() >= len => {
+                        b.truncate(len);
+                        b
+                    }
+                    _ => crate::buffer::zeroed(len),
+                };
                 let lo = first * bs;
                 let hi = ((first + count) * bs).min(size);
                 while ri > 0 && regions[ri - 1].end > lo {
@@ -445,8 +467,13 @@ pub fn ingest_full(
                 })
                 .map_err(|e| e.context("reading the parent's blocks"))?;
             }
-            let refs = store_blocks(w, &blocks, Some(&batch.buf), &bases, &mut stats)?;
+            let refs = store_blocks(w, &blocks, Some(&batch.buf), &bases, &mut outs, &mut stats)?;
             let bytes: u64 = blocks.iter().flatten().map(|b| b.len() as u64).sum();
+            drop(blocks);
+            // Full-size buffers only: a short last batch's is freed.
+            if batch.buf.len() == (per_batch * bs) as usize {
+                let _ = free_tx.try_send(batch.buf);
+            }
             stats.read += bytes;
             for r in refs {
                 builder.push(0, r, w)?;
@@ -543,6 +570,7 @@ pub fn ingest_layer(
     let per_batch = (BATCH_BYTES / bs).max(1) as usize;
     let todo: Vec<(u64, Vec<Range<u64>>)> = touched.into_iter().collect();
     let mut changes: BTreeMap<u64, BlockRef> = BTreeMap::new();
+    let mut outs = Vec::new();
     for chunk in todo.chunks(per_batch) {
         let contents: Vec<Result<Vec<u8>>> = chunk
             .par_iter()
@@ -572,7 +600,7 @@ pub fn ingest_layer(
             .collect();
         let contents: Vec<Vec<u8>> = contents.into_iter().collect::<Result<_>>()?;
         let blocks: Vec<Option<&[u8]>> = contents.iter().map(|c| Some(&c[..])).collect();
-        let refs = store_blocks(w, &blocks, None, &[], &mut stats)?;
+        let refs = store_blocks(w, &blocks, None, &[], &mut outs, &mut stats)?;
         let bytes: u64 = chunk
             .iter()
             .flat_map(|(_, p)| p)
