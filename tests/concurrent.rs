@@ -48,6 +48,9 @@ fn creates_gc_delete_and_a_mounted_reader_at_once() {
 
     for round in 0..3 {
         // The base goes; its blocks are garbage that both creates deduplicate against.
+        // Each create starts a VM of its own: a create branches from its VM's current
+        // snapshot, and the delete below may remove that one while the create runs,
+        // which the create refuses (rightly, but on timing).
         let a = format!("a{round}");
         let b = format!("b{round}");
         let mut creates: Vec<Child> = [(&a, &base), (&b, &imgs[1 + round % 2])]
@@ -56,7 +59,7 @@ fn creates_gc_delete_and_a_mounted_reader_at_once() {
                 Command::new(BIN)
                     .arg("--repo")
                     .arg(&repo)
-                    .args(["create", "vm2", name, "--disk", &disk(img)])
+                    .args(["create", name, "snap", "--disk", &disk(img)])
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -66,7 +69,7 @@ fn creates_gc_delete_and_a_mounted_reader_at_once() {
         let spec = if round == 0 {
             "vm/base".to_string()
         } else {
-            format!("vm2/a{}", round - 1)
+            format!("a{}/snap", round - 1)
         };
         ok(&repo, &["delete", &spec]);
         let gc = Command::new(BIN)
@@ -97,7 +100,7 @@ fn creates_gc_delete_and_a_mounted_reader_at_once() {
         // after it started) and restore byte-identical.
         drop_caches();
         for (name, img) in [(&a, &base), (&b, &imgs[1 + round % 2])] {
-            let through = fs::read(mount_point.join(format!("vms/vm2/{name}/root")))
+            let through = fs::read(mount_point.join(format!("vms/{name}/snap/root")))
                 .expect("read new snapshot");
             assert!(
                 through == fs::read(img).expect("src"),
@@ -109,7 +112,7 @@ fn creates_gc_delete_and_a_mounted_reader_at_once() {
                 &repo,
                 &[
                     "restore",
-                    &format!("vm2/{name}"),
+                    &format!("{name}/snap"),
                     out.to_str().expect("utf8"),
                 ],
             );
