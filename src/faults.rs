@@ -93,6 +93,10 @@ impl Backend for KillAt {
         self.inner.locks()
     }
 
+    fn remove_stale_temporaries(&self) -> stasis_store::Result<u64> {
+        self.inner.remove_stale_temporaries()
+    }
+
     fn create(&self, prefix: &str) -> stasis_store::Result<Box<dyn PartialObject + '_>> {
         Ok(Box::new(KillAtPartial {
             inner: self.inner.create(prefix)?,

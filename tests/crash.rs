@@ -363,3 +363,51 @@ fn memory_create_survives_sigkill_anywhere() {
     let steps = s.run(40, 51);
     assert!(steps >= 10, "memory create: {steps} steps");
 }
+
+/// The `.tmp-` files under `dir`, at any depth.
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).expect("ls").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(temporaries(&p));
+        } else if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A create killed while it writes a pack leaves that pack's temporary file. gc
+/// leaves it while it is recent (a running writer's looks the same), and removes it
+/// once old; the repository stays whole.
+#[test]
+fn gc_removes_the_temporaries_of_killed_creates() {
+    let (_dir, repo, _base, child) = prepare(false);
+    let disk = format!("root={}", child.display());
+    let left = (0..40)
+        .find_map(|n| {
+            let out = stasis(&repo, &["create", "vm", "child", "--disk", &disk], Some(n));
+            assert!(killed(&out), "create finished before leaving a temporary");
+            let t = temporaries(&repo);
+            (!t.is_empty()).then_some(t)
+        })
+        .expect("a killed create left a temporary file");
+    ok(&repo, &["gc"]);
+    assert_eq!(temporaries(&repo), left, "a recent temporary was removed");
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for t in &left {
+        let f = fs::File::options().write(true).open(t).expect("open");
+        f.set_modified(long_ago).expect("set mtime");
+    }
+    let said = ok(&repo, &["gc"]);
+    assert!(
+        said.contains(&format!("removed {} temporary files", left.len())),
+        "{said}"
+    );
+    assert!(temporaries(&repo).is_empty());
+    let v: Value =
+        serde_json::from_str(&ok(&repo, &["--json", "verify", "--read-data"])).expect("json");
+    assert!(v["problems"].as_array().is_some_and(Vec::is_empty), "{v}");
+}

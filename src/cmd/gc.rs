@@ -76,6 +76,12 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
             report.dead_blobs_kept, a.repack_below
         );
     }
+    if report.temporaries_removed > 0 {
+        println!(
+            "removed {} temporary files of writers that crashed",
+            report.temporaries_removed
+        );
+    }
     for k in &report.kept {
         println!("kept {k}");
     }

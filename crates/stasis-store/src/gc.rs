@@ -3,7 +3,9 @@
 //!
 //! ## Protocol
 //! gc holds the maintenance lock ([`crate::lock`]) throughout; creates and mounts keep
-//! running.
+//! running. Before step 1 it removes the plans of interrupted gcs, and the temporary
+//! files of crashed writers ([`Backend::remove_stale_temporaries`]: never a running
+//! writer's, whose pack is still filling).
 //! 1. **Load** every index file as it is (which packs each one names, and their entries)
 //!    and list the packs. Packs that no index file names are *orphans* (left by crashed
 //!    writers, or being written right now).
@@ -201,6 +203,8 @@ pub struct GcReport {
     pub waited_sessions: u64,
     /// Leftover plans of interrupted gcs removed.
     pub stale_plans: u64,
+    /// Temporary files of crashed writers removed ([`Backend::remove_stale_temporaries`]).
+    pub temporaries_removed: u64,
     /// Packs kept although planned for removal, with why (a live blob failed its check).
     pub kept: Vec<String>,
     /// Nothing was changed.
@@ -467,6 +471,9 @@ pub fn collect(
             backend.delete(k)?;
         }
         backend.sync()?;
+    }
+    if !opts.dry_run {
+        report.temporaries_removed = backend.remove_stale_temporaries()?;
     }
 
     // 1. Load.

@@ -141,26 +141,27 @@ impl LocalBackend {
         Ok(())
     }
 
-    /// Remove leftover temporary files of crashed writers (for gc: only safe when no
-    /// writer is running).
-    pub fn remove_temporaries(&self) -> Result<u64> {
-        fn go(dir: &Path, n: &mut u64) -> std::io::Result<()> {
-            for entry in fs::read_dir(dir)? {
-                let entry = entry?;
-                if entry.file_type()?.is_dir() {
-                    go(&entry.path(), n)?;
-                } else if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                    fs::remove_file(entry.path())?;
-                    *n += 1;
-                }
-            }
-            Ok(())
-        }
-        let mut n = 0;
-        go(&self.root, &mut n).ctx(|| "removing temporary files".to_string())?;
-        Ok(n)
+    /// Whether the temporary `name` (`.tmp-<pid>-<n>`), last modified at `modified`,
+    /// is a crashed writer's: its process is gone and it has not changed for
+    /// [`STALE_TEMPORARY`]. A live writer's process exists, and it writes each piece
+    /// within seconds, so neither test can pick one of its files; a pid seen in another
+    /// pid namespace, or reused since, only keeps a file longer.
+    fn stale_temporary(name: &str, modified: std::time::SystemTime) -> bool {
+        let Some(pid) = name
+            .strip_prefix(TMP_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        let old = modified.elapsed().is_ok_and(|age| age >= STALE_TEMPORARY);
+        !alive && old
     }
 }
+
+/// How long a temporary file of a process that is gone stays before gc removes it.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A temporary file that becomes an object when finished ([`Backend::create`]).
 #[derive(Debug)]
@@ -229,6 +230,32 @@ impl Drop for LocalPartial<'_> {
 }
 
 impl Backend for LocalBackend {
+    fn remove_stale_temporaries(&self) -> Result<u64> {
+        fn go(dir: &Path, n: &mut u64) -> std::io::Result<()> {
+            for entry in fs::read_dir(dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let ft = entry.file_type()?;
+                if ft.is_dir() && name != LOCK_DIR {
+                    go(&entry.path(), n)?;
+                } else if ft.is_file()
+                    && LocalBackend::stale_temporary(&name, entry.metadata()?.modified()?)
+                {
+                    match fs::remove_file(entry.path()) {
+                        Ok(()) => *n += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(())
+        }
+        let mut n = 0;
+        go(&self.root, &mut n).ctx(|| "removing crashed writers' temporary files".to_string())?;
+        Ok(n)
+    }
+
     fn create(&self, prefix: &str) -> Result<Box<dyn PartialObject + '_>> {
         // The temporary lives in the prefix's directory, on the same filesystem as the
         // key it will be renamed to.
@@ -358,12 +385,33 @@ mod tests {
     }
 
     #[test]
-    fn temporaries_are_invisible_and_removable() {
+    fn temporaries_are_invisible_and_only_crashed_ones_are_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let b = LocalBackend::open(dir.path()).expect("open");
         b.put("packs/aa/one", b"x").expect("put");
-        fs::write(dir.path().join("packs/aa/.tmp-1-1"), b"junk").expect("write");
+        // A process that is gone: one that ran and was waited for.
+        let dead = std::process::Command::new("true")
+            .spawn()
+            .and_then(|mut c| c.wait().map(|_| c.id()))
+            .expect("run true");
+        let long_ago = std::time::SystemTime::now() - 2 * STALE_TEMPORARY;
+        let make = |name: &str, old: bool| {
+            let p = dir.path().join("packs").join(name);
+            fs::write(&p, b"junk").expect("write");
+            if old {
+                let f = File::options().write(true).open(&p).expect("open");
+                f.set_modified(long_ago).expect("set mtime");
+            }
+            p
+        };
+        let crashed = make(&format!("{TMP_PREFIX}{dead}-1"), true);
+        let fresh = make(&format!("{TMP_PREFIX}{dead}-2"), false);
+        let ours = make(&format!("{TMP_PREFIX}{}-3", std::process::id()), true);
+        let odd = make(&format!("{TMP_PREFIX}x-4"), true);
         assert_eq!(b.list("").expect("list").len(), 1);
-        assert_eq!(b.remove_temporaries().expect("rm"), 1);
+        assert_eq!(b.remove_stale_temporaries().expect("rm"), 1);
+        assert!(!crashed.exists());
+        assert!(fresh.exists() && ours.exists() && odd.exists());
+        assert_eq!(b.list("").expect("list").len(), 1);
     }
 }

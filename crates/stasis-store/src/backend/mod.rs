@@ -60,6 +60,13 @@ pub trait Backend: Send + Sync + Debug {
     /// How processes sharing this backend coordinate (see [`crate::lock`]).
     fn locks(&self) -> &dyn Locks;
 
+    /// Remove what crashed writers left behind and no running writer can still use
+    /// (the local backend: temporary files of processes that are gone, untouched for
+    /// a while). Returns how many were removed. By default there is nothing to remove.
+    fn remove_stale_temporaries(&self) -> Result<u64> {
+        Ok(0)
+    }
+
     /// Start an object to be written in pieces and named at the end
     /// ([`PartialObject::finish`]), under a key that starts with `prefix`. Until then
     /// it is invisible, and dropping it unfinished leaves nothing behind (or a
