@@ -124,22 +124,41 @@ put() { printf '%s\t%s\n' "$1" "$2" >>"$RES"; }
 log "work dir $WORK (same filesystem as corpus: $(stat -f -c %T "$WORK"))"
 
 # timed KEY CMD...: run CMD (output to $WORK/KEY.log), record KEY.s (wall) and
-# KEY.rss_kib (peak RSS of the largest process, /usr/bin/time %M).
+# KEY.rss_kib (peak RSS of the largest process, /usr/bin/time %M), KEY.cpu_s, and the
+# kernel's reclaim/compaction stalls and huge-page fallbacks while it ran.
 timed() {
-  local key=$1 t0 t1
+  local key=$1 t0 t1 vm0 vm1
   shift
+  vm0=$(vmstat_stalls)
   t0=$(date +%s.%N)
   # bash -c so that the exported adapter functions can be timed too; %M is the
   # largest RSS among the waited-for processes, i.e. the tool itself
-  if ! /usr/bin/time -f '%M' -o "$WORK/$key.time" bash -c '"$@"' _ "$@" \
+  if ! /usr/bin/time -f '%M %U %S %F' -o "$WORK/$key.time" bash -c '"$@"' _ "$@" \
       >"$WORK/$key.log" 2>&1; then
     tail -20 "$WORK/$key.log" >&2
     die "$key failed: $*"
   fi
   t1=$(date +%s.%N)
+  vm1=$(vmstat_stalls)
   LAST_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", b-a}')
   put "$key.s" "$LAST_S"
-  put "$key.rss_kib" "$(tail -1 "$WORK/$key.time")"
+  # Direct compaction and reclaim stalls during the command (huge-page faults of a
+  # tool that asks for them can stall there when free memory is fragmented).
+  LAST_STALLS=$(($(cut -d' ' -f1 <<<"$vm1") - $(cut -d' ' -f1 <<<"$vm0")))
+  put "$key.stalls" "$LAST_STALLS"
+  put "$key.thp_fallbacks" "$(($(cut -d' ' -f2 <<<"$vm1") - $(cut -d' ' -f2 <<<"$vm0")))"
+  local rss user sys major
+  read -r rss user sys major <"$WORK/$key.time"
+  put "$key.rss_kib" "$rss"
+  # CPU time (user + system) and major faults tell a slow run that computed more from
+  # one that waited (for the disk, or for a CPU the host gave to someone else).
+  LAST_CPU=$(awk -v u="$user" -v s="$sys" 'BEGIN{printf "%.2f", u+s}')
+  put "$key.cpu_s" "$LAST_CPU"
+  put "$key.major_faults" "$major"
+}
+vmstat_stalls() {
+  awk '$1 == "compact_stall" || $1 == "allocstall_normal" || $1 == "allocstall_movable" { st += $2 }
+       $1 == "thp_fault_fallback" { fb = $2 } END { print st + 0, fb + 0 }' /proc/vmstat
 }
 drop_caches() {
   sync
@@ -351,7 +370,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
       sync
       log "$t: ingest $i ($(basename "$src"))"
       timed "tools.$t.ingest.$i" "${fn}_ingest" "$repo" "$i" "$src" "$prev"
-      log "$t: ingest $i took ${LAST_S}s"
+      log "$t: ingest $i took ${LAST_S}s (${LAST_CPU} CPU-s, $LAST_STALLS stalls)"
       put "tools.$t.repo_bytes_after.$i" "$(du -sb "$repo" | cut -f1)"
       prev=$i
     done
@@ -443,6 +462,8 @@ for t, r in tools.items():
     r["ingest_s"] = {i: ing[i]["s"] for i in images}
     r["ingest_s_rounds"] = {i: ing[i].get("s_rounds") for i in images}
     r["ingest_total_s"] = round(sum(r["ingest_s"].values()), 3)
+    r["ingest_cpu_s"] = {i: ing[i].get("cpu_s") for i in images}
+    r["ingest_cpu_s_rounds"] = {i: values.get("tools.%s.ingest.%s.cpu_s" % (t, i)) for i in images}
     r["peak_rss_kib_base"] = ing["base"]["rss_kib"]
     rc = r.pop("restore")["child2"]
     r["restore_child2_s"] = rc["s"]
@@ -523,6 +544,11 @@ if stasis_rows and peers:
     print("Ingest of base as a share of b3sum's rate on the same file: " + ", ".join(
         "%s %.0f%%" % (labels.get(t, t), 100 * limits["b3sum_base"]["s"] / tools[t]["ingest_s"]["base"])
         for t in stasis_rows))
+print()
+print("Ingest CPU-s (user + system, medians; base / child1 / child2): " + "; ".join(
+    "%s %s" % (labels.get(t, t), " / ".join(
+        f(r["ingest_cpu_s"][i]) if r["ingest_cpu_s"][i] is not None else "-" for i in images))
+    for t, r in tools.items()))
 print()
 print("### Machine limits (same run; MB/s over the apparent image size)")
 print()

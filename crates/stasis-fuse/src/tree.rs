@@ -69,7 +69,8 @@ fn prefetch_ahead(reader: &PayloadReader<'_>, p: &PayloadInfo, end: u64) {
 const ZERO_REPLY: usize = 1 << 20;
 
 /// Zeros for reads that fall wholly in holes or zero blocks: replied as they are, with
-/// no buffer to fill (static and never written, so its pages are the kernel's zero page).
+/// no buffer to fill. Being immutable, it lives in the binary's read-only data (1 MiB of
+/// the file, read once from the page cache), not in a buffer that would need clearing.
 static ZEROS: [u8; ZERO_REPLY] = [0; ZERO_REPLY];
 
 /// Whether `start..end` meets any of the sorted, disjoint `ranges`.
