@@ -464,6 +464,9 @@ for t, r in tools.items():
     r["ingest_total_s"] = round(sum(r["ingest_s"].values()), 3)
     r["ingest_cpu_s"] = {i: ing[i].get("cpu_s") for i in images}
     r["ingest_cpu_s_rounds"] = {i: values.get("tools.%s.ingest.%s.cpu_s" % (t, i)) for i in images}
+    for what in ("major_faults", "stalls"):
+        r["ingest_%s_rounds" % what] = {
+            i: values.get("tools.%s.ingest.%s.%s" % (t, i, what)) for i in images}
     r["peak_rss_kib_base"] = ing["base"]["rss_kib"]
     rc = r.pop("restore")["child2"]
     r["restore_child2_s"] = rc["s"]
