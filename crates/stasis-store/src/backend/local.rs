@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use rustix::fs::{FlockOperation, flock};
+
 use super::{Backend, Bytes, ObjectMeta, PartialObject, check_key, check_prefix, slice_range};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::lock::{FileLocks, Locks};
@@ -141,22 +143,46 @@ impl LocalBackend {
         Ok(())
     }
 
-    /// Whether the temporary `name` (`.tmp-<pid>-<n>`), last modified at `modified`,
-    /// is a crashed writer's: its process is gone and it has not changed for
-    /// [`STALE_TEMPORARY`]. A live writer's process exists, and it writes each piece
-    /// within seconds, so neither test can pick one of its files; a pid seen in another
-    /// pid namespace, or reused since, only keeps a file longer.
-    fn stale_temporary(name: &str, modified: std::time::SystemTime) -> bool {
-        let Some(pid) = name
-            .strip_prefix(TMP_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            return false;
+    /// The writer's pid in a temporary's name (`.tmp-<pid>-<n>`); `None` for any
+    /// other name.
+    fn temporary_pid(name: &str) -> Option<u32> {
+        name.strip_prefix(TMP_PREFIX)?
+            .split('-')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    }
+
+    /// Remove the temporary at `path`, written by process `pid`, if it is a crashed
+    /// writer's; whether it was removed. Every writer holds an exclusive `flock` on its
+    /// temporary until it renames or removes it, and the kernel drops that lock when
+    /// the writer dies, however it dies and from whatever pid namespace it ran. So a
+    /// temporary is a crashed writer's only if this lock can be taken, and, to be sure
+    /// on filesystems with odd locking, its pid is not a live process here and it has
+    /// not changed for [`STALE_TEMPORARY`]. A file that vanished meanwhile (renamed by
+    /// its writer) or that cannot be opened or locked is left alone.
+    fn remove_if_stale(path: &Path, pid: u32) -> std::io::Result<bool> {
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            return Ok(false);
+        }
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
         };
-        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
-        let old = modified.elapsed().is_ok_and(|age| age >= STALE_TEMPORARY);
-        !alive && old
+        let old = file
+            .metadata()?
+            .modified()?
+            .elapsed()
+            .is_ok_and(|age| age >= STALE_TEMPORARY);
+        if !old || flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Ok(false);
+        }
+        match fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -216,6 +242,10 @@ impl PartialObject for LocalPartial<'_> {
         fs::rename(&self.tmp, &path).ctx(|| format!("writing {}", path.display()))?;
         self.done = true;
         b.maps.remove(key);
+        // The rename changed both directories; the temporary's may be another one.
+        if let Some(from) = self.tmp.parent().filter(|p| *p != dir) {
+            b.mark_dirty(from.to_path_buf());
+        }
         b.mark_dirty(dir);
         Ok(())
     }
@@ -231,22 +261,33 @@ impl Drop for LocalPartial<'_> {
 
 impl Backend for LocalBackend {
     fn remove_stale_temporaries(&self) -> Result<u64> {
+        // Creates run meanwhile: a temporary listed here may be renamed away before it
+        // is looked at, so a name that is gone is skipped, never an error. Only names of
+        // temporaries are ever opened.
         fn go(dir: &Path, n: &mut u64) -> std::io::Result<()> {
-            for entry in fs::read_dir(dir)? {
+            let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+            let entries = match fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if gone(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
                 let entry = entry?;
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                let ft = entry.file_type()?;
+                if let Some(pid) = LocalBackend::temporary_pid(&name) {
+                    if LocalBackend::remove_if_stale(&entry.path(), pid)? {
+                        *n += 1;
+                    }
+                    continue;
+                }
+                let ft = match entry.file_type() {
+                    Ok(ft) => ft,
+                    Err(e) if gone(&e) => continue,
+                    Err(e) => return Err(e),
+                };
                 if ft.is_dir() && name != LOCK_DIR {
                     go(&entry.path(), n)?;
-                } else if ft.is_file()
-                    && LocalBackend::stale_temporary(&name, entry.metadata()?.modified()?)
-                {
-                    match fs::remove_file(entry.path()) {
-                        Ok(()) => *n += 1,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
-                    }
                 }
             }
             Ok(())
@@ -269,6 +310,10 @@ impl Backend for LocalBackend {
             .create_new(true)
             .open(&tmp)
             .ctx(|| format!("creating {}", tmp.display()))?;
+        // Held until the temporary is renamed or removed: it tells gc the writer is
+        // alive (`remove_if_stale`). Where locks are not supported gc cannot take it
+        // either, and leaves the file.
+        let _ = flock(&file, FlockOperation::NonBlockingLockExclusive);
         Ok(Box::new(LocalPartial {
             backend: self,
             file,
@@ -287,6 +332,8 @@ impl Backend for LocalBackend {
         let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
         let result = (|| -> std::io::Result<()> {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            // As in `create`: gc never removes a temporary whose writer holds this.
+            let _ = flock(&f, FlockOperation::NonBlockingLockExclusive);
             f.write_all(data)?;
             f.sync_data()?;
             fs::rename(&tmp, &path)
@@ -408,10 +455,24 @@ mod tests {
         let fresh = make(&format!("{TMP_PREFIX}{dead}-2"), false);
         let ours = make(&format!("{TMP_PREFIX}{}-3", std::process::id()), true);
         let odd = make(&format!("{TMP_PREFIX}x-4"), true);
+        // A writer whose pid is not seen here (another pid namespace) but who holds
+        // its temporary's lock, as every writer does, is alive.
+        let locked = make(&format!("{TMP_PREFIX}{dead}-5"), true);
+        let holder = File::open(&locked).expect("open");
+        flock(&holder, FlockOperation::NonBlockingLockExclusive).expect("lock");
         assert_eq!(b.list("").expect("list").len(), 1);
         assert_eq!(b.remove_stale_temporaries().expect("rm"), 1);
         assert!(!crashed.exists());
-        assert!(fresh.exists() && ours.exists() && odd.exists());
+        assert!(fresh.exists() && ours.exists() && odd.exists() && locked.exists());
+        drop(holder);
+        assert_eq!(b.remove_stale_temporaries().expect("rm"), 1);
+        assert!(!locked.exists());
+        // A temporary renamed away by its writer between the listing and the look.
+        let renamed = dir
+            .path()
+            .join("packs")
+            .join(format!("{TMP_PREFIX}{dead}-6"));
+        assert!(!LocalBackend::remove_if_stale(&renamed, dead).expect("gone is no error"));
         assert_eq!(b.list("").expect("list").len(), 1);
     }
 }

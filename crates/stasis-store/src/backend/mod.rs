@@ -61,8 +61,9 @@ pub trait Backend: Send + Sync + Debug {
     fn locks(&self) -> &dyn Locks;
 
     /// Remove what crashed writers left behind and no running writer can still use
-    /// (the local backend: temporary files of processes that are gone, untouched for
-    /// a while). Returns how many were removed. By default there is nothing to remove.
+    /// (the local backend: temporary files whose writer's `flock` is gone, of
+    /// processes that are gone, untouched for a while). Returns how many were removed.
+    /// By default there is nothing to remove.
     fn remove_stale_temporaries(&self) -> Result<u64> {
         Ok(0)
     }
