@@ -468,6 +468,10 @@ pub struct Writer<'s> {
     session: Option<Guard>,
     /// Blobs a gc plan is removing: never deduplicated against.
     masked: HashSet<BlockId, FxBuildHasher>,
+    /// Set once the flusher failed: the open packs have given it pieces that are lost,
+    /// and blocks in `pending` may be in packs that were never written. Nothing more is
+    /// added or committed; a second flusher would write packs missing their start.
+    failed: bool,
 }
 
 /// What the flusher wrote: each pack's id and entries, in the order they were sealed,
@@ -547,6 +551,7 @@ impl<'s> Writer<'s> {
             scratch: Vec::new(),
             session,
             masked,
+            failed: false,
         }
     }
 
@@ -634,6 +639,7 @@ impl<'s> Writer<'s> {
         if fresh.is_empty() {
             return Ok(());
         }
+        self.usable()?;
         let pack = match kind {
             BlobKind::Data => &mut self.pack,
             BlobKind::Tree => &mut self.tree_pack,
@@ -687,6 +693,7 @@ impl<'s> Writer<'s> {
         raw_len: u32,
         stored: &[u8],
     ) -> Result<()> {
+        self.usable()?;
         let pack = match kind {
             BlobKind::Data => &mut self.pack,
             BlobKind::Tree => &mut self.tree_pack,
@@ -754,8 +761,20 @@ impl<'s> Writer<'s> {
         self.send_to_flusher(ToFlusher::Seal(kind, sealed))
     }
 
+    /// An error once the flusher has failed (see `failed`).
+    fn usable(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::new(
+                ErrorKind::Io,
+                "pack writer failed earlier in this session; nothing more can be written",
+            ));
+        }
+        Ok(())
+    }
+
     /// Send `msg` to the flusher thread, starting it on first use.
     fn send_to_flusher(&mut self, msg: ToFlusher) -> Result<()> {
+        self.usable()?;
         if self.flush_tx.is_none() {
             // A few pieces may wait while one is written; the writer blocks beyond that.
             let (tx, rx) = sync_channel::<ToFlusher>(FLUSH_QUEUE);
@@ -770,6 +789,7 @@ impl<'s> Writer<'s> {
         let sent = self.flush_tx.as_ref().map(|tx| tx.send(msg));
         if !matches!(sent, Some(Ok(()))) {
             // The flusher stopped: its error says why.
+            self.failed = true;
             return self
                 .join_flusher()
                 .and(Err(Error::new(ErrorKind::Io, "pack writer stopped")));
@@ -782,8 +802,13 @@ impl<'s> Writer<'s> {
         self.flush_tx = None;
         let (done, bytes) = match self.flusher.take().map(|h| h.join()) {
             None => return Ok(()),
-            Some(Ok(r)) => r?,
+            Some(Ok(Ok(r))) => r,
+            Some(Ok(Err(e))) => {
+                self.failed = true;
+                return Err(e);
+            }
             Some(Err(_)) => {
+                self.failed = true;
                 return Err(Error::new(ErrorKind::Io, "pack writer thread panicked"));
             }
         };
@@ -796,6 +821,7 @@ impl<'s> Writer<'s> {
     /// Make everything added durable (see the module docs for the order) and visible to
     /// readers of this store.
     pub fn commit(mut self) -> Result<Committed> {
+        self.usable()?;
         self.seal(BlobKind::Data)?;
         self.seal(BlobKind::Tree)?;
         self.join_flusher()?;
@@ -888,6 +914,44 @@ mod tests {
         for (id, b) in ids.iter().zip(&blocks) {
             assert_eq!(&store.read_blob(id).expect("read")[..], &b[..]);
         }
+    }
+
+    /// Once the flusher fails, the session is over: later adds and the commit fail,
+    /// instead of a second flusher writing the rest of a pack that lost its start.
+    #[test]
+    fn a_failed_flusher_ends_the_session() {
+        let be = Arc::new(crate::backend::CrashBackend::new());
+        let cfg = RepoConfig {
+            pack_size: 4 << 20,
+            ..RepoConfig::default()
+        };
+        let store = Store::init(Arc::clone(&be) as Arc<dyn Backend>, cfg).expect("init");
+        let mut w = store.writer(Compression::none()).expect("writer");
+        be.fail_after(0);
+        let block = |i: u32| -> Vec<u8> {
+            let mut b = vec![0u8; 1 << 20];
+            for (j, x) in b.iter_mut().enumerate() {
+                *x = (j as u32 ^ i).wrapping_mul(2_654_435_761).to_le_bytes()[3];
+            }
+            b
+        };
+        let mut failed_at = None;
+        for i in 0..40 {
+            let b = block(i);
+            if w.add(Id::of(&b), BlobKind::Data, &b).is_err() {
+                failed_at = Some(i);
+                break;
+            }
+        }
+        let i = failed_at.expect("the failed pack write surfaces on a later add");
+        for j in i + 1..i + 20 {
+            let b = block(j);
+            assert!(
+                w.add(Id::of(&b), BlobKind::Data, &b).is_err(),
+                "add {j} after the failure"
+            );
+        }
+        assert!(w.commit().is_err());
     }
 
     /// A session larger than a pack, whose packs go out in several pieces each: every
