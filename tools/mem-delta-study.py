@@ -10,6 +10,15 @@ for the pages each file adds, prints the bytes of:
     at the same offset, or the stored page sharing the most of 4 min-hash features
     over the page's 8-byte words.
 
+and, with the reference found by similarity (the best of 4 features, or only the first
+feature cut to 32 bits, as an index of 4 bytes per stored page would hold):
+
+  - hybrid: a page becomes a delta on its reference (as above, plus its 32-byte id)
+    when that takes at most half of the page alone; the rest go into frames of 64;
+  - xor: a page is replaced by its XOR with its reference when that compresses to at
+    most half of the page alone (plus 32 bytes for the reference's id), and all pages
+    go into frames of 64 as before.
+
     tools/mem-delta-study.py guestA-t1.mem guestA-t2.mem guestB.mem
 
 Needs python's zstandard and numpy. Compare with
@@ -51,6 +60,7 @@ class Repo:
         self.seen = set()
         self.pages = []  # stored page bytes
         self.index = [{} for _ in MULS]  # feature -> stored page
+        self.index32 = {}  # first feature's low 32 bits -> stored page
 
     def new_pages(self, arr):
         rows = np.nonzero(arr.any(axis=1))[0]
@@ -72,12 +82,18 @@ class Repo:
                 votes[s] = votes.get(s, 0) + 1
         return self.pages[max(votes, key=votes.get)] if votes else None
 
+    def similar32(self, f):
+        """The stored page found through the first feature's low 32 bits alone."""
+        s = self.index32.get(f[0] & 0xFFFFFFFF)
+        return None if s is None else self.pages[s]
+
     def add(self, new):
         for _, p, f in new:
             s = len(self.pages)
             self.pages.append(p)
             for j, x in enumerate(f):
                 self.index[j].setdefault(x, s)
+            self.index32.setdefault(f[0] & 0xFFFFFFFF, s)
 
 
 def delta(page, ref, alone):
@@ -85,6 +101,35 @@ def delta(page, ref, alone):
         return alone
     d = z.ZstdCompressionDict(ref, dict_type=z.DICT_TYPE_RAWCONTENT)
     return min(alone, len(z.ZstdCompressor(level=1, dict_data=d).compress(page)))
+
+
+def frames(c, pages):
+    return sum(len(c.compress(b"".join(pages[i : i + 64]))) for i in range(0, len(pages), 64))
+
+
+def by_similarity(c, new, pick):
+    """(hybrid bytes, deltas, xor bytes, xored pages) with references from pick(f)."""
+    hyb, rest, xored, nd, nx = 0, [], [], 0, 0
+    for _, p, f in new:
+        ref = pick(f)
+        if ref is None:
+            rest.append(p)
+            xored.append(p)
+            continue
+        alone = min(len(c.compress(p)), PAGE)
+        d = z.ZstdCompressionDict(ref, dict_type=z.DICT_TYPE_RAWCONTENT)
+        ds = len(z.ZstdCompressor(level=1, dict_data=d).compress(p)) + 32
+        if 2 * ds <= alone:
+            hyb, nd = hyb + ds, nd + 1
+        else:
+            rest.append(p)
+        x = (np.frombuffer(p, dtype=np.uint64) ^ np.frombuffer(ref, dtype=np.uint64)).tobytes()
+        if 2 * len(c.compress(x)) <= alone:
+            xored.append(x)
+            nx += 1
+        else:
+            xored.append(p)
+    return hyb + frames(c, rest), nd, frames(c, xored) + 32 * nx, nx
 
 
 def main():
@@ -96,9 +141,7 @@ def main():
     for path in paths:
         arr = load(path)
         new = repo.new_pages(arr)
-        frames = sum(
-            len(c.compress(b"".join(p for _, p, _ in new[i : i + 64]))) for i in range(0, len(new), 64)
-        )
+        framed = frames(c, [p for _, p, _ in new])
         same = sim = 0
         for r, p, f in new:
             alone = min(len(c.compress(p)), PAGE)
@@ -106,11 +149,19 @@ def main():
             same += delta(p, ref, alone)
             sim += delta(p, repo.similar(f), alone)
         print(
-            f"{path}: {len(new)} new pages; frames of 64: {frames / 1e6:.2f} MB; "
+            f"{path}: {len(new)} new pages; frames of 64: {framed / 1e6:.2f} MB; "
             f"per page against the same offset before: {same / 1e6:.2f} MB; "
             f"against the most similar stored page: {sim / 1e6:.2f} MB",
             flush=True,
         )
+        if repo.pages:
+            for name, pick in (("best of 4 features", repo.similar), ("one 32-bit feature", repo.similar32)):
+                hyb, nd, xo, nx = by_similarity(c, new, pick)
+                print(
+                    f"  reference by {name}: hybrid {hyb / 1e6:.2f} MB ({nd} deltas); "
+                    f"xor {xo / 1e6:.2f} MB ({nx} pages xored)",
+                    flush=True,
+                )
         repo.add(new)
         prev = arr
 
