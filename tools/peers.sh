@@ -310,9 +310,32 @@ mount_read_once() {
   done
   [[ -e $MOUNTED_FILE ]] || die "$key: $MOUNTED_FILE did not appear"
   drop_caches
+  local cpu0 rep0
+  cpu0=$(tree_cpu_ticks "$MPID")
+  rep0=$(reported_kib)
   out=$("$EXAMPLES/readbench" seq "$MOUNTED_FILE")
+  # The mount server's CPU during the read, and how much freed memory the guest handed
+  # back to its host meanwhile (free page reporting; first touches of such memory
+  # cost host faults and make reads slow at random on such machines).
+  put "$key.server_cpu_s" "$(awk -v a="$cpu0" -v b="$(tree_cpu_ticks "$MPID")" \
+    -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", (b-a)/hz}')"
+  put "$key.reported_mib" "$((($(reported_kib) - rep0) / 1024))"
   unmount_all
   LAST_S=${out##*secs=}
+}
+# CPU ticks (user + system) of PID and its children: a mount command may be a shell
+# function whose child is the server.
+tree_cpu_ticks() {
+  local p t=0 v
+  for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+    v=$(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat" 2>/dev/null) || v=0
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+# KiB of free memory the guest reported to its host since boot (0 without the feature).
+reported_kib() {
+  cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null || echo 0
 }
 
 # ---------------------------------------------------------------- environment
@@ -477,6 +500,8 @@ for t, r in tools.items():
     mr = r.pop("mount_read", {}).get("child2")
     r["mount_read_child2_s"] = mr["s"] if mr else None
     r["mount_read_child2_s_rounds"] = mr.get("s_rounds") if mr else None
+    r["mount_read_child2_server_cpu_s"] = mr.get("server_cpu_s") if mr else None
+    r["mount_read_child2_reported_mib"] = mr.get("reported_mib") if mr else None
 lim = data.get("limits", {})
 apparent = data["corpus"]["base"]["apparent_bytes"]
 limits = {}
@@ -486,7 +511,8 @@ for k, v in list(lim.items()):
         img = k.rsplit("_", 1)[-1]
         if img in images:
             mbps = round(data["corpus"][img]["apparent_bytes"] / v["s"] / 1e6, 1)
-        limits[k] = {"s": v["s"], "rss_kib": v.get("rss_kib"), "apparent_MBps": mbps}
+        limits[k] = {"s": v["s"], "rss_kib": v.get("rss_kib"), "apparent_MBps": mbps,
+                     "server_cpu_s": v.get("server_cpu_s"), "reported_mib": v.get("reported_mib")}
         if "s_rounds" in v:
             limits[k]["s_rounds"] = v["s_rounds"]
     else:
@@ -552,6 +578,16 @@ print("Ingest CPU-s (user + system, medians; base / child1 / child2): " + "; ".j
     "%s %s" % (labels.get(t, t), " / ".join(
         f(r["ingest_cpu_s"][i]) if r["ingest_cpu_s"][i] is not None else "-" for i in images))
     for t, r in tools.items()))
+reads = [("FUSE ceiling", limits.get("fuse_ceiling_child2", {}))] + [
+    (labels.get(t, t), {"server_cpu_s": r.get("mount_read_child2_server_cpu_s"),
+                        "reported_mib": r.get("mount_read_child2_reported_mib")})
+    for t, r in tools.items() if r.get("mount_read_child2_s")]
+if any(v.get("server_cpu_s") is not None for _, v in reads):
+    print()
+    print("Mount reads of child2, mount server's CPU-s and MiB of free memory the guest "
+          "reported to its host during the read (medians): " + "; ".join(
+              "%s %s CPU-s, %s MiB" % (n, v.get("server_cpu_s"), v.get("reported_mib"))
+              for n, v in reads))
 print()
 print("### Machine limits (same run; MB/s over the apparent image size)")
 print()
