@@ -474,7 +474,7 @@ for key, vs in values.items():
     for p in parts[:-1]:
         d = d.setdefault(p, {})
     d[parts[-1]] = combine(vs)
-    if len(vs) > 1 and parts[-1] in ("s", "sync_s"):
+    if len(vs) > 1 and parts[-1] in ("s", "sync_s", "cpu_s", "server_cpu_s", "reported_mib"):
         d[parts[-1] + "_rounds"] = vs
 
 images = ["base", "child1", "child2"]
