@@ -916,6 +916,13 @@ mod tests {
         }
     }
 
+    /// `n` deterministic incompressible bytes from `seed`.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut b = vec![0u8; n];
+        fastrand::Rng::with_seed(seed).fill(&mut b);
+        b
+    }
+
     /// Once the flusher fails, the session is over: later adds and the commit fail,
     /// instead of a second flusher writing the rest of a pack that lost its start.
     #[test]
@@ -928,13 +935,7 @@ mod tests {
         let store = Store::init(Arc::clone(&be) as Arc<dyn Backend>, cfg).expect("init");
         let mut w = store.writer(Compression::none()).expect("writer");
         be.fail_after(0);
-        let block = |i: u32| -> Vec<u8> {
-            let mut b = vec![0u8; 1 << 20];
-            for (j, x) in b.iter_mut().enumerate() {
-                *x = (j as u32 ^ i).wrapping_mul(2_654_435_761).to_le_bytes()[3];
-            }
-            b
-        };
+        let block = |i: u64| noise(1 << 20, i);
         let mut failed_at = None;
         for i in 0..40 {
             let b = block(i);
@@ -970,19 +971,7 @@ mod tests {
             let store = Store::init(Arc::clone(&be), cfg).expect("init");
             let mut w = store.writer(Compression::none()).expect("writer");
             // 25 MiB of distinct 1 MiB blocks: three packs of up to three pieces.
-            let mut x = 0x9e37_79b9_7f4a_7c15u64;
-            let blocks: Vec<Vec<u8>> = (0..25)
-                .map(|_| {
-                    (0..1 << 20)
-                        .map(|_| {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                            x as u8
-                        })
-                        .collect()
-                })
-                .collect();
+            let blocks: Vec<Vec<u8>> = (0..25).map(|i| noise(1 << 20, i)).collect();
             for b in &blocks {
                 assert!(w.add(Id::of(b), BlobKind::Data, b).expect("add"));
             }

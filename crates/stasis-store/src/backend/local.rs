@@ -143,6 +143,22 @@ impl LocalBackend {
         Ok(())
     }
 
+    /// A new temporary file in `dir` (`.tmp-<pid>-<n>`), open for writing and locked.
+    /// The lock is held until the file is closed, after its rename or removal: it tells
+    /// gc the writer is alive (`remove_if_stale`). Where locks are not supported gc
+    /// cannot take it either, and leaves the file.
+    fn temporary(&self, dir: &Path) -> Result<(PathBuf, File)> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .ctx(|| format!("creating {}", tmp.display()))?;
+        let _ = flock(&file, FlockOperation::NonBlockingLockExclusive);
+        Ok((tmp, file))
+    }
+
     /// The writer's pid in a temporary's name (`.tmp-<pid>-<n>`); `None` for any
     /// other name.
     fn temporary_pid(name: &str) -> Option<u32> {
@@ -303,17 +319,7 @@ impl Backend for LocalBackend {
         check_prefix(prefix)?;
         let dir = self.root.join(prefix);
         self.make_dirs(&dir)?;
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .ctx(|| format!("creating {}", tmp.display()))?;
-        // Held until the temporary is renamed or removed: it tells gc the writer is
-        // alive (`remove_if_stale`). Where locks are not supported gc cannot take it
-        // either, and leaves the file.
-        let _ = flock(&file, FlockOperation::NonBlockingLockExclusive);
+        let (tmp, file) = self.temporary(&dir)?;
         Ok(Box::new(LocalPartial {
             backend: self,
             file,
@@ -328,12 +334,8 @@ impl Backend for LocalBackend {
         let path = self.path(key)?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         self.make_dirs(&dir)?;
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!("{TMP_PREFIX}{}-{n}", std::process::id()));
+        let (tmp, mut f) = self.temporary(&dir)?;
         let result = (|| -> std::io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            // As in `create`: gc never removes a temporary whose writer holds this.
-            let _ = flock(&f, FlockOperation::NonBlockingLockExclusive);
             f.write_all(data)?;
             f.sync_data()?;
             fs::rename(&tmp, &path)
