@@ -108,6 +108,7 @@ fn pack_write(c: &mut Criterion) {
                         codec::Codec::Raw,
                         blk.len() as u32,
                         blk,
+                        0,
                     )
                     .ok(),
                 );

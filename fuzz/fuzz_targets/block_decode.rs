@@ -1,6 +1,6 @@
 //! Stored block bytes under every codec: errors, never panics, never a wrong length;
-//! shared frames, which never decode past their bound; and deltas, against a base made
-//! from the input's own bytes.
+//! shared frames, which never decode past their bound, with or without a reference
+//! table; and deltas, against a base made from the input's own bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,7 +10,7 @@ use stasis_store::codec::{
 
 fuzz_target!(|data: &[u8]| {
     let Some((&c, rest)) = data.split_first() else { return };
-    let Ok(codec) = Codec::from_u8(c % 5) else { return };
+    let Ok(codec) = Codec::from_u8(c % 7) else { return };
     let raw_len = usize::from(c) * 97;
     let mut out = Vec::new();
     if decompress(codec, rest, raw_len, &mut out).is_ok() {
@@ -18,6 +18,12 @@ fuzz_target!(|data: &[u8]| {
     }
     if decompress_frame(rest, &mut out).is_ok() {
         assert!(out.len() <= MAX_FRAME_BYTES);
+    }
+    if let Ok((refs, frame)) = stasis_store::frame::split_refs(rest) {
+        assert!(refs.windows(2).all(|w| w[0].0 < w[1].0));
+        if decompress_frame(frame, &mut out).is_ok() {
+            assert!(out.len() <= MAX_FRAME_BYTES);
+        }
     }
     if let Ok((base_id, frame)) = split_delta(rest) {
         if decompress_delta(frame, &base_id, raw_len, &mut out).is_ok() {

@@ -215,10 +215,14 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         ratio(snap.uncompressed_size_bytes, snap.compressed_size_bytes),
         secs
     );
+    let new: u64 = stats.iter().map(|s| s.new_blocks).sum();
     let deltas: u64 = stats.iter().map(|s| s.delta_blocks).sum();
     if deltas > 0 {
-        let new: u64 = stats.iter().map(|s| s.new_blocks).sum();
         println!("{deltas} of {new} new blocks stored as deltas on the parent's blocks");
+    }
+    let xored: u64 = stats.iter().map(|s| s.xor_blocks).sum();
+    if xored > 0 {
+        println!("{xored} of {new} new blocks stored XORed with similar stored blocks");
     }
     Ok(())
 }

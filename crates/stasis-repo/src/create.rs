@@ -217,7 +217,14 @@ pub fn create(
                         .find(|pp| pp.name == i.name && pp.role == i.role)
                 })
                 .map(|pp| &pp.manifest);
-            ingest::ingest_full(&mut writer, &inp.file, inp.size, bs, base, &advance)
+            // Memory pages also recur with small edits at other offsets and in other
+            // VMs booted from the same image: they are stored XORed with a similar
+            // stored page where that pays (README, "Guest memory").
+            let opts = ingest::FullOptions {
+                parent: base,
+                similar: i.role == Role::Memory,
+            };
+            ingest::ingest_full_with(&mut writer, &inp.file, inp.size, bs, opts, &advance)
                 .map_err(Error::from)
         }
         .map_err(|e| match e {

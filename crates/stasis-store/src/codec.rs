@@ -180,6 +180,16 @@ pub enum Codec {
     /// a delta, so a read decodes at most two blocks. Used where a block has a close
     /// predecessor: a guest memory page that changed between two snapshots of one VM.
     ZstdDelta = 4,
+    /// A member of a shared frame that carries a reference table (see
+    /// [`crate::frame::split_refs`]), stored as it is: read like [`Codec::ZstdFrame`],
+    /// past the table.
+    ZstdFrameRefs = 5,
+    /// A member of a shared frame with a reference table whose bytes in the decoded
+    /// frame are its XOR with another stored block, its *reference*, named in the
+    /// table. Used for a guest memory page that differs in a few words from a page
+    /// stored earlier anywhere in the repository (see [`crate::similarity`]). Like a
+    /// delta's base, a reference is a whole block, so a read decodes at most two.
+    ZstdFrameXor = 6,
 }
 
 /// The most bytes a shared frame may decode to (a bound on what a damaged or hostile
@@ -195,8 +205,25 @@ impl Codec {
             2 => Ok(Codec::Lz4),
             3 => Ok(Codec::ZstdFrame),
             4 => Ok(Codec::ZstdDelta),
+            5 => Ok(Codec::ZstdFrameRefs),
+            6 => Ok(Codec::ZstdFrameXor),
             _ => Err(Error::corrupt(format!("unknown block codec {b}"))),
         }
+    }
+
+    /// Whether a blob of this codec is a member of a shared frame (its entry names the
+    /// frame's stored range and a skip into the decoded frame).
+    pub fn in_frame(self) -> bool {
+        matches!(
+            self,
+            Codec::ZstdFrame | Codec::ZstdFrameRefs | Codec::ZstdFrameXor
+        )
+    }
+
+    /// Whether a blob of this codec is read through another block (a delta's base, an
+    /// XOR member's reference). Such a blob is never itself a base or reference.
+    pub fn has_base(self) -> bool {
+        matches!(self, Codec::ZstdDelta | Codec::ZstdFrameXor)
     }
 }
 
@@ -417,6 +444,11 @@ pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize, out: &mut Vec<u8>
         Codec::ZstdDelta => {
             return Err(Error::corrupt(
                 "a delta block decodes only against its base (see decompress_delta)",
+            ));
+        }
+        Codec::ZstdFrameRefs | Codec::ZstdFrameXor => {
+            return Err(Error::corrupt(
+                "a member of a frame with references decodes only through its frame",
             ));
         }
         Codec::Lz4 => {

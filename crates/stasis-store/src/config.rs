@@ -11,15 +11,21 @@ use crate::manifest::DEFAULT_FANOUT;
 
 /// Version of the repository layout this code writes. Version 2 adds delta blocks
 /// ([`crate::codec::Codec::ZstdDelta`]) and compressed pack tables and index files
-/// ([`crate::raw::COMPACT_FORMAT_VERSION`]); a version 1 repository stays readable by
-/// earlier releases, because nothing writes those into it.
-pub const REPO_VERSION: u32 = 2;
+/// ([`crate::raw::COMPACT_FORMAT_VERSION`]); version 3 adds frames whose members may be
+/// XORed with similar blocks ([`crate::codec::Codec::ZstdFrameXor`]) and index files
+/// with similarity features ([`crate::raw::FEATURES_FORMAT_VERSION`]). A repository
+/// stays readable by the releases of its version, because nothing newer is written
+/// into it.
+pub const REPO_VERSION: u32 = 3;
 
 /// The oldest layout this code reads (and writes, in its own terms).
 pub const MIN_REPO_VERSION: u32 = 1;
 
 /// The first layout that may hold delta blocks and compressed tables.
 pub const DELTA_REPO_VERSION: u32 = 2;
+
+/// The first layout that may hold XOR frame members and similarity features.
+pub const SIMILAR_REPO_VERSION: u32 = 3;
 
 /// Smallest block size.
 pub const MIN_BLOCK_SIZE: u32 = 4096;
@@ -182,6 +188,17 @@ impl RepoConfig {
             crate::raw::COMPACT_FORMAT_VERSION
         } else {
             crate::raw::FORMAT_VERSION
+        }
+    }
+
+    /// The format version of the index files written here: with similarity features
+    /// ([`crate::raw::FEATURES_FORMAT_VERSION`]) from repository version 3 on, else as
+    /// [`RepoConfig::object_format`].
+    pub fn index_format(&self) -> u32 {
+        if self.version >= SIMILAR_REPO_VERSION {
+            crate::raw::FEATURES_FORMAT_VERSION
+        } else {
+            self.object_format()
         }
     }
 

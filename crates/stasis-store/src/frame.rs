@@ -9,22 +9,115 @@
 //! Dedup stays per block. A read decodes the whole frame, so frames are kept small
 //! (a random 4 KiB read decodes at most one frame) and decoded frames are cached here
 //! so that a sequential reader decodes each one once.
+//!
+//! A frame some of whose members are stored XORed with a similar block
+//! ([`crate::codec::Codec::ZstdFrameXor`], see [`crate::similarity`]) starts with a
+//! reference table before its zstd frame (all its members' codecs say so):
+//! a u16 count `n` (at least 1), then `n` entries of a u16 skip (in
+//! [`FRAME_SKIP_UNIT`]s, strictly increasing) and the 32-byte id of the reference of
+//! the member at that skip; all little-endian.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
 use crate::backend::Backend;
-use crate::codec;
-use crate::error::Result;
-use crate::id::PackId;
+use crate::codec::{self, Codec};
+use crate::error::{Error, Result};
+use crate::id::{BlockId, Id, PackId};
 use crate::index::Location;
 use crate::pack::{self, FRAME_SKIP_UNIT};
 
 /// Bound of the frame cache of one pass over whole packs (verify, gc's repack,
 /// repair), which reads each frame's members one after another.
 pub const SCAN_CACHE_BYTES: u64 = 16 << 20;
+
+/// Bytes of one reference table entry: a u16 skip and a 32-byte id.
+pub const REF_ENTRY: usize = 34;
+
+/// Append the reference table of `refs` (each member's skip in bytes and its
+/// reference, in increasing skip order) to `out`. At most [`u16::MAX`] entries.
+pub fn encode_refs(refs: &[(u32, BlockId)], out: &mut Vec<u8>) -> Result<()> {
+    let bad = |m: &str| Error::new(crate::ErrorKind::InvalidInput, format!("references: {m}"));
+    let n = u16::try_from(refs.len()).map_err(|_| bad("too many"))?;
+    if n == 0 {
+        return Err(bad("none"));
+    }
+    out.extend_from_slice(&n.to_le_bytes());
+    let mut last: Option<u32> = None;
+    for (skip, id) in refs {
+        if !skip.is_multiple_of(FRAME_SKIP_UNIT) || *skip > pack::MAX_FRAME_SKIP {
+            return Err(bad("unaligned skip"));
+        }
+        if last.is_some_and(|l| l >= *skip) {
+            return Err(bad("out of order"));
+        }
+        last = Some(*skip);
+        out.extend_from_slice(&((skip / FRAME_SKIP_UNIT) as u16).to_le_bytes());
+        out.extend_from_slice(&id.0);
+    }
+    Ok(())
+}
+
+/// The length of the reference table at the front of `head` (the first bytes of a
+/// frame's stored range, at least 2), for a reader that fetches only the table.
+pub fn refs_len(head: &[u8]) -> Result<usize> {
+    let n = head
+        .first_chunk::<2>()
+        .map(|b| u16::from_le_bytes(*b))
+        .ok_or_else(|| Error::corrupt("frame too short for its reference table"))?;
+    if n == 0 {
+        return Err(Error::corrupt("frame has an empty reference table"));
+    }
+    Ok(2 + usize::from(n) * REF_ENTRY)
+}
+
+/// A frame's reference table: each XOR member's skip in bytes and its reference.
+pub type References = Vec<(u32, BlockId)>;
+
+/// The reference table and the zstd frame of a frame's stored bytes that start with
+/// one.
+pub fn split_refs(stored: &[u8]) -> Result<(References, &[u8])> {
+    let len = refs_len(stored)?;
+    if stored.len() <= len {
+        return Err(Error::corrupt(
+            "frame too short for its reference table and data",
+        ));
+    }
+    let (table, frame) = stored.split_at(len);
+    let mut refs = Vec::with_capacity((len - 2) / REF_ENTRY);
+    for e in table[2..].chunks_exact(REF_ENTRY) {
+        let skip = u32::from(u16::from_le_bytes([e[0], e[1]])) * FRAME_SKIP_UNIT;
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&e[2..]);
+        if refs.last().is_some_and(|(l, _)| *l >= skip) {
+            return Err(Error::corrupt("frame reference table is out of order"));
+        }
+        refs.push((skip, Id(id)));
+    }
+    Ok((refs, frame))
+}
+
+/// A decoded frame: its bytes and, for a frame with a reference table, each XOR
+/// member's skip and reference.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// The decoded bytes.
+    pub bytes: Bytes,
+    /// (skip, reference) of the members stored XORed, by skip; empty for a plain frame.
+    pub refs: Arc<[(u32, BlockId)]>,
+}
+
+impl Frame {
+    /// The reference of the member at `skip`, if it is stored XORed.
+    pub fn reference(&self, skip: u32) -> Option<BlockId> {
+        self.refs
+            .binary_search_by_key(&skip, |(s, _)| *s)
+            .ok()
+            .map(|i| self.refs[i].1)
+    }
+}
 
 /// Recently decoded frames by (pack, offset), most recent first, bounded in bytes.
 ///
@@ -33,7 +126,7 @@ pub const SCAN_CACHE_BYTES: u64 = 16 << 20;
 /// it to a small probation part where a 256 KiB frame does not fit.
 #[derive(Debug)]
 pub struct FrameCache {
-    frames: Mutex<VecDeque<((PackId, u64), Bytes)>>,
+    frames: Mutex<VecDeque<((PackId, u64), Frame)>>,
     max_bytes: usize,
 }
 
@@ -46,19 +139,20 @@ impl FrameCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<((PackId, u64), Bytes)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<((PackId, u64), Frame)>> {
         self.frames.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The decoded frame that `loc` (a [`crate::codec::Codec::ZstdFrame`] member of
-    /// `pack`) lies in; read and decoded on a miss (damaged frames are not cached).
-    pub fn frame(&self, backend: &dyn Backend, pack: &PackId, loc: &Location) -> Result<Bytes> {
+    /// The decoded frame that `loc` (a member of a shared frame of `pack`, see
+    /// [`Codec::in_frame`]) lies in; read and decoded on a miss (damaged frames are not
+    /// cached).
+    pub fn frame(&self, backend: &dyn Backend, pack: &PackId, loc: &Location) -> Result<Frame> {
         let key = (*pack, loc.offset);
         {
             let mut frames = self.lock();
             if let Some(at) = frames.iter().position(|(k, _)| *k == key) {
                 let hit = frames.remove(at);
-                let bytes = hit.as_ref().map(|(_, b)| b.clone());
+                let bytes = hit.as_ref().map(|(_, f)| f.clone());
                 if let Some(hit) = hit {
                     frames.push_front(hit);
                 }
@@ -73,19 +167,27 @@ impl FrameCache {
             &pkey,
             Some(loc.offset..loc.offset + u64::from(loc.stored_len)),
         )?;
+        let at = |e: Error| e.context(format!("frame at {} in {pkey}", loc.offset));
+        let (refs, zstd) = match loc.codec {
+            Codec::ZstdFrame => (Vec::new(), &stored[..]),
+            Codec::ZstdFrameRefs | Codec::ZstdFrameXor => split_refs(&stored).map_err(at)?,
+            c => return Err(at(Error::corrupt(format!("{c:?} is not a frame member")))),
+        };
         let mut out = Vec::new();
-        codec::decompress_frame(&stored, &mut out)
-            .map_err(|e| e.context(format!("frame at {} in {pkey}", loc.offset)))?;
-        let b = Bytes::from(out);
+        codec::decompress_frame(zstd, &mut out).map_err(at)?;
+        let f = Frame {
+            bytes: Bytes::from(out),
+            refs: refs.into(),
+        };
         let mut frames = self.lock();
         if !frames.iter().any(|(k, _)| *k == key) {
-            frames.push_front((key, b.clone()));
-            let mut total: usize = frames.iter().map(|(_, f)| f.len()).sum();
+            frames.push_front((key, f.clone()));
+            let mut total: usize = frames.iter().map(|(_, f)| f.bytes.len()).sum();
             while total > self.max_bytes && frames.len() > 1 {
-                total -= frames.pop_back().map_or(0, |(_, f)| f.len());
+                total -= frames.pop_back().map_or(0, |(_, f)| f.bytes.len());
             }
         }
-        Ok(b)
+        Ok(f)
     }
 }
 
@@ -139,11 +241,7 @@ mod tests {
             let ms: Vec<FrameMember> = blocks
                 .iter()
                 .enumerate()
-                .map(|(k, d)| FrameMember {
-                    id: Id::of(d),
-                    raw_len: d.len() as u32,
-                    skip: (k as u32) << 16,
-                })
+                .map(|(k, d)| FrameMember::plain(Id::of(d), d.len() as u32, (k as u32) << 16))
                 .collect();
             let mut stored = Vec::new();
             let c = compress(Compression::default(), &blocks.concat(), &mut stored);
@@ -158,7 +256,8 @@ mod tests {
         let cache = FrameCache::new(512 << 10);
         for f in 0..3 {
             let frame = cache.frame(&be, &pid, &loc(f, 0)).expect("decode");
-            assert_eq!(frame.len(), 256 << 10);
+            assert_eq!(frame.bytes.len(), 256 << 10);
+            assert!(frame.refs.is_empty());
         }
         // With the pack gone, the newest frames still serve every member; the oldest,
         // evicted past 512 KiB, does not.
@@ -167,7 +266,7 @@ mod tests {
             for (k, m) in ms.iter().enumerate() {
                 let frame = cache.frame(&be, &pid, &loc(f, k)).expect("cached");
                 let s = m.skip as usize;
-                assert_eq!(Id::of(&frame[s..s + m.raw_len as usize]), m.id);
+                assert_eq!(Id::of(&frame.bytes[s..s + m.raw_len as usize]), m.id);
             }
         }
         assert!(cache.frame(&be, &pid, &loc(0, 1)).is_err());
@@ -181,6 +280,52 @@ mod tests {
         assert_eq!(plan(&[k, 100, k, k], 16 * k), vec![0..2, 2..4]);
         assert_eq!(plan(&[k, 64 * k, k], 16 * k), vec![0..1, 1..2, 2..3]);
         assert!(plan(&[], 16 * k).is_empty());
+    }
+
+    proptest! {
+        /// A reference table reads back as written, and the frame after it is found;
+        /// a cut or unordered table is corrupt, never misread.
+        #[test]
+        fn reference_tables_round_trip(
+            skips in proptest::collection::btree_set(0u32..64, 1..20),
+            tail in proptest::collection::vec(any::<u8>(), 1..50),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let refs: Vec<(u32, BlockId)> = skips
+                .iter()
+                .map(|s| (s * FRAME_SKIP_UNIT, Id::of(&s.to_le_bytes())))
+                .collect();
+            let mut stored = Vec::new();
+            encode_refs(&refs, &mut stored).expect("encode");
+            prop_assert_eq!(refs_len(&stored).expect("len"), stored.len());
+            stored.extend_from_slice(&tail);
+            let (back, frame) = split_refs(&stored).expect("split");
+            prop_assert_eq!(&back, &refs);
+            prop_assert_eq!(frame, &tail[..]);
+            let table_len = stored.len() - tail.len();
+            prop_assert!(split_refs(&stored[..cut.index(table_len + 1)]).is_err());
+            if refs.len() > 1 {
+                let mut swapped = refs.clone();
+                swapped.swap(0, 1);
+                prop_assert!(encode_refs(&swapped, &mut Vec::new()).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn bad_reference_tables_are_refused() {
+        let id = Id::of(b"r");
+        assert!(encode_refs(&[], &mut Vec::new()).is_err());
+        assert!(encode_refs(&[(100, id)], &mut Vec::new()).is_err());
+        // A table whose count is zero, or whose skips repeat.
+        assert!(split_refs(&[0, 0, 1, 2, 3]).is_err());
+        let mut t = vec![2, 0];
+        for _ in 0..2 {
+            t.extend_from_slice(&[1, 0]);
+            t.extend_from_slice(&id.0);
+        }
+        t.push(9);
+        assert!(split_refs(&t).is_err());
     }
 
     proptest! {

@@ -11,7 +11,8 @@
 //!    writers, or being written right now).
 //! 2. **Mark** every blob reachable from the roots (the catalog's snapshots): tree nodes
 //!    and data blocks, each shared subtree walked once, so the cost follows the live data;
-//!    then the base of every live delta block (a delta is read through its base).
+//!    then the base of every live delta block and the reference of every live XOR
+//!    member (each is read through it).
 //! 3. **Plan**: each live blob is owned by one pack (the first that holds it, preferring
 //!    a whole copy to a delta copy). A pack owning no live blob is deleted; one whose
 //!    live share (by stored bytes) is below the threshold is repacked, and so are small
@@ -20,8 +21,8 @@
 //!    references.
 //! 4. **Publish** the plan (`gc/<blake3>`: dead blob ids and packs to remove), synced.
 //!    From now on a new write session reads the plan when it starts and never
-//!    deduplicates against a dead blob, nor stores a delta on one; it stores its own
-//!    copy.
+//!    deduplicates against a dead blob, nor stores a delta on one or XORs a block with
+//!    one; it stores its own copy.
 //! 5. **Wait** for every write session registered before the plan was published: such a
 //!    session may have deduplicated against a dead blob. Then **mark again** from the
 //!    roots (snapshots committed meanwhile are walked; the rest were seen) and re-plan
@@ -52,7 +53,6 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::Backend;
-use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{self, FrameCache};
 use crate::id::{BlockId, Id, PackId};
@@ -318,21 +318,22 @@ fn mark(
     Ok(n)
 }
 
-/// Mark the base of every live delta ([`Codec::ZstdDelta`]): a delta reads its base,
-/// so the base lives as long as the delta. A base is never a delta, so one pass marks
-/// them all. A delta whose base cannot be read stops gc rather than guess.
+/// Mark the base of every live delta ([`Codec::ZstdDelta`]) and the reference of every
+/// live XOR member ([`Codec::ZstdFrameXor`]): such a block is read through it, so it
+/// lives as long as the block. A base is never read through a base itself, so one pass
+/// marks them all. A block whose base cannot be read stops gc rather than guess.
 fn mark_bases(store: &Store, live: &mut IdSet) -> Result<()> {
     let deltas: Vec<BlockId> = {
         let idx = store.index();
         live.iter()
-            .filter(|id| idx.get(id).is_some_and(|l| l.codec == Codec::ZstdDelta))
+            .filter(|id| idx.get(id).is_some_and(|l| l.codec.has_base()))
             .copied()
             .collect()
     };
     for id in deltas {
         if let Some(base) = store
             .base_of(&id)
-            .map_err(|e| e.context("reading the base of a live delta"))?
+            .map_err(|e| e.context("reading the base of a live block"))?
         {
             live.insert(base);
         }
@@ -380,14 +381,14 @@ fn decide(files: &Files, live: &IdSet, repack_below: f64, pack_size: u64) -> Dec
         .filter(|v| v.len() >= 2)
         .flatten()
         .collect();
-    // A block stored both whole and as a delta (a create that started after a plan
-    // masked it stores its own copy, while an earlier create's delta keeps the old one
-    // live) is owned by a whole copy: a delta's base must stay readable whole.
+    // A block stored both whole and as a delta or XOR member (a create that started
+    // after a plan masked it stores its own copy, while an earlier create's delta keeps
+    // the old one live) is owned by a whole copy: a base must stay readable whole.
     let whole: IdSet = files
         .packs
         .values()
         .flatten()
-        .filter(|e| e.codec != Codec::ZstdDelta)
+        .filter(|e| !e.codec.has_base())
         .map(|e| e.id)
         .collect();
     let mut owned = IdSet::default();
@@ -401,7 +402,7 @@ fn decide(files: &Files, live: &IdSet, repack_below: f64, pack_size: u64) -> Dec
         for (e, share) in entries.iter().zip(pack::stored_shares(entries)) {
             let cost = share + 56;
             total += cost;
-            let may_own = e.codec != Codec::ZstdDelta || !whole.contains(&e.id);
+            let may_own = !e.codec.has_base() || !whole.contains(&e.id);
             if live.contains(&e.id) && may_own && owned.insert(e.id) {
                 live_bytes += cost;
                 mine_stored += share;
@@ -522,7 +523,7 @@ pub fn collect(
         // Nothing to remove; merging many index files needs no plan (no pack goes).
         rewrite_index(
             backend,
-            store.config().object_format(),
+            store.config().index_format(),
             &files,
             &HashSet::new(),
             &mut report,
@@ -620,7 +621,7 @@ pub fn collect(
     let removed: HashSet<PackId> = d.delete.iter().chain(&d.repack).copied().collect();
     rewrite_index(
         backend,
-        store.config().object_format(),
+        store.config().index_format(),
         &files,
         &removed,
         &mut report,
@@ -719,6 +720,7 @@ fn fill(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Codec;
     use proptest::prelude::*;
 
     proptest! {
@@ -744,6 +746,7 @@ mod tests {
                 stored_len: 100,
                 raw_len: 4096,
                 skip: 0,
+                feature: 0,
             };
             let delta = PackEntry { codec: Codec::ZstdDelta, stored_len: 60, ..whole };
             let (p0, p1) = (Id([0; 32]), Id([1; 32]));

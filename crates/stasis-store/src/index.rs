@@ -34,7 +34,7 @@ pub struct Location {
     pub codec: Codec,
     /// Data or tree.
     pub kind: BlobKind,
-    /// Where the blob starts in its decoded frame ([`Codec::ZstdFrame`]), else zero.
+    /// Where the blob starts in its decoded frame ([`Codec::in_frame`]), else zero.
     pub skip: u32,
 }
 
@@ -66,6 +66,8 @@ pub struct Index {
     blobs: HashMap<BlockId, Location, FxBuildHasher>,
     /// Indexed members of each shared frame, by (pack position, offset).
     frame_members: HashMap<(u32, u64), u32, FxBuildHasher>,
+    /// A block with each similarity feature (the first indexed), for references.
+    similar: HashMap<u32, BlockId, FxBuildHasher>,
     /// The index files this was loaded from.
     files: Vec<String>,
 }
@@ -170,28 +172,37 @@ impl Index {
                 v.insert(Location::of(slot, e));
             }
             std::collections::hash_map::Entry::Occupied(mut o) => {
-                if o.get().codec != Codec::ZstdDelta || e.codec == Codec::ZstdDelta {
+                if !o.get().codec.has_base() || e.codec.has_base() {
                     return;
                 }
                 o.insert(Location::of(slot, e));
             }
         }
-        if e.codec == Codec::ZstdFrame {
+        if e.codec.in_frame() {
             *self.frame_members.entry((slot, e.offset)).or_insert(0) += 1;
         }
+        if e.feature != 0 && !e.codec.has_base() {
+            self.similar.entry(e.feature).or_insert(e.id);
+        }
+    }
+
+    /// A stored block with similarity feature `feature`, if any (it may since have
+    /// been stored another way, or removed: check with [`Index::get`]).
+    pub fn similar(&self, feature: u32) -> Option<BlockId> {
+        self.similar.get(&feature).copied()
     }
 
     /// The stored bytes `loc` accounts for: its stored length, or an even share of its
     /// frame's among the frame's indexed members.
     pub fn stored_share(&self, loc: &Location) -> u64 {
-        let n = match loc.codec {
-            Codec::ZstdFrame => self
-                .frame_members
+        let n = if loc.codec.in_frame() {
+            self.frame_members
                 .get(&(loc.pack, loc.offset))
                 .copied()
                 .unwrap_or(1)
-                .max(1),
-            _ => 1,
+                .max(1)
+        } else {
+            1
         };
         u64::from(loc.stored_len) / u64::from(n)
     }
@@ -247,13 +258,17 @@ impl Index {
 /// Encode an index file for `packs` (each with its entries). Returns its key and bytes.
 ///
 /// `version` is [`raw::FORMAT_VERSION`] (entries sorted by id, as earlier releases
-/// read) or [`raw::COMPACT_FORMAT_VERSION`] (entries in pack order, and everything after
+/// read), [`raw::COMPACT_FORMAT_VERSION`] (entries in pack order, and everything after
 /// the header one zstd frame: neighbouring entries share their pack, frame and
-/// lengths, so the entries shrink to little more than their ids).
+/// lengths, so the entries shrink to little more than their ids) or
+/// [`raw::FEATURES_FORMAT_VERSION`] (compact, with each entry's similarity feature).
+/// Features are dropped in the older formats.
 pub fn encode_file(packs: &[(PackId, Vec<PackEntry>)], version: u32) -> (String, Vec<u8>) {
     let mut entries: Vec<raw::IndexEntry> = Vec::new();
+    let mut features: Vec<u8> = Vec::new();
     for (pos, (_, es)) in packs.iter().enumerate() {
         for e in es {
+            features.extend_from_slice(&e.feature.to_le_bytes());
             entries.push(raw::IndexEntry {
                 id: e.id.0,
                 pack: U32::new(u32::try_from(pos).unwrap_or(u32::MAX)),
@@ -272,13 +287,21 @@ pub fn encode_file(packs: &[(PackId, Vec<PackEntry>)], version: u32) -> (String,
     }
     // Compact: entries in pack order, compressed with the pack ids. Plain (also when zstd
     // fails, out of memory say): entries sorted by id, as earlier releases wrote them.
-    let compact = (version == raw::COMPACT_FORMAT_VERSION)
-        .then(|| pack::compress_table(&[&body[..], entries.as_bytes()].concat()))
+    let with_features = version == raw::FEATURES_FORMAT_VERSION;
+    let compact = (version == raw::COMPACT_FORMAT_VERSION || with_features)
+        .then(|| {
+            let features: &[u8] = if with_features { &features } else { &[] };
+            pack::compress_table(&[&body[..], entries.as_bytes(), features].concat())
+        })
         .flatten();
     let version = match compact {
         Some(c) => {
             body = c;
-            raw::COMPACT_FORMAT_VERSION
+            if with_features {
+                raw::FEATURES_FORMAT_VERSION
+            } else {
+                raw::COMPACT_FORMAT_VERSION
+            }
         }
         None => {
             entries.sort_by_key(|e| e.id);
@@ -317,17 +340,27 @@ pub fn decode_file(bytes: &[u8]) -> Result<DecodedFile> {
     let (header, rest) = raw::IndexHeader::read_from_prefix(body)
         .map_err(|_| Error::corrupt("index file header is short"))?;
     let version = header.version.get();
-    if header.magic != raw::INDEX_MAGIC
-        || ![raw::FORMAT_VERSION, raw::COMPACT_FORMAT_VERSION].contains(&version)
-    {
+    let known = [
+        raw::FORMAT_VERSION,
+        raw::COMPACT_FORMAT_VERSION,
+        raw::FEATURES_FORMAT_VERSION,
+    ];
+    if header.magic != raw::INDEX_MAGIC || !known.contains(&version) {
         return Err(Error::corrupt("index file has a bad magic or version"));
     }
     let npacks = header.pack_count.get() as usize;
     let nentries = usize::try_from(header.entry_count.get())
         .map_err(|_| Error::corrupt("index entry count"))?;
-    let want = npacks
-        .checked_mul(32)
-        .and_then(|p| nentries.checked_mul(56).and_then(|e| e.checked_add(p)));
+    let per_entry = if version == raw::FEATURES_FORMAT_VERSION {
+        56 + 4
+    } else {
+        56
+    };
+    let want = npacks.checked_mul(32).and_then(|p| {
+        nentries
+            .checked_mul(per_entry)
+            .and_then(|e| e.checked_add(p))
+    });
     let plain: Vec<u8>;
     let rest: &[u8] = if version == raw::FORMAT_VERSION {
         rest
@@ -340,6 +373,7 @@ pub fn decode_file(bytes: &[u8]) -> Result<DecodedFile> {
         return Err(Error::corrupt("index file size does not match its header"));
     }
     let (pack_bytes, entry_bytes) = rest.split_at(npacks * 32);
+    let (entry_bytes, feature_bytes) = entry_bytes.split_at(nentries * 56);
     let packs: Vec<PackId> = pack_bytes
         .chunks_exact(32)
         .map(|c| {
@@ -351,23 +385,25 @@ pub fn decode_file(bytes: &[u8]) -> Result<DecodedFile> {
     let raws = <[raw::IndexEntry]>::ref_from_bytes(entry_bytes)
         .map_err(|_| Error::corrupt("index entries misaligned"))?;
     let mut out = Vec::with_capacity(raws.len());
+    let mut features = feature_bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     for r in raws {
         let pack = r.pack.get();
         if pack as usize >= npacks {
             return Err(Error::corrupt("index entry names a pack outside its table"));
         }
-        out.push((
-            pack,
-            pack::entry_from_raw(
-                r.id,
-                r.kind,
-                r.codec,
-                r.offset.get(),
-                r.stored_len.get(),
-                r.raw_len.get(),
-                r.frame_skip.get(),
-            )?,
-        ));
+        let e = pack::entry_from_raw(
+            r.id,
+            r.kind,
+            r.codec,
+            r.offset.get(),
+            r.stored_len.get(),
+            r.raw_len.get(),
+            r.frame_skip.get(),
+        )?;
+        let feature = features.next().unwrap_or(0);
+        out.push((pack, PackEntry { feature, ..e }));
     }
     Ok((packs, out))
 }
@@ -390,13 +426,25 @@ mod tests {
             stored_len: 10 + u32::from(seed),
             raw_len: 100,
             skip: 0,
+            feature: if seed.is_multiple_of(3) {
+                0
+            } else {
+                u32::from(seed) * 0x0101_0101
+            },
         }
+    }
+
+    fn versions() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            Just(raw::FORMAT_VERSION),
+            Just(raw::COMPACT_FORMAT_VERSION),
+            Just(raw::FEATURES_FORMAT_VERSION),
+        ]
     }
 
     proptest! {
         #[test]
-        fn file_roundtrip(sizes in proptest::collection::vec(0usize..20, 0..5), compact in any::<bool>()) {
-            let version = if compact { raw::COMPACT_FORMAT_VERSION } else { raw::FORMAT_VERSION };
+        fn file_roundtrip(sizes in proptest::collection::vec(0usize..20, 0..5), version in versions()) {
             let mut seed = 0u8;
             let packs: Vec<(PackId, Vec<PackEntry>)> = sizes
                 .iter()
@@ -413,8 +461,17 @@ mod tests {
             prop_assert_eq!(dp.len(), packs.len());
             let total: usize = packs.iter().map(|(_, e)| e.len()).sum();
             prop_assert_eq!(de.len(), total);
+            // Features survive in the format that holds them, and only there.
+            let keeps = version == raw::FEATURES_FORMAT_VERSION;
             for (p, e) in de {
-                prop_assert!(packs[p as usize].1.contains(&e));
+                let strip = |x: &PackEntry| PackEntry { feature: if keeps { x.feature } else { 0 }, ..*x };
+                let found = packs[p as usize].1.iter().any(|x| strip(x) == strip(&e));
+                prop_assert!(found);
+                if keeps {
+                    prop_assert!(packs[p as usize].1.contains(&e));
+                } else {
+                    prop_assert_eq!(e.feature, 0);
+                }
             }
         }
 
@@ -430,6 +487,7 @@ mod tests {
                     stored_len: 9000,
                     raw_len: 4096,
                     skip: (k % 64) as u32 * 4096,
+                    feature: 0,
                 })
                 .collect();
             let packs = vec![(Id::of(b"p"), es)];
@@ -458,13 +516,29 @@ mod tests {
         }
 
         #[test]
+        fn features_name_a_whole_block(first in any::<bool>()) {
+            // Two blocks with one feature: the first indexed is found; a block read
+            // through a base never is (a reference must be whole).
+            let (a, mut b) = (entry(1, 32), entry(2, 200));
+            b.feature = a.feature;
+            let xor = PackEntry { id: Id::of(b"x"), codec: Codec::ZstdFrameXor, feature: 77, ..a };
+            let mut idx = Index::new();
+            idx.insert(Id::of(b"p"), &xor);
+            let (x, y) = if first { (a, b) } else { (b, a) };
+            idx.insert(Id::of(b"p"), &x);
+            idx.insert(Id::of(b"p"), &y);
+            prop_assert_eq!(idx.similar(a.feature), Some(x.id));
+            prop_assert_eq!(idx.similar(77), None);
+            prop_assert_eq!(idx.similar(0), None);
+        }
+
+        #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode_file(&bytes);
         }
 
         #[test]
-        fn any_flip_is_detected(pos in any::<prop::sample::Index>(), flip in 1u8..=255, compact in any::<bool>()) {
-            let version = if compact { raw::COMPACT_FORMAT_VERSION } else { raw::FORMAT_VERSION };
+        fn any_flip_is_detected(pos in any::<prop::sample::Index>(), flip in 1u8..=255, version in versions()) {
             let packs = vec![(Id::of(b"p"), vec![entry(1, 32), entry(2, 200)])];
             let (_, mut bytes) = encode_file(&packs, version);
             let i = pos.index(bytes.len());

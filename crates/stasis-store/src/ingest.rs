@@ -24,6 +24,7 @@ use crate::frame;
 use crate::id::{BlockId, Id};
 use crate::manifest::{self, BlockRef, Manifest, TreeBuilder};
 use crate::pack::{BlobKind, FrameMember};
+use crate::similarity;
 use crate::source::{data_regions, is_zero};
 use crate::store::{Bases, Writer};
 
@@ -52,6 +53,20 @@ pub struct IngestStats {
     pub new_blocks: u64,
     /// Of those, the blocks stored as deltas on their predecessor in the parent.
     pub delta_blocks: u64,
+    /// Of those, the blocks stored XORed with a similar stored block.
+    pub xor_blocks: u64,
+}
+
+/// How [`ingest_full_with`] stores the new blocks of a payload.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FullOptions<'a> {
+    /// The same payload in the parent snapshot: a new block that replaces a stored
+    /// block at the same place is stored as a delta on it when that pays.
+    pub parent: Option<&'a Manifest>,
+    /// Give new blocks similarity features, and store a new block XORed with a stored
+    /// block of the same feature when that pays ([`crate::similarity`]): for guest
+    /// memory, whose pages recur with small edits at other offsets and in other VMs.
+    pub similar: bool,
 }
 
 /// Progress callback: called with bytes of the input processed since the last call.
@@ -123,12 +138,14 @@ fn joined<'a>(backing: &'a [u8], parts: impl IntoIterator<Item = &'a [u8]>) -> O
 /// a new block that differs from it is stored as a delta on it when that pays.
 /// `backing`, when given, is the buffer the blocks were read into: a frame of blocks
 /// that lie in it back to back is compressed from there, without a copy. `outs` keeps
-/// compression output buffers from one batch to the next.
+/// compression output buffers from one batch to the next. With `similar`, new blocks
+/// get features and may be stored XORed with a similar block (see [`FullOptions`]).
 fn store_blocks(
     w: &mut Writer<'_>,
     blocks: &[Option<&[u8]>],
     backing: Option<&[u8]>,
     bases: &[Option<BlockId>],
+    similar: bool,
     outs: &mut Vec<Vec<u8>>,
     stats: &mut IngestStats,
 ) -> Result<Vec<BlockRef>> {
@@ -197,6 +214,56 @@ fn store_blocks(
         todo.retain(|k| !stored_as_delta.contains(k));
     }
 
+    // Similar blocks: every block left gets a feature; one whose feature names a
+    // stored whole block is XORed with it where that pays, and loses its feature (it
+    // can never be a reference itself).
+    let mut features: Vec<u32> = Vec::new();
+    let mut xored: Vec<Option<(BlockId, Vec<u8>)>> = Vec::new();
+    if similar && w.stores_similar() {
+        features = todo
+            .par_iter()
+            .map(|&k| similarity::feature(data(k)))
+            .collect();
+        let candidates: Vec<Option<BlockId>> = {
+            let idx = w.store().index();
+            features
+                .iter()
+                .map(|&f| if f == 0 { None } else { idx.similar(f) })
+                .collect()
+        };
+        let bases = w.bases();
+        xored = todo
+            .par_iter()
+            .zip(&candidates)
+            .map(|(&k, r)| {
+                let r = (*r).filter(|r| bases.may_base(r))?;
+                let r_bytes = match bases.store().delta_base(&r) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Only a missed saving: the block is stored as it is.
+                        tracing::warn!("not storing a block XORed with {r}: {e}");
+                        return None;
+                    }
+                };
+                if !similarity::xor_pays(data(k), &r_bytes) {
+                    return None;
+                }
+                let mut x = Vec::new();
+                similarity::xor_into(data(k), &r_bytes, &mut x);
+                Some((r, x))
+            })
+            .collect();
+        for (f, x) in features.iter_mut().zip(&xored) {
+            if x.is_some() {
+                *f = 0;
+            }
+        }
+    }
+    let feature = |i: usize| features.get(i).copied().unwrap_or(0);
+    let xor_of = |i: usize| xored.get(i).and_then(Option::as_ref);
+    // What goes into the frame for the block at position `i` of `todo`.
+    let member = |i: usize| xor_of(i).map_or_else(|| data(todo[i]), |(_, x)| &x[..]);
+
     let lens: Vec<usize> = todo.iter().map(|&k| data(k).len()).collect();
     let groups = frame::plan(&lens, frame_size);
     // Output buffers come from `outs` and go back to it: fresh ones each batch would
@@ -209,17 +276,18 @@ fn store_blocks(
         .par_iter()
         .zip(bufs)
         .map(|(g, mut out)| {
-            let members = &todo[g.clone()];
+            let any_xor = g.clone().any(|i| xor_of(i).is_some());
             let c = if g.len() == 1 {
-                codec::compress(compression, data(todo[g.start]), &mut out)?
-            } else if let Some(run) =
-                backing.and_then(|b| joined(b, members.iter().map(|&k| data(k))))
+                codec::compress(compression, member(g.start), &mut out)?
+            } else if let Some(run) = backing
+                .filter(|_| !any_xor)
+                .and_then(|b| joined(b, todo[g.clone()].iter().map(|&k| data(k))))
             {
                 codec::compress(compression, run, &mut out)?
             } else {
                 let mut whole = Vec::with_capacity(lens[g.clone()].iter().sum());
-                for &k in members {
-                    whole.extend_from_slice(data(k));
+                for i in g.clone() {
+                    whole.extend_from_slice(member(i));
                 }
                 codec::compress(compression, &whole, &mut out)?
             };
@@ -229,31 +297,65 @@ fn store_blocks(
     let raw_len = |k: usize| raw_len(data(k));
     for (g, enc) in groups.iter().zip(encoded) {
         let (c, out) = enc?;
-        if g.len() > 1 && c == Codec::Zstd {
+        let refs: Vec<(u32, BlockId)> = {
+            let mut skip = 0u32;
+            let mut refs = Vec::new();
+            for i in g.clone() {
+                if let Some((r, _)) = xor_of(i) {
+                    refs.push((skip, *r));
+                }
+                skip += raw_len(todo[i])?;
+            }
+            refs
+        };
+        if c == Codec::Zstd && (g.len() > 1 || !refs.is_empty()) {
             let mut members = Vec::with_capacity(g.len());
             let mut skip = 0u32;
-            for &k in &todo[g.clone()] {
+            for i in g.clone() {
+                let k = todo[i];
                 let raw_len = raw_len(k)?;
+                let codec = match (refs.is_empty(), xor_of(i).is_some()) {
+                    (true, _) => Codec::ZstdFrame,
+                    (false, false) => Codec::ZstdFrameRefs,
+                    (false, true) => Codec::ZstdFrameXor,
+                };
                 members.push(FrameMember {
                     id: id_of(k)?,
                     raw_len,
                     skip,
+                    codec,
+                    feature: feature(i),
                 });
                 skip += raw_len;
             }
-            w.add_frame(BlobKind::Data, &members, &out)?;
+            if refs.is_empty() {
+                w.add_frame(BlobKind::Data, &members, &out)?;
+            } else {
+                let mut stored = Vec::with_capacity(2 + refs.len() * frame::REF_ENTRY + out.len());
+                frame::encode_refs(&refs, &mut stored)?;
+                stored.extend_from_slice(&out);
+                w.add_frame(BlobKind::Data, &members, &stored)?;
+                stats.xor_blocks += refs.len() as u64;
+            }
             stats.new_blocks += members.len() as u64;
             outs.push(out);
             continue;
         }
-        // A lone block, or a group that did not compress: each block alone, as it is.
-        for &k in &todo[g.clone()] {
+        // A lone block, or a group that did not compress: each block alone, as it is
+        // (not XORed: a group that did not compress gains nothing from it).
+        for i in g.clone() {
+            let k = todo[i];
             let (c, stored): (Codec, &[u8]) = if g.len() == 1 && c != Codec::Raw {
                 (c, &out)
             } else {
                 (Codec::Raw, data(k))
             };
-            if w.add_encoded(id_of(k)?, BlobKind::Data, c, raw_len(k)?, stored)? {
+            let f = if xor_of(i).is_some() {
+                similarity::feature(data(k))
+            } else {
+                feature(i)
+            };
+            if w.add_encoded_with_feature(id_of(k)?, BlobKind::Data, c, raw_len(k)?, stored, f)? {
                 stats.new_blocks += 1;
             }
         }
@@ -339,8 +441,26 @@ pub fn ingest_full(
     parent: Option<&Manifest>,
     progress: Progress<'_>,
 ) -> Result<(Manifest, IngestStats)> {
+    let opts = FullOptions {
+        parent,
+        similar: false,
+    };
+    ingest_full_with(w, file, size, block_size, opts, progress)
+}
+
+/// [`ingest_full`] with every option: deltas on a parent, similar blocks.
+pub fn ingest_full_with(
+    w: &mut Writer<'_>,
+    file: &File,
+    size: u64,
+    block_size: u32,
+    opts: FullOptions<'_>,
+    progress: Progress<'_>,
+) -> Result<(Manifest, IngestStats)> {
     // The parent's blocks are looked up only for a session that stores deltas.
-    let parent = parent.filter(|p| p.block_size == block_size && w.stores_deltas());
+    let parent = opts
+        .parent
+        .filter(|p| p.block_size == block_size && w.stores_deltas());
     let bs = u64::from(block_size);
     let fanout = w.store().config().fanout;
     let before = Stamp::of(file)?;
@@ -467,7 +587,15 @@ pub fn ingest_full(
                 })
                 .map_err(|e| e.context("reading the parent's blocks"))?;
             }
-            let refs = store_blocks(w, &blocks, Some(&batch.buf), &bases, &mut outs, &mut stats)?;
+            let refs = store_blocks(
+                w,
+                &blocks,
+                Some(&batch.buf),
+                &bases,
+                opts.similar,
+                &mut outs,
+                &mut stats,
+            )?;
             let bytes: u64 = blocks.iter().flatten().map(|b| b.len() as u64).sum();
             drop(blocks);
             // Full-size buffers only: a short last batch's is freed.
@@ -600,7 +728,7 @@ pub fn ingest_layer(
             .collect();
         let contents: Vec<Vec<u8>> = contents.into_iter().collect::<Result<_>>()?;
         let blocks: Vec<Option<&[u8]>> = contents.iter().map(|c| Some(&c[..])).collect();
-        let refs = store_blocks(w, &blocks, None, &[], &mut outs, &mut stats)?;
+        let refs = store_blocks(w, &blocks, None, &[], false, &mut outs, &mut stats)?;
         let bytes: u64 = chunk
             .iter()
             .flat_map(|(_, p)| p)

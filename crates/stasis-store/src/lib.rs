@@ -28,6 +28,13 @@
 //!   whole block: committed, not in a gc plan, and never a delta itself (when the
 //!   parent's block is a delta, its base is used), so a read decodes at most two
 //!   blocks and chains or cycles cannot form; a delta naming a delta is corrupt.
+//! - XOR members ([`codec::Codec::ZstdFrameXor`], repository version 3): a memory page
+//!   stored, inside its shared frame, as its XOR with a similar stored page, its
+//!   *reference*, found through a 32-bit similarity feature ([`similarity`]) that index
+//!   files keep for every whole memory block ([`raw::FEATURES_FORMAT_VERSION`]; pack
+//!   tables do not, so repair drops these hints). Such a frame's stored bytes start
+//!   with a reference table (see [`frame`]); all its members say so in their codec. A
+//!   reference obeys the rules of a delta's base: committed, not in a gc plan, whole.
 //!
 //! ## Write and fsync order
 //! See [`store`]: packs (streamed to a temporary object as they fill, each fdatasynced
@@ -41,7 +48,8 @@
 //! it publishes a plan (`gc/<blake3>`) of the blocks it will remove, waits for the
 //! write sessions registered before it ([`lock`]), marks again, and only then deletes;
 //! sessions registered later never deduplicate against planned blocks, nor take one
-//! as a delta's base. Marking keeps the base of every live delta. [`repair`]
+//! as a delta's base or a reference. Marking keeps the base of every live delta and
+//! the reference of every live XOR member. [`repair`]
 //! rebuilds the index from the packs. Both hold the exclusive maintenance lock. Local
 //! locks are `flock`s (released by the kernel when a holder dies). Packs carry a random
 //! nonce, so a pack written again can never take the name of one gc is deleting.
@@ -68,6 +76,7 @@ pub mod pack;
 pub mod raw;
 pub mod reader;
 pub mod repair;
+pub mod similarity;
 pub mod source;
 pub mod store;
 pub mod verify;

@@ -7,7 +7,7 @@
 //! whenever it is read. The entry tables alone are enough to rebuild the index.
 //!
 //! Stored ranges never overlap, except that the members of one shared frame
-//! ([`Codec::ZstdFrame`], see [`crate::frame`]) are listed one after another with the
+//! ([`Codec::in_frame`], see [`crate::frame`]) are listed one after another with the
 //! same range, each with a larger skip than the one before (in 4 KiB units in the
 //! entry's `frame_skip`).
 
@@ -56,9 +56,13 @@ pub struct PackEntry {
     pub stored_len: u32,
     /// Uncompressed length.
     pub raw_len: u32,
-    /// For a member of a shared frame ([`Codec::ZstdFrame`]): where its bytes start in
+    /// For a member of a shared frame ([`Codec::in_frame`]): where its bytes start in
     /// the decoded frame (a multiple of [`FRAME_SKIP_UNIT`]). Zero otherwise.
     pub skip: u32,
+    /// The block's similarity feature ([`crate::similarity::feature`]), 0 for none. A
+    /// hint kept in index files only (from [`crate::raw::FEATURES_FORMAT_VERSION`]):
+    /// pack tables do not hold it, so an entry read from a pack has none.
+    pub feature: u32,
 }
 
 /// Frame members start at multiples of this many bytes in their decoded frame (every
@@ -68,7 +72,10 @@ pub const FRAME_SKIP_UNIT: u32 = 4096;
 /// The largest skip a frame member can have.
 pub const MAX_FRAME_SKIP: u32 = u16::MAX as u32 * FRAME_SKIP_UNIT;
 
-/// One blob of a frame being added: its id, length, and where it starts in the frame.
+/// One blob of a frame being added: its id, length, where it starts in the frame, and
+/// its codec: [`Codec::ZstdFrame`] for every member of a plain frame,
+/// [`Codec::ZstdFrameRefs`] or [`Codec::ZstdFrameXor`] for every member of one with a
+/// reference table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameMember {
     /// Content id.
@@ -77,13 +84,30 @@ pub struct FrameMember {
     pub raw_len: u32,
     /// Offset in the decoded frame.
     pub skip: u32,
+    /// How the member is stored in the frame.
+    pub codec: Codec,
+    /// Similarity feature, 0 for none (see [`PackEntry::feature`]).
+    pub feature: u32,
+}
+
+impl FrameMember {
+    /// A member of a plain frame, without a feature.
+    pub fn plain(id: BlockId, raw_len: u32, skip: u32) -> FrameMember {
+        FrameMember {
+            id,
+            raw_len,
+            skip,
+            codec: Codec::ZstdFrame,
+            feature: 0,
+        }
+    }
 }
 
 impl PackEntry {
     /// Whether `self` and `other` are members of the same shared frame.
     pub fn same_frame(&self, other: &PackEntry) -> bool {
-        self.codec == Codec::ZstdFrame
-            && other.codec == Codec::ZstdFrame
+        self.codec.in_frame()
+            && other.codec.in_frame()
             && self.offset == other.offset
             && self.stored_len == other.stored_len
     }
@@ -194,7 +218,7 @@ impl PackBuilder {
         Self::reusing(crate::buffer::with_capacity(bytes), version)
     }
 
-    /// Append a blob; returns its entry.
+    /// Append a blob (with its similarity `feature`, 0 for none); returns its entry.
     pub fn add(
         &mut self,
         id: BlockId,
@@ -202,6 +226,7 @@ impl PackBuilder {
         codec: Codec,
         raw_len: u32,
         stored: &[u8],
+        feature: u32,
     ) -> Result<PackEntry> {
         let stored_len = u32::try_from(stored.len())
             .map_err(|_| Error::new(crate::ErrorKind::InvalidInput, "blob larger than 4 GiB"))?;
@@ -213,14 +238,22 @@ impl PackBuilder {
             stored_len,
             raw_len,
             skip: 0,
+            feature,
         };
+        if codec.in_frame() {
+            return Err(Error::new(
+                crate::ErrorKind::InvalidInput,
+                "a frame member is added with its frame",
+            ));
+        }
         self.buf.extend_from_slice(stored);
         self.entries.push(e);
         Ok(e)
     }
 
     /// Append one zstd frame shared by `members` (in increasing `skip` order, each skip
-    /// a multiple of [`FRAME_SKIP_UNIT`] up to [`MAX_FRAME_SKIP`]).
+    /// a multiple of [`FRAME_SKIP_UNIT`] up to [`MAX_FRAME_SKIP`]; all plain members, or
+    /// all members of a frame with a reference table, which `stored` starts with).
     pub fn add_frame(
         &mut self,
         kind: BlobKind,
@@ -242,16 +275,24 @@ impl PackBuilder {
         if members.is_empty() {
             return Err(bad("no members"));
         }
+        let plain = members.iter().all(|m| m.codec == Codec::ZstdFrame);
+        let with_refs = members
+            .iter()
+            .all(|m| matches!(m.codec, Codec::ZstdFrameRefs | Codec::ZstdFrameXor));
+        if !plain && !with_refs {
+            return Err(bad("members of mixed or non-frame codecs"));
+        }
         let offset = self.len();
         self.buf.extend_from_slice(stored);
         self.entries.extend(members.iter().map(|m| PackEntry {
             id: m.id,
             kind,
-            codec: Codec::ZstdFrame,
+            codec: m.codec,
             offset,
             stored_len,
             raw_len: m.raw_len,
             skip: m.skip,
+            feature: m.feature,
         }));
         Ok(())
     }
@@ -385,7 +426,7 @@ pub(crate) fn entry_from_raw(
         )));
     }
     let skip = u32::from(frame_skip) * FRAME_SKIP_UNIT;
-    if skip != 0 && codec != Codec::ZstdFrame {
+    if skip != 0 && !codec.in_frame() {
         return Err(Error::corrupt(format!(
             "blob {} has a frame offset but is not in a frame",
             Id(id)
@@ -399,6 +440,7 @@ pub(crate) fn entry_from_raw(
         stored_len,
         raw_len,
         skip,
+        feature: 0,
     })
 }
 
@@ -502,7 +544,7 @@ mod tests {
             let mut b = PackBuilder::with_format(1 << 20, version);
             for (i, blob) in blobs.iter().enumerate() {
                 let kind = if i % 3 == 0 { BlobKind::Tree } else { BlobKind::Data };
-                b.add(Id::of(blob), kind, Codec::Raw, blob.len() as u32, blob).expect("add");
+                b.add(Id::of(blob), kind, Codec::Raw, blob.len() as u32, blob, 0).expect("add");
             }
             let (id, bytes, entries) = b.finish().expect("finish");
             prop_assert_eq!(id, Id::of(&bytes));
@@ -529,7 +571,7 @@ mod tests {
             let mut b = PackBuilder::with_format(1 << 20, version);
             for i in 0..5u8 {
                 let blob = vec![i; 100];
-                b.add(Id::of(&blob), BlobKind::Data, Codec::Raw, 100, &blob).expect("add");
+                b.add(Id::of(&blob), BlobKind::Data, Codec::Raw, 100, &blob, 0).expect("add");
             }
             let (id, mut bytes, _) = b.finish().expect("finish");
             // Damage something in the header, table or trailer.
@@ -555,10 +597,10 @@ mod tests {
             let mut n = 0u32;
             for g in &groups {
                 let members: Vec<FrameMember> = (0..*g as u32)
-                    .map(|k| { n += 1; FrameMember { id: Id::of(&n.to_le_bytes()), raw_len: 4096, skip: k * 4096 } })
+                    .map(|k| { n += 1; FrameMember::plain(Id::of(&n.to_le_bytes()), 4096, k * 4096) })
                     .collect();
                 if *g == 1 {
-                    b.add(members[0].id, BlobKind::Data, Codec::Raw, 3, b"abc").expect("add");
+                    b.add(members[0].id, BlobKind::Data, Codec::Raw, 3, b"abc", 0).expect("add");
                 } else {
                     b.add_frame(BlobKind::Data, &members, &[7u8; 100]).expect("frame");
                 }
@@ -576,11 +618,7 @@ mod tests {
 
     #[test]
     fn bad_frames_are_refused() {
-        let m = |k: u32, skip: u32| FrameMember {
-            id: Id::of(&k.to_le_bytes()),
-            raw_len: 4096,
-            skip,
-        };
+        let m = |k: u32, skip: u32| FrameMember::plain(Id::of(&k.to_le_bytes()), 4096, skip);
         let mut b = PackBuilder::new();
         // Unaligned, overlapping or empty frames never get written.
         assert!(
@@ -592,6 +630,11 @@ mod tests {
                 .is_err()
         );
         assert!(b.add_frame(BlobKind::Data, &[], b"x").is_err());
+        let xor = FrameMember {
+            codec: Codec::ZstdFrameXor,
+            ..m(2, 4096)
+        };
+        assert!(b.add_frame(BlobKind::Data, &[m(1, 0), xor], b"x").is_err());
         // A table whose frame members go backwards is corrupt.
         b.add_frame(BlobKind::Data, &[m(1, 0), m(2, 8192)], b"xyz")
             .expect("frame");
@@ -612,7 +655,7 @@ mod tests {
     #[test]
     fn truncated_pack_is_corrupt() {
         let mut b = PackBuilder::new();
-        b.add(Id::of(b"abc"), BlobKind::Data, Codec::Raw, 3, b"abc")
+        b.add(Id::of(b"abc"), BlobKind::Data, Codec::Raw, 3, b"abc", 0)
             .expect("add");
         let (id, bytes, _) = b.finish().expect("finish");
         let be = MemoryBackend::new();

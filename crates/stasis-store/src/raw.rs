@@ -19,6 +19,12 @@ pub const FORMAT_VERSION: u32 = 1;
 /// pack order), are one zstd frame each; the checksums cover the stored bytes. Written
 /// in repositories of version [`crate::config::DELTA_REPO_VERSION`] and later.
 pub const COMPACT_FORMAT_VERSION: u32 = 2;
+/// Format version of index files that also hold similarity features: as
+/// [`COMPACT_FORMAT_VERSION`], and the compressed body holds, after the entries, one
+/// little-endian u32 per entry, its block's feature ([`crate::similarity`]; 0 for
+/// none). Written in repositories of version [`crate::config::SIMILAR_REPO_VERSION`]
+/// and later; packs stay at [`COMPACT_FORMAT_VERSION`].
+pub const FEATURES_FORMAT_VERSION: u32 = 3;
 
 /// The largest table a compressed pack table or index body may decode to (a bound on
 /// what a damaged header can make a reader allocate).

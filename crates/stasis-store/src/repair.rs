@@ -112,7 +112,9 @@ pub fn rebuild_index(
         report.packs_rewritten = damaged.len() as u64;
     }
     let table: Vec<(PackId, Vec<PackEntry>)> = table.into_iter().collect();
-    let (key, bytes) = index::encode_file(&table, store.config().object_format());
+    // Rebuilt from pack tables, which hold no similarity features: later blocks find
+    // no reference among these until they are stored again (features are hints).
+    let (key, bytes) = index::encode_file(&table, store.config().index_format());
     backend.put(&key, &bytes)?;
     backend.sync()?;
     for k in old.iter().filter(|k| **k != key) {

@@ -30,7 +30,7 @@ use crate::backend::Backend;
 use crate::codec::{self, Codec, Compression};
 use crate::config::RepoConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::frame::FrameCache;
+use crate::frame::{self, FrameCache};
 use crate::id::{BlockId, Id, PackId};
 use crate::index::{self, Index, Location};
 use crate::lock::Guard;
@@ -220,34 +220,63 @@ impl Store {
         }
     }
 
-    /// The bytes of `id` as the base of a delta: through the block cache, and refused
-    /// if `id` is stored as a delta itself (a base is always a whole block, which bounds
-    /// a read to two blocks and rules out cycles).
+    /// The bytes of `id` as the base of a delta or the reference of an XOR member:
+    /// through the block cache, and refused if `id` is read through a base itself (a
+    /// base is always a whole block, which bounds a read to two blocks and rules out
+    /// cycles).
     pub fn delta_base(&self, id: &BlockId) -> Result<Bytes> {
-        if self
-            .locate(id)
-            .is_some_and(|(_, l)| l.codec == Codec::ZstdDelta)
-        {
-            return Err(Error::corrupt(format!("delta base {id} is itself a delta")));
+        if self.locate(id).is_some_and(|(_, l)| l.codec.has_base()) {
+            return Err(Error::corrupt(format!(
+                "base {id} is itself read through a base"
+            )));
         }
         self.block(id)
     }
 
-    /// The base a stored delta names (`None` if `id` is not stored as a delta). Reads
-    /// only the id at the front of its stored bytes.
+    /// The base a stored delta or XOR member names (`None` if `id` is stored whole).
+    /// Reads only the front of its stored bytes: a delta's base id, or the reference
+    /// table of an XOR member's frame.
     pub fn base_of(&self, id: &BlockId) -> Result<Option<BlockId>> {
         let Some((pack, loc)) = self.locate(id) else {
             return Ok(None);
         };
-        if loc.codec != Codec::ZstdDelta {
-            return Ok(None);
+        let key = pack::pack_key(&pack);
+        let head = |n: usize| {
+            let n = (n as u64).min(u64::from(loc.stored_len));
+            self.backend.get(&key, Some(loc.offset..loc.offset + n))
+        };
+        match loc.codec {
+            Codec::ZstdDelta => {
+                let base = codec::delta_base_id(&head(codec::DELTA_HEADER)?)
+                    .map_err(|e| e.context(format!("block {id}")))?;
+                Ok(Some(Id(base)))
+            }
+            Codec::ZstdFrameXor => {
+                let len =
+                    frame::refs_len(&head(2)?).map_err(|e| e.context(format!("block {id}")))?;
+                let table = head(len)?;
+                if table.len() < len {
+                    return Err(Error::corrupt(format!(
+                        "block {id}: frame too short for its reference table"
+                    )));
+                }
+                let mut at = 2;
+                while at + frame::REF_ENTRY <= len {
+                    let e = &table[at..at + frame::REF_ENTRY];
+                    let skip = u32::from(u16::from_le_bytes([e[0], e[1]])) * pack::FRAME_SKIP_UNIT;
+                    if skip == loc.skip {
+                        let mut r = [0u8; 32];
+                        r.copy_from_slice(&e[2..]);
+                        return Ok(Some(Id(r)));
+                    }
+                    at += frame::REF_ENTRY;
+                }
+                Err(Error::corrupt(format!(
+                    "block {id} has no reference in its frame's table"
+                )))
+            }
+            _ => Ok(None),
         }
-        let n = (codec::DELTA_HEADER as u64).min(u64::from(loc.stored_len));
-        let head = self
-            .backend
-            .get(&pack::pack_key(&pack), Some(loc.offset..loc.offset + n))?;
-        let base = codec::delta_base_id(&head).map_err(|e| e.context(format!("block {id}")))?;
-        Ok(Some(Id(base)))
     }
 
     /// A blob by id, through the shared cache of decoded blocks.
@@ -294,8 +323,9 @@ fn read_config(backend: &dyn Backend) -> Result<RepoConfig> {
 /// Read the blob `id` at `loc` in `pack` and check it; a member of a shared frame is
 /// cut from the frame, decoded through `frames`.
 ///
-/// A delta ([`Codec::ZstdDelta`]) is decoded against its base, which `base` reads
-/// (checked against its id, and refused if it is a delta itself).
+/// A delta ([`Codec::ZstdDelta`]) is decoded against its base, and an XOR member
+/// ([`Codec::ZstdFrameXor`]) XORed with its reference, which `base` reads (checked
+/// against its id, and refused if it is read through a base itself).
 pub fn read_located(
     backend: &dyn Backend,
     frames: &FrameCache,
@@ -305,16 +335,42 @@ pub fn read_located(
     base: &dyn Fn(&BlockId) -> Result<Bytes>,
 ) -> Result<Bytes> {
     let key = pack::pack_key(pack);
-    if loc.codec == Codec::ZstdFrame {
+    let mismatch = || Error::corrupt(format!("block {id} in {key} does not match its checksum"));
+    if loc.codec.in_frame() {
         let frame = frames.frame(backend, pack, loc)?;
         let (a, b) = (loc.skip as usize, loc.skip as usize + loc.raw_len as usize);
+        let member = frame.bytes.get(a..b).ok_or_else(mismatch)?;
+        let reference = frame.reference(loc.skip);
         // A copy: a slice would keep the whole frame alive in the block cache.
-        let raw = frame.get(a..b).map(Bytes::copy_from_slice);
-        return match raw {
-            Some(raw) if Id::of(&raw) == *id => Ok(raw),
-            _ => Err(Error::corrupt(format!(
-                "block {id} in {key} does not match its checksum"
-            ))),
+        let raw = match (loc.codec, reference) {
+            (Codec::ZstdFrameXor, Some(r)) if r != *id => {
+                let r_bytes = base(&r)
+                    .map_err(|e| e.context(format!("the reference of block {id} in {key}")))?;
+                if r_bytes.len() != member.len() {
+                    return Err(Error::corrupt(format!(
+                        "block {id} in {key} has a reference of another length"
+                    )));
+                }
+                let mut out = Vec::new();
+                crate::similarity::xor_into(member, &r_bytes, &mut out);
+                Bytes::from(out)
+            }
+            (Codec::ZstdFrameXor, _) => {
+                return Err(Error::corrupt(format!(
+                    "block {id} in {key} has no usable reference in its frame"
+                )));
+            }
+            (_, Some(_)) => {
+                return Err(Error::corrupt(format!(
+                    "block {id} in {key} is listed as XORed but its entry says not"
+                )));
+            }
+            (_, None) => Bytes::copy_from_slice(member),
+        };
+        return if Id::of(&raw) == *id {
+            Ok(raw)
+        } else {
+            Err(mismatch())
         };
     }
     let stored = backend.get(
@@ -431,15 +487,15 @@ impl<'s> Bases<'s, '_> {
         self.store
     }
 
-    /// Whether a new delta may name `id` as its base: committed (a base must be durable
-    /// before a delta on it is), not being removed by a gc plan, and stored whole, not
-    /// as a delta itself.
+    /// Whether a new delta or XOR member may name `id` as its base: committed (a base
+    /// must be durable before a block read through it is), not being removed by a gc
+    /// plan, and stored whole, not read through a base itself.
     pub fn may_base(&self, id: &BlockId) -> bool {
         !self.masked.contains(id)
             && self
                 .store
                 .locate(id)
-                .is_some_and(|(_, l)| l.codec != Codec::ZstdDelta)
+                .is_some_and(|(_, l)| !l.codec.has_base())
     }
 }
 
@@ -577,6 +633,14 @@ impl<'s> Writer<'s> {
             && self.store.config.version >= crate::config::DELTA_REPO_VERSION
     }
 
+    /// Whether this session stores blocks XORed with similar blocks and their
+    /// similarity features: zstd only, and only in a repository that earlier releases
+    /// do not read (see [`crate::config::SIMILAR_REPO_VERSION`]).
+    pub fn stores_similar(&self) -> bool {
+        self.compression.algorithm() == crate::codec::Algorithm::Zstd
+            && self.store.config.version >= crate::config::SIMILAR_REPO_VERSION
+    }
+
     /// What this session's deltas may use as bases ([`Bases::may_base`]).
     pub fn bases(&self) -> Bases<'s, '_> {
         Bases {
@@ -599,32 +663,40 @@ impl<'s> Writer<'s> {
         raw_len: u32,
         stored: &[u8],
     ) -> Result<bool> {
-        if self.knows(&id) {
-            return Ok(false);
-        }
-        self.push(id, kind, codec, raw_len, stored)?;
-        Ok(true)
+        self.add_encoded_with_feature(id, kind, codec, raw_len, stored, 0)
     }
 
-    /// Add an encoded blob even if the index has it elsewhere (gc's repack); only this
-    /// session's own blobs are deduplicated.
-    pub(crate) fn copy_encoded(
+    /// [`Writer::add_encoded`] with the block's similarity feature (0 for none), which
+    /// the index keeps so that later blocks may name this one as their reference.
+    pub fn add_encoded_with_feature(
         &mut self,
         id: BlockId,
         kind: BlobKind,
         codec: Codec,
         raw_len: u32,
         stored: &[u8],
-    ) -> Result<()> {
-        if self.pending.contains(&id) {
+        feature: u32,
+    ) -> Result<bool> {
+        if self.knows(&id) {
+            return Ok(false);
+        }
+        self.push(id, kind, codec, raw_len, stored, feature)?;
+        Ok(true)
+    }
+
+    /// Add an encoded blob even if the index has it elsewhere (gc's repack); only this
+    /// session's own blobs are deduplicated.
+    pub(crate) fn copy_encoded(&mut self, e: &PackEntry, stored: &[u8]) -> Result<()> {
+        if self.pending.contains(&e.id) {
             return Ok(());
         }
-        self.push(id, kind, codec, raw_len, stored)
+        self.push(e.id, e.kind, e.codec, e.raw_len, stored, e.feature)
     }
 
     /// Add one shared frame of data blocks (`stored`: the zstd frame of their bytes
-    /// back to back). Members this session already added are left out of it; the
-    /// caller leaves out blocks the repository has (gc's repack keeps them all).
+    /// back to back, after the reference table of a frame that has one). Members this
+    /// session already added are left out of it; the caller leaves out blocks the
+    /// repository has (gc's repack keeps them all).
     pub(crate) fn add_frame(
         &mut self,
         kind: BlobKind,
@@ -668,18 +740,20 @@ impl<'s> Writer<'s> {
                 .store
                 .backend
                 .get(&key, Some(e.offset..e.offset + u64::from(e.stored_len)))?;
-            if e.codec == Codec::ZstdFrame {
+            if e.codec.in_frame() {
                 let members: Vec<FrameMember> = group
                     .iter()
                     .map(|m| FrameMember {
                         id: m.id,
                         raw_len: m.raw_len,
                         skip: m.skip,
+                        codec: m.codec,
+                        feature: m.feature,
                     })
                     .collect();
                 self.add_frame(e.kind, &members, &stored)?;
             } else {
-                self.copy_encoded(e.id, e.kind, e.codec, e.raw_len, &stored)?;
+                self.copy_encoded(&e, &stored)?;
             }
         }
         Ok(())
@@ -692,13 +766,14 @@ impl<'s> Writer<'s> {
         codec: Codec,
         raw_len: u32,
         stored: &[u8],
+        feature: u32,
     ) -> Result<()> {
         self.usable()?;
         let pack = match kind {
             BlobKind::Data => &mut self.pack,
             BlobKind::Tree => &mut self.tree_pack,
         };
-        pack.add(id, kind, codec, raw_len, stored)?;
+        pack.add(id, kind, codec, raw_len, stored, feature)?;
         self.pending.insert(id);
         self.stats.blobs += 1;
         self.stats.raw_bytes += u64::from(raw_len);
@@ -831,7 +906,7 @@ impl<'s> Writer<'s> {
             // power loss could keep the index and lose a pack, and later writes would
             // deduplicate against blocks that are gone.
             self.store.backend.sync()?;
-            let (key, bytes) = index::encode_file(&self.written, self.store.config.object_format());
+            let (key, bytes) = index::encode_file(&self.written, self.store.config.index_format());
             self.store.backend.put(&key, &bytes)?;
             written_file = Some(key);
         }
@@ -844,6 +919,12 @@ impl<'s> Writer<'s> {
             for e in entries {
                 idx.insert(*pid, e);
             }
+        }
+        drop(idx);
+        // The session's tree nodes are read again soon (the sizes of the new snapshot
+        // are counted by walking its trees): keep them decoded.
+        for (id, bytes) in self.pending_nodes.drain() {
+            self.store.cache.insert(id, bytes);
         }
         Ok(Committed {
             stats: self.stats,
@@ -921,6 +1002,129 @@ mod tests {
         let mut b = vec![0u8; n];
         fastrand::Rng::with_seed(seed).fill(&mut b);
         b
+    }
+
+    /// A frame holding `members` (bytes, codec, reference), each 4 KiB, with a
+    /// reference table when any names a reference; added by hand, as a damaged or
+    /// hostile repository could hold it.
+    fn add_ref_frame(w: &mut Writer<'_>, members: &[(&[u8], Codec, Option<BlockId>)]) {
+        let mut refs = Vec::new();
+        let mut whole = Vec::new();
+        let mut ms = Vec::new();
+        for (k, (bytes, codec, r)) in members.iter().enumerate() {
+            let skip = (k * 4096) as u32;
+            if let Some(r) = r {
+                refs.push((skip, *r));
+            }
+            whole.extend_from_slice(bytes);
+            ms.push(FrameMember {
+                id: Id::of(bytes),
+                raw_len: 4096,
+                skip,
+                codec: *codec,
+                feature: 0,
+            });
+        }
+        let mut stored = Vec::new();
+        if !refs.is_empty() {
+            frame::encode_refs(&refs, &mut stored).expect("table");
+        }
+        let mut z = Vec::new();
+        codec::compress(Compression::default(), &whole, &mut z).expect("zstd");
+        stored.extend_from_slice(&z);
+        w.add_frame(BlobKind::Data, &ms, &stored).expect("frame");
+    }
+
+    /// XOR members read back through their reference; a member whose reference is read
+    /// through a base itself, names itself, or is missing from the table is corrupt,
+    /// and so is a member the table lists whose entry says it is stored as it is.
+    #[test]
+    fn xor_members_read_only_through_a_whole_reference() {
+        let store =
+            Store::init(Arc::new(MemoryBackend::new()), RepoConfig::default()).expect("init");
+        let a = noise(4096, 1);
+        let mut b = a.clone();
+        b[100] ^= 1;
+        let mut c = b.clone();
+        c[200] ^= 1;
+        let (ia, ib, ic) = (Id::of(&a), Id::of(&b), Id::of(&c));
+        let xor = |x: &[u8], y: &[u8]| {
+            let mut o = Vec::new();
+            crate::similarity::xor_into(x, y, &mut o);
+            o
+        };
+        let mut w = store.writer(Compression::default()).expect("writer");
+        w.add(ia, BlobKind::Data, &a).expect("a");
+        // b on a (fine), then a plain member of the same frame.
+        let (bx, plain) = (xor(&b, &a), noise(4096, 2));
+        add_ref_frame(
+            &mut w,
+            &[
+                (&bx, Codec::ZstdFrameXor, Some(ia)),
+                (&plain, Codec::ZstdFrameRefs, None),
+            ],
+        );
+        w.commit().expect("commit");
+        // The members' ids are of their stored bytes; index them under the real ones.
+        let fix = |store: &Store, stored: &[u8], real: BlockId| {
+            let (pid, loc) = store.locate(&Id::of(stored)).expect("indexed");
+            let mut idx = store.index.write().expect("lock");
+            let e = PackEntry {
+                id: real,
+                kind: BlobKind::Data,
+                codec: loc.codec,
+                offset: loc.offset,
+                stored_len: loc.stored_len,
+                raw_len: loc.raw_len,
+                skip: loc.skip,
+                feature: 0,
+            };
+            idx.insert(pid, &e);
+        };
+        fix(&store, &bx, ib);
+        assert_eq!(&store.read_blob(&ib).expect("b")[..], &b[..]);
+        assert_eq!(store.base_of(&ib).expect("table"), Some(ia));
+        assert_eq!(
+            &store.read_blob(&Id::of(&plain)).expect("plain")[..],
+            &plain[..]
+        );
+        assert_eq!(store.base_of(&Id::of(&plain)).expect("plain"), None);
+
+        // c on b, an XOR member itself.
+        let cx = xor(&c, &b);
+        let mut w = store.writer(Compression::default()).expect("writer");
+        add_ref_frame(&mut w, &[(&cx, Codec::ZstdFrameXor, Some(ib))]);
+        w.commit().expect("commit");
+        fix(&store, &cx, ic);
+        let err = store
+            .read_blob(&ic)
+            .expect_err("reference read through a base");
+        assert!(
+            err.to_string().contains("itself read through a base"),
+            "{err}"
+        );
+
+        // A member naming itself; a member missing from its table; a listed member
+        // whose entry says it is plain.
+        let (d, e) = (vec![3u8; 4096], vec![4u8; 4096]);
+        let mut w = store.writer(Compression::default()).expect("writer");
+        add_ref_frame(&mut w, &[(&d, Codec::ZstdFrameXor, Some(Id::of(&d)))]);
+        add_ref_frame(
+            &mut w,
+            &[
+                (&e, Codec::ZstdFrameXor, None),
+                (&bx, Codec::ZstdFrameRefs, Some(ia)),
+            ],
+        );
+        w.commit().expect("commit");
+        for (id, what) in [
+            (Id::of(&d), "no usable reference"),
+            (Id::of(&e), "no usable reference"),
+            (Id::of(&bx), "listed as XORed"),
+        ] {
+            let err = store.read_blob(&id).expect_err(what);
+            assert!(err.to_string().contains(what), "{err}");
+        }
     }
 
     /// Once the flusher fails, the session is over: later adds and the commit fail,

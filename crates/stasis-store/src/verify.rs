@@ -189,7 +189,7 @@ pub fn verify_manifest(store: &Store, m: &Manifest, what: &str, bad: &BadBlocks)
                     } else if is_bad(store, bad, id) {
                         corrupt.push(*id);
                     } else {
-                        // A delta needs its base too.
+                        // A delta or XOR member needs its base too.
                         match store.base_of(id) {
                             Ok(None) => {}
                             Ok(Some(b)) if store.locate(&b).is_none() => {
@@ -214,7 +214,7 @@ pub fn verify_manifest(store: &Store, m: &Manifest, what: &str, bad: &BadBlocks)
     for (id, b) in missing_bases {
         out.push(problem(
             what,
-            format!("block {id} is a delta on block {b}, which is missing"),
+            format!("block {id} is read through block {b}, which is missing"),
         ));
     }
     for id in corrupt {
@@ -231,17 +231,6 @@ pub fn new_stored_bytes(
     m: &Manifest,
     seen: &mut HashSet<BlockId, FxBuildHasher>,
 ) -> Result<(u64, u64)> {
-    let (mut stored, mut raw) = (0u64, 0u64);
-    // The index lock is taken per lookup: reading nodes may reload the index.
-    let mut add = |id: &BlockId, seen: &mut HashSet<BlockId, FxBuildHasher>| {
-        if seen.insert(*id) {
-            let idx = store.index();
-            if let Some(l) = idx.get(id) {
-                stored += idx.stored_share(l);
-                raw += u64::from(l.raw_len);
-            }
-        }
-    };
     let mut fresh: Vec<BlockId> = Vec::new();
     manifest::visit_new_nodes(
         store,
@@ -258,8 +247,16 @@ pub fn new_stored_bytes(
             Ok(true)
         },
     )?;
+    // Looked up after the walk, which may reload the index, under one lock.
+    let (mut stored, mut raw) = (0u64, 0u64);
+    let idx = store.index();
     for id in &fresh {
-        add(id, seen);
+        if seen.insert(*id)
+            && let Some(l) = idx.get(id)
+        {
+            stored += idx.stored_share(l);
+            raw += u64::from(l.raw_len);
+        }
     }
     Ok((stored, raw))
 }
