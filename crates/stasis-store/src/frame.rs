@@ -128,7 +128,14 @@ impl Frame {
 pub struct FrameCache {
     frames: Mutex<VecDeque<((PackId, u64), Frame)>>,
     max_bytes: usize,
+    /// Buffers of evicted frames nobody else held, to decode the next frames into: a
+    /// fresh 256 KiB buffer costs the kernel clearing (and, in a VM that reports free
+    /// memory to its host, the host backing) every page of it as it is first touched.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Evicted frame buffers kept for reuse.
+const SPARE_BUFFERS: usize = 4;
 
 impl FrameCache {
     /// A cache holding up to `bytes` of decoded frames (and always the newest one).
@@ -136,6 +143,21 @@ impl FrameCache {
         FrameCache {
             frames: Mutex::new(VecDeque::new()),
             max_bytes: usize::try_from(bytes).unwrap_or(usize::MAX),
+            spare: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn spares(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keep an evicted frame's buffer for the next decode, if no reader holds it.
+    fn recycle(&self, bytes: Bytes) {
+        if let Ok(b) = bytes.try_into_mut() {
+            let mut spares = self.spares();
+            if spares.len() < SPARE_BUFFERS {
+                spares.push(Vec::from(b));
+            }
         }
     }
 
@@ -173,7 +195,7 @@ impl FrameCache {
             Codec::ZstdFrameRefs | Codec::ZstdFrameXor => split_refs(&stored).map_err(at)?,
             c => return Err(at(Error::corrupt(format!("{c:?} is not a frame member")))),
         };
-        let mut out = Vec::new();
+        let mut out = self.spares().pop().unwrap_or_default();
         codec::decompress_frame(zstd, &mut out).map_err(at)?;
         let f = Frame {
             bytes: Bytes::from(out),
@@ -184,7 +206,11 @@ impl FrameCache {
             frames.push_front((key, f.clone()));
             let mut total: usize = frames.iter().map(|(_, f)| f.bytes.len()).sum();
             while total > self.max_bytes && frames.len() > 1 {
-                total -= frames.pop_back().map_or(0, |(_, f)| f.bytes.len());
+                let Some((_, old)) = frames.pop_back() else {
+                    break;
+                };
+                total -= old.bytes.len();
+                self.recycle(old.bytes);
             }
         }
         Ok(f)

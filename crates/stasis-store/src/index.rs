@@ -122,6 +122,7 @@ impl Index {
                     continue;
                 }
             };
+            idx.blobs.reserve(entries.len());
             for (pack_id, pe) in entries.iter().map(|(p, e)| (packs[*p as usize], e)) {
                 idx.insert(pack_id, pe);
             }

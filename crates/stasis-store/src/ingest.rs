@@ -137,8 +137,8 @@ fn joined<'a>(backing: &'a [u8], parts: impl IntoIterator<Item = &'a [u8]>) -> O
 /// `bases[k]`, when given, is the block that was at block `k`'s place in the parent:
 /// a new block that differs from it is stored as a delta on it when that pays.
 /// `backing`, when given, is the buffer the blocks were read into: a frame of blocks
-/// that lie in it back to back is compressed from there, without a copy. `outs` keeps
-/// compression output buffers from one batch to the next. With `similar`, new blocks
+/// that lie in it back to back is compressed from there, without a copy. `scratch`
+/// keeps buffers from one batch to the next. With `similar`, new blocks
 /// get features and may be stored XORed with a similar block (see [`FullOptions`]).
 fn store_blocks(
     w: &mut Writer<'_>,
@@ -146,9 +146,10 @@ fn store_blocks(
     backing: Option<&[u8]>,
     bases: &[Option<BlockId>],
     similar: bool,
-    outs: &mut Vec<Vec<u8>>,
+    scratch: &mut Scratch,
     stats: &mut IngestStats,
 ) -> Result<Vec<BlockRef>> {
+    let Scratch { outs, xbuf } = scratch;
     let refs: Vec<BlockRef> = blocks
         .par_iter()
         .map(|b| match b {
@@ -217,8 +218,17 @@ fn store_blocks(
     // Similar blocks: every block left gets a feature; one whose feature names a
     // stored whole block is XORed with it where that pays, and loses its feature (it
     // can never be a reference itself).
+    // XORed bytes go to `xbuf`, one slot per block of `todo` (reused from batch to
+    // batch, like `outs`).
     let mut features: Vec<u32> = Vec::new();
-    let mut xored: Vec<Option<(BlockId, Vec<u8>)>> = Vec::new();
+    let mut xored: Vec<Option<BlockId>> = Vec::new();
+    let slot = blocks
+        .iter()
+        .flatten()
+        .map(|b| b.len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     if similar && w.stores_similar() {
         features = todo
             .par_iter()
@@ -231,26 +241,32 @@ fn store_blocks(
                 .map(|&f| if f == 0 { None } else { idx.similar(f) })
                 .collect()
         };
+        if xbuf.len() < todo.len() * slot {
+            xbuf.resize(todo.len() * slot, 0);
+        }
         let bases = w.bases();
-        xored = todo
-            .par_iter()
-            .zip(&candidates)
-            .map(|(&k, r)| {
+        xored = xbuf
+            .par_chunks_mut(slot)
+            .zip(todo.par_iter().zip(&candidates))
+            .map(|(out, (&k, r))| {
                 let r = (*r).filter(|r| bases.may_base(r))?;
-                let r_bytes = match bases.store().delta_base(&r) {
-                    Ok(b) => b,
+                let d = data(k);
+                let xor = |rb: &[u8]| {
+                    let pays = similarity::xor_pays(d, rb);
+                    if pays {
+                        similarity::xor_to(d, rb, &mut out[..d.len()]);
+                    }
+                    pays
+                };
+                match bases.store().with_reference(&r, xor) {
+                    Ok(true) => Some(r),
+                    Ok(false) => None,
                     Err(e) => {
                         // Only a missed saving: the block is stored as it is.
                         tracing::warn!("not storing a block XORed with {r}: {e}");
-                        return None;
+                        None
                     }
-                };
-                if !similarity::xor_pays(data(k), &r_bytes) {
-                    return None;
                 }
-                let mut x = Vec::new();
-                similarity::xor_into(data(k), &r_bytes, &mut x);
-                Some((r, x))
             })
             .collect();
         for (f, x) in features.iter_mut().zip(&xored) {
@@ -260,9 +276,12 @@ fn store_blocks(
         }
     }
     let feature = |i: usize| features.get(i).copied().unwrap_or(0);
-    let xor_of = |i: usize| xored.get(i).and_then(Option::as_ref);
+    let xor_of = |i: usize| xored.get(i).copied().flatten();
     // What goes into the frame for the block at position `i` of `todo`.
-    let member = |i: usize| xor_of(i).map_or_else(|| data(todo[i]), |(_, x)| &x[..]);
+    let member = |i: usize| match xor_of(i) {
+        Some(_) => &xbuf[i * slot..i * slot + data(todo[i]).len()],
+        None => data(todo[i]),
+    };
 
     let lens: Vec<usize> = todo.iter().map(|&k| data(k).len()).collect();
     let groups = frame::plan(&lens, frame_size);
@@ -301,8 +320,8 @@ fn store_blocks(
             let mut skip = 0u32;
             let mut refs = Vec::new();
             for i in g.clone() {
-                if let Some((r, _)) = xor_of(i) {
-                    refs.push((skip, *r));
+                if let Some(r) = xor_of(i) {
+                    refs.push((skip, r));
                 }
                 skip += raw_len(todo[i])?;
             }
@@ -362,6 +381,16 @@ fn store_blocks(
         outs.push(out);
     }
     Ok(refs)
+}
+
+/// Buffers an ingest reuses from one batch to the next: fresh ones each batch would be
+/// freed together and trimmed off the heap, to fault in again for the next.
+#[derive(Default)]
+struct Scratch {
+    /// Compression outputs.
+    outs: Vec<Vec<u8>>,
+    /// XORed blocks, one slot per new block of a batch.
+    xbuf: Vec<u8>,
 }
 
 fn raw_len(data: &[u8]) -> Result<u32> {
@@ -473,7 +502,7 @@ pub fn ingest_full_with(
         ..Default::default()
     };
     let mut builder = TreeBuilder::new(nblocks, fanout);
-    let mut outs = Vec::new();
+    let mut scratch = Scratch::default();
 
     // Which batches hold data: only those are read.
     let mut batches: Vec<u64> = Vec::new();
@@ -593,7 +622,7 @@ pub fn ingest_full_with(
                 Some(&batch.buf),
                 &bases,
                 opts.similar,
-                &mut outs,
+                &mut scratch,
                 &mut stats,
             )?;
             let bytes: u64 = blocks.iter().flatten().map(|b| b.len() as u64).sum();
@@ -698,7 +727,7 @@ pub fn ingest_layer(
     let per_batch = (BATCH_BYTES / bs).max(1) as usize;
     let todo: Vec<(u64, Vec<Range<u64>>)> = touched.into_iter().collect();
     let mut changes: BTreeMap<u64, BlockRef> = BTreeMap::new();
-    let mut outs = Vec::new();
+    let mut scratch = Scratch::default();
     for chunk in todo.chunks(per_batch) {
         let contents: Vec<Result<Vec<u8>>> = chunk
             .par_iter()
@@ -728,7 +757,7 @@ pub fn ingest_layer(
             .collect();
         let contents: Vec<Vec<u8>> = contents.into_iter().collect::<Result<_>>()?;
         let blocks: Vec<Option<&[u8]>> = contents.iter().map(|c| Some(&c[..])).collect();
-        let refs = store_blocks(w, &blocks, None, &[], false, &mut outs, &mut stats)?;
+        let refs = store_blocks(w, &blocks, None, &[], false, &mut scratch, &mut stats)?;
         let bytes: u64 = chunk
             .iter()
             .flat_map(|(_, p)| p)

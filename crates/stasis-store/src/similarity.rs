@@ -24,20 +24,23 @@ fn words(block: &[u8]) -> impl Iterator<Item = u64> + '_ {
 /// The feature of `block`: the smallest mix of its non-zero 8-byte words, low 32 bits;
 /// never 0, which stands for "no feature" (a block without a non-zero word has none).
 pub fn feature(block: &[u8]) -> u32 {
-    let mut min = u64::MAX;
-    let mut any = false;
-    for w in words(block) {
-        if w != 0 {
+    // Without branches: a third of a page's words are zero, at random places.
+    let min = words(block)
+        .map(|w| {
             let mut x = w.wrapping_mul(MIX);
             x ^= x >> 29;
-            min = min.min(x.wrapping_mul(MIX));
-            any = true;
-        }
-    }
-    match (any, min as u32) {
-        (false, _) => 0,
-        (true, 0) => 1,
-        (true, f) => f,
+            if w == 0 {
+                u64::MAX
+            } else {
+                x.wrapping_mul(MIX)
+            }
+        })
+        .fold(u64::MAX, u64::min);
+    // A non-zero word mixing to u64::MAX (odds 2^-64 a word) counts as none.
+    match (min == u64::MAX, min as u32) {
+        (true, _) => 0,
+        (false, 0) => 1,
+        (false, f) => f,
     }
 }
 
@@ -54,6 +57,13 @@ pub fn xor_pays(data: &[u8], reference: &[u8]) -> bool {
         left += usize::from(a != b);
     }
     mine > 0 && 2 * left <= mine
+}
+
+/// `a` XOR `b` into `out`; all three the same length.
+pub fn xor_to(a: &[u8], b: &[u8], out: &mut [u8]) {
+    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+        *o = x ^ y;
+    }
 }
 
 /// `a` XOR `b` into `out` (same lengths), replacing what `out` held.

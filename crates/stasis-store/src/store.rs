@@ -233,6 +233,49 @@ impl Store {
         self.block(id)
     }
 
+    /// Call `f` with the bytes of `id` as the reference of a new XOR member, checked as
+    /// [`Store::delta_base`] does but read past the block cache, and without copying a
+    /// frame member out of its (cached) frame: an ingest reads thousands of references
+    /// once each, which would only push out what the cache holds for readers and cost
+    /// fresh memory for each.
+    pub fn with_reference<T>(&self, id: &BlockId, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+        let Some((pack, loc)) = self.locate(id) else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("block {id} is not in the index"),
+            ));
+        };
+        if loc.codec.has_base() {
+            return Err(Error::corrupt(format!(
+                "base {id} is itself read through a base"
+            )));
+        }
+        if loc.codec.in_frame() {
+            match self.frames.frame(&*self.backend, &pack, &loc) {
+                Ok(frame) => {
+                    let (a, b) = (loc.skip as usize, loc.skip as usize + loc.raw_len as usize);
+                    return match frame.bytes.get(a..b) {
+                        Some(m) if frame.reference(loc.skip).is_none() && Id::of(m) == *id => {
+                            Ok(f(m))
+                        }
+                        _ => Err(Error::corrupt(format!(
+                            "block {id} in {} does not match its checksum",
+                            pack::pack_key(&pack)
+                        ))),
+                    };
+                }
+                // Its pack is gone (gc repacked it): the usual read reloads the index.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let bytes = match self.cache.get(id) {
+            Some(b) => b,
+            None => self.read_blob(id)?,
+        };
+        Ok(f(&bytes))
+    }
+
     /// The base a stored delta or XOR member names (`None` if `id` is stored whole).
     /// Reads only the front of its stored bytes: a delta's base id, or the reference
     /// table of an XOR member's frame.
