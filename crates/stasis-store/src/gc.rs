@@ -53,6 +53,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::Backend;
+use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{self, FrameCache};
 use crate::id::{BlockId, Id, PackId};
@@ -320,24 +321,47 @@ fn mark(
 
 /// Mark the base of every live delta ([`Codec::ZstdDelta`]) and the reference of every
 /// live XOR member ([`Codec::ZstdFrameXor`]): such a block is read through it, so it
-/// lives as long as the block. A base is never read through a base itself, so one pass
-/// marks them all. A block whose base cannot be read stops gc rather than guess.
-fn mark_bases(store: &Store, live: &mut IdSet) -> Result<()> {
-    let deltas: Vec<BlockId> = {
-        let idx = store.index();
-        live.iter()
-            .filter(|id| idx.get(id).is_some_and(|l| l.codec.has_base()))
-            .copied()
-            .collect()
-    };
-    for id in deltas {
-        if let Some(base) = store
-            .base_of(&id)
-            .map_err(|e| e.context("reading the base of a live block"))?
-        {
-            live.insert(base);
+/// lives as long as the block. Every copy counts, in every pack of `copies`: a block
+/// stored twice (by two sessions at once, or again after a plan masked it) may be
+/// stored on two bases, and the copy [`decide`] keeps, or the one a reader's index
+/// resolves to, need not be the one the index resolves to now. A base is never read
+/// through a base itself, so one pass marks them all. A block whose base cannot be
+/// read stops gc rather than guess.
+fn mark_bases(store: &Store, copies: &[&Files], live: &mut IdSet) -> Result<()> {
+    let mut tables: HashMap<(PackId, u64), crate::frame::References, FxBuildHasher> =
+        HashMap::default();
+    let mut bases = Vec::new();
+    for files in copies {
+        for (pid, entries) in &files.packs {
+            for e in entries {
+                if !e.codec.has_base() || !live.contains(&e.id) {
+                    continue;
+                }
+                let loc = Location::of(0, e);
+                let base = if e.codec == Codec::ZstdFrameXor {
+                    // One read of a frame's table for all its members.
+                    let refs = match tables.entry((*pid, e.offset)) {
+                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                            store
+                                .references_at(pid, &loc)
+                                .map_err(|err| err.context("reading a live block's base"))?,
+                        ),
+                    };
+                    let found = refs.iter().find(|(skip, _)| *skip == e.skip);
+                    Some(found.map(|(_, r)| *r).ok_or_else(|| {
+                        Error::corrupt(format!("block {} has no reference in its frame", e.id))
+                    })?)
+                } else {
+                    store
+                        .base_at(&e.id, pid, &loc)
+                        .map_err(|err| err.context("reading a live block's base"))?
+                };
+                bases.extend(base);
+            }
         }
     }
+    live.extend(bases);
     Ok(())
 }
 
@@ -509,7 +533,7 @@ pub fn collect(
     let mut nodes = IdSet::default();
     let mut seen = HashSet::new();
     report.roots = mark(store, &roots()?, &mut seen, &mut live, &mut nodes)?;
-    mark_bases(store, &mut live)?;
+    mark_bases(store, &[&files], &mut live)?;
 
     // 3. Plan.
     let pack_size = store.config().pack_size;
@@ -554,9 +578,10 @@ pub fn collect(
         .wait_for_sessions(&|n| progress(Phase::Wait(n)))? as u64;
     store.reload_index()?;
     report.roots += mark(store, &roots()?, &mut seen, &mut live, &mut nodes)?;
-    mark_bases(store, &mut live)?;
-    d = decide(&files, &live, opts.repack_below, pack_size);
+    // Index files committed meanwhile: their copies' bases are kept too.
     let newer = load_files(backend, &files.files)?;
+    mark_bases(store, &[&files, &newer], &mut live)?;
+    d = decide(&files, &live, opts.repack_below, pack_size);
     orphans.retain(|p| !newer.packs.contains_key(p));
     // A live blob that no index file names can only be in an orphan (an index file
     // lost to damage): keep any orphan holding one, for `verify --repair` to index.
@@ -720,7 +745,6 @@ fn fill(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Codec;
     use proptest::prelude::*;
 
     proptest! {

@@ -280,46 +280,50 @@ impl Store {
     /// Reads only the front of its stored bytes: a delta's base id, or the reference
     /// table of an XOR member's frame.
     pub fn base_of(&self, id: &BlockId) -> Result<Option<BlockId>> {
-        let Some((pack, loc)) = self.locate(id) else {
-            return Ok(None);
-        };
-        let key = pack::pack_key(&pack);
+        match self.locate(id) {
+            Some((pack, loc)) => self.base_at(id, &pack, &loc),
+            None => Ok(None),
+        }
+    }
+
+    /// The base the copy of `id` at `loc` in `pack` names, as [`Store::base_of`] (a
+    /// block may be stored more than once, each copy on its own base).
+    pub fn base_at(&self, id: &BlockId, pack: &PackId, loc: &Location) -> Result<Option<BlockId>> {
+        match loc.codec {
+            Codec::ZstdDelta => {
+                let n = (codec::DELTA_HEADER as u64).min(u64::from(loc.stored_len));
+                let head = self
+                    .backend
+                    .get(&pack::pack_key(pack), Some(loc.offset..loc.offset + n))?;
+                let base =
+                    codec::delta_base_id(&head).map_err(|e| e.context(format!("block {id}")))?;
+                Ok(Some(Id(base)))
+            }
+            Codec::ZstdFrameXor => {
+                let refs = self.references_at(pack, loc)?;
+                match refs.iter().find(|(skip, _)| *skip == loc.skip) {
+                    Some((_, r)) => Ok(Some(*r)),
+                    None => Err(Error::corrupt(format!(
+                        "block {id} has no reference in its frame's table"
+                    ))),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The reference table of the frame at `loc` in `pack` (a member of a frame with
+    /// one), read without decoding the frame.
+    pub fn references_at(&self, pack: &PackId, loc: &Location) -> Result<frame::References> {
+        let key = pack::pack_key(pack);
         let head = |n: usize| {
             let n = (n as u64).min(u64::from(loc.stored_len));
             self.backend.get(&key, Some(loc.offset..loc.offset + n))
         };
-        match loc.codec {
-            Codec::ZstdDelta => {
-                let base = codec::delta_base_id(&head(codec::DELTA_HEADER)?)
-                    .map_err(|e| e.context(format!("block {id}")))?;
-                Ok(Some(Id(base)))
-            }
-            Codec::ZstdFrameXor => {
-                let len =
-                    frame::refs_len(&head(2)?).map_err(|e| e.context(format!("block {id}")))?;
-                let table = head(len)?;
-                if table.len() < len {
-                    return Err(Error::corrupt(format!(
-                        "block {id}: frame too short for its reference table"
-                    )));
-                }
-                let mut at = 2;
-                while at + frame::REF_ENTRY <= len {
-                    let e = &table[at..at + frame::REF_ENTRY];
-                    let skip = u32::from(u16::from_le_bytes([e[0], e[1]])) * pack::FRAME_SKIP_UNIT;
-                    if skip == loc.skip {
-                        let mut r = [0u8; 32];
-                        r.copy_from_slice(&e[2..]);
-                        return Ok(Some(Id(r)));
-                    }
-                    at += frame::REF_ENTRY;
-                }
-                Err(Error::corrupt(format!(
-                    "block {id} has no reference in its frame's table"
-                )))
-            }
-            _ => Ok(None),
-        }
+        let at = |e: Error| e.context(format!("frame at {} in {key}", loc.offset));
+        let len = frame::refs_len(&head(2)?).map_err(at)?;
+        let table = head(len + 1)?;
+        frame::split_refs(&table).map(|(refs, _)| refs).map_err(at)
     }
 
     /// A blob by id, through the shared cache of decoded blocks.
