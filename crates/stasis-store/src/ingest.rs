@@ -77,6 +77,10 @@ pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 /// shared frame with its neighbours.
 const DELTA_MAX_SHARE: usize = 2;
 
+/// A delta of at most this fraction of its block is kept without compressing the
+/// block alone to compare (128 bytes of a 4 KiB page).
+const DELTA_SURE_SHARE: usize = 32;
+
 /// Compress `data` against `base` (its predecessor at the same place); the stored bytes
 /// of a delta when that pays (see [`DELTA_MAX_SHARE`]), else `None`.
 fn try_delta(
@@ -106,6 +110,15 @@ fn try_delta(
     };
     let mut delta = Vec::new();
     codec::compress_delta(level, &base.0, &base_bytes, data, &mut delta)?;
+    // Most changed pages differ in a few words: a delta this small pays whatever the
+    // block would take alone, and one over half the block never does; only the rest
+    // are worth compressing alone to compare.
+    if delta.len() <= data.len() / DELTA_SURE_SHARE {
+        return Ok(Some(delta));
+    }
+    if delta.len() * DELTA_MAX_SHARE > data.len() {
+        return Ok(None);
+    }
     let mut alone = Vec::new();
     let c = codec::compress(compression, data, &mut alone)?;
     let alone_len = if c == Codec::Raw {
