@@ -32,7 +32,8 @@
 //!   stored, inside its shared frame, as its XOR with a similar stored page, its
 //!   *reference*, found through a 32-bit similarity feature ([`similarity`]) that index
 //!   files keep for every whole memory block ([`raw::FEATURES_FORMAT_VERSION`]; pack
-//!   tables do not, so repair drops these hints). Such a frame's stored bytes start
+//!   tables do not, so repair takes them from the intact old index files: hints,
+//!   lost only with a damaged one). Such a frame's stored bytes start
 //!   with a reference table (see [`frame`]); all its members say so in their codec. A
 //!   reference obeys the rules of a delta's base: committed, not in a gc plan, whole.
 //!

@@ -5,15 +5,18 @@
 //! left out, so that later writes store fresh copies instead of deduplicating against
 //! them, and the result is written as one index file. Only then are the index files
 //! that existed before removed; index files written meanwhile by running sessions stay.
+//! Pack tables hold no similarity features ([`crate::similarity`]): the rebuilt index
+//! takes them from the old index files that are still intact, and blocks only a
+//! damaged one listed lose theirs (a hint: later pages find fewer references).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{self, FrameCache};
-use crate::id::PackId;
+use crate::id::{BlockId, Id, PackId};
 use crate::index;
 use crate::index::Location;
 use crate::pack::{self, PackEntry};
@@ -58,6 +61,20 @@ pub fn rebuild_index(
         )
     })?;
     let old: Vec<String> = backend.list("index/")?.into_iter().map(|m| m.key).collect();
+    let mut features: HashMap<BlockId, u32, FxBuildHasher> = HashMap::default();
+    for key in &old {
+        let Ok(bytes) = backend.get(key, None) else {
+            continue;
+        };
+        if key.strip_prefix("index/") != Some(Id::of(&bytes).to_hex().as_str()) {
+            continue;
+        }
+        if let Ok((_, entries)) = index::decode_file(&bytes) {
+            for (_, e) in entries.iter().filter(|(_, e)| e.feature != 0) {
+                features.insert(e.id, e.feature);
+            }
+        }
+    }
     let mut report = RepairReport::default();
     let mut table: BTreeMap<PackId, Vec<PackEntry>> = BTreeMap::new();
     let mut unreadable: Vec<(PackId, String)> = Vec::new();
@@ -78,6 +95,10 @@ pub fn rebuild_index(
         let kept: Vec<PackEntry> = entries
             .into_iter()
             .filter(|e| !bad.contains(&(e.id, pid)))
+            .map(|e| match features.get(&e.id) {
+                Some(&feature) if !e.codec.has_base() => PackEntry { feature, ..e },
+                _ => e,
+            })
             .collect();
         report.dropped_blobs += (before - kept.len()) as u64;
         report.blobs += kept.len() as u64;
@@ -112,8 +133,6 @@ pub fn rebuild_index(
         report.packs_rewritten = damaged.len() as u64;
     }
     let table: Vec<(PackId, Vec<PackEntry>)> = table.into_iter().collect();
-    // Rebuilt from pack tables, which hold no similarity features: later blocks find
-    // no reference among these until they are stored again (features are hints).
     let (key, bytes) = index::encode_file(&table, store.config().index_format());
     backend.put(&key, &bytes)?;
     backend.sync()?;

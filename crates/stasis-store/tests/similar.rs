@@ -336,6 +336,23 @@ fn verify_ignores_dead_xor_members_whose_reference_is_gone() {
     assert!(v.problems.is_empty(), "{:?}", v.problems);
 }
 
+/// Repair rebuilds the index from pack tables, which hold no features: it takes them
+/// from the intact old index files, so later siblings still find their references.
+#[test]
+fn repair_keeps_the_features_of_intact_index_files() {
+    let (dir, store) = fresh_store();
+    let a = memory(64, 12);
+    let (_, _, _) = ingest(&store, dir.path(), "a", &a, None);
+    let bad = stasis_store::verify::BadBlocks::default();
+    // (The rebuilt index file, features and all, is the old one byte for byte here.)
+    stasis_store::repair::rebuild_index(&store, &bad, &Default::default()).expect("repair");
+    let store = reopen(&dir.path().join("repo"));
+    let b = sibling(&a, &(0..64).rev().collect::<Vec<_>>(), 13);
+    let (mb, sb, _) = ingest(&store, dir.path(), "b", &b, None);
+    assert!(sb.xor_blocks > 50, "{sb:?}");
+    assert_eq!(read_back(&store, &mb, dir.path(), "rb").expect("b"), b);
+}
+
 /// Version 2 repositories are read by releases that know neither XOR members nor
 /// index files with features: nothing of the kind is written into one.
 #[test]
