@@ -190,6 +190,25 @@ pub fn verify_manifest(store: &Store, m: &Manifest, what: &str, bad: &BadBlocks)
     let mut missing: Vec<BlockId> = Vec::new();
     let mut corrupt: Vec<BlockId> = Vec::new();
     let mut missing_bases: Vec<(BlockId, BlockId)> = Vec::new();
+    // Each frame's reference table read once for all its XOR members.
+    let mut tables: HashMap<(PackId, u64), frame::References, FxBuildHasher> = HashMap::default();
+    let mut base_of = |id: &BlockId| -> Result<Option<BlockId>> {
+        match store.locate(id) {
+            Some((pack, loc)) if loc.codec == crate::codec::Codec::ZstdFrameXor => {
+                let refs = match tables.entry((pack, loc.offset)) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(store.references_at(&pack, &loc)?)
+                    }
+                };
+                let found = refs.iter().find(|(skip, _)| *skip == loc.skip);
+                found.map(|(_, r)| Some(*r)).ok_or_else(|| {
+                    crate::Error::corrupt(format!("block {id} has no reference in its frame"))
+                })
+            }
+            _ => store.base_of(id),
+        }
+    };
     let r = manifest::visit_nodes(store, m, &mut |node, level, refs| {
         if is_bad(store, bad, &node) {
             corrupt.push(node);
@@ -203,7 +222,7 @@ pub fn verify_manifest(store: &Store, m: &Manifest, what: &str, bad: &BadBlocks)
                         corrupt.push(*id);
                     } else {
                         // A delta or XOR member needs its base too.
-                        match store.base_of(id) {
+                        match base_of(id) {
                             Ok(None) => {}
                             Ok(Some(b)) if store.locate(&b).is_none() => {
                                 missing_bases.push((*id, b))
