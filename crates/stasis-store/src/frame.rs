@@ -165,6 +165,11 @@ impl FrameCache {
         self.frames.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the frame at `offset` in `pack` is decoded here now.
+    pub fn contains(&self, pack: &PackId, offset: u64) -> bool {
+        self.lock().iter().any(|(k, _)| *k == (*pack, offset))
+    }
+
     /// The decoded frame that `loc` (a member of a shared frame of `pack`, see
     /// [`Codec::in_frame`]) lies in; read and decoded on a miss (damaged frames are not
     /// cached).

@@ -7,7 +7,7 @@
 //! the parent's manifest: a hole in the layer keeps the parent's bytes, written bytes
 //! (zeros included) replace them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -21,7 +21,7 @@ use crate::codec::Compression;
 use crate::codec::{self, Algorithm, Codec};
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame;
-use crate::id::{BlockId, Id};
+use crate::id::{BlockId, Id, PackId};
 use crate::manifest::{self, BlockRef, Manifest, TreeBuilder};
 use crate::pack::{BlobKind, FrameMember};
 use crate::similarity;
@@ -76,6 +76,10 @@ pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 /// a block that is not stored as a delta usually compresses better than alone, in a
 /// shared frame with its neighbours.
 const DELTA_MAX_SHARE: usize = 2;
+
+/// A reference whose frame is not decoded already is read only when at least this many
+/// blocks of the batch name a reference in that frame.
+const MIN_FRAME_REFERENCES: u32 = 2;
 
 /// A delta of at most this fraction of its block is kept without compressing the
 /// block alone to compare (128 bytes of a 4 KiB page).
@@ -247,22 +251,43 @@ fn store_blocks(
             .par_iter()
             .map(|&k| similarity::feature(data(k)))
             .collect();
-        let candidates: Vec<Option<BlockId>> = {
+        let bases = w.bases();
+        let mut candidates: Vec<Option<BlockId>> = {
             let idx = w.store().index();
             features
                 .iter()
                 .map(|&f| if f == 0 { None } else { idx.similar(f) })
                 .collect()
         };
+        candidates
+            .iter_mut()
+            .for_each(|c| *c = c.filter(|r| bases.may_base(r)));
+        // A reference costs its whole frame when that is not decoded already. A frame
+        // that only one block of the batch names is not worth it: such lone matches
+        // rarely pay (in the study, decodes fell from 707 to 436 for 24 fewer XORs of
+        // 5,448), while true siblings come in runs that share frames.
+        let mut per_frame: HashMap<(PackId, u64), u32, FxBuildHasher> = HashMap::default();
+        for r in candidates.iter().flatten() {
+            if let Some(f) = w.store().frame_of(r) {
+                *per_frame.entry(f).or_insert(0) += 1;
+            }
+        }
+        for c in candidates.iter_mut() {
+            let lone = c
+                .and_then(|r| w.store().frame_of(&r))
+                .is_some_and(|f| per_frame.get(&f).copied().unwrap_or(0) < MIN_FRAME_REFERENCES);
+            if lone && c.is_some_and(|r| w.store().costs_a_frame(&r)) {
+                *c = None;
+            }
+        }
         if xbuf.len() < todo.len() * slot {
             xbuf.resize(todo.len() * slot, 0);
         }
-        let bases = w.bases();
         xored = xbuf
             .par_chunks_mut(slot)
             .zip(todo.par_iter().zip(&candidates))
             .map(|(out, (&k, r))| {
-                let r = (*r).filter(|r| bases.may_base(r))?;
+                let r = (*r)?;
                 let d = data(k);
                 let xor = |rb: &[u8]| {
                     let pays = similarity::xor_pays(d, rb);

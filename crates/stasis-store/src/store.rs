@@ -233,6 +233,20 @@ impl Store {
         self.block(id)
     }
 
+    /// Whether reading `id` would decode a shared frame not decoded now (what a
+    /// reference costs: up to a whole frame for one block).
+    pub fn costs_a_frame(&self, id: &BlockId) -> bool {
+        self.locate(id)
+            .is_some_and(|(p, l)| l.codec.in_frame() && !self.frames.contains(&p, l.offset))
+    }
+
+    /// The shared frame `id` is a member of, as (pack, offset), if it is one.
+    pub fn frame_of(&self, id: &BlockId) -> Option<(PackId, u64)> {
+        self.locate(id)
+            .filter(|(_, l)| l.codec.in_frame())
+            .map(|(p, l)| (p, l.offset))
+    }
+
     /// Call `f` with the bytes of `id` as the reference of a new XOR member, checked as
     /// [`Store::delta_base`] does but read past the block cache, and without copying a
     /// frame member out of its (cached) frame: an ingest reads thousands of references
