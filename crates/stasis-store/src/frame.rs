@@ -109,13 +109,18 @@ pub struct Frame {
     pub refs: Arc<[(u32, BlockId)]>,
 }
 
+/// The reference `refs` (a table as [`split_refs`] returns it, by skip) names for the
+/// member at `skip`, if any.
+pub fn reference_in(refs: &[(u32, BlockId)], skip: u32) -> Option<BlockId> {
+    refs.binary_search_by_key(&skip, |(s, _)| *s)
+        .ok()
+        .map(|i| refs[i].1)
+}
+
 impl Frame {
     /// The reference of the member at `skip`, if it is stored XORed.
     pub fn reference(&self, skip: u32) -> Option<BlockId> {
-        self.refs
-            .binary_search_by_key(&skip, |(s, _)| *s)
-            .ok()
-            .map(|i| self.refs[i].1)
+        reference_in(&self.refs, skip)
     }
 }
 

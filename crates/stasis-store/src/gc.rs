@@ -53,7 +53,6 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::Backend;
-use crate::codec::Codec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{self, FrameCache};
 use crate::id::{BlockId, Id, PackId};
@@ -61,7 +60,7 @@ use crate::index::{self, Location};
 use crate::manifest::{self, BlockRef, Manifest};
 use crate::pack::{self, PackEntry};
 use crate::raw;
-use crate::store::{Store, read_located};
+use crate::store::{BaseReader, Store, read_located};
 
 type IdSet = HashSet<BlockId, FxBuildHasher>;
 
@@ -328,8 +327,7 @@ fn mark(
 /// through a base itself, so one pass marks them all. A block whose base cannot be
 /// read stops gc rather than guess.
 fn mark_bases(store: &Store, copies: &[&Files], live: &mut IdSet) -> Result<()> {
-    let mut tables: HashMap<(PackId, u64), crate::frame::References, FxBuildHasher> =
-        HashMap::default();
+    let mut reader = BaseReader::new(store);
     let mut bases = Vec::new();
     for files in copies {
         for (pid, entries) in &files.packs {
@@ -337,26 +335,9 @@ fn mark_bases(store: &Store, copies: &[&Files], live: &mut IdSet) -> Result<()> 
                 if !e.codec.has_base() || !live.contains(&e.id) {
                     continue;
                 }
-                let loc = Location::of(0, e);
-                let base = if e.codec == Codec::ZstdFrameXor {
-                    // One read of a frame's table for all its members.
-                    let refs = match tables.entry((*pid, e.offset)) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                            store
-                                .references_at(pid, &loc)
-                                .map_err(|err| err.context("reading a live block's base"))?,
-                        ),
-                    };
-                    let found = refs.iter().find(|(skip, _)| *skip == e.skip);
-                    Some(found.map(|(_, r)| *r).ok_or_else(|| {
-                        Error::corrupt(format!("block {} has no reference in its frame", e.id))
-                    })?)
-                } else {
-                    store
-                        .base_at(&e.id, pid, &loc)
-                        .map_err(|err| err.context("reading a live block's base"))?
-                };
+                let base = reader
+                    .base_at(&e.id, pid, &Location::of(0, e))
+                    .map_err(|err| err.context("reading a live block's base"))?;
                 bases.extend(base);
             }
         }
@@ -745,6 +726,7 @@ fn fill(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Codec;
     use proptest::prelude::*;
 
     proptest! {

@@ -233,18 +233,17 @@ impl Store {
         self.block(id)
     }
 
-    /// Whether reading `id` would decode a shared frame not decoded now (what a
-    /// reference costs: up to a whole frame for one block).
-    pub fn costs_a_frame(&self, id: &BlockId) -> bool {
-        self.locate(id)
-            .is_some_and(|(p, l)| l.codec.in_frame() && !self.frames.contains(&p, l.offset))
-    }
-
     /// The shared frame `id` is a member of, as (pack, offset), if it is one.
     pub fn frame_of(&self, id: &BlockId) -> Option<(PackId, u64)> {
         self.locate(id)
             .filter(|(_, l)| l.codec.in_frame())
             .map(|(p, l)| (p, l.offset))
+    }
+
+    /// Whether the frame at `offset` in `pack` is decoded in the frame cache now (a read
+    /// of one of its members costs no decode).
+    pub fn frame_cached(&self, pack: &PackId, offset: u64) -> bool {
+        self.frames.contains(pack, offset)
     }
 
     /// Call `f` with the bytes of `id` as the reference of a new XOR member, checked as
@@ -303,27 +302,7 @@ impl Store {
     /// The base the copy of `id` at `loc` in `pack` names, as [`Store::base_of`] (a
     /// block may be stored more than once, each copy on its own base).
     pub fn base_at(&self, id: &BlockId, pack: &PackId, loc: &Location) -> Result<Option<BlockId>> {
-        match loc.codec {
-            Codec::ZstdDelta => {
-                let n = (codec::DELTA_HEADER as u64).min(u64::from(loc.stored_len));
-                let head = self
-                    .backend
-                    .get(&pack::pack_key(pack), Some(loc.offset..loc.offset + n))?;
-                let base =
-                    codec::delta_base_id(&head).map_err(|e| e.context(format!("block {id}")))?;
-                Ok(Some(Id(base)))
-            }
-            Codec::ZstdFrameXor => {
-                let refs = self.references_at(pack, loc)?;
-                match refs.iter().find(|(skip, _)| *skip == loc.skip) {
-                    Some((_, r)) => Ok(Some(*r)),
-                    None => Err(Error::corrupt(format!(
-                        "block {id} has no reference in its frame's table"
-                    ))),
-                }
-            }
-            _ => Ok(None),
-        }
+        BaseReader::new(self).base_at(id, pack, loc)
     }
 
     /// The reference table of the frame at `loc` in `pack` (a member of a frame with
@@ -360,6 +339,61 @@ impl Store {
     /// waits for registered sessions) and copying blobs whatever the index says.
     pub(crate) fn maintenance_writer(&self) -> Writer<'_> {
         Writer::new(self, Compression::none(), None, HashSet::default())
+    }
+}
+
+/// Reads the bases of stored blocks (see [`Store::base_at`]), each frame's reference
+/// table once for all its XOR members: for passes over many blocks (gc's marking,
+/// verify's check of a snapshot).
+#[derive(Debug)]
+pub struct BaseReader<'s> {
+    store: &'s Store,
+    tables: HashMap<(PackId, u64), frame::References, FxBuildHasher>,
+}
+
+impl<'s> BaseReader<'s> {
+    /// A reader with no table read yet.
+    pub fn new(store: &'s Store) -> Self {
+        BaseReader {
+            store,
+            tables: HashMap::default(),
+        }
+    }
+
+    /// The base the copy of `id` at `loc` in `pack` names (`None` if stored whole).
+    pub fn base_at(
+        &mut self,
+        id: &BlockId,
+        pack: &PackId,
+        loc: &Location,
+    ) -> Result<Option<BlockId>> {
+        match loc.codec {
+            Codec::ZstdDelta => {
+                let n = (codec::DELTA_HEADER as u64).min(u64::from(loc.stored_len));
+                let head = self
+                    .store
+                    .backend
+                    .get(&pack::pack_key(pack), Some(loc.offset..loc.offset + n))?;
+                let base =
+                    codec::delta_base_id(&head).map_err(|e| e.context(format!("block {id}")))?;
+                Ok(Some(Id(base)))
+            }
+            Codec::ZstdFrameXor => {
+                let refs = match self.tables.entry((*pack, loc.offset)) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(self.store.references_at(pack, loc)?)
+                    }
+                };
+                match frame::reference_in(refs, loc.skip) {
+                    Some(r) => Ok(Some(r)),
+                    None => Err(Error::corrupt(format!(
+                        "block {id} has no reference in its frame's table"
+                    ))),
+                }
+            }
+            _ => Ok(None),
+        }
     }
 }
 
@@ -412,8 +446,8 @@ pub fn read_located(
                         "block {id} in {key} has a reference of another length"
                     )));
                 }
-                let mut out = Vec::new();
-                crate::similarity::xor_into(member, &r_bytes, &mut out);
+                let mut out = vec![0; member.len()];
+                crate::similarity::xor_to(member, &r_bytes, &mut out);
                 Bytes::from(out)
             }
             (Codec::ZstdFrameXor, _) => {
@@ -1110,8 +1144,8 @@ mod tests {
         c[200] ^= 1;
         let (ia, ib, ic) = (Id::of(&a), Id::of(&b), Id::of(&c));
         let xor = |x: &[u8], y: &[u8]| {
-            let mut o = Vec::new();
-            crate::similarity::xor_into(x, y, &mut o);
+            let mut o = vec![0; x.len()];
+            crate::similarity::xor_to(x, y, &mut o);
             o
         };
         let mut w = store.writer(Compression::default()).expect("writer");

@@ -191,23 +191,10 @@ pub fn verify_manifest(store: &Store, m: &Manifest, what: &str, bad: &BadBlocks)
     let mut corrupt: Vec<BlockId> = Vec::new();
     let mut missing_bases: Vec<(BlockId, BlockId)> = Vec::new();
     // Each frame's reference table read once for all its XOR members.
-    let mut tables: HashMap<(PackId, u64), frame::References, FxBuildHasher> = HashMap::default();
-    let mut base_of = |id: &BlockId| -> Result<Option<BlockId>> {
-        match store.locate(id) {
-            Some((pack, loc)) if loc.codec == crate::codec::Codec::ZstdFrameXor => {
-                let refs = match tables.entry((pack, loc.offset)) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(store.references_at(&pack, &loc)?)
-                    }
-                };
-                let found = refs.iter().find(|(skip, _)| *skip == loc.skip);
-                found.map(|(_, r)| Some(*r)).ok_or_else(|| {
-                    crate::Error::corrupt(format!("block {id} has no reference in its frame"))
-                })
-            }
-            _ => store.base_of(id),
-        }
+    let mut reader = crate::store::BaseReader::new(store);
+    let mut base_of = |id: &BlockId| match store.locate(id) {
+        Some((pack, loc)) => reader.base_at(id, &pack, &loc),
+        None => Ok(None),
     };
     let r = manifest::visit_nodes(store, m, &mut |node, level, refs| {
         if is_bad(store, bad, &node) {

@@ -15,7 +15,7 @@ use stasis_store::config::RepoConfig;
 use stasis_store::gc::{GcOptions, collect};
 use stasis_store::id::Id;
 use stasis_store::ingest::{IngestStats, ingest_full};
-use stasis_store::manifest::{self, BlockRef, Manifest};
+use stasis_store::manifest::Manifest;
 use stasis_store::pack::BlobKind;
 use stasis_store::store::Store;
 
@@ -36,11 +36,6 @@ fn store_at(dir: &Path) -> Store {
         ..RepoConfig::default()
     };
     Store::init(be, cfg).expect("init")
-}
-
-fn reopen(dir: &Path) -> Store {
-    let be: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir).expect("backend"));
-    Store::open(be).expect("open")
 }
 
 /// Pages of made-up guest memory: words from a small alphabet, so that they compress a
@@ -93,18 +88,6 @@ fn ingest(
 
 fn read_back(store: &Store, m: &Manifest, dir: &Path, name: &str) -> stasis_store::Result<Vec<u8>> {
     common::restore_to_file(store, m, &dir.join(name)).map(|(_, b)| b)
-}
-
-fn data_ids(store: &Store, m: &Manifest) -> Vec<Id> {
-    let mut out = Vec::new();
-    manifest::visit_blocks(store, m, 0..m.nblocks(), &mut |_, _, r| {
-        if let BlockRef::Data(id) = r {
-            out.push(id);
-        }
-        Ok(())
-    })
-    .expect("walk");
-    out
 }
 
 #[test]
@@ -167,7 +150,7 @@ fn gc_keeps_the_bases_of_live_deltas() {
     let report = collect(&store, &opts, &mut roots, &|_| {}).expect("gc");
     assert!(report.packs_deleted > 0, "{report:?}");
     // A fresh handle: this one has the bases in its block cache from the ingest.
-    let store = reopen(&dir.path().join("repo"));
+    let store = common::reopen(&dir.path().join("repo"));
     assert_eq!(
         read_back(&store, &m2, dir.path(), "r2").expect("restore after gc"),
         t2
@@ -193,7 +176,7 @@ fn a_delta_without_its_base_is_an_error() {
 
     // gc with a root list that forgets t2 but keeps t1 would never drop a base; drop
     // the base by hand instead: its pack goes, as a damaged disk would lose it.
-    let delta = data_ids(&store, &m2)[0];
+    let delta = common::data_ids(&store, &m2)[0];
     let base = store.base_of(&delta).expect("read").expect("a delta");
     let (pack, _) = store.locate(&base).expect("base indexed");
     store
@@ -202,7 +185,7 @@ fn a_delta_without_its_base_is_an_error() {
         .expect("delete");
     // A fresh handle: this one has the base in its block cache from the ingest.
     drop(store);
-    let store = reopen(&dir.path().join("repo"));
+    let store = common::reopen(&dir.path().join("repo"));
     match read_back(&store, &m2, dir.path(), "r2") {
         Ok(_) => panic!("a delta whose base is lost read back"),
         Err(e) => assert!(e.to_string().contains("base"), "{e}"),

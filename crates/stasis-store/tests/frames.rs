@@ -14,7 +14,7 @@ use stasis_store::codec::{Codec, Compression};
 use stasis_store::config::RepoConfig;
 use stasis_store::gc::{GcOptions, collect};
 use stasis_store::ingest::ingest_full;
-use stasis_store::manifest::{self, BlockRef, Manifest};
+use stasis_store::manifest::Manifest;
 use stasis_store::pack::BlobKind;
 use stasis_store::store::Store;
 
@@ -59,10 +59,6 @@ fn store_at(dir: &Path, frame_size: u32) -> Store {
     Store::init(be, cfg).expect("init")
 }
 
-fn reopen(dir: &Path) -> Store {
-    Store::open(Arc::new(LocalBackend::open(dir).expect("backend"))).expect("open")
-}
-
 fn put(store: &Store, dir: &Path, name: &str, bytes: &[u8]) -> Manifest {
     let p = dir.join(name);
     std::fs::write(&p, bytes).expect("write input");
@@ -75,18 +71,6 @@ fn put(store: &Store, dir: &Path, name: &str, bytes: &[u8]) -> Manifest {
 
 fn restored(store: &Store, m: &Manifest, out: &Path) -> stasis_store::Result<Vec<u8>> {
     common::restore_to_file(store, m, out).map(|(_, bytes)| bytes)
-}
-
-fn data_ids(store: &Store, m: &Manifest) -> Vec<stasis_store::id::BlockId> {
-    let mut ids = Vec::new();
-    manifest::visit_blocks(store, m, 0..m.nblocks(), &mut |_, _, r| {
-        if let BlockRef::Data(id) = r {
-            ids.push(id);
-        }
-        Ok(())
-    })
-    .expect("walk");
-    ids
 }
 
 /// Stored bytes of data blobs, counting each stored range once.
@@ -120,8 +104,8 @@ fn neighbouring_blocks_share_frames_and_read_back_exactly() {
         } else {
             // 75 blocks in frames of up to 64 blocks: every block is in a frame.
             assert_eq!(framed, 75);
-            let fresh = reopen(&repo);
-            for id in data_ids(&fresh, &m) {
+            let fresh = common::reopen(&repo);
+            for id in common::data_ids(&fresh, &m) {
                 let (_, loc) = fresh.locate(&id).expect("indexed");
                 assert_eq!(loc.skip % 4096, 0);
                 assert_eq!(
@@ -152,8 +136,8 @@ fn a_damaged_frame_is_an_error_never_wrong_bytes() {
         let store = store_at(&repo, 256 << 10);
         put(&store, dir.path(), "in", &want)
     };
-    let store = reopen(&repo);
-    let ids = data_ids(&store, &m);
+    let store = common::reopen(&repo);
+    let ids = common::data_ids(&store, &m);
     let (pack, loc) = store.locate(&ids[5]).expect("indexed");
     assert_eq!(loc.codec, Codec::ZstdFrame);
     // Flip a byte in the middle of the frame's stored bytes.
@@ -163,7 +147,7 @@ fn a_damaged_frame_is_an_error_never_wrong_bytes() {
     bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 0x20;
     std::fs::write(&path, &bytes).expect("damage");
 
-    let store = reopen(&repo);
+    let store = common::reopen(&repo);
     let mut errors = 0;
     for (k, id) in ids.iter().enumerate() {
         match store.block(id) {
@@ -192,7 +176,7 @@ fn gc_keeps_the_live_members_of_a_frame() {
     let b = a[..32 << 10].to_vec();
     let ma = put(&store, dir.path(), "a", &a);
     let mb = put(&store, dir.path(), "b", &b);
-    let dead: Vec<_> = data_ids(&store, &ma)[8..].to_vec();
+    let dead: Vec<_> = common::data_ids(&store, &ma)[8..].to_vec();
     let roots: Roots = vec![("b".to_string(), mb)];
     for round in 0..2 {
         let mut r = || Ok(roots.clone());
@@ -201,14 +185,14 @@ fn gc_keeps_the_live_members_of_a_frame() {
             repack_below: 0.9,
         };
         collect(&store, &opts, &mut r, &|_| {}).expect("gc");
-        let fresh = reopen(&repo);
+        let fresh = common::reopen(&repo);
         for id in &dead {
             assert!(
                 fresh.locate(id).is_none(),
                 "round {round}: a dead member is still indexed"
             );
         }
-        let live = data_ids(&fresh, &mb);
+        let live = common::data_ids(&fresh, &mb);
         assert_eq!(live.len(), 8);
         for id in &live {
             let (_, loc) = fresh.locate(id).expect("live member indexed");

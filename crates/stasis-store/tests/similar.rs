@@ -17,7 +17,7 @@ use stasis_store::config::RepoConfig;
 use stasis_store::gc::{GcOptions, collect};
 use stasis_store::id::Id;
 use stasis_store::ingest::{FullOptions, IngestStats, ingest_full_with};
-use stasis_store::manifest::{self, BlockRef, Manifest};
+use stasis_store::manifest::Manifest;
 use stasis_store::store::Store;
 
 const PAGE: usize = 4096;
@@ -37,11 +37,6 @@ fn fresh_store() -> (tempfile::TempDir, Store) {
     std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
     let store = store_at(&dir.path().join("repo"), stasis_store::config::REPO_VERSION);
     (dir, store)
-}
-
-fn reopen(dir: &Path) -> Store {
-    let be: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir).expect("backend"));
-    Store::open(be).expect("open")
 }
 
 /// Pages of made-up guest memory: a third of the words zero, the rest random, so each
@@ -100,18 +95,6 @@ fn read_back(store: &Store, m: &Manifest, dir: &Path, name: &str) -> stasis_stor
     common::restore_to_file(store, m, &dir.join(name)).map(|(_, b)| b)
 }
 
-fn data_ids(store: &Store, m: &Manifest) -> Vec<Id> {
-    let mut out = Vec::new();
-    manifest::visit_blocks(store, m, 0..m.nblocks(), &mut |_, _, r| {
-        if let BlockRef::Data(id) = r {
-            out.push(id);
-        }
-        Ok(())
-    })
-    .expect("walk");
-    out
-}
-
 #[test]
 fn a_siblings_pages_are_stored_xored_with_similar_ones_and_read_back() {
     let (dir, store) = fresh_store();
@@ -126,7 +109,7 @@ fn a_siblings_pages_are_stored_xored_with_similar_ones_and_read_back() {
     // A page keeps its feature unless an edit hits its smallest word.
     assert!(sb.xor_blocks >= 230, "{sb:?}");
     assert!(b_bytes * 5 < a_bytes, "{b_bytes} vs {a_bytes}");
-    let xored = data_ids(&store, &mb)
+    let xored = common::data_ids(&store, &mb)
         .iter()
         .filter(|id| {
             store
@@ -137,7 +120,7 @@ fn a_siblings_pages_are_stored_xored_with_similar_ones_and_read_back() {
     assert_eq!(xored as u64, sb.xor_blocks);
 
     // Read back through a fresh handle (no reference in a cache), and verified.
-    let store = reopen(&dir.path().join("repo"));
+    let store = common::reopen(&dir.path().join("repo"));
     assert_eq!(read_back(&store, &mb, dir.path(), "rb").expect("b"), b);
     assert_eq!(read_back(&store, &ma, dir.path(), "ra").expect("a"), a);
     let v = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
@@ -164,7 +147,7 @@ fn gc_keeps_the_references_of_live_xor_members() {
         report.packs_deleted + report.packs_written > 0,
         "{report:?}"
     );
-    let store = reopen(&dir.path().join("repo"));
+    let store = common::reopen(&dir.path().join("repo"));
     assert_eq!(
         read_back(&store, &mb, dir.path(), "rb").expect("after gc"),
         b
@@ -172,7 +155,7 @@ fn gc_keeps_the_references_of_live_xor_members() {
     let v = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
     assert!(v.problems.is_empty(), "{:?} after {report:?}", v.problems);
     // The references kept are whole blocks still (a repack copies frames as they are).
-    for id in data_ids(&store, &mb) {
+    for id in common::data_ids(&store, &mb) {
         if let Some(r) = store.base_of(&id).expect("table") {
             assert!(store.locate(&r).is_some_and(|(_, l)| !l.codec.has_base()));
         }
@@ -195,7 +178,7 @@ fn an_xor_member_without_its_reference_is_an_error() {
     assert!(sb.xor_blocks > 0);
 
     // Lose the references' pack, as a damaged disk would.
-    let member = data_ids(&store, &mb)
+    let member = common::data_ids(&store, &mb)
         .into_iter()
         .find(|id| {
             store
@@ -210,7 +193,7 @@ fn an_xor_member_without_its_reference_is_an_error() {
         .delete(&stasis_store::pack::pack_key(&pack))
         .expect("delete");
     drop(store);
-    let store = reopen(&dir.path().join("repo"));
+    let store = common::reopen(&dir.path().join("repo"));
     match read_back(&store, &mb, dir.path(), "rb") {
         Ok(_) => panic!("an xor member whose reference is lost read back"),
         Err(e) => assert!(e.to_string().contains("reference"), "{e}"),
@@ -288,7 +271,7 @@ fn gc_keeps_the_bases_of_every_copy_of_a_block() {
         };
         let mut roots = || Ok(vec![("x1".to_string(), m1), ("x2".to_string(), m2)]);
         collect(&store, &opts, &mut roots, &|_| {}).expect("gc");
-        let store = reopen(&dir.path().join("repo"));
+        let store = common::reopen(&dir.path().join("repo"));
         let got = store.read_blob(&Id::of(&x));
         assert_eq!(got.map(|b| b.to_vec()).ok(), Some(x), "round {round}");
         let v = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
@@ -330,7 +313,7 @@ fn verify_ignores_dead_xor_members_whose_reference_is_gone() {
     let report = collect(&store, &opts, &mut roots, &|_| {}).expect("gc");
     assert!(report.packs_deleted > 0, "{report:?}");
     assert!(report.dead_blobs_kept >= 8, "{report:?}");
-    let store = reopen(&dir.path().join("repo"));
+    let store = common::reopen(&dir.path().join("repo"));
     assert_eq!(read_back(&store, &mc, dir.path(), "rc").expect("c"), fresh);
     let v = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
     assert!(v.problems.is_empty(), "{:?}", v.problems);
@@ -346,7 +329,7 @@ fn repair_keeps_the_features_of_intact_index_files() {
     let bad = stasis_store::verify::BadBlocks::default();
     // (The rebuilt index file, features and all, is the old one byte for byte here.)
     stasis_store::repair::rebuild_index(&store, &bad, &Default::default()).expect("repair");
-    let store = reopen(&dir.path().join("repo"));
+    let store = common::reopen(&dir.path().join("repo"));
     let b = sibling(&a, &(0..64).rev().collect::<Vec<_>>(), 13);
     let (mb, sb, _) = ingest(&store, dir.path(), "b", &b, None);
     assert!(sb.xor_blocks > 50, "{sb:?}");
@@ -369,7 +352,7 @@ fn version_two_repositories_get_no_xor_members() {
         let head = store.backend().get(&meta.key, Some(0..12)).expect("head");
         assert_eq!(head[8..12], 2u32.to_le_bytes(), "{}", meta.key);
     }
-    for id in data_ids(&store, &mb) {
+    for id in common::data_ids(&store, &mb) {
         let (_, l) = store.locate(&id).expect("indexed");
         assert!(!matches!(
             l.codec,
@@ -422,7 +405,7 @@ proptest! {
         let opts = GcOptions { repack_below: 1.0, ..GcOptions::default() };
         let mut roots = || Ok(vec![("b".to_string(), mb), ("c".to_string(), mc)]);
         collect(&store, &opts, &mut roots, &|_| {}).expect("gc");
-        let store = reopen(&dir.path().join("repo"));
+        let store = common::reopen(&dir.path().join("repo"));
         prop_assert_eq!(&read_back(&store, &mb, dir.path(), "rb2").expect("b after gc"), &b);
         prop_assert_eq!(&read_back(&store, &mc, dir.path(), "rc2").expect("c after gc"), &c);
     }
