@@ -22,21 +22,22 @@ use stasis_store::store::Store;
 
 const PAGE: usize = 4096;
 
-fn store_at(dir: &Path, version: u32) -> Store {
-    let be: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir).expect("backend"));
-    let cfg = RepoConfig {
-        fanout: 8,
-        version,
-        ..RepoConfig::default()
-    };
-    Store::init(be, cfg).expect("init")
-}
-
-fn fresh_store() -> (tempfile::TempDir, Store) {
+/// A temporary directory with a new repository made with `cfg` in its `repo`.
+fn store_with(cfg: RepoConfig) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
-    let store = store_at(&dir.path().join("repo"), stasis_store::config::REPO_VERSION);
+    let be: Arc<dyn Backend> =
+        Arc::new(LocalBackend::open(dir.path().join("repo")).expect("backend"));
+    let store = Store::init(be, cfg).expect("init");
     (dir, store)
+}
+
+/// A new default repository (small fanout, so trees have several levels).
+fn fresh_store() -> (tempfile::TempDir, Store) {
+    store_with(RepoConfig {
+        fanout: 8,
+        ..RepoConfig::default()
+    })
 }
 
 /// Pages of made-up guest memory: a third of the words zero, the rest random, so each
@@ -284,16 +285,11 @@ fn gc_keeps_the_bases_of_every_copy_of_a_block() {
 #[test]
 fn verify_ignores_dead_xor_members_whose_reference_is_gone() {
     // Small packs, so that b's is not one gc merges (and rewrites) for being small.
-    let dir = tempfile::tempdir().expect("tmp");
-    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
-    let be: Arc<dyn Backend> =
-        Arc::new(LocalBackend::open(dir.path().join("repo")).expect("backend"));
-    let cfg = RepoConfig {
+    let (dir, store) = store_with(RepoConfig {
         fanout: 8,
         pack_size: 1 << 20,
         ..RepoConfig::default()
-    };
-    let store = Store::init(be, cfg).expect("init");
+    });
     let a = memory(16, 9);
     let fresh = memory(240, 10);
     // b: 16 near copies of a's pages, then 240 pages of its own.
@@ -340,9 +336,11 @@ fn repair_keeps_the_features_of_intact_index_files() {
 /// index files with features: nothing of the kind is written into one.
 #[test]
 fn version_two_repositories_get_no_xor_members() {
-    let dir = tempfile::tempdir().expect("tmp");
-    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
-    let store = store_at(&dir.path().join("repo"), 2);
+    let (dir, store) = store_with(RepoConfig {
+        fanout: 8,
+        version: 2,
+        ..RepoConfig::default()
+    });
     let a = memory(64, 7);
     let b = sibling(&a, &(0..64).rev().collect::<Vec<_>>(), 8);
     let (_, _, _) = ingest(&store, dir.path(), "a", &a, None);
