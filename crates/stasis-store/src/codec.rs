@@ -291,8 +291,13 @@ pub fn compress(c: Compression, data: &[u8], out: &mut Vec<u8>) -> Result<Codec>
     Ok(codec)
 }
 
-fn zstd_decompress(stored: &[u8], capacity: usize, out: &mut Vec<u8>) -> Result<()> {
-    ZSTD_D.with(|cell| -> Result<()> {
+/// Decode the zstd frame `stored` into `out` (a `Vec` grows by what it decodes, a slice
+/// must hold it all) with this thread's decompressor; returns the bytes written.
+fn zstd_decompress<B: zstd::zstd_safe::WriteBuf + ?Sized>(
+    stored: &[u8],
+    out: &mut B,
+) -> Result<usize> {
+    ZSTD_D.with(|cell| -> Result<usize> {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(
@@ -303,10 +308,8 @@ fn zstd_decompress(stored: &[u8], capacity: usize, out: &mut Vec<u8>) -> Result<
         let Some(d) = slot.as_mut() else {
             return Err(Error::new(ErrorKind::Io, "zstd decompressor missing"));
         };
-        out.reserve(capacity);
         d.decompress_to_buffer(stored, out)
-            .map_err(|e| Error::corrupt(format!("zstd block does not decode: {e}")))?;
-        Ok(())
+            .map_err(|e| Error::corrupt(format!("zstd block does not decode: {e}")))
     })
 }
 
@@ -417,7 +420,8 @@ pub fn decompress_frame(stored: &[u8], out: &mut Vec<u8>) -> Result<()> {
         }
         _ => return Err(Error::corrupt("frame header does not declare its size")),
     };
-    zstd_decompress(stored, len, out)?;
+    out.reserve(len);
+    zstd_decompress(stored, out)?;
     if out.len() != len {
         return Err(Error::corrupt(format!(
             "frame decoded to {} bytes, its header says {len}",
@@ -430,6 +434,24 @@ pub fn decompress_frame(stored: &[u8], out: &mut Vec<u8>) -> Result<()> {
 /// Decode `stored` (encoded with `codec`) into `out`, which must come out `raw_len` long.
 pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
     out.clear();
+    if matches!(codec, Codec::Zstd | Codec::ZstdFrame) {
+        // Decoded into the spare capacity: no clearing first.
+        out.reserve(raw_len);
+        zstd_decompress(stored, out)?;
+        return check_len(out.len(), raw_len);
+    }
+    if raw_len > crate::config::MAX_BLOCK_SIZE as usize {
+        return Err(Error::corrupt(format!(
+            "block claims {raw_len} bytes, more than any block"
+        )));
+    }
+    out.resize(raw_len, 0);
+    decompress_into(codec, stored, out)
+}
+
+/// Decode `stored` (encoded with `codec`) into `out`, which it must fill exactly.
+pub fn decompress_into(codec: Codec, stored: &[u8], out: &mut [u8]) -> Result<()> {
+    let raw_len = out.len();
     match codec {
         Codec::Raw => {
             if stored.len() != raw_len {
@@ -438,30 +460,28 @@ pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize, out: &mut Vec<u8>
                     stored.len()
                 )));
             }
-            out.extend_from_slice(stored);
+            out.copy_from_slice(stored);
+            Ok(())
         }
-        Codec::Zstd | Codec::ZstdFrame => zstd_decompress(stored, raw_len, out)?,
-        Codec::ZstdDelta => {
-            return Err(Error::corrupt(
-                "a delta block decodes only against its base (see decompress_delta)",
-            ));
-        }
-        Codec::ZstdFrameRefs | Codec::ZstdFrameXor => {
-            return Err(Error::corrupt(
-                "a member of a frame with references decodes only through its frame",
-            ));
-        }
+        Codec::Zstd | Codec::ZstdFrame => check_len(zstd_decompress(stored, out)?, raw_len),
+        Codec::ZstdDelta => Err(Error::corrupt(
+            "a delta block decodes only against its base (see decompress_delta)",
+        )),
+        Codec::ZstdFrameRefs | Codec::ZstdFrameXor => Err(Error::corrupt(
+            "a member of a frame with references decodes only through its frame",
+        )),
         Codec::Lz4 => {
-            out.resize(raw_len, 0);
             let n = lz4_flex::block::decompress_into(stored, out)
                 .map_err(|e| Error::corrupt(format!("lz4 block does not decode: {e}")))?;
-            out.truncate(n);
+            check_len(n, raw_len)
         }
     }
-    if out.len() != raw_len {
+}
+
+fn check_len(n: usize, raw_len: usize) -> Result<()> {
+    if n != raw_len {
         return Err(Error::corrupt(format!(
-            "block decoded to {} bytes, expected {raw_len}",
-            out.len()
+            "block decoded to {n} bytes, expected {raw_len}"
         )));
     }
     Ok(())

@@ -1,10 +1,8 @@
 //! Reading payloads back: random access by offset, and whole-file restore.
 
 use std::fs::File;
-use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use crate::error::{IoContext, Result};
@@ -187,6 +185,7 @@ pub fn restore(
                 let wake = wake.clone();
                 s.spawn(move || -> Result<u64> {
                     let mut n = 0u64;
+                    let mut buf = Vec::new();
                     while !stop.load(Ordering::Acquire) {
                         let k = claimed.fetch_add(1, Ordering::AcqRel);
                         let Some(run) = runs.get(k) else { break };
@@ -194,7 +193,7 @@ pub fn restore(
                         if windows.binary_search_by_key(&k, |w| w.start).is_ok() {
                             wake.unpark();
                         }
-                        match write_run(store, m, out, run) {
+                        match write_run(store, m, out, run, &mut buf) {
                             Ok(w) => {
                                 n += w;
                                 progress(w);
@@ -265,63 +264,41 @@ fn split_windows(runs: &[&[(u64, BlockId)]], blocks: usize) -> Vec<std::ops::Ran
 }
 
 /// Decode, check and write one run of consecutive blocks; returns the bytes written.
-fn write_run(store: &Store, m: &Manifest, out: &File, run: &[(u64, BlockId)]) -> Result<u64> {
+fn write_run(
+    store: &Store,
+    m: &Manifest,
+    out: &File,
+    run: &[(u64, BlockId)],
+    buf: &mut Vec<u8>,
+) -> Result<u64> {
     let Some(&(first, _)) = run.first() else {
         return Ok(0);
     };
-    let mut data = Vec::with_capacity(run.len());
+    let len: usize = run.iter().map(|(i, _)| m.block_len(*i)).sum();
+    buf.resize(len, 0);
+    let mut at = 0;
     for (i, id) in run {
-        let d = store.read_blob(id)?;
-        if d.len() != m.block_len(*i) {
-            return Err(crate::Error::corrupt(format!(
-                "block {id} has the wrong length for block {i}"
-            )));
-        }
-        data.push(d);
+        let n = m.block_len(*i);
+        store.read_block_into(id, &mut buf[at..at + n])?;
+        at += n;
     }
-    write_all_at(out, &data, first * u64::from(m.block_size))
+    write_all_at(out, buf, first * u64::from(m.block_size))
         .ctx(|| "writing the restored file".to_string())
 }
 
-/// `pwritev` all of `bufs` at `at`, resuming after short writes.
-fn write_all_at(out: &File, bufs: &[Bytes], mut at: u64) -> std::io::Result<u64> {
-    let total: usize = bufs.iter().map(|b| b.len()).sum();
-    let (mut k, mut skip) = (0usize, 0usize);
+/// `pwrite` all of `buf` at `at`, resuming after short writes.
+fn write_all_at(out: &File, buf: &[u8], at: u64) -> std::io::Result<u64> {
     let mut done = 0usize;
-    while done < total {
-        let slices: Vec<IoSlice<'_>> = bufs[k..]
-            .iter()
-            .enumerate()
-            .map(|(j, b)| IoSlice::new(if j == 0 { &b[skip..] } else { b }))
-            .take(MAX_IOV)
-            .collect();
-        let n = match rustix::io::pwritev(out, &slices, at) {
+    while done < buf.len() {
+        match rustix::io::pwrite(out, &buf[done..], at + done as u64) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
+            Ok(n) => done += n,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
-        };
-        done += n;
-        at += n as u64;
-        // Step past what was written.
-        let mut left = n;
-        while left > 0 {
-            let rest = bufs[k].len() - skip;
-            if left >= rest {
-                left -= rest;
-                k += 1;
-                skip = 0;
-            } else {
-                skip += left;
-                left = 0;
-            }
         }
     }
-    Ok(total as u64)
+    Ok(buf.len() as u64)
 }
-
-/// At most this many buffers per `pwritev` (Linux's IOV_MAX is 1024).
-const MAX_IOV: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -382,26 +359,5 @@ mod tests {
             let flat: Vec<usize> = w.iter().flat_map(|r| r.clone()).collect();
             prop_assert_eq!(flat, (0..runs.len()).collect::<Vec<_>>());
         }
-    }
-
-    #[test]
-    fn vectored_writes_land_whole_past_the_iov_limit() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(dir.path().join("out"))
-            .expect("create");
-        // More buffers than one pwritev takes, of uneven sizes.
-        let bufs: Vec<Bytes> = (0..MAX_IOV * 2 + 7)
-            .map(|k| Bytes::from(vec![(k % 251) as u8; 1 + k % 13]))
-            .collect();
-        let want: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-        let n = write_all_at(&f, &bufs, 4096).expect("write");
-        assert_eq!(n, want.len() as u64);
-        let got = std::fs::read(dir.path().join("out")).expect("read");
-        assert_eq!(&got[..4096], &[0u8; 4096][..]);
-        assert_eq!(&got[4096..], &want[..]);
     }
 }

@@ -194,27 +194,61 @@ impl Store {
     /// If the block's pack is gone (gc repacked it since the index was loaded), the
     /// index is loaded again and the read retried once.
     pub fn read_blob(&self, id: &BlockId) -> Result<Bytes> {
+        let base = |b: &BlockId| self.delta_base(b);
+        self.with_location(id, |pack, loc| {
+            read_located(&*self.backend, &self.frames, id, pack, loc, &base)
+        })
+    }
+
+    /// Decode block `id` into `dst`, which must be exactly its length, and check it
+    /// against its id: copied from the block cache if that holds it, else read and
+    /// decoded straight into `dst` past the block cache. For reads that take every
+    /// block once (a restore): caching those would cost a fresh buffer and a copy per
+    /// block. A mount's reads go through the cache ([`Store::block`]): blocks shared by
+    /// several snapshots' files are decoded once for all of them.
+    pub fn read_block_into(&self, id: &BlockId, dst: &mut [u8]) -> Result<()> {
+        if let Some(b) = self.cache.get(id) {
+            if b.len() != dst.len() {
+                return Err(Error::corrupt(format!(
+                    "block {id} is {} bytes, its place {}",
+                    b.len(),
+                    dst.len()
+                )));
+            }
+            dst.copy_from_slice(&b);
+            return Ok(());
+        }
+        let base = |b: &BlockId| self.delta_base(b);
+        self.with_location(id, |pack, loc| {
+            read_located_into(&*self.backend, &self.frames, id, pack, loc, &base, dst)
+        })
+    }
+
+    /// `read(pack, location)` for `id`, looked up in the index (reloaded when another
+    /// process may have written it since), and once more if its pack is gone: gc moved
+    /// the blob. Callers never hold the index lock while reading blocks, so reloading
+    /// here cannot deadlock.
+    fn with_location<T>(
+        &self,
+        id: &BlockId,
+        mut read: impl FnMut(&PackId, &Location) -> Result<T>,
+    ) -> Result<T> {
         let not_indexed = || {
             Error::new(
                 ErrorKind::NotFound,
                 format!("block {id} is not in the index"),
             )
         };
-        // Not indexed here: another process may have written it since (a snapshot
-        // created while this one was mounted).
         let (pack, loc) = match self.locate(id) {
             Some(l) => l,
             None if self.refresh_index()? => self.locate(id).ok_or_else(not_indexed)?,
             None => return Err(not_indexed()),
         };
-        let base = |b: &BlockId| self.delta_base(b);
-        match read_located(&*self.backend, &self.frames, id, &pack, &loc, &base) {
+        match read(&pack, &loc) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                // Its pack is gone: gc moved the blob. Callers never hold the index lock
-                // while reading blocks, so reloading here cannot deadlock.
                 self.reload_index()?;
                 let (pack, loc) = self.locate(id).ok_or_else(not_indexed)?;
-                read_located(&*self.backend, &self.frames, id, &pack, &loc, &base)
+                read(&pack, &loc)
             }
             r => r,
         }
@@ -429,15 +463,55 @@ pub fn read_located(
     loc: &Location,
     base: &dyn Fn(&BlockId) -> Result<Bytes>,
 ) -> Result<Bytes> {
+    if loc.codec == Codec::Raw {
+        // Kept as the backend gives it (for a sealed pack, a slice of its map): no copy.
+        let key = pack::pack_key(pack);
+        let raw = backend.get(
+            &key,
+            Some(loc.offset..loc.offset + u64::from(loc.stored_len)),
+        )?;
+        if raw.len() != loc.raw_len as usize || Id::of(&raw) != *id {
+            return Err(Error::corrupt(format!(
+                "block {id} in {key} does not match its checksum"
+            )));
+        }
+        return Ok(raw);
+    }
+    if loc.raw_len > crate::config::MAX_BLOCK_SIZE {
+        return Err(Error::corrupt(format!(
+            "block {id} claims {} bytes, more than any block",
+            loc.raw_len
+        )));
+    }
+    let mut out = vec![0; loc.raw_len as usize];
+    read_located_into(backend, frames, id, pack, loc, base, &mut out)?;
+    Ok(Bytes::from(out))
+}
+
+/// As [`read_located`], decoded into `dst`, which must be exactly the block's length.
+pub fn read_located_into(
+    backend: &dyn Backend,
+    frames: &FrameCache,
+    id: &BlockId,
+    pack: &PackId,
+    loc: &Location,
+    base: &dyn Fn(&BlockId) -> Result<Bytes>,
+    dst: &mut [u8],
+) -> Result<()> {
     let key = pack::pack_key(pack);
     let mismatch = || Error::corrupt(format!("block {id} in {key} does not match its checksum"));
+    if dst.len() != loc.raw_len as usize {
+        return Err(Error::corrupt(format!(
+            "block {id} in {key} is {} bytes, its place {}",
+            loc.raw_len,
+            dst.len()
+        )));
+    }
     if loc.codec.in_frame() {
         let frame = frames.frame(backend, pack, loc)?;
         let (a, b) = (loc.skip as usize, loc.skip as usize + loc.raw_len as usize);
         let member = frame.bytes.get(a..b).ok_or_else(mismatch)?;
-        let reference = frame.reference(loc.skip);
-        // A copy: a slice would keep the whole frame alive in the block cache.
-        let raw = match (loc.codec, reference) {
+        match (loc.codec, frame.reference(loc.skip)) {
             (Codec::ZstdFrameXor, Some(r)) if r != *id => {
                 let r_bytes = base(&r)
                     .map_err(|e| e.context(format!("the reference of block {id} in {key}")))?;
@@ -446,9 +520,7 @@ pub fn read_located(
                         "block {id} in {key} has a reference of another length"
                     )));
                 }
-                let mut out = vec![0; member.len()];
-                crate::similarity::xor_to(member, &r_bytes, &mut out);
-                Bytes::from(out)
+                crate::similarity::xor_to(member, &r_bytes, dst);
             }
             (Codec::ZstdFrameXor, _) => {
                 return Err(Error::corrupt(format!(
@@ -460,47 +532,38 @@ pub fn read_located(
                     "block {id} in {key} is listed as XORed but its entry says not"
                 )));
             }
-            (_, None) => Bytes::copy_from_slice(member),
-        };
-        return if Id::of(&raw) == *id {
-            Ok(raw)
-        } else {
-            Err(mismatch())
-        };
-    }
-    let stored = backend.get(
-        &key,
-        Some(loc.offset..loc.offset + u64::from(loc.stored_len)),
-    )?;
-    let raw = if loc.codec == Codec::Raw {
-        stored
-    } else if loc.codec == Codec::ZstdDelta {
-        let (base_id, frame) =
-            codec::split_delta(&stored).map_err(|e| e.context(format!("block {id} in {key}")))?;
-        let base_id = Id(base_id);
-        if base_id == *id {
-            return Err(Error::corrupt(format!(
-                "block {id} in {key} is a delta on itself"
-            )));
+            (_, None) => dst.copy_from_slice(member),
         }
-        let base_bytes = base(&base_id)
-            .map_err(|e| e.context(format!("the base of delta block {id} in {key}")))?;
-        let mut out = Vec::new();
-        codec::decompress_delta(frame, &base_bytes, loc.raw_len as usize, &mut out)
-            .map_err(|e| e.context(format!("block {id} in {key}")))?;
-        Bytes::from(out)
     } else {
-        let mut out = Vec::new();
-        codec::decompress(loc.codec, &stored, loc.raw_len as usize, &mut out)
-            .map_err(|e| e.context(format!("block {id} in {key}")))?;
-        Bytes::from(out)
-    };
-    if raw.len() != loc.raw_len as usize || Id::of(&raw) != *id {
-        return Err(Error::corrupt(format!(
-            "block {id} in {key} does not match its checksum"
-        )));
+        let stored = backend.get(
+            &key,
+            Some(loc.offset..loc.offset + u64::from(loc.stored_len)),
+        )?;
+        if loc.codec == Codec::ZstdDelta {
+            let (base_id, frame) = codec::split_delta(&stored)
+                .map_err(|e| e.context(format!("block {id} in {key}")))?;
+            let base_id = Id(base_id);
+            if base_id == *id {
+                return Err(Error::corrupt(format!(
+                    "block {id} in {key} is a delta on itself"
+                )));
+            }
+            let base_bytes = base(&base_id)
+                .map_err(|e| e.context(format!("the base of delta block {id} in {key}")))?;
+            let mut out = Vec::new();
+            codec::decompress_delta(frame, &base_bytes, loc.raw_len as usize, &mut out)
+                .map_err(|e| e.context(format!("block {id} in {key}")))?;
+            dst.copy_from_slice(&out);
+        } else {
+            codec::decompress_into(loc.codec, &stored, dst)
+                .map_err(|e| e.context(format!("block {id} in {key}")))?;
+        }
     }
-    Ok(raw)
+    if Id::of(dst) == *id {
+        Ok(())
+    } else {
+        Err(mismatch())
+    }
 }
 
 impl NodeSource for Store {
@@ -1307,6 +1370,77 @@ mod tests {
         let again = Store::open(be).expect("open");
         assert_eq!(&again.read_blob(&id).expect("read")[..], &a[..]);
         assert!(Store::init(Arc::clone(again.backend()), RepoConfig::default()).is_err());
+    }
+
+    /// `read_block_into` gives what `read_blob` gives for each way a block is stored
+    /// (as it is, lz4, zstd alone, a member of a shared frame), from storage and from
+    /// the block cache, and refuses a buffer of another length and damaged bytes.
+    #[test]
+    fn reads_into_a_buffer_match_reads_of_a_blob() {
+        let text: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8 / 3).collect();
+        let cases: [(&str, Option<Compression>); 4] = [
+            ("raw", Some(Compression::none())),
+            (
+                "lz4",
+                Some(Compression::new(codec::Algorithm::Lz4, None).expect("lz4")),
+            ),
+            ("zstd", Some(Compression::default())),
+            ("frame", None),
+        ];
+        for (what, compression) in cases {
+            let be = Arc::new(MemoryBackend::new());
+            let store = Store::init(be.clone(), RepoConfig::default()).expect("init");
+            let mut w = store.writer(Compression::default()).expect("writer");
+            let data = match compression {
+                Some(c) => {
+                    let mut w = store.writer(c).expect("writer");
+                    w.add(Id::of(&text), BlobKind::Data, &text).expect("add");
+                    w.commit().expect("commit");
+                    text.clone()
+                }
+                None => {
+                    let (a, b) = (vec![7u8; 4096], noise(4096, 3));
+                    add_ref_frame(
+                        &mut w,
+                        &[(&a, Codec::ZstdFrame, None), (&b, Codec::ZstdFrame, None)],
+                    );
+                    b
+                }
+            };
+            w.commit().expect("commit");
+            let id = Id::of(&data);
+            let mut dst = vec![0xAA; data.len()];
+            store.read_block_into(&id, &mut dst).expect(what);
+            assert_eq!(dst, data, "{what}");
+            assert_eq!(&store.read_blob(&id).expect(what)[..], &data[..], "{what}");
+            // From the block cache as well.
+            store.block(&id).expect(what);
+            dst.fill(0);
+            store.read_block_into(&id, &mut dst).expect(what);
+            assert_eq!(dst, data, "{what} cached");
+            for len in [data.len() - 1, data.len() + 1] {
+                let err = store
+                    .read_block_into(&id, &mut vec![0; len])
+                    .expect_err(what);
+                assert_eq!(err.kind(), ErrorKind::Corrupt, "{what}: {err}");
+            }
+            let err = Store::open(be.clone())
+                .expect("open")
+                .read_block_into(&id, &mut vec![0; data.len() + 1])
+                .expect_err(what);
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "{what} uncached: {err}");
+
+            let (pack, loc) = store.locate(&id).expect("located");
+            let key = pack::pack_key(&pack);
+            let mut bytes = be.get(&key, None).expect("get").to_vec();
+            bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 0x40;
+            be.overwrite(&key, bytes);
+            let fresh = Store::open(be.clone()).expect("open");
+            let err = fresh.read_block_into(&id, &mut dst).expect_err(what);
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "{what} damaged: {err}");
+            let err = fresh.read_blob(&id).expect_err(what);
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "{what} damaged: {err}");
+        }
     }
 
     #[test]
