@@ -526,6 +526,12 @@ mod tests {
                 prop_assert!(stored.len() <= data.len());
                 decompress(codec, stored, data.len(), &mut dec).expect("decompress");
                 prop_assert_eq!(&dec, &data);
+                let mut into = vec![0xA5; data.len()];
+                decompress_into(codec, stored, &mut into).expect("decompress_into");
+                prop_assert_eq!(&into, &data);
+                // A buffer of another length is refused, never partly filled and passed.
+                let mut longer = vec![0; data.len() + 1];
+                prop_assert!(decompress_into(codec, stored, &mut longer).is_err());
             }
         }
 
@@ -536,6 +542,8 @@ mod tests {
             if decompress(codec, &stored, len, &mut out).is_ok() {
                 prop_assert_eq!(out.len(), len);
             }
+            let mut into = vec![0; len];
+            let _ = decompress_into(codec, &stored, &mut into);
             if decompress_frame(&stored, &mut out).is_ok() {
                 prop_assert!(out.len() <= MAX_FRAME_BYTES);
             }
