@@ -5,7 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use stasis_store::codec::{
-    Codec, MAX_FRAME_BYTES, decompress, decompress_delta, decompress_frame, split_delta,
+    Codec, MAX_FRAME_BYTES, decompress, decompress_delta, decompress_frame, decompress_into,
+    split_delta,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -16,6 +17,8 @@ fuzz_target!(|data: &[u8]| {
     if decompress(codec, rest, raw_len, &mut out).is_ok() {
         assert_eq!(out.len(), raw_len);
     }
+    let mut into = vec![0u8; raw_len];
+    let _ = decompress_into(codec, rest, &mut into);
     if decompress_frame(rest, &mut out).is_ok() {
         assert!(out.len() <= MAX_FRAME_BYTES);
     }
