@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,28 +13,20 @@ use stasis_store::codec::{self, Codec, Compression};
 use stasis_store::config::RepoConfig;
 use stasis_store::gc::{GcOptions, collect};
 use stasis_store::id::Id;
-use stasis_store::ingest::{IngestStats, ingest_full};
+use stasis_store::ingest::{FullOptions, IngestStats};
 use stasis_store::manifest::Manifest;
 use stasis_store::pack::BlobKind;
 use stasis_store::store::Store;
 
 const PAGE: usize = 4096;
 
-/// A temporary directory with a new default repository in its `repo`.
+/// A temporary directory with a new default repository (small fanout, so trees have
+/// several levels) in its `repo`.
 fn fresh_store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().expect("tmp");
-    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
-    let store = store_at(&dir.path().join("repo"));
-    (dir, store)
-}
-
-fn store_at(dir: &Path) -> Store {
-    let be: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir).expect("backend"));
-    let cfg = RepoConfig {
+    common::temp_repo(RepoConfig {
         fanout: 8,
         ..RepoConfig::default()
-    };
-    Store::init(be, cfg).expect("init")
+    })
 }
 
 /// Pages of made-up guest memory: words from a small alphabet, so that they compress a
@@ -76,18 +67,15 @@ fn ingest(
     bytes: &[u8],
     parent: Option<&Manifest>,
 ) -> (Manifest, IngestStats, u64) {
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).expect("write input");
-    let f = File::open(&path).expect("open");
-    let mut w = store.writer(Compression::default()).expect("writer");
-    let (m, st) =
-        ingest_full(&mut w, &f, bytes.len() as u64, PAGE as u32, parent, &|_| {}).expect("ingest");
-    let c = w.commit().expect("commit");
-    (m, st, c.stats.pack_bytes)
+    let opts = FullOptions {
+        parent,
+        similar: false,
+    };
+    common::ingest_file(store, &dir.join(name), bytes, PAGE as u32, opts)
 }
 
 fn read_back(store: &Store, m: &Manifest, dir: &Path, name: &str) -> stasis_store::Result<Vec<u8>> {
-    common::restore_to_file(store, m, &dir.join(name)).map(|(_, b)| b)
+    common::read_back(store, m, &dir.join(name))
 }
 
 #[test]

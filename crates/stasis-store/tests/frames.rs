@@ -4,16 +4,13 @@
 
 mod common;
 
-use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
 
 use stasis_store::ErrorKind;
-use stasis_store::backend::{Backend, LocalBackend};
-use stasis_store::codec::{Codec, Compression};
+use stasis_store::codec::Codec;
 use stasis_store::config::RepoConfig;
 use stasis_store::gc::{GcOptions, collect};
-use stasis_store::ingest::ingest_full;
+use stasis_store::ingest::FullOptions;
 use stasis_store::manifest::Manifest;
 use stasis_store::pack::BlobKind;
 use stasis_store::store::Store;
@@ -48,7 +45,6 @@ fn text(n: usize, seed: u64) -> Vec<u8> {
 }
 
 fn store_at(dir: &Path, frame_size: u32) -> Store {
-    let be: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir).expect("backend"));
     let mut cfg = RepoConfig {
         fanout: 4,
         pack_size: 1 << 20,
@@ -56,21 +52,15 @@ fn store_at(dir: &Path, frame_size: u32) -> Store {
         ..RepoConfig::default()
     };
     cfg.block_sizes.disk = BLOCK;
-    Store::init(be, cfg).expect("init")
+    common::init_at(dir, cfg)
 }
 
 fn put(store: &Store, dir: &Path, name: &str, bytes: &[u8]) -> Manifest {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).expect("write input");
-    let f = File::open(&p).expect("open input");
-    let mut w = store.writer(Compression::default()).expect("writer");
-    let (m, _) = ingest_full(&mut w, &f, bytes.len() as u64, BLOCK, None, &|_| {}).expect("ingest");
-    w.commit().expect("commit");
-    m
-}
-
-fn restored(store: &Store, m: &Manifest, out: &Path) -> stasis_store::Result<Vec<u8>> {
-    common::restore_to_file(store, m, out).map(|(_, bytes)| bytes)
+    let opts = FullOptions {
+        parent: None,
+        similar: false,
+    };
+    common::ingest_file(store, &dir.join(name), bytes, BLOCK, opts).0
 }
 
 /// Stored bytes of data blobs, counting each stored range once.
@@ -92,7 +82,7 @@ fn neighbouring_blocks_share_frames_and_read_back_exactly() {
         std::fs::create_dir(&repo).expect("mkdir");
         let store = store_at(&repo, frame_size);
         let m = put(&store, dir.path(), "in", &want);
-        let got = restored(&store, &m, &dir.path().join("out")).expect("restore");
+        let got = common::read_back(&store, &m, &dir.path().join("out")).expect("restore");
         assert!(got == want, "restore differs with frame size {frame_size}");
         let framed = store
             .index()
@@ -159,7 +149,7 @@ fn a_damaged_frame_is_an_error_never_wrong_bytes() {
         }
     }
     assert!(errors > 0, "a damaged frame read without an error");
-    let r = restored(&store, &m, &dir.path().join("out"));
+    let r = common::read_back(&store, &m, &dir.path().join("out"));
     assert!(r.is_err(), "restore of a damaged frame succeeded");
     let report = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
     assert!(!report.problems.is_empty(), "verify missed a damaged frame");
@@ -202,7 +192,7 @@ fn gc_keeps_the_live_members_of_a_frame() {
                 "round {round}: the frame was re-encoded"
             );
         }
-        let got = restored(&fresh, &mb, &dir.path().join("out")).expect("restore");
+        let got = common::read_back(&fresh, &mb, &dir.path().join("out")).expect("restore");
         assert!(got == b, "round {round}: restore after gc differs");
         let report = stasis_store::verify::verify_store(&fresh, true, &|_| {}).expect("verify");
         assert!(

@@ -8,10 +8,8 @@ mod common;
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
 
 use proptest::prelude::*;
-use stasis_store::backend::{Backend, LocalBackend};
 use stasis_store::codec::{Codec, Compression};
 use stasis_store::config::RepoConfig;
 use stasis_store::gc::{GcOptions, collect};
@@ -22,19 +20,9 @@ use stasis_store::store::Store;
 
 const PAGE: usize = 4096;
 
-/// A temporary directory with a new repository made with `cfg` in its `repo`.
-fn store_with(cfg: RepoConfig) -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().expect("tmp");
-    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
-    let be: Arc<dyn Backend> =
-        Arc::new(LocalBackend::open(dir.path().join("repo")).expect("backend"));
-    let store = Store::init(be, cfg).expect("init");
-    (dir, store)
-}
-
 /// A new default repository (small fanout, so trees have several levels).
 fn fresh_store() -> (tempfile::TempDir, Store) {
-    store_with(RepoConfig {
+    common::temp_repo(RepoConfig {
         fanout: 8,
         ..RepoConfig::default()
     })
@@ -78,22 +66,15 @@ fn ingest(
     bytes: &[u8],
     parent: Option<&Manifest>,
 ) -> (Manifest, IngestStats, u64) {
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).expect("write input");
-    let f = File::open(&path).expect("open");
-    let mut w = store.writer(Compression::default()).expect("writer");
     let opts = FullOptions {
         parent,
         similar: true,
     };
-    let (m, st) = ingest_full_with(&mut w, &f, bytes.len() as u64, PAGE as u32, opts, &|_| {})
-        .expect("ingest");
-    let c = w.commit().expect("commit");
-    (m, st, c.stats.pack_bytes)
+    common::ingest_file(store, &dir.join(name), bytes, PAGE as u32, opts)
 }
 
 fn read_back(store: &Store, m: &Manifest, dir: &Path, name: &str) -> stasis_store::Result<Vec<u8>> {
-    common::restore_to_file(store, m, &dir.join(name)).map(|(_, b)| b)
+    common::read_back(store, m, &dir.join(name))
 }
 
 #[test]
@@ -285,7 +266,7 @@ fn gc_keeps_the_bases_of_every_copy_of_a_block() {
 #[test]
 fn verify_ignores_dead_xor_members_whose_reference_is_gone() {
     // Small packs, so that b's is not one gc merges (and rewrites) for being small.
-    let (dir, store) = store_with(RepoConfig {
+    let (dir, store) = common::temp_repo(RepoConfig {
         fanout: 8,
         pack_size: 1 << 20,
         ..RepoConfig::default()
@@ -336,7 +317,7 @@ fn repair_keeps_the_features_of_intact_index_files() {
 /// index files with features: nothing of the kind is written into one.
 #[test]
 fn version_two_repositories_get_no_xor_members() {
-    let (dir, store) = store_with(RepoConfig {
+    let (dir, store) = common::temp_repo(RepoConfig {
         fanout: 8,
         version: 2,
         ..RepoConfig::default()

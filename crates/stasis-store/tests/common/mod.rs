@@ -3,15 +3,56 @@
 // Each test binary compiles this module and uses only some of it.
 #![allow(dead_code)]
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
 
-use stasis_store::backend::LocalBackend;
+use stasis_store::backend::{Backend, LocalBackend};
+use stasis_store::codec::Compression;
+use stasis_store::config::RepoConfig;
 use stasis_store::id::BlockId;
+use stasis_store::ingest::{FullOptions, IngestStats, ingest_full_with};
 use stasis_store::manifest::{self, BlockRef, Manifest};
 use stasis_store::reader::{RestoreStats, restore};
 use stasis_store::store::Store;
+
+/// A new repository made with `cfg` in the directory `dir` (which must exist).
+pub fn init_at(dir: &Path, cfg: RepoConfig) -> Store {
+    let be: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir).expect("backend"));
+    Store::init(be, cfg).expect("init")
+}
+
+/// A temporary directory with a new repository made with `cfg` in its `repo`.
+pub fn temp_repo(cfg: RepoConfig) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
+    let store = init_at(&dir.path().join("repo"), cfg);
+    (dir, store)
+}
+
+/// Write `bytes` to the file `path`, ingest it whole in blocks of `block_size` with the
+/// default compression, and commit: the manifest, the ingest's stats and the pack bytes
+/// the commit wrote.
+pub fn ingest_file(
+    store: &Store,
+    path: &Path,
+    bytes: &[u8],
+    block_size: u32,
+    opts: FullOptions<'_>,
+) -> (Manifest, IngestStats, u64) {
+    std::fs::write(path, bytes).expect("write input");
+    let f = File::open(path).expect("open input");
+    let mut w = store.writer(Compression::default()).expect("writer");
+    let (m, st) = ingest_full_with(&mut w, &f, bytes.len() as u64, block_size, opts, &|_| {})
+        .expect("ingest");
+    let c = w.commit().expect("commit");
+    (m, st, c.stats.pack_bytes)
+}
+
+/// Restore `m` into a fresh file at `out` and read it back.
+pub fn read_back(store: &Store, m: &Manifest, out: &Path) -> stasis_store::Result<Vec<u8>> {
+    restore_to_file(store, m, out).map(|(_, bytes)| bytes)
+}
 
 /// Open the repository in `dir` again: a fresh handle, with nothing cached.
 pub fn reopen(dir: &Path) -> Store {
