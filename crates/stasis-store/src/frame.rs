@@ -195,10 +195,7 @@ impl FrameCache {
         }
         // Decoded outside the lock: two readers may rarely decode the same frame.
         let pkey = pack::pack_key(pack);
-        let stored = backend.get(
-            &pkey,
-            Some(loc.offset..loc.offset + u64::from(loc.stored_len)),
-        )?;
+        let stored = backend.get(&pkey, Some(loc.stored()))?;
         let at = |e: Error| e.context(format!("frame at {} in {pkey}", loc.offset));
         let (refs, zstd) = match loc.codec {
             Codec::ZstdFrame => (Vec::new(), &stored[..]),

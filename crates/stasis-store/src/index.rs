@@ -51,6 +51,11 @@ impl Location {
             skip: e.skip,
         }
     }
+
+    /// The range of its pack that holds the stored bytes (a frame's, for a member).
+    pub fn stored(&self) -> std::ops::Range<u64> {
+        self.offset..self.offset + u64::from(self.stored_len)
+    }
 }
 
 /// The object key of an index file.

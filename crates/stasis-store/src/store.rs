@@ -176,10 +176,7 @@ impl Store {
             let idx = self.index();
             for id in ids {
                 if let Some(l) = idx.get(id) {
-                    by_pack
-                        .entry(idx.pack_id(l))
-                        .or_default()
-                        .push(l.offset..l.offset + u64::from(l.stored_len));
+                    by_pack.entry(idx.pack_id(l)).or_default().push(l.stored());
                 }
             }
         }
@@ -466,10 +463,7 @@ pub fn read_located(
     if loc.codec == Codec::Raw {
         // Kept as the backend gives it (for a sealed pack, a slice of its map): no copy.
         let key = pack::pack_key(pack);
-        let raw = backend.get(
-            &key,
-            Some(loc.offset..loc.offset + u64::from(loc.stored_len)),
-        )?;
+        let raw = backend.get(&key, Some(loc.stored()))?;
         if raw.len() != loc.raw_len as usize || Id::of(&raw) != *id {
             return Err(Error::corrupt(format!(
                 "block {id} in {key} does not match its checksum"
@@ -535,10 +529,7 @@ pub fn read_located_into(
             (_, None) => dst.copy_from_slice(member),
         }
     } else {
-        let stored = backend.get(
-            &key,
-            Some(loc.offset..loc.offset + u64::from(loc.stored_len)),
-        )?;
+        let stored = backend.get(&key, Some(loc.stored()))?;
         if loc.codec == Codec::ZstdDelta {
             let (base_id, frame) = codec::split_delta(&stored)
                 .map_err(|e| e.context(format!("block {id} in {key}")))?;
