@@ -4,8 +4,9 @@
 //! A [`Writer`] collects new blobs into packs (data blocks and tree nodes in separate
 //! packs, so tree walks stay within a few dense packs). A pack's bytes go to a flusher
 //! thread in pieces of 4 MiB as it fills, and the flusher appends them to an object
-//! started with [`Backend::create`] (the local backend: a temporary file, whose
-//! writeback the kernel is asked to start piece by piece). When the pack is full the
+//! started with [`Backend::create`] (the local backend: a temporary file, written with
+//! `O_DIRECT` in 4 MiB stretches where the filesystem allows it, else through the page
+//! cache with writeback started piece by piece). When the pack is full the
 //! flusher seals it (entry table and trailer), names it by the hash of all its bytes and
 //! finishes the object (the local backend: fdatasync, then rename to its key). Nothing
 //! names a pack before that. [`Writer::commit`] seals the last packs, waits for the
@@ -602,9 +603,8 @@ pub struct Committed {
 }
 
 /// A writer hands its packs to storage in pieces of at least this many bytes, as they
-/// fill, instead of whole when they are sealed: the bytes go to the page cache and
-/// start towards the disk while later blocks are compressed, and a commit waits only
-/// for the last piece.
+/// fill, instead of whole when they are sealed: the bytes start towards the disk
+/// while later blocks are compressed, and a commit waits only for the last piece.
 const PIECE: usize = 4 << 20;
 
 /// A piece buffer that holds a piece without growing: [`PIECE`], plus the largest blob

@@ -3,15 +3,23 @@
 //! `put` writes `<dir>/.tmp-*`, fdatasyncs it, and renames it to its key, so an object is
 //! whole or absent after a crash; `sync` fsyncs every directory touched since the last
 //! sync, which makes the renames (and deletes) durable. An object written in pieces
-//! ([`Backend::create`]) is the same temporary file, appended to as pieces come, with
-//! the kernel asked to start writing each piece back right away, so that its final
-//! fdatasync waits only for the last ones. Reads map the object with mmap
-//! (objects are immutable once put) and keep a bounded number of maps open.
+//! ([`Backend::create`]) is the same temporary file, appended to as pieces come. Its
+//! bytes bypass the page cache where the filesystem allows it: they are gathered in a
+//! reused page-aligned buffer and written with `O_DIRECT` in 4 MiB stretches, and only
+//! the unaligned tail goes through the page cache before the final fdatasync. A
+//! snapshot store runs beside the VMs it snapshots, and the pack bytes it writes would
+//! otherwise take page cache the VMs' own files need, and cost the writer a copy into
+//! freshly allocated pages (see `Direct`). Where `O_DIRECT` is refused, at open or at
+//! any write, the object goes on through the page cache, with the kernel asked to
+//! start writing each piece back right away so that the final fdatasync waits only
+//! for the last ones. Reads map the object with mmap (objects are immutable once put)
+//! and keep a bounded number of maps open.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::ops::Range;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +40,11 @@ pub struct LocalBackend {
     maps: quick_cache::sync::Cache<String, Bytes>,
     tmp_counter: AtomicU64,
     locks: FileLocks,
+    /// Whether objects written in pieces try `O_DIRECT` (see the module docs).
+    direct_writes: bool,
+    /// Staging buffers of finished direct writes, for the next ones: a fresh one costs
+    /// the kernel clearing its pages on first touch.
+    stages: Mutex<Vec<memmap2::MmapMut>>,
 }
 
 /// Where a local backend keeps its lock files (hidden from `list`).
@@ -54,7 +67,62 @@ impl LocalBackend {
             dirty_dirs: Mutex::new(BTreeSet::new()),
             maps: quick_cache::sync::Cache::new(512),
             tmp_counter: AtomicU64::new(0),
+            direct_writes: true,
+            stages: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Whether objects written in pieces go past the page cache with `O_DIRECT` where
+    /// the filesystem allows it (the default), or always through it.
+    pub fn with_direct_writes(mut self, on: bool) -> Self {
+        self.direct_writes = on;
+        self
+    }
+
+    /// A new object written in pieces, as a temporary in `dir`.
+    fn partial(&self, dir: &Path) -> Result<LocalPartial<'_>> {
+        let (tmp, file) = self.temporary(dir)?;
+        Ok(LocalPartial {
+            backend: self,
+            direct: self.direct_for(&tmp),
+            file,
+            tmp,
+            len: 0,
+            started: 0,
+            done: false,
+        })
+    }
+
+    /// The direct-I/O side for the temporary at `tmp`, if direct writes are on and the
+    /// filesystem accepts `O_DIRECT`.
+    fn direct_for(&self, tmp: &Path) -> Option<Direct> {
+        if !self.direct_writes {
+            return None;
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(tmp)
+            .ok()?;
+        let pooled = self.stages.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let stage = match pooled {
+            Some(stage) => stage,
+            None => memmap2::MmapMut::map_anon(DIRECT_STAGE).ok()?,
+        };
+        Some(Direct {
+            file,
+            stage,
+            fill: 0,
+            written: 0,
+        })
+    }
+
+    /// Keep `stage` for the next direct writer, unless enough are kept already.
+    fn recycle(&self, stage: memmap2::MmapMut) {
+        let mut stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        if stages.len() < MAX_SPARE_STAGES {
+            stages.push(stage);
+        }
     }
 
     /// The root directory.
@@ -209,23 +277,96 @@ const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(600)
 #[derive(Debug)]
 struct LocalPartial<'a> {
     backend: &'a LocalBackend,
+    /// The temporary, open for buffered writes (and for the final fdatasync).
     file: File,
     tmp: PathBuf,
-    /// Bytes written so far.
+    /// Bytes taken so far: written, or staged in `direct`.
     len: u64,
-    /// Where writeback was last started.
+    /// Where writeback was last started (buffered writes only).
     started: u64,
     /// Set once renamed to its key: nothing to remove on drop.
     done: bool,
+    /// While direct writes work: the bytes from `written` on are staged here.
+    direct: Option<Direct>,
+}
+
+/// The direct-I/O side of a [`LocalPartial`]: a second descriptor of the temporary,
+/// opened with `O_DIRECT`, and a page-aligned buffer that gathers bytes until a whole
+/// [`DIRECT_STAGE`] can go out at an aligned offset.
+///
+/// Why: a buffered write copies each pack byte into page cache the kernel must first
+/// allocate and clear. In a guest whose free memory goes back to its host, that
+/// allocation may fault each page in from the host again; base ingests of the 2 GiB
+/// test image took 0.27-0.42 s with buffered packs and 0.23-0.33 s with direct ones,
+/// with system time falling from about 0.2 s to 0.05 s (README, "Direct pack writes").
+#[derive(Debug)]
+struct Direct {
+    file: File,
+    stage: memmap2::MmapMut,
+    /// Bytes staged, not yet written.
+    fill: usize,
+    /// Bytes written through `file`: where the staged bytes start, always aligned.
+    written: u64,
+}
+
+/// Offsets and lengths of direct writes are multiples of this (the largest logical
+/// block size in common use; a device that needs more refuses, and the object goes on
+/// buffered).
+const DIRECT_ALIGN: usize = 4096;
+/// A direct write's length, and the staging buffer's size.
+const DIRECT_STAGE: usize = 4 << 20;
+/// Staging buffers a backend keeps for reuse: a writer has two objects open at most
+/// (a data and a tree pack); more writers in one process allocate more.
+const MAX_SPARE_STAGES: usize = 4;
+
+impl Direct {
+    /// Stage as much of `data` as fits; how many bytes that was.
+    fn stage(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(DIRECT_STAGE - self.fill);
+        self.stage[self.fill..self.fill + n].copy_from_slice(&data[..n]);
+        self.fill += n;
+        n
+    }
+
+    /// Write the first `n` staged bytes (`n` aligned) and keep the rest staged.
+    fn write(&mut self, n: usize) -> std::io::Result<()> {
+        debug_assert!(n.is_multiple_of(DIRECT_ALIGN) && n <= self.fill);
+        self.file.write_all_at(&self.stage[..n], self.written)?;
+        self.stage.copy_within(n..self.fill, 0);
+        self.fill -= n;
+        self.written += n as u64;
+        Ok(())
+    }
 }
 
 /// Start writeback once this much is written past where it was last started.
 const WRITEBACK_STEP: u64 = 4 << 20;
 
-impl PartialObject for LocalPartial<'_> {
-    fn write(&mut self, data: &[u8]) -> Result<()> {
+impl LocalPartial<'_> {
+    /// Write `n` staged bytes directly. If the write is refused, write everything
+    /// staged through the page cache instead and stay there: rewriting bytes a failed
+    /// direct write may have put down in part is harmless, and an error that is not
+    /// about direct I/O (a full disk, say) comes back from the buffered write or the
+    /// final fdatasync.
+    fn write_direct(&mut self, n: usize) -> Result<()> {
+        let Some(d) = self.direct.as_mut() else {
+            return Ok(());
+        };
+        if d.write(n).is_ok() {
+            return Ok(());
+        }
+        if let Some(d) = self.direct.take() {
+            let staged = self.file.write_all_at(&d.stage[..d.fill], d.written);
+            self.backend.recycle(d.stage);
+            staged.ctx(|| format!("writing {}", self.tmp.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Append `data` through the page cache.
+    fn write_buffered(&mut self, data: &[u8]) -> Result<()> {
         self.file
-            .write_all(data)
+            .write_all_at(data, self.len)
             .ctx(|| format!("writing {}", self.tmp.display()))?;
         self.len += data.len() as u64;
         if self.len - self.started >= WRITEBACK_STEP {
@@ -246,12 +387,46 @@ impl PartialObject for LocalPartial<'_> {
         }
         Ok(())
     }
+}
+
+impl PartialObject for LocalPartial<'_> {
+    fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while let Some(d) = self.direct.as_mut() {
+            if data.is_empty() {
+                return Ok(());
+            }
+            let n = d.stage(data);
+            data = &data[n..];
+            self.len += n as u64;
+            if d.fill == DIRECT_STAGE {
+                self.write_direct(DIRECT_STAGE)?;
+            }
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.write_buffered(data)
+    }
 
     fn finish(mut self: Box<Self>, key: &str) -> Result<()> {
         let b = self.backend;
         let path = b.path(key)?;
         let dir = path.parent().unwrap_or(&b.root).to_path_buf();
         b.make_dirs(&dir)?;
+        // The aligned part of what is staged goes out directly, the tail through the
+        // page cache; the fdatasync below covers both (it is the same file).
+        let aligned = self
+            .direct
+            .as_ref()
+            .map_or(0, |d| d.fill - d.fill % DIRECT_ALIGN);
+        if aligned > 0 {
+            self.write_direct(aligned)?;
+        }
+        if let Some(d) = self.direct.take() {
+            let tail = self.file.write_all_at(&d.stage[..d.fill], d.written);
+            b.recycle(d.stage);
+            tail.ctx(|| format!("writing {}", self.tmp.display()))?;
+        }
         self.file
             .sync_data()
             .ctx(|| format!("fdatasync {}", self.tmp.display()))?;
@@ -269,6 +444,9 @@ impl PartialObject for LocalPartial<'_> {
 
 impl Drop for LocalPartial<'_> {
     fn drop(&mut self) {
+        if let Some(d) = self.direct.take() {
+            self.backend.recycle(d.stage);
+        }
         if !self.done {
             let _ = fs::remove_file(&self.tmp);
         }
@@ -319,15 +497,7 @@ impl Backend for LocalBackend {
         check_prefix(prefix)?;
         let dir = self.root.join(prefix);
         self.make_dirs(&dir)?;
-        let (tmp, file) = self.temporary(&dir)?;
-        Ok(Box::new(LocalPartial {
-            backend: self,
-            file,
-            tmp,
-            len: 0,
-            started: 0,
-            done: false,
-        }))
+        Ok(Box::new(self.partial(&dir)?))
     }
 
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
@@ -428,9 +598,111 @@ mod tests {
 
     #[test]
     fn conformance() {
+        for direct in [true, false] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let b = LocalBackend::open(dir.path())
+                .expect("open")
+                .with_direct_writes(direct);
+            super::super::tests::conformance(&b);
+        }
+    }
+
+    /// Whether `dir`'s filesystem accepts `O_DIRECT` (tmpfs on older kernels does not).
+    fn takes_direct_io(dir: &Path) -> bool {
+        let probe = dir.join("probe");
+        let ok = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe)
+            .is_ok();
+        let _ = fs::remove_file(probe);
+        ok
+    }
+
+    /// Pieces of `sizes` bytes (a pattern that differs at every offset), written to a
+    /// new object through `b` and named "packs/k": their bytes, in order.
+    fn write_pieces(b: &LocalBackend, sizes: &[usize], check_direct: bool) -> Vec<u8> {
+        let dir = b.root().join("packs");
+        b.make_dirs(&dir).expect("dirs");
+        let mut p = b.partial(&dir).expect("partial");
+        if check_direct {
+            assert!(p.direct.is_some(), "direct writes were on and possible");
+        }
+        let mut all = Vec::new();
+        for &n in sizes {
+            let piece: Vec<u8> = (all.len()..all.len() + n)
+                .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+                .collect();
+            p.write(&piece).expect("write");
+            all.extend_from_slice(&piece);
+        }
+        Box::new(p).finish("packs/k").expect("finish");
+        all
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+        /// Whatever the pieces' sizes, direct or buffered, the object reads back as
+        /// their bytes in order, and no temporary is left.
+        #[test]
+        fn pieces_read_back_whole(
+            sizes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    0usize..5000,
+                    DIRECT_STAGE - 4100..DIRECT_STAGE + 4100,
+                    1usize..3 * DIRECT_STAGE,
+                ],
+                0..5,
+            ),
+            direct: bool,
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let b = LocalBackend::open(dir.path()).expect("open").with_direct_writes(direct);
+            let check = direct && takes_direct_io(dir.path());
+            let all = write_pieces(&b, &sizes, check);
+            let back = b.get("packs/k", None).expect("get");
+            proptest::prop_assert_eq!(back.len(), all.len());
+            proptest::prop_assert!(back[..] == all[..]);
+            let left: Vec<_> = fs::read_dir(dir.path().join("packs"))
+                .expect("list")
+                .map(|e| e.expect("entry").file_name())
+                .filter(|n| n != "k")
+                .collect();
+            proptest::prop_assert!(left.is_empty(), "left behind: {left:?}");
+        }
+    }
+
+    /// A direct write the system refuses (here: through a descriptor open only for
+    /// reading) sends the staged bytes and all later ones through the page cache.
+    #[test]
+    fn a_refused_direct_write_goes_on_buffered() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let b = LocalBackend::open(dir.path()).expect("open");
-        super::super::tests::conformance(&b);
+        let b = LocalBackend::open(dir.path())
+            .expect("open")
+            .with_direct_writes(false);
+        let packs = dir.path().join("packs");
+        b.make_dirs(&packs).expect("dirs");
+        let mut p = b.partial(&packs).expect("partial");
+        p.direct = Some(Direct {
+            file: File::open(&p.tmp).expect("reopen"),
+            stage: memmap2::MmapMut::map_anon(DIRECT_STAGE).expect("map"),
+            fill: 0,
+            written: 0,
+        });
+        let first = vec![7u8; DIRECT_STAGE - 10];
+        let second: Vec<u8> = (0..DIRECT_STAGE + 33).map(|i| (i % 253) as u8).collect();
+        p.write(&first).expect("staged");
+        assert!(p.direct.is_some(), "nothing written yet");
+        p.write(&second).expect("falls back");
+        assert!(p.direct.is_none(), "gave up on direct writes");
+        p.write(b"tail").expect("buffered");
+        Box::new(p).finish("packs/k").expect("finish");
+        let back = b.get("packs/k", None).expect("get");
+        let all = [&first[..], &second[..], b"tail"].concat();
+        assert!(back[..] == all[..], "object differs from what was written");
+        assert_eq!(b.stages.lock().expect("lock").len(), 1, "stage recycled");
     }
 
     #[test]
