@@ -296,9 +296,9 @@ struct LocalPartial<'a> {
 ///
 /// Why: a buffered write copies each pack byte into page cache the kernel must first
 /// allocate and clear. In a guest whose free memory goes back to its host, that
-/// allocation may fault each page in from the host again; base ingests of the 2 GiB
-/// test image took 0.27-0.42 s with buffered packs and 0.23-0.33 s with direct ones,
-/// with system time falling from about 0.2 s to 0.05 s (README, "Direct pack writes").
+/// allocation may fault each page in from the host again. Base ingests of the 2 GiB
+/// test image there had medians of 0.289 s with buffered packs and 0.245 s with direct
+/// ones (README, "Direct pack writes").
 #[derive(Debug)]
 struct Direct {
     file: File,
