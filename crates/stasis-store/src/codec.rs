@@ -593,7 +593,6 @@ mod tests {
         );
     }
 
-
     proptest! {
         #[test]
         fn roundtrip(data in block()) {
