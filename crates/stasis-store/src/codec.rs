@@ -340,23 +340,20 @@ pub fn compress_delta(
     let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
     DELTA_C.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let cctx = slot.get_or_insert_with(CCtx::create);
-        // SAFETY: the context keeps `prefix` only until the parameter reset below, which
-        // runs on every path before this closure returns, while `base` is still
-        // borrowed; a context whose reset fails is freed instead of kept.
+        let mut guard = Scrub::new(&mut slot, CCtx::create, |c| {
+            c.reset(ResetDirective::SessionAndParameters).is_ok()
+                && c.sizeof() <= KEEP_CONTEXT_BYTES
+        });
+        let cctx = guard.context();
+        // SAFETY: the context keeps `prefix` only until `guard` is dropped, at the end
+        // of this closure however it ends (a panic too), while `base` is still
+        // borrowed; the guard resets the context's parameters or frees it.
         let prefix = unsafe { outlive(base) };
-        let r = cctx
-            .set_parameter(CParameter::CompressionLevel(level))
-            .map_err(|c| zerr("level", c))
-            .and_then(|_| cctx.ref_prefix(prefix).map_err(|c| zerr("prefix", c)))
-            .and_then(|_| {
-                cctx.compress2(&mut frame, data)
-                    .map_err(|c| zerr("compress", c))
-            });
-        if cctx.reset(ResetDirective::SessionAndParameters).is_err() {
-            *slot = None;
-        }
-        r
+        cctx.set_parameter(CParameter::CompressionLevel(level))
+            .map_err(|c| zerr("level", c))?;
+        cctx.ref_prefix(prefix).map_err(|c| zerr("prefix", c))?;
+        cctx.compress2(&mut frame, data)
+            .map_err(|c| zerr("compress", c))
     })?;
     out.clear();
     out.extend_from_slice(base_id);
@@ -371,6 +368,45 @@ thread_local! {
     /// Between uses each holds no prefix and default parameters.
     static DELTA_C: RefCell<Option<zstd::zstd_safe::CCtx<'static>>> = const { RefCell::new(None) };
     static DELTA_D: RefCell<Option<zstd::zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+/// A context kept larger than this after a use is freed rather than kept: a delta of a
+/// 4 MiB block at level 19 leaves tens of MiB of workspace, which a pool thread would
+/// otherwise hold for its whole life.
+const KEEP_CONTEXT_BYTES: usize = 8 << 20;
+
+/// A thread's kept context, lent out for one use. Dropping the guard (when the use
+/// ends, by return, error or panic) runs `scrub` on the context, which resets it to
+/// defaults and no prefix, and frees the context unless `scrub` says it may be kept.
+struct Scrub<'s, T> {
+    slot: &'s mut Option<T>,
+    create: fn() -> T,
+    scrub: fn(&mut T) -> bool,
+}
+
+impl<'s, T> Scrub<'s, T> {
+    fn new(slot: &'s mut Option<T>, create: fn() -> T, scrub: fn(&mut T) -> bool) -> Self {
+        Scrub {
+            slot,
+            create,
+            scrub,
+        }
+    }
+
+    /// The context, created if the thread had none.
+    fn context(&mut self) -> &mut T {
+        self.slot.get_or_insert_with(self.create)
+    }
+}
+
+impl<T> Drop for Scrub<'_, T> {
+    fn drop(&mut self) {
+        if let Some(c) = self.slot.as_mut()
+            && !(self.scrub)(c)
+        {
+            *self.slot = None;
+        }
+    }
 }
 
 /// `base` with its borrow cut loose, for a context kept across calls to reference for
@@ -422,30 +458,26 @@ pub fn decompress_delta(
     out.reserve(raw_len);
     DELTA_D.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let dctx = slot.get_or_insert_with(DCtx::create);
-        // SAFETY: as in `compress_delta`: the prefix is dropped by the reset below, on
-        // every path, while `base` is still borrowed.
+        let mut guard = Scrub::new(&mut slot, DCtx::create, |d| {
+            d.reset(ResetDirective::SessionAndParameters).is_ok()
+                && d.sizeof() <= KEEP_CONTEXT_BYTES
+        });
+        let dctx = guard.context();
+        // SAFETY: as in `compress_delta`: `guard` drops the prefix (or the context) when
+        // this closure ends, however it ends, while `base` is still borrowed.
         let prefix = unsafe { outlive(base) };
-        let r = dctx
-            .ref_prefix(prefix)
-            .map_err(|c| {
-                Error::new(
-                    ErrorKind::Io,
-                    format!("zstd delta prefix: {}", zstd::zstd_safe::get_error_name(c)),
-                )
-            })
-            .and_then(|_| {
-                dctx.decompress(out, frame).map_err(|c| {
-                    Error::corrupt(format!(
-                        "delta block does not decode: {}",
-                        zstd::zstd_safe::get_error_name(c)
-                    ))
-                })
-            });
-        if dctx.reset(ResetDirective::SessionAndParameters).is_err() {
-            *slot = None;
-        }
-        r
+        dctx.ref_prefix(prefix).map_err(|c| {
+            Error::new(
+                ErrorKind::Io,
+                format!("zstd delta prefix: {}", zstd::zstd_safe::get_error_name(c)),
+            )
+        })?;
+        dctx.decompress(out, frame).map_err(|c| {
+            Error::corrupt(format!(
+                "delta block does not decode: {}",
+                zstd::zstd_safe::get_error_name(c)
+            ))
+        })
     })?;
     if out.len() != raw_len {
         return Err(Error::corrupt(format!(
@@ -565,7 +597,8 @@ mod tests {
     }
 
     /// The per-thread delta contexts keep nothing from one use to the next: not a
-    /// prefix, not a level, not a frame cut short by an error.
+    /// prefix, not a level (the output is a fresh context's, byte for byte), not a
+    /// frame cut short by an error.
     #[test]
     fn delta_contexts_are_clean_after_each_use() {
         let base1: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -579,6 +612,24 @@ mod tests {
         let (_, f1) = split_delta(&d1).expect("split");
         let (_, f2) = split_delta(&d2).expect("split");
         assert!(f2.len() < 200, "delta 2 was made against its base");
+        // Byte for byte what a fresh context makes at level 1: nothing of level 19 or of
+        // base1 was left in the kept one.
+        let mut fresh = zstd::zstd_safe::CCtx::create();
+        fresh
+            .set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(1))
+            .expect("level");
+        fresh.ref_prefix(&base2).expect("prefix");
+        let mut expect = Vec::with_capacity(zstd::zstd_safe::compress_bound(4096));
+        fresh.compress2(&mut expect, &data2).expect("fresh");
+        assert_eq!(
+            f2,
+            &expect[..],
+            "kept context made other bytes than a fresh one"
+        );
+        // Even after zstd's strongest level, with its own window and tables.
+        compress_delta(22, &[3; 32], &base1, &data1, &mut out).expect("level 22");
+        compress_delta(1, &[2; 32], &base2, &data2, &mut out).expect("level 1 again");
+        assert_eq!(&out[DELTA_HEADER..], &expect[..]);
         // A frame cut short fails, and leaves the context usable.
         assert!(decompress_delta(&f1[..f1.len() / 2], &base1, 4096, &mut out).is_err());
         decompress_delta(f2, &base2, 4096, &mut out).expect("decode 2");

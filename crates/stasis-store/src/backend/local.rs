@@ -5,8 +5,9 @@
 //! sync, which makes the renames (and deletes) durable. An object written in pieces
 //! ([`Backend::create`]) is the same temporary file, appended to as pieces come. Its
 //! bytes bypass the page cache where the filesystem allows it: they are gathered in a
-//! reused page-aligned buffer and written with `O_DIRECT` in 4 MiB stretches, and only
-//! the unaligned tail goes through the page cache before the final fdatasync. A
+//! reused page-aligned buffer and written with `O_DIRECT` in 4 MiB stretches (the last
+//! one shorter, but still whole 4 KiB blocks), and only the unaligned tail goes through
+//! the page cache before the final fdatasyncs. A
 //! snapshot store runs beside the VMs it snapshots, and the pack bytes it writes would
 //! otherwise take page cache the VMs' own files need, and cost the writer a copy into
 //! freshly allocated pages (see `Direct`). Where `O_DIRECT` is refused, at open or at
@@ -22,7 +23,7 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rustix::fs::{FlockOperation, flock};
 
@@ -42,9 +43,14 @@ pub struct LocalBackend {
     locks: FileLocks,
     /// Whether objects written in pieces try `O_DIRECT` (see the module docs).
     direct_writes: bool,
-    /// Staging buffers of finished direct writes, for the next ones: a fresh one costs
-    /// the kernel clearing its pages on first touch.
+    /// Staging buffers of objects done with them (finished, fallen back to buffered
+    /// writes, or dropped), for the next ones: a fresh one costs the kernel clearing
+    /// its pages on first touch.
     stages: Mutex<Vec<memmap2::MmapMut>>,
+    /// Set once a direct write was refused as invalid (`EINVAL`: the filesystem or
+    /// device does not take `O_DIRECT` writes, or not at this alignment): later
+    /// objects are written through the page cache from the start.
+    direct_refused: AtomicBool,
 }
 
 /// Where a local backend keeps its lock files (hidden from `list`).
@@ -69,6 +75,7 @@ impl LocalBackend {
             tmp_counter: AtomicU64::new(0),
             direct_writes: true,
             stages: Mutex::new(Vec::new()),
+            direct_refused: AtomicBool::new(false),
         })
     }
 
@@ -90,13 +97,14 @@ impl LocalBackend {
             len: 0,
             started: 0,
             done: false,
+            failed: false,
         })
     }
 
     /// The direct-I/O side for the temporary at `tmp`, if direct writes are on and the
     /// filesystem accepts `O_DIRECT`.
     fn direct_for(&self, tmp: &Path) -> Option<Direct> {
-        if !self.direct_writes {
+        if !self.direct_writes || self.direct_refused.load(Ordering::Relaxed) {
             return None;
         }
         let file = OpenOptions::new()
@@ -288,11 +296,15 @@ struct LocalPartial<'a> {
     done: bool,
     /// While direct writes work: the bytes from `written` on are staged here.
     direct: Option<Direct>,
+    /// Set by any failed write: what was taken may not all be in the file, so the
+    /// object refuses further writes and its finish.
+    failed: bool,
 }
 
 /// The direct-I/O side of a [`LocalPartial`]: a second descriptor of the temporary,
 /// opened with `O_DIRECT`, and a page-aligned buffer that gathers bytes until a whole
-/// [`DIRECT_STAGE`] can go out at an aligned offset.
+/// [`DIRECT_STAGE`] can go out at an aligned offset (at the finish, the staged whole
+/// 4 KiB blocks go out too).
 ///
 /// Why: a buffered write copies each pack byte into page cache the kernel must first
 /// allocate and clear. In a guest whose free memory goes back to its host, that
@@ -328,6 +340,18 @@ impl Direct {
         n
     }
 
+    /// Make what went through this descriptor durable, for filesystems whose fsync
+    /// covers one open file rather than the inode (FUSE, SMB), and give the buffer back.
+    fn close(self, backend: &LocalBackend) -> std::io::Result<()> {
+        let synced = if self.written > 0 {
+            self.file.sync_data()
+        } else {
+            Ok(())
+        };
+        backend.recycle(self.stage);
+        synced
+    }
+
     /// Write the first `n` staged bytes (`n` aligned) and keep the rest staged.
     fn write(&mut self, n: usize) -> std::io::Result<()> {
         debug_assert!(n.is_multiple_of(DIRECT_ALIGN) && n <= self.fill);
@@ -352,13 +376,28 @@ impl LocalPartial<'_> {
         let Some(d) = self.direct.as_mut() else {
             return Ok(());
         };
-        if d.write(n).is_ok() {
+        let Err(e) = d.write(n) else {
             return Ok(());
+        };
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            self.backend.direct_refused.store(true, Ordering::Relaxed);
         }
         if let Some(d) = self.direct.take() {
             let staged = self.file.write_all_at(&d.stage[..d.fill], d.written);
-            self.backend.recycle(d.stage);
+            let closed = d.close(self.backend);
             staged.ctx(|| format!("writing {}", self.tmp.display()))?;
+            closed.ctx(|| format!("fdatasync {}", self.tmp.display()))?;
+        }
+        Ok(())
+    }
+
+    /// An error if an earlier write failed (see `failed`).
+    fn usable(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("{} failed earlier and is incomplete", self.tmp.display()),
+            ));
         }
         Ok(())
     }
@@ -390,7 +429,54 @@ impl LocalPartial<'_> {
 }
 
 impl PartialObject for LocalPartial<'_> {
-    fn write(&mut self, mut data: &[u8]) -> Result<()> {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.usable()?;
+        let r = self.append(data);
+        self.failed = r.is_err();
+        r
+    }
+
+    fn finish(mut self: Box<Self>, key: &str) -> Result<()> {
+        self.usable()?;
+        let b = self.backend;
+        let path = b.path(key)?;
+        let dir = path.parent().unwrap_or(&b.root).to_path_buf();
+        b.make_dirs(&dir)?;
+        // The whole blocks of what is staged go out directly, the tail through the page
+        // cache. The fdatasync of the buffered descriptor covers both on local
+        // filesystems (it is the same inode); `Direct::close` syncs its own descriptor
+        // for filesystems where it does not.
+        let aligned = self
+            .direct
+            .as_ref()
+            .map_or(0, |d| d.fill - d.fill % DIRECT_ALIGN);
+        if aligned > 0 {
+            self.write_direct(aligned)?;
+        }
+        if let Some(d) = self.direct.take() {
+            let tail = self.file.write_all_at(&d.stage[..d.fill], d.written);
+            let closed = d.close(b);
+            tail.ctx(|| format!("writing {}", self.tmp.display()))?;
+            closed.ctx(|| format!("fdatasync {}", self.tmp.display()))?;
+        }
+        self.file
+            .sync_data()
+            .ctx(|| format!("fdatasync {}", self.tmp.display()))?;
+        fs::rename(&self.tmp, &path).ctx(|| format!("writing {}", path.display()))?;
+        self.done = true;
+        b.maps.remove(key);
+        // The rename changed both directories; the temporary's may be another one.
+        if let Some(from) = self.tmp.parent().filter(|p| *p != dir) {
+            b.mark_dirty(from.to_path_buf());
+        }
+        b.mark_dirty(dir);
+        Ok(())
+    }
+}
+
+impl LocalPartial<'_> {
+    /// [`PartialObject::write`], before the bookkeeping of failures.
+    fn append(&mut self, mut data: &[u8]) -> Result<()> {
         while let Some(d) = self.direct.as_mut() {
             if data.is_empty() {
                 return Ok(());
@@ -406,39 +492,6 @@ impl PartialObject for LocalPartial<'_> {
             return Ok(());
         }
         self.write_buffered(data)
-    }
-
-    fn finish(mut self: Box<Self>, key: &str) -> Result<()> {
-        let b = self.backend;
-        let path = b.path(key)?;
-        let dir = path.parent().unwrap_or(&b.root).to_path_buf();
-        b.make_dirs(&dir)?;
-        // The aligned part of what is staged goes out directly, the tail through the
-        // page cache; the fdatasync below covers both (it is the same file).
-        let aligned = self
-            .direct
-            .as_ref()
-            .map_or(0, |d| d.fill - d.fill % DIRECT_ALIGN);
-        if aligned > 0 {
-            self.write_direct(aligned)?;
-        }
-        if let Some(d) = self.direct.take() {
-            let tail = self.file.write_all_at(&d.stage[..d.fill], d.written);
-            b.recycle(d.stage);
-            tail.ctx(|| format!("writing {}", self.tmp.display()))?;
-        }
-        self.file
-            .sync_data()
-            .ctx(|| format!("fdatasync {}", self.tmp.display()))?;
-        fs::rename(&self.tmp, &path).ctx(|| format!("writing {}", path.display()))?;
-        self.done = true;
-        b.maps.remove(key);
-        // The rename changed both directories; the temporary's may be another one.
-        if let Some(from) = self.tmp.parent().filter(|p| *p != dir) {
-            b.mark_dirty(from.to_path_buf());
-        }
-        b.mark_dirty(dir);
-        Ok(())
     }
 }
 
@@ -621,25 +674,71 @@ mod tests {
         ok
     }
 
-    /// Pieces of `sizes` bytes (a pattern that differs at every offset), written to a
-    /// new object through `b` and named "packs/k": their bytes, in order.
+    /// A temporary directory on a disk filesystem where there is one (`/var/tmp`;
+    /// `/tmp` may be a tmpfs, which takes `O_DIRECT` differently or not at all).
+    fn disk_tempdir() -> tempfile::TempDir {
+        tempfile::tempdir_in("/var/tmp")
+            .or_else(|_| tempfile::tempdir())
+            .expect("tempdir")
+    }
+
+    /// Bytes that vary with their offset, for `n` bytes from `at`.
+    fn pattern(at: usize, n: usize) -> Vec<u8> {
+        (at..at + n)
+            .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+            .collect()
+    }
+
+    /// Pieces of `sizes` bytes, written to a new object through `b` and named
+    /// "packs/k": their bytes, in order. With `check_direct`, the object must have
+    /// written directly throughout.
     fn write_pieces(b: &LocalBackend, sizes: &[usize], check_direct: bool) -> Vec<u8> {
         let dir = b.root().join("packs");
         b.make_dirs(&dir).expect("dirs");
         let mut p = b.partial(&dir).expect("partial");
-        if check_direct {
-            assert!(p.direct.is_some(), "direct writes were on and possible");
-        }
         let mut all = Vec::new();
         for &n in sizes {
-            let piece: Vec<u8> = (all.len()..all.len() + n)
-                .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
-                .collect();
+            let piece = pattern(all.len(), n);
             p.write(&piece).expect("write");
             all.extend_from_slice(&piece);
         }
+        if check_direct {
+            let d = p
+                .direct
+                .as_ref()
+                .expect("direct writes were on and possible");
+            assert_eq!(d.written + d.fill as u64, all.len() as u64);
+            assert_eq!(d.written as usize, all.len() / DIRECT_STAGE * DIRECT_STAGE);
+        }
         Box::new(p).finish("packs/k").expect("finish");
         all
+    }
+
+    /// The sizes at the edges: nothing, one block, exactly a stage, a stage and a
+    /// block, a tail with no whole block, whole blocks with no tail.
+    #[test]
+    fn pieces_at_the_edges_read_back_whole() {
+        let cases: [&[usize]; 7] = [
+            &[],
+            &[0, 0],
+            &[DIRECT_ALIGN],
+            &[DIRECT_STAGE],
+            &[2 * DIRECT_STAGE + DIRECT_ALIGN],
+            &[DIRECT_STAGE, 100],
+            &[DIRECT_STAGE - 1, 1, 3 * DIRECT_ALIGN],
+        ];
+        for direct in [true, false] {
+            for sizes in cases {
+                let dir = disk_tempdir();
+                let b = LocalBackend::open(dir.path())
+                    .expect("open")
+                    .with_direct_writes(direct);
+                let check = direct && takes_direct_io(dir.path());
+                let all = write_pieces(&b, sizes, check);
+                let back = b.get("packs/k", None).expect("get");
+                assert!(back[..] == all[..], "{sizes:?} (direct {direct}) differs");
+            }
+        }
     }
 
     proptest::proptest! {
@@ -658,7 +757,7 @@ mod tests {
             ),
             direct: bool,
         ) {
-            let dir = tempfile::tempdir().expect("tempdir");
+            let dir = disk_tempdir();
             let b = LocalBackend::open(dir.path()).expect("open").with_direct_writes(direct);
             let check = direct && takes_direct_io(dir.path());
             let all = write_pieces(&b, &sizes, check);
@@ -703,6 +802,61 @@ mod tests {
         let all = [&first[..], &second[..], b"tail"].concat();
         assert!(back[..] == all[..], "object differs from what was written");
         assert_eq!(b.stages.lock().expect("lock").len(), 1, "stage recycled");
+    }
+
+    /// Direct writes that work for a while and are then refused, in the finish: what
+    /// went out directly stays, the rest goes through the page cache.
+    #[test]
+    fn a_direct_write_refused_at_the_finish_goes_on_buffered() {
+        let dir = disk_tempdir();
+        if !takes_direct_io(dir.path()) {
+            return; // nothing to refuse later here; the test above covers the fallback
+        }
+        let b = LocalBackend::open(dir.path()).expect("open");
+        let packs = dir.path().join("packs");
+        b.make_dirs(&packs).expect("dirs");
+        let mut p = b.partial(&packs).expect("partial");
+        let all = pattern(0, 2 * DIRECT_STAGE + 3 * DIRECT_ALIGN + 5);
+        p.write(&all[..DIRECT_STAGE + 7]).expect("one stage out");
+        p.write(&all[DIRECT_STAGE + 7..]).expect("two stages out");
+        let d = p.direct.as_mut().expect("direct");
+        assert_eq!(
+            d.written,
+            2 * DIRECT_STAGE as u64,
+            "two stages went directly"
+        );
+        // From now on direct writes fail.
+        d.file = File::open(&p.tmp).expect("reopen read-only");
+        Box::new(p).finish("packs/k").expect("finish falls back");
+        let back = b.get("packs/k", None).expect("get");
+        assert!(back[..] == all[..], "object differs from what was written");
+        assert!(
+            !b.direct_refused.load(Ordering::Relaxed),
+            "EBADF is not a refusal of O_DIRECT"
+        );
+    }
+
+    /// After a write fails, the object refuses more writes and its finish: bytes it
+    /// took may be missing from the file.
+    #[test]
+    fn an_object_that_failed_a_write_is_refused() {
+        let dir = disk_tempdir();
+        let b = LocalBackend::open(dir.path())
+            .expect("open")
+            .with_direct_writes(false);
+        let packs = dir.path().join("packs");
+        b.make_dirs(&packs).expect("dirs");
+        let mut p = b.partial(&packs).expect("partial");
+        p.write(b"first").expect("write");
+        p.file = File::open(&p.tmp).expect("reopen read-only");
+        assert!(
+            p.write(b"second").is_err(),
+            "write to a read-only descriptor"
+        );
+        let e = p.write(b"third").expect_err("refused after a failure");
+        assert!(e.to_string().contains("failed earlier"), "{e}");
+        assert!(Box::new(p).finish("packs/k").is_err(), "finish refused");
+        assert!(b.get("packs/k", None).is_err(), "nothing was named");
     }
 
     #[test]
