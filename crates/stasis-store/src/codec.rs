@@ -327,7 +327,7 @@ pub fn compress_delta(
     data: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    use zstd::zstd_safe::{CCtx, CParameter};
+    use zstd::zstd_safe::CParameter;
     let zerr = |what: &str, code: usize| {
         Error::new(
             ErrorKind::Io,
@@ -340,10 +340,7 @@ pub fn compress_delta(
     let mut frame = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
     DELTA_C.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let mut guard = Scrub::new(&mut slot, CCtx::create, |c| {
-            c.reset(ResetDirective::SessionAndParameters).is_ok()
-                && c.sizeof() <= KEEP_CONTEXT_BYTES
-        });
+        let mut guard = Scrub(&mut slot);
         let cctx = guard.context();
         // SAFETY: the context keeps `prefix` only until `guard` is dropped, at the end
         // of this closure however it ends (a panic too), while `base` is still
@@ -375,36 +372,52 @@ thread_local! {
 /// otherwise hold for its whole life.
 const KEEP_CONTEXT_BYTES: usize = 8 << 20;
 
-/// A thread's kept context, lent out for one use. Dropping the guard (when the use
-/// ends, by return, error or panic) runs `scrub` on the context, which resets it to
-/// defaults and no prefix, and frees the context unless `scrub` says it may be kept.
-struct Scrub<'s, T> {
-    slot: &'s mut Option<T>,
-    create: fn() -> T,
-    scrub: fn(&mut T) -> bool,
+/// A zstd context a thread keeps between uses.
+trait Kept: Sized {
+    fn create() -> Self;
+    /// Reset to defaults and no prefix; whether the context may then be kept (the
+    /// reset worked and its workspace is at most [`KEEP_CONTEXT_BYTES`]).
+    fn scrub(&mut self) -> bool;
 }
 
-impl<'s, T> Scrub<'s, T> {
-    fn new(slot: &'s mut Option<T>, create: fn() -> T, scrub: fn(&mut T) -> bool) -> Self {
-        Scrub {
-            slot,
-            create,
-            scrub,
-        }
+impl Kept for zstd::zstd_safe::CCtx<'static> {
+    fn create() -> Self {
+        zstd::zstd_safe::CCtx::create()
     }
+    fn scrub(&mut self) -> bool {
+        self.reset(ResetDirective::SessionAndParameters).is_ok()
+            && self.sizeof() <= KEEP_CONTEXT_BYTES
+    }
+}
 
+impl Kept for zstd::zstd_safe::DCtx<'static> {
+    fn create() -> Self {
+        zstd::zstd_safe::DCtx::create()
+    }
+    fn scrub(&mut self) -> bool {
+        self.reset(ResetDirective::SessionAndParameters).is_ok()
+            && self.sizeof() <= KEEP_CONTEXT_BYTES
+    }
+}
+
+/// A thread's kept context, lent out for one use. Dropping the guard (when the use
+/// ends, by return, error or panic) scrubs the context, and frees it unless it may be
+/// kept.
+struct Scrub<'s, T: Kept>(&'s mut Option<T>);
+
+impl<T: Kept> Scrub<'_, T> {
     /// The context, created if the thread had none.
     fn context(&mut self) -> &mut T {
-        self.slot.get_or_insert_with(self.create)
+        self.0.get_or_insert_with(T::create)
     }
 }
 
-impl<T> Drop for Scrub<'_, T> {
+impl<T: Kept> Drop for Scrub<'_, T> {
     fn drop(&mut self) {
-        if let Some(c) = self.slot.as_mut()
-            && !(self.scrub)(c)
+        if let Some(c) = self.0.as_mut()
+            && !c.scrub()
         {
-            *self.slot = None;
+            *self.0 = None;
         }
     }
 }
@@ -448,7 +461,6 @@ pub fn decompress_delta(
     raw_len: usize,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    use zstd::zstd_safe::DCtx;
     out.clear();
     if raw_len > crate::config::MAX_BLOCK_SIZE as usize {
         return Err(Error::corrupt(format!(
@@ -458,10 +470,7 @@ pub fn decompress_delta(
     out.reserve(raw_len);
     DELTA_D.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let mut guard = Scrub::new(&mut slot, DCtx::create, |d| {
-            d.reset(ResetDirective::SessionAndParameters).is_ok()
-                && d.sizeof() <= KEEP_CONTEXT_BYTES
-        });
+        let mut guard = Scrub(&mut slot);
         let dctx = guard.context();
         // SAFETY: as in `compress_delta`: `guard` drops the prefix (or the context) when
         // this closure ends, however it ends, while `base` is still borrowed.

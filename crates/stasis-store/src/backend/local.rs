@@ -382,6 +382,12 @@ impl LocalPartial<'_> {
         if e.raw_os_error() == Some(libc::EINVAL) {
             self.backend.direct_refused.store(true, Ordering::Relaxed);
         }
+        self.stop_direct()
+    }
+
+    /// Stop writing directly: what is staged goes through the page cache, and the
+    /// direct descriptor is synced and closed (`Direct::close`).
+    fn stop_direct(&mut self) -> Result<()> {
         if let Some(d) = self.direct.take() {
             let staged = self.file.write_all_at(&d.stage[..d.fill], d.written);
             let closed = d.close(self.backend);
@@ -453,12 +459,7 @@ impl PartialObject for LocalPartial<'_> {
         if aligned > 0 {
             self.write_direct(aligned)?;
         }
-        if let Some(d) = self.direct.take() {
-            let tail = self.file.write_all_at(&d.stage[..d.fill], d.written);
-            let closed = d.close(b);
-            tail.ctx(|| format!("writing {}", self.tmp.display()))?;
-            closed.ctx(|| format!("fdatasync {}", self.tmp.display()))?;
-        }
+        self.stop_direct()?;
         self.file
             .sync_data()
             .ctx(|| format!("fdatasync {}", self.tmp.display()))?;
@@ -689,13 +690,18 @@ mod tests {
             .collect()
     }
 
+    /// A new object in `b`'s "packs" directory.
+    fn packs_partial(b: &LocalBackend) -> LocalPartial<'_> {
+        let dir = b.root().join("packs");
+        b.make_dirs(&dir).expect("dirs");
+        b.partial(&dir).expect("partial")
+    }
+
     /// Pieces of `sizes` bytes, written to a new object through `b` and named
     /// "packs/k": their bytes, in order. With `check_direct`, the object must have
     /// written directly throughout.
     fn write_pieces(b: &LocalBackend, sizes: &[usize], check_direct: bool) -> Vec<u8> {
-        let dir = b.root().join("packs");
-        b.make_dirs(&dir).expect("dirs");
-        let mut p = b.partial(&dir).expect("partial");
+        let mut p = packs_partial(b);
         let mut all = Vec::new();
         for &n in sizes {
             let piece = pattern(all.len(), n);
@@ -777,13 +783,11 @@ mod tests {
     /// reading) sends the staged bytes and all later ones through the page cache.
     #[test]
     fn a_refused_direct_write_goes_on_buffered() {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = disk_tempdir();
         let b = LocalBackend::open(dir.path())
             .expect("open")
             .with_direct_writes(false);
-        let packs = dir.path().join("packs");
-        b.make_dirs(&packs).expect("dirs");
-        let mut p = b.partial(&packs).expect("partial");
+        let mut p = packs_partial(&b);
         p.direct = Some(Direct {
             file: File::open(&p.tmp).expect("reopen"),
             stage: memmap2::MmapMut::map_anon(DIRECT_STAGE).expect("map"),
@@ -813,9 +817,7 @@ mod tests {
             return; // nothing to refuse later here; the test above covers the fallback
         }
         let b = LocalBackend::open(dir.path()).expect("open");
-        let packs = dir.path().join("packs");
-        b.make_dirs(&packs).expect("dirs");
-        let mut p = b.partial(&packs).expect("partial");
+        let mut p = packs_partial(&b);
         let all = pattern(0, 2 * DIRECT_STAGE + 3 * DIRECT_ALIGN + 5);
         p.write(&all[..DIRECT_STAGE + 7]).expect("one stage out");
         p.write(&all[DIRECT_STAGE + 7..]).expect("two stages out");
@@ -844,9 +846,7 @@ mod tests {
         let b = LocalBackend::open(dir.path())
             .expect("open")
             .with_direct_writes(false);
-        let packs = dir.path().join("packs");
-        b.make_dirs(&packs).expect("dirs");
-        let mut p = b.partial(&packs).expect("partial");
+        let mut p = packs_partial(&b);
         p.write(b"first").expect("write");
         p.file = File::open(&p.tmp).expect("reopen read-only");
         assert!(
