@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Reads through FUSE mounts of one 2 GiB disk image, measured in one run: `stasis mount`
 # against `restic mount`, `borg mount` and the FUSE ceiling (crates/stasis-fuse/examples/
-# nullfs.rs: a file served from memory, mounted with stasis's exact options and tuning).
+# nullfs.rs: a file served from memory, mounted with stasis's exact options and tuning)
+# and the decoding floor (examples/decodefs.rs: the image served through the same mount
+# from zstd frames and blake3 ids in memory, only decoding and checking).
 #
 # usage: tools/bench-mount.sh [IMAGE]     (default /work/corpus/disk/child1.ext4)
 #
@@ -20,8 +22,9 @@
 # Needs root (drop_caches, FUSE mounts). Environment:
 #   ROUNDS (3), COUNT (200), BENCH_TMP (parent of the work dir; default target/ of this
 #   checkout), KEEP=1 (keep repositories), TOOLS (space-separated, default
-#   "stasis restic borg-fixed4M borg-default nullfs disk"; a tool written NAME@TUNING
-#   runs stasis or nullfs with STASIS_FUSE_TUNING=TUNING, e.g. stasis@threads=4;
+#   "stasis restic borg-fixed4M borg-default nullfs decodefs disk"; a tool written
+#   NAME@TUNING runs stasis, nullfs or decodefs with STASIS_FUSE_TUNING=TUNING, e.g.
+#   stasis@threads=4;
 #   "disk" is the image read straight from the local disk, for reference; "stasis-alt"
 #   is another build of stasis, STASIS_ALT=PATH, on the same repository, e.g. to compare
 #   against an earlier commit).
@@ -36,18 +39,19 @@ IMG=${1:-/work/corpus/disk/child1.ext4}
 IMG=$(cd "$(dirname "$IMG")" && pwd)/$(basename "$IMG")
 ROUNDS=${ROUNDS:-3}
 COUNT=${COUNT:-200}
-TOOLS=${TOOLS:-stasis restic borg-fixed4M borg-default nullfs disk}
+TOOLS=${TOOLS:-stasis restic borg-fixed4M borg-default nullfs decodefs disk}
 export LC_ALL=C
 log() { printf '[bench-mount %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 [[ $(id -u) == 0 ]] || die "needs root (drop_caches, FUSE mounts)"
 for t in restic borg python3 cmp; do command -v "$t" >/dev/null || die "$t missing"; done
 
-log "building stasis, nullfs, readbench (release)"
+log "building stasis, nullfs, decodefs, readbench (release)"
 (cd "$ROOT" && cargo build -q --release --bin stasis -p stasis \
-  && cargo build -q --release -p stasis-fuse --example nullfs --example readbench)
+  && cargo build -q --release -p stasis-fuse --example nullfs --example decodefs --example readbench)
 STASIS=$ROOT/target/release/stasis
 NULLFS=$ROOT/target/release/examples/nullfs
+DECODEFS=$ROOT/target/release/examples/decodefs
 READBENCH=$ROOT/target/release/examples/readbench
 
 PARENT=${BENCH_TMP:-$ROOT/target}
@@ -95,7 +99,7 @@ for t in $TOOLS; do
       [[ $b == borg-fixed4M ]] && params=(--chunker-params fixed,4194304)
       borg init --encryption none "$WORK/$b" >/dev/null
       (cd "$(dirname "$IMG")" && borg create "${params[@]}" "$WORK/$b::img" "$(basename "$IMG")") ;;
-    nullfs | disk) ;;
+    nullfs | decodefs | disk) ;;
     *) die "unknown tool $t" ;;
   esac
 done
@@ -117,6 +121,9 @@ mount_tool() {
     nullfs)
       STASIS_FUSE_TUNING=$(tuning "$t") "$NULLFS" "$MNT" "$(stat -c %s "$IMG")" \
         2>>"$WORK/mount.log" &
+      f=$MNT/file ;;
+    decodefs)
+      STASIS_FUSE_TUNING=$(tuning "$t") "$DECODEFS" "$MNT" "$IMG" 2>>"$WORK/mount.log" &
       f=$MNT/file ;;
     restic)
       restic -r "$WORK/restic" mount "$MNT" >>"$WORK/mount.log" 2>&1 &

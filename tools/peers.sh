@@ -14,7 +14,10 @@
 # MOUNT_ROUNDS (3) such reads; as root only). Also
 # machine limits in the same run: b3sum per image, zstd -1 -T1 / -T0 of base, dd of
 # base from page cache, and the FUSE ceiling: the same read from a do-nothing FUSE file
-# served from memory with stasis's mount options (crates/stasis-fuse/examples/nullfs.rs).
+# served from memory with stasis's mount options (crates/stasis-fuse/examples/nullfs.rs),
+# and the decoding floor: child2 served through the same mount from zstd frames and
+# blake3 ids held in memory, with only the decoding and checking any server of
+# compressed, checked blocks must do (crates/stasis-fuse/examples/decodefs.rs).
 # Everything above except the corpus facts is measured ROUNDS (3) times: each round
 # takes the machine limits, then every tool in turn (the order rotates by one each
 # round and runs backwards every other round) from a fresh repository. Tables give the
@@ -272,8 +275,8 @@ fi
 if [[ $MOUNT == 1 ]]; then
   ROOT=$(cd "$(dirname "$0")/.." && pwd)
   EXAMPLES=$ROOT/target/release/examples
-  log "building the nullfs and readbench examples"
-  (cd "$ROOT" && cargo build -q --release -p stasis-fuse --example nullfs --example readbench)
+  log "building the nullfs, decodefs and readbench examples"
+  (cd "$ROOT" && cargo build -q --release -p stasis-fuse --example nullfs --example decodefs --example readbench)
   MNT=$WORK/mnt
   mkdir -p "$MNT"
 fi
@@ -377,6 +380,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
     MOUNTED_FILE=$MNT/file
     mount_read limits.fuse_ceiling_child2 "$EXAMPLES/nullfs" "$MNT" "$(stat -c %s "$CORPUS/child2.ext4")"
     log "FUSE ceiling: ${LAST_S}s"
+    mount_read limits.decode_floor_child2 "$EXAMPLES/decodefs" "$MNT" "$CORPUS/child2.ext4"
+    log "decoding floor: ${LAST_S}s"
   fi
 
   for t in $order; do
@@ -569,6 +574,14 @@ if stasis_rows and peers:
             f(r["restore_child2_plus_sync_s"] / rr["restore_child2_plus_sync_s"]),
             f(r["mount_read_child2_s"] / tools[mref]["mount_read_child2_s"]) if mref and r["mount_read_child2_s"] else "-",
             f(ceiling / r["mount_read_child2_s"]) if ceiling and r["mount_read_child2_s"] else "-"))
+    floor = limits.get("decode_floor_child2", {}).get("s")
+    if ceiling and floor:
+        print()
+        print("Decoding floor (decodefs): child2 read through the same mount in %s s, %s× "
+              "the FUSE ceiling's speed; stasis's mount read at %s of the floor's speed." % (
+                  f(floor, 3), f(ceiling / floor), ", ".join(
+                      "%s %s×" % (labels.get(t, t), f(floor / tools[t]["mount_read_child2_s"]))
+                      for t in stasis_rows if tools[t].get("mount_read_child2_s"))))
     print()
     print("Ingest of base as a share of b3sum's rate on the same file: " + ", ".join(
         "%s %.0f%%" % (labels.get(t, t), 100 * limits["b3sum_base"]["s"] / tools[t]["ingest_s"]["base"])
@@ -578,7 +591,8 @@ print("Ingest CPU-s (user + system, medians; base / child1 / child2): " + "; ".j
     "%s %s" % (labels.get(t, t), " / ".join(
         f(r["ingest_cpu_s"][i]) if r["ingest_cpu_s"][i] is not None else "-" for i in images))
     for t, r in tools.items()))
-reads = [("FUSE ceiling", limits.get("fuse_ceiling_child2", {}))] + [
+reads = [("FUSE ceiling", limits.get("fuse_ceiling_child2", {})),
+         ("decoding floor", limits.get("decode_floor_child2", {}))] + [
     (labels.get(t, t), {"server_cpu_s": r.get("mount_read_child2_server_cpu_s"),
                         "reported_mib": r.get("mount_read_child2_reported_mib")})
     for t, r in tools.items() if r.get("mount_read_child2_s")]

@@ -1,0 +1,325 @@
+//! The decoding floor: one image served through FUSE from compressed, checked blocks held
+//! in memory, with the least work any server of compressed, checked data has to do.
+//! Mounted exactly like a stasis mount (the same [`stasis_fuse::Tuning`] as `nullfs`).
+//!
+//! usage: decodefs MOUNTPOINT IMAGE [LEVEL]   (the file is MOUNTPOINT/file; LEVEL 1)
+//!
+//! At start it cuts IMAGE as a stasis repository stores it by default: 64 KiB blocks,
+//! all-zero blocks left out, the data blocks of each aligned 256 KiB region compressed
+//! together as one zstd frame at LEVEL, and each block's blake3 kept. A read decodes
+//! the frames it covers straight into the reply buffer when no zero block sits
+//! between their blocks, checks each block's blake3, and zero-fills the rest; a read
+//! wholly in zeros replies from a static array. Nothing is looked up, cached, read
+//! from disk or copied twice, so a cold read of the mount measures what decoding and
+//! checking cost on top of the FUSE ceiling (`nullfs`); `stasis mount` does all of
+//! this and more. Corrupt bytes would be an EIO, as in stasis.
+//!
+//! Serves until unmounted (`umount MOUNTPOINT`).
+
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
+    ReplyOpen, Request,
+};
+use stasis_fuse::Tuning;
+
+const FILE_INO: u64 = 2;
+const NAME: &str = "file";
+const BLOCK: usize = 64 << 10;
+const FRAME: usize = 256 << 10;
+const PER_FRAME: usize = FRAME / BLOCK;
+const TTL: Duration = Duration::from_secs(1);
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// One aligned 256 KiB region of the image.
+#[derive(Debug, Default)]
+struct Region {
+    /// Which of its blocks hold data (bit i: block i), in order in the frame.
+    data: u8,
+    /// The zstd frame of its data blocks (empty when `data` is 0).
+    frame: Vec<u8>,
+    /// The blake3 of each data block, in frame order.
+    ids: Vec<blake3::Hash>,
+}
+
+#[derive(Debug)]
+struct DecodeFs {
+    size: u64,
+    regions: Vec<Region>,
+    tuning: Tuning,
+}
+
+thread_local! {
+    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn decode(frame: &[u8], dst: &mut [u8]) -> Result<(), Errno> {
+    DCTX.with_borrow_mut(|d| {
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|_| Errno::EIO)?);
+        }
+        let d = d.as_mut().ok_or(Errno::EIO)?;
+        match d.decompress_to_buffer(frame, dst) {
+            Ok(n) if n == dst.len() => Ok(()),
+            _ => Err(Errno::EIO),
+        }
+    })
+}
+
+impl DecodeFs {
+    fn load(image: &std::path::Path, level: i32) -> std::io::Result<DecodeFs> {
+        let bytes = std::fs::read(image)?;
+        let mut cctx = zstd::bulk::Compressor::new(level)?;
+        let mut regions = Vec::with_capacity(bytes.len().div_ceil(FRAME));
+        let mut plain = Vec::with_capacity(FRAME);
+        for r in bytes.chunks(FRAME) {
+            let mut region = Region::default();
+            plain.clear();
+            for (i, b) in r.chunks(BLOCK).enumerate() {
+                if b.iter().any(|&x| x != 0) {
+                    // Short last blocks are padded as a repository's are not; the image
+                    // sizes here are whole blocks.
+                    region.data |= 1 << i;
+                    region.ids.push(blake3::hash(b));
+                    plain.extend_from_slice(b);
+                }
+            }
+            if region.data != 0 {
+                region.frame = cctx.compress(&plain)?;
+            }
+            regions.push(region);
+        }
+        Ok(DecodeFs {
+            size: bytes.len() as u64,
+            regions,
+            tuning: Tuning::default(),
+        })
+    }
+
+    /// Fill `dst` with the image's bytes from `offset` on.
+    fn fill(&self, offset: u64, dst: &mut [u8]) -> Result<(), Errno> {
+        let mut at = 0usize;
+        while at < dst.len() {
+            let pos = offset as usize + at;
+            let region = &self.regions[pos / FRAME];
+            let within = pos % FRAME;
+            let take = (FRAME - within).min(dst.len() - at);
+            let out = &mut dst[at..at + take];
+            if region.data == 0 {
+                out.fill(0);
+            } else {
+                let count = region.data.count_ones() as usize;
+                let first = region.data.trailing_zeros() as usize;
+                let contiguous = region.data >> first == (1u8 << count) - 1;
+                let plain_len = count * BLOCK;
+                if contiguous && within == 0 && take >= (first + count) * BLOCK {
+                    // Decode in place; zero what lies around.
+                    let lo = first * BLOCK;
+                    out[..lo].fill(0);
+                    out[lo + plain_len..].fill(0);
+                    let place = &mut out[lo..lo + plain_len];
+                    decode(&region.frame, place)?;
+                    check(&region.ids, place)?;
+                } else {
+                    SCRATCH.with_borrow_mut(|s| -> Result<(), Errno> {
+                        s.resize(plain_len, 0);
+                        decode(&region.frame, s)?;
+                        check(&region.ids, s)?;
+                        let mut k = 0;
+                        for i in 0..PER_FRAME {
+                            let (a, b) = (i * BLOCK, (i + 1) * BLOCK);
+                            let (a, b) = (a.max(within), b.min(within + take));
+                            if a >= b {
+                                if region.data & (1 << i) != 0 {
+                                    k += 1;
+                                }
+                                continue;
+                            }
+                            let o = &mut out[a - within..b - within];
+                            if region.data & (1 << i) != 0 {
+                                o.copy_from_slice(&s[k * BLOCK + a - i * BLOCK..][..b - a]);
+                                k += 1;
+                            } else {
+                                o.fill(0);
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
+            }
+            at += take;
+        }
+        Ok(())
+    }
+
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        let (kind, size, perm, nlink) = match ino {
+            1 => (FileType::Directory, 0, 0o555, 2),
+            FILE_INO => (FileType::RegularFile, self.size, 0o444, 1),
+            _ => return None,
+        };
+        Some(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: SystemTime::UNIX_EPOCH,
+            mtime: SystemTime::UNIX_EPOCH,
+            ctime: SystemTime::UNIX_EPOCH,
+            crtime: SystemTime::UNIX_EPOCH,
+            kind,
+            perm,
+            nlink,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+}
+
+/// Check the blake3 of each block of `plain` against `ids`.
+fn check(ids: &[blake3::Hash], plain: &[u8]) -> Result<(), Errno> {
+    for (id, b) in ids.iter().zip(plain.chunks(BLOCK)) {
+        if blake3::hash(b) != *id {
+            return Err(Errno::EIO);
+        }
+    }
+    Ok(())
+}
+
+impl Filesystem for DecodeFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.tuning.init(config);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.attr(FILE_INO) {
+            Some(a) if parent.0 == 1 && name == NAME => reply.entry(&TTL, &a, Generation(0)),
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino.0) {
+            Some(a) => reply.attr(&TTL, &a),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if ino.0 == FILE_INO {
+            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        } else {
+            reply.error(Errno::EISDIR);
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let len = u64::from(size).min(self.size.saturating_sub(offset)) as usize;
+        if len == 0 {
+            return reply.data(&[]);
+        }
+        let (first, last) = (
+            offset as usize / FRAME,
+            (offset as usize + len).div_ceil(FRAME),
+        );
+        if len <= ZEROS.len() && self.regions[first..last].iter().all(|r| r.data == 0) {
+            return reply.data(&ZEROS[..len]);
+        }
+        BUF.with_borrow_mut(|buf| {
+            buf.resize(len, 0);
+            match self.fill(offset, buf) {
+                Ok(()) => reply.data(buf),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino.0 != 1 {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let entries = [
+            (1, FileType::Directory, "."),
+            (1, FileType::Directory, ".."),
+            (FILE_INO, FileType::RegularFile, NAME),
+        ];
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    let (Some(point), Some(image)) = (args.next(), args.next()) else {
+        eprintln!("usage: decodefs MOUNTPOINT IMAGE [LEVEL]");
+        return std::process::ExitCode::FAILURE;
+    };
+    let level = match args.next().map(|s| s.to_string_lossy().parse::<i32>()) {
+        None => 1,
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            eprintln!("decodefs: LEVEL: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let tuning = match Tuning::from_env() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("decodefs: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut fs = match DecodeFs::load(image.as_ref(), level) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("decodefs: {}: {e}", PathBuf::from(&image).display());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    fs.tuning = tuning;
+    let stored: usize = fs.regions.iter().map(|r| r.frame.len()).sum();
+    eprintln!(
+        "decodefs: {} bytes, {} frames, {stored} bytes compressed; serving",
+        fs.size,
+        fs.regions.iter().filter(|r| r.data != 0).count()
+    );
+    let point = PathBuf::from(point);
+    match stasis_fuse::serve_with(fs, &point, &tuning) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("decodefs: mounting at {}: {e}", point.display());
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
