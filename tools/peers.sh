@@ -48,7 +48,7 @@
 # Restore times stop when the tool exits (no extra sync); a second figure,
 # restore+sync, also includes the sync that follows (writeback of the output).
 #
-# Mount reads need root and the nullfs/readbench examples (built with cargo from this
+# Mount reads need root and the nullfs/decodefs/readbench examples (built with cargo from this
 # checkout when missing; MOUNT=0 skips the column).
 # Environment: PEERS_TMP (parent dir for the temporary repositories; default
 # the parent of CORPUSDIR, i.e. the same disk), OUT_JSON, KEEP_REPOS=1,
