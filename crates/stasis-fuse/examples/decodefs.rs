@@ -76,6 +76,12 @@ fn decode(frame: &[u8], dst: &mut [u8]) -> Result<(), Errno> {
 impl DecodeFs {
     fn load(image: &std::path::Path, level: i32) -> std::io::Result<DecodeFs> {
         let bytes = std::fs::read(image)?;
+        if bytes.len() % BLOCK != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the image's size is not a whole number of 64 KiB blocks",
+            ));
+        }
         let mut cctx = zstd::bulk::Compressor::new(level)?;
         let mut regions = Vec::with_capacity(bytes.len().div_ceil(FRAME));
         let mut plain = Vec::with_capacity(FRAME);
@@ -84,8 +90,6 @@ impl DecodeFs {
             plain.clear();
             for (i, b) in r.chunks(BLOCK).enumerate() {
                 if b.iter().any(|&x| x != 0) {
-                    // Short last blocks are padded as a repository's are not; the image
-                    // sizes here are whole blocks.
                     region.data |= 1 << i;
                     region.ids.push(blake3::hash(b));
                     plain.extend_from_slice(b);
