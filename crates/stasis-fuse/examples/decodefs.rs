@@ -16,24 +16,16 @@
 //!
 //! Serves until unmounted (`umount MOUNTPOINT`).
 
+mod common;
+
 use std::cell::RefCell;
-use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
 
-use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
-    ReplyOpen, Request,
-};
-use stasis_fuse::Tuning;
+use fuser::{Errno, ReplyData};
 
-const FILE_INO: u64 = 2;
-const NAME: &str = "file";
 const BLOCK: usize = 64 << 10;
 const FRAME: usize = 256 << 10;
 const PER_FRAME: usize = FRAME / BLOCK;
-const TTL: Duration = Duration::from_secs(1);
 static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 /// One aligned 256 KiB region of the image.
@@ -51,7 +43,6 @@ struct Region {
 struct DecodeFs {
     size: u64,
     regions: Vec<Region>,
-    tuning: Tuning,
 }
 
 thread_local! {
@@ -103,7 +94,6 @@ impl DecodeFs {
         Ok(DecodeFs {
             size: bytes.len() as u64,
             regions,
-            tuning: Tuning::default(),
         })
     }
 
@@ -136,23 +126,20 @@ impl DecodeFs {
                         s.resize(plain_len, 0);
                         decode(&region.frame, s)?;
                         check(&region.ids, s)?;
-                        let mut k = 0;
                         for i in 0..PER_FRAME {
-                            let (a, b) = (i * BLOCK, (i + 1) * BLOCK);
-                            let (a, b) = (a.max(within), b.min(within + take));
+                            let a = (i * BLOCK).max(within);
+                            let b = ((i + 1) * BLOCK).min(within + take);
                             if a >= b {
-                                if region.data & (1 << i) != 0 {
-                                    k += 1;
-                                }
                                 continue;
                             }
                             let o = &mut out[a - within..b - within];
-                            if region.data & (1 << i) != 0 {
-                                o.copy_from_slice(&s[k * BLOCK + a - i * BLOCK..][..b - a]);
-                                k += 1;
-                            } else {
+                            if region.data & (1 << i) == 0 {
                                 o.fill(0);
+                                continue;
                             }
+                            // Its place in the frame: after the data blocks before it.
+                            let k = (region.data & ((1u8 << i) - 1)).count_ones() as usize;
+                            o.copy_from_slice(&s[k * BLOCK + a - i * BLOCK..][..b - a]);
                         }
                         Ok(())
                     })?;
@@ -161,31 +148,6 @@ impl DecodeFs {
             at += take;
         }
         Ok(())
-    }
-
-    fn attr(&self, ino: u64) -> Option<FileAttr> {
-        let (kind, size, perm, nlink) = match ino {
-            1 => (FileType::Directory, 0, 0o555, 2),
-            FILE_INO => (FileType::RegularFile, self.size, 0o444, 1),
-            _ => return None,
-        };
-        Some(FileAttr {
-            ino: INodeNo(ino),
-            size,
-            blocks: size.div_ceil(512),
-            atime: SystemTime::UNIX_EPOCH,
-            mtime: SystemTime::UNIX_EPOCH,
-            ctime: SystemTime::UNIX_EPOCH,
-            crtime: SystemTime::UNIX_EPOCH,
-            kind,
-            perm,
-            nlink,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        })
     }
 }
 
@@ -199,45 +161,12 @@ fn check(ids: &[blake3::Hash], plain: &[u8]) -> Result<(), Errno> {
     Ok(())
 }
 
-impl Filesystem for DecodeFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        self.tuning.init(config);
-        Ok(())
+impl common::Source for DecodeFs {
+    fn size(&self) -> u64 {
+        self.size
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.attr(FILE_INO) {
-            Some(a) if parent.0 == 1 && name == NAME => reply.entry(&TTL, &a, Generation(0)),
-            _ => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.attr(ino.0) {
-            Some(a) => reply.attr(&TTL, &a),
-            None => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if ino.0 == FILE_INO {
-            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
-        } else {
-            reply.error(Errno::EISDIR);
-        }
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
+    fn read(&self, offset: u64, size: u32, reply: ReplyData) {
         let len = u64::from(size).min(self.size.saturating_sub(offset)) as usize;
         if len == 0 {
             return reply.data(&[]);
@@ -257,30 +186,6 @@ impl Filesystem for DecodeFs {
             }
         });
     }
-
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        if ino.0 != 1 {
-            return reply.error(Errno::ENOTDIR);
-        }
-        let entries = [
-            (1, FileType::Directory, "."),
-            (1, FileType::Directory, ".."),
-            (FILE_INO, FileType::RegularFile, NAME),
-        ];
-        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
-                break;
-            }
-        }
-        reply.ok();
-    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -297,33 +202,21 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let tuning = match Tuning::from_env() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("decodefs: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let Some(tuning) = common::tuning("decodefs") else {
+        return std::process::ExitCode::FAILURE;
     };
-    let mut fs = match DecodeFs::load(image.as_ref(), level) {
+    let fs = match DecodeFs::load(image.as_ref(), level) {
         Ok(fs) => fs,
         Err(e) => {
             eprintln!("decodefs: {}: {e}", PathBuf::from(&image).display());
             return std::process::ExitCode::FAILURE;
         }
     };
-    fs.tuning = tuning;
     let stored: usize = fs.regions.iter().map(|r| r.frame.len()).sum();
     eprintln!(
         "decodefs: {} bytes, {} frames, {stored} bytes compressed; serving",
         fs.size,
         fs.regions.iter().filter(|r| r.data != 0).count()
     );
-    let point = PathBuf::from(point);
-    match stasis_fuse::serve_with(fs, &point, &tuning) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("decodefs: mounting at {}: {e}", point.display());
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::serve("decodefs", fs, tuning, &PathBuf::from(point))
 }

@@ -8,19 +8,13 @@
 //! Serves until unmounted (`umount MOUNTPOINT`); then prints the read request sizes the
 //! kernel sent. `STASIS_FUSE_TUNING` applies as it does to `stasis mount`.
 
-use std::ffi::OsStr;
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+mod common;
 
-use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
-    ReplyOpen, Request,
-};
+use std::path::PathBuf;
+
+use fuser::{Errno, ReplyData};
 use stasis_fuse::{ReadSizes, Tuning};
 
-const FILE_INO: u64 = 2;
-const NAME: &str = "file";
 /// The bytes served: a 1 MiB pattern, twice, so any request of up to 1 MiB at any
 /// offset is one slice of it.
 const PERIOD: usize = 1 << 20;
@@ -29,86 +23,15 @@ const PERIOD: usize = 1 << 20;
 struct NullFs {
     size: u64,
     pattern: Vec<u8>,
-    tuning: Tuning,
     sizes: ReadSizes,
 }
 
-impl NullFs {
-    fn attr(&self, ino: u64) -> Option<FileAttr> {
-        let (kind, size, perm, nlink) = match ino {
-            1 => (FileType::Directory, 0, 0o555, 2),
-            FILE_INO => (FileType::RegularFile, self.size, 0o444, 1),
-            _ => return None,
-        };
-        Some(FileAttr {
-            ino: INodeNo(ino),
-            size,
-            blocks: size.div_ceil(512),
-            atime: SystemTime::UNIX_EPOCH,
-            mtime: SystemTime::UNIX_EPOCH,
-            ctime: SystemTime::UNIX_EPOCH,
-            crtime: SystemTime::UNIX_EPOCH,
-            kind,
-            perm,
-            nlink,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            blksize: 4096,
-            flags: 0,
-        })
-    }
-}
-
-const TTL: Duration = Duration::from_secs(1);
-
-impl Filesystem for NullFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        self.tuning.init(config);
-        Ok(())
+impl common::Source for NullFs {
+    fn size(&self) -> u64 {
+        self.size
     }
 
-    fn destroy(&mut self) {
-        eprintln!(
-            "nullfs: {:?}; read requests by size: {}",
-            self.tuning,
-            self.sizes.summary()
-        );
-    }
-
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.attr(FILE_INO) {
-            Some(a) if parent.0 == 1 && name == NAME => reply.entry(&TTL, &a, Generation(0)),
-            _ => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.attr(ino.0) {
-            Some(a) => reply.attr(&TTL, &a),
-            None => reply.error(Errno::ENOENT),
-        }
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if ino.0 == FILE_INO {
-            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
-        } else {
-            reply.error(Errno::EISDIR);
-        }
-    }
-
-    fn read(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
+    fn read(&self, offset: u64, size: u32, reply: ReplyData) {
         self.sizes.record(size);
         let len = u64::from(size).min(self.size.saturating_sub(offset)) as usize;
         let start = (offset % PERIOD as u64) as usize;
@@ -118,28 +41,11 @@ impl Filesystem for NullFs {
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        if ino.0 != 1 {
-            return reply.error(Errno::ENOTDIR);
-        }
-        let entries = [
-            (1, FileType::Directory, "."),
-            (1, FileType::Directory, ".."),
-            (FILE_INO, FileType::RegularFile, NAME),
-        ];
-        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
-                break;
-            }
-        }
-        reply.ok();
+    fn destroy(&mut self, tuning: &Tuning) {
+        eprintln!(
+            "nullfs: {tuning:?}; read requests by size: {}",
+            self.sizes.summary()
+        );
     }
 }
 
@@ -157,12 +63,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let tuning = match Tuning::from_env() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("nullfs: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let Some(tuning) = common::tuning("nullfs") else {
+        return std::process::ExitCode::FAILURE;
     };
     // Not zeros (a page of zeros could be special-cased somewhere): a fixed byte pattern.
     let pattern: Vec<u8> = (0..2 * PERIOD)
@@ -171,14 +73,7 @@ fn main() -> std::process::ExitCode {
     let fs = NullFs {
         size,
         pattern,
-        tuning,
         sizes: ReadSizes::default(),
     };
-    match stasis_fuse::serve_with(fs, &point, &tuning) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("nullfs: mounting at {}: {e}", point.display());
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::serve("nullfs", fs, tuning, &point)
 }
