@@ -290,13 +290,23 @@ mod tests {
         let g = l.register_session().expect("register");
         let ended = Arc::new(AtomicBool::new(false));
         let (e2, l2) = (Arc::clone(&ended), Arc::clone(&l));
+        // The waiter says when it has seen the session and is about to wait for it, so
+        // the session ends only after that, however the threads are scheduled.
+        let (saw, seen) = std::sync::mpsc::channel();
         let t = std::thread::spawn(move || {
-            let n = l2.wait_for_sessions(&|_| {}).expect("wait");
+            let n = l2
+                .wait_for_sessions(&|n| {
+                    let _ = saw.send(n);
+                })
+                .expect("wait");
             // The session must have ended before the wait returned.
             assert!(e2.load(Ordering::SeqCst));
             n
         });
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        let n = seen
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("the waiter saw the session");
+        assert_eq!(n, 1);
         ended.store(true, Ordering::SeqCst);
         drop(g);
         assert_eq!(t.join().expect("join"), 1);
