@@ -65,17 +65,24 @@ impl Qmp {
             reader: BufReader::new(stream),
             writer,
         };
-        let greeting = q.line();
+        let greeting = q.line().unwrap_or_else(|e| panic!("QMP greeting: {e}"));
         assert!(greeting.get("QMP").is_some(), "QMP greeting: {greeting}");
         q.call("qmp_capabilities", None);
         q
     }
 
-    fn line(&mut self) -> Value {
+    /// The next message; an error once the connection is closed or broken (QEMU may
+    /// have exited, as it does after `quit`).
+    fn line(&mut self) -> Result<Value, String> {
         let mut s = String::new();
-        let n = self.reader.read_line(&mut s).expect("read from QMP");
-        assert!(n > 0, "QMP connection closed");
-        serde_json::from_str(&s).expect("QMP sends JSON")
+        let n = self
+            .reader
+            .read_line(&mut s)
+            .map_err(|e| format!("read from QMP: {e}"))?;
+        if n == 0 {
+            return Err("QMP connection closed".into());
+        }
+        serde_json::from_str(&s).map_err(|e| format!("QMP sent no JSON ({e}): {s}"))
     }
 
     fn try_call(&mut self, cmd: &str, args: Option<Value>) -> Result<Value, String> {
@@ -83,9 +90,9 @@ impl Qmp {
         if let Some(a) = args {
             msg["arguments"] = a;
         }
-        writeln!(self.writer, "{msg}").expect("write to QMP");
+        writeln!(self.writer, "{msg}").map_err(|e| format!("{cmd}: write to QMP: {e}"))?;
         loop {
-            let r = self.line();
+            let r = self.line().map_err(|e| format!("{cmd}: {e}"))?;
             if r.get("event").is_some() {
                 continue;
             }
