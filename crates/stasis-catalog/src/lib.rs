@@ -36,7 +36,8 @@ pub use fields::{CompressionState, Hypervisor, Kind, PowerState, now, parse_expi
 pub use filter::{ListFilter, SortField};
 pub use ids::{new_id, validate_file_name, validate_name};
 pub use record::{
-    CompressionInfo, Event, NewPayload, NewSnapshot, Payload, Snapshot, Status, Token, Vm,
+    CompressionInfo, Event, NewPayload, NewSnapshot, Payload, Snapshot, Status, Token, TokenMode,
+    Vm,
 };
 
 /// The tenant of VMs made without one (by the CLI, and every VM from before tenants).

@@ -300,6 +300,17 @@ impl NewSnapshot {
     }
 }
 
+/// What a new token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenMode {
+    /// Reads only; writes are refused.
+    ReadOnly,
+    /// Reads and writes, naming files only under its tenant's own roots.
+    ReadWrite,
+    /// Reads and writes, and may also name files under the server-wide roots.
+    Admin,
+}
+
 /// A bearer token of the HTTP API. Only a hash of its secret is stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Token {
@@ -309,6 +320,9 @@ pub struct Token {
     pub tenant: String,
     /// Whether it may only read.
     pub read_only: bool,
+    /// Whether it has the admin scope: it may also name files under the server-wide
+    /// payload roots (it still sees only its tenant's VMs and snapshots).
+    pub admin: bool,
     /// RFC 3339.
     pub created_at: String,
     /// When it was revoked (RFC 3339); a revoked token authenticates nothing.

@@ -91,6 +91,10 @@ CREATE TABLE tokens (
     revoked_at  TEXT
 );
 ",
+    // Admin tokens may also name files under the server-wide payload roots.
+    r"
+ALTER TABLE tokens ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// Bring the database up to the current schema.

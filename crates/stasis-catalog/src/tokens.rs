@@ -5,21 +5,22 @@
 use rusqlite::{OptionalExtension, params};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::record::Token;
+use crate::record::{Token, TokenMode};
 use crate::{Catalog, db, ids, now, validate_name};
 
 /// Every token's text starts with this, so it can be recognised (and scanned for).
 pub const TOKEN_PREFIX: &str = "stasis_";
 
-const TOKEN_COLUMNS: &str = "id, tenant, read_only, created_at, revoked_at";
+const TOKEN_COLUMNS: &str = "id, tenant, read_only, admin, created_at, revoked_at";
 
 fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Token> {
     Ok(Token {
         id: r.get(0)?,
         tenant: r.get(1)?,
         read_only: r.get(2)?,
-        created_at: r.get(3)?,
-        revoked_at: r.get(4)?,
+        admin: r.get(3)?,
+        created_at: r.get(4)?,
+        revoked_at: r.get(5)?,
     })
 }
 
@@ -48,20 +49,21 @@ fn new_secret() -> Result<String> {
 impl Catalog {
     /// Make a token for `tenant` (a name like a VM's). Returns the record and the
     /// token's text, which is not stored and cannot be shown again.
-    pub fn create_token(&mut self, tenant: &str, read_only: bool) -> Result<(Token, String)> {
+    pub fn create_token(&mut self, tenant: &str, mode: TokenMode) -> Result<(Token, String)> {
         validate_name(tenant).map_err(|e| e.context("tenant"))?;
         let secret = new_secret()?;
         let token = Token {
             id: ids::new_id(),
             tenant: tenant.to_string(),
-            read_only,
+            read_only: mode == TokenMode::ReadOnly,
+            admin: mode == TokenMode::Admin,
             created_at: now(),
             revoked_at: None,
         };
         self.conn
             .execute(
-                "INSERT INTO tokens (id, hash, tenant, read_only, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![token.id, hash(&secret), token.tenant, token.read_only, token.created_at],
+                "INSERT INTO tokens (id, hash, tenant, read_only, admin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![token.id, hash(&secret), token.tenant, token.read_only, token.admin, token.created_at],
             )
             .map_err(db("storing a token"))?;
         Ok((token, secret))
@@ -126,7 +128,9 @@ mod tests {
     #[test]
     fn a_token_authenticates_until_revoked_and_only_its_hash_is_stored() {
         let mut cat = Catalog::open_in_memory().expect("catalog");
-        let (tok, secret) = cat.create_token("acme", false).expect("create");
+        let (tok, secret) = cat
+            .create_token("acme", TokenMode::ReadWrite)
+            .expect("create");
         assert!(secret.starts_with(TOKEN_PREFIX));
         assert_eq!(secret.len(), TOKEN_PREFIX.len() + 64);
         let found = cat.authenticate(&secret).expect("auth").expect("valid");
@@ -176,8 +180,10 @@ mod tests {
     #[test]
     fn tokens_are_listed_with_their_tenant_and_mode() {
         let mut cat = Catalog::open_in_memory().expect("catalog");
-        let (a, sa) = cat.create_token("default", false).expect("a");
-        let (b, sb) = cat.create_token("acme", true).expect("b");
+        let (a, sa) = cat
+            .create_token("default", TokenMode::ReadWrite)
+            .expect("a");
+        let (b, sb) = cat.create_token("acme", TokenMode::ReadOnly).expect("b");
         assert_ne!(sa, sb);
         let all = cat.tokens().expect("list");
         assert_eq!(all, vec![a, b.clone()]);
@@ -187,7 +193,10 @@ mod tests {
             Some(b.id)
         );
         for bad in ["", "Acme", "a b", "-x"] {
-            assert!(cat.create_token(bad, false).is_err(), "{bad:?}");
+            assert!(
+                cat.create_token(bad, TokenMode::ReadWrite).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }
