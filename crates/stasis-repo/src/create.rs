@@ -3,6 +3,7 @@
 //! at which the snapshot exists. A failure anywhere before that row leaves no snapshot,
 //! only unreferenced packs for gc.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -29,30 +30,54 @@ pub enum Format {
     Qcow2,
 }
 
-/// One input file of a new snapshot.
-#[derive(Clone, Debug)]
+/// One input file of a new snapshot, open: it is read through this descriptor only,
+/// never opened again by name.
+#[derive(Debug)]
 pub struct Input {
     /// Disk, memory or state.
     pub role: Role,
     /// The file's name inside the snapshot.
     pub name: String,
-    /// Where it is.
+    /// Where it was opened from (for messages).
     pub path: PathBuf,
     /// Whether it is a qcow2 image whose guest-visible disk is stored.
     pub qcow2: bool,
+    /// Opened beneath a tenant's root ([`crate::roots`]): nothing it names (a qcow2
+    /// backing or data file) may be opened, except that a fork's overlay may name its
+    /// parent's payload, whose bytes come from the store.
+    pub confined: bool,
+    file: File,
+    size: u64,
 }
 
 impl Input {
-    /// An input at `path` named `name` (default: the file's base name, less `.qcow2`
-    /// for a qcow2 image, so a fork's `root.qcow2` commits back as `root`).
+    /// Open the input at `path` (a regular file or block device) named `name`
+    /// (default: the file's base name, less `.qcow2` for a qcow2 image, so a fork's
+    /// `root.qcow2` commits back as `root`).
     pub fn new(role: Role, name: Option<&str>, path: &Path, format: Format) -> Result<Input> {
         if path.as_os_str().is_empty() {
             return Err(Error::Invalid(format!("the {role} input names no file")));
         }
+        let inp = open_input(path)
+            .map_err(|e| Error::Input(format!("{role} {}: {e}", path.display())))?;
+        Input::from_file(role, name, inp.file, inp.size, path, format, false)
+    }
+
+    /// An input already opened (and checked) by the caller, e.g. beneath a tenant's
+    /// root with [`crate::roots::Roots::open`]; `confined` as the field says.
+    pub fn from_file(
+        role: Role,
+        name: Option<&str>,
+        file: File,
+        size: u64,
+        path: &Path,
+        format: Format,
+        confined: bool,
+    ) -> Result<Input> {
         let qcow2 = match format {
             Format::Raw => false,
             Format::Qcow2 => true,
-            Format::Auto => crate::qcow2::is_qcow2(path),
+            Format::Auto => crate::qcow2::is_qcow2(&file),
         };
         let name = match name {
             Some(n) => n.to_string(),
@@ -74,12 +99,15 @@ impl Input {
             name,
             path: path.to_path_buf(),
             qcow2,
+            confined,
+            file,
+            size,
         })
     }
 }
 
 /// What to create.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Request {
     /// The record's fields (VM, name, tenant, metadata). Its `parent_id`, `payloads`
     /// and sizes are filled in by [`create`].
@@ -158,24 +186,21 @@ pub fn create(
     catalog.check_new(&new)?;
     check_payload_names(req.inputs.iter().map(|i| i.name.as_str()))?;
 
-    // Open every input first so a missing file fails before any work.
-    let mut opened = Vec::new();
+    // Every input was opened when it was made, so a missing file failed before any
+    // work; count what there is to read.
     let mut total = 0u64;
     for i in &req.inputs {
-        let inp = open_input(&i.path)
-            .map_err(|e| Error::Input(format!("{} {}: {e}", i.role, i.path.display())))?;
-        total += data_regions(&inp.file, inp.size)?
+        total += data_regions(&i.file, i.size)?
             .iter()
             .map(|r| r.end - r.start)
             .sum::<u64>();
-        opened.push(inp);
     }
     progress(Progress::Total(total));
     let advance = |n: u64| progress(Progress::Advanced(n));
 
     let mut writer = store.writer(compression)?;
     let mut stats = Vec::new();
-    for (i, inp) in req.inputs.iter().zip(&opened) {
+    for i in &req.inputs {
         let (manifest, st) = if req.diff && !i.qcow2 {
             let pp = parent
                 .as_ref()
@@ -192,7 +217,7 @@ pub fn create(
                     i.name, pp.role, i.role
                 )));
             }
-            ingest::ingest_diff(&mut writer, &inp.file, inp.size, &pp.manifest, &advance)
+            ingest::ingest_diff(&mut writer, &i.file, i.size, &pp.manifest, &advance)
                 .map_err(Error::from)
         } else if i.qcow2 {
             store_qcow2(
@@ -224,7 +249,7 @@ pub fn create(
                 parent: base,
                 similar: i.role == Role::Memory,
             };
-            ingest::ingest_full_with(&mut writer, &inp.file, inp.size, bs, opts, &advance)
+            ingest::ingest_full_with(&mut writer, &i.file, i.size, bs, opts, &advance)
                 .map_err(Error::from)
         }
         .map_err(|e| match e {
@@ -272,7 +297,7 @@ fn store_qcow2(
     block_size: u32,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(Manifest, IngestStats)> {
-    let ov = crate::qcow2::Overlay::open(&i.path)?;
+    let ov = crate::qcow2::Overlay::open(&i.file, &i.path, i.confined)?;
     let base = parent.and_then(|p| {
         p.payloads
             .iter()
@@ -304,14 +329,28 @@ fn store_qcow2(
             progress,
         )?);
     }
-    let tmp = std::env::temp_dir().join(format!("stasis-{}-{}.raw", std::process::id(), i.name));
-    let result = (|| -> Result<_> {
-        crate::qcow2::convert_to_raw(&i.path, &tmp)?;
-        let inp = open_input(&tmp)?;
-        Ok(ingest::ingest_full(
-            w, &inp.file, inp.size, block_size, None, progress,
-        )?)
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    result
+    if i.confined && ov.backing.is_some() {
+        // Converting would open the backing chain by the names the image gives.
+        return Err(Error::Refused(format!(
+            "{}: a qcow2 image backed by {:?}, which is not this snapshot's parent's payload{}",
+            i.path.display(),
+            ov.backing,
+            if backed_by_parent {
+                " stored plainly (it has compressed clusters)"
+            } else {
+                ""
+            }
+        )));
+    }
+    // A private directory: nobody else can swap a file in under the name qemu-img writes.
+    let tmp = tempfile::Builder::new()
+        .prefix("stasis-qcow2-")
+        .tempdir()
+        .map_err(|e| Error::io("making a temporary directory", e))?;
+    let raw = tmp.path().join(format!("{}.raw", i.name));
+    crate::qcow2::convert_to_raw(&ov, &i.path, &raw)?;
+    let inp = open_input(&raw)?;
+    Ok(ingest::ingest_full(
+        w, &inp.file, inp.size, block_size, None, progress,
+    )?)
 }

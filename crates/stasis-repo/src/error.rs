@@ -12,6 +12,9 @@ pub enum ErrorKind {
     NotFound,
     /// It clashes with something that exists (a name, a file).
     Conflict,
+    /// A path the caller may not use (see [`crate::roots`]); answered as "refused",
+    /// with no more said.
+    Refused,
     /// The repository or the machine failed (storage, database, a tool).
     Failed,
 }
@@ -22,6 +25,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::InvalidInput => "invalid input",
             ErrorKind::NotFound => "not found",
             ErrorKind::Conflict => "conflict",
+            ErrorKind::Refused => "refused",
             ErrorKind::Failed => "failed",
         })
     }
@@ -42,6 +46,9 @@ pub enum Error {
     /// The request is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A file the caller may not name or make stasis open; the text is for logs.
+    #[error("refused: {0}")]
+    Refused(String),
     /// Something it names does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -84,6 +91,7 @@ impl Error {
                 _ => ErrorKind::Failed,
             },
             Error::Input(_) | Error::Invalid(_) => ErrorKind::InvalidInput,
+            Error::Refused(_) => ErrorKind::Refused,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Conflict(_) => ErrorKind::Conflict,
             Error::Io { .. } => ErrorKind::Failed,

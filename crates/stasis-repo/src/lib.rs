@@ -15,6 +15,7 @@ mod error;
 pub mod fork;
 pub mod mounts;
 pub mod qcow2;
+pub mod roots;
 pub mod usage;
 
 use std::path::{Path, PathBuf};

@@ -2,10 +2,17 @@
 //! overlay itself allocated; only those are read (from their offsets in the qcow2 file)
 //! and applied over the parent's manifest. Anything else (another backing file,
 //! compressed clusters) falls back to converting the whole image to raw first.
+//!
+//! The image is always read through the descriptor it was opened with: qemu-img is
+//! handed `/proc/<our pid>/fd/<fd>` in a `json:` filename with `"backing": null`, so it
+//! reads that very file and opens nothing the image names. Only a conversion of an
+//! image with a backing file, for an unconfined input (the CLI), lets qemu-img open the
+//! chain by name. The backing file's name and the external-data-file bit come from the
+//! header, read here.
 
 use std::fs::File;
-use std::io::Read;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
@@ -15,26 +22,80 @@ use stasis_store::ingest::LayerSource;
 
 use crate::error::{Error, Result};
 
-/// Whether `path` starts with the qcow2 magic.
-pub fn is_qcow2(path: &Path) -> bool {
-    // Only a regular file can be an image file; opening a FIFO or a character device to
-    // look would block or consume it (those are refused later with a clear message).
-    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
-        return false;
-    }
+const MAGIC: [u8; 4] = *b"QFI\xfb";
+/// The header's incompatible-feature bit for an external data file.
+const EXTERNAL_DATA_FILE: u64 = 1 << 2;
+/// Longest backing file name the format allows.
+const MAX_BACKING_NAME: u32 = 1023;
+
+/// Whether `file` starts with the qcow2 magic.
+pub fn is_qcow2(file: &File) -> bool {
     let mut magic = [0u8; 4];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == *b"QFI\xfb"
+    file.read_exact_at(&mut magic, 0).is_ok() && magic == MAGIC
+}
+
+/// What the header says that matters before qemu-img is run.
+#[derive(Debug)]
+struct Header {
+    backing: Option<String>,
+    external_data: bool,
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_be_bytes(x)
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(x)
+}
+
+fn header(file: &File, shown: &Path) -> Result<Header> {
+    let bad = |what: &str| Error::Input(format!("{}: {what}", shown.display()));
+    let mut h = [0u8; 80];
+    file.read_exact_at(&mut h, 0)
+        .map_err(|_| bad("too short for a qcow2 header"))?;
+    if h[..4] != MAGIC {
+        return Err(bad("not a qcow2 image"));
+    }
+    let version = be32(&h, 4);
+    let (offset, len) = (be64(&h, 8), be32(&h, 16));
+    let external_data = version >= 3 && be64(&h, 72) & EXTERNAL_DATA_FILE != 0;
+    let backing = if offset == 0 || len == 0 {
+        None
+    } else {
+        if len > MAX_BACKING_NAME {
+            return Err(bad("backing file name longer than qcow2 allows"));
+        }
+        let mut name = vec![0u8; len as usize];
+        file.read_exact_at(&mut name, offset)
+            .map_err(|_| bad("backing file name past the end of the image"))?;
+        Some(String::from_utf8(name).map_err(|_| bad("backing file name is not UTF-8"))?)
+    };
+    Ok(Header {
+        backing,
+        external_data,
+    })
+}
+
+/// A `json:` filename for qemu-img that reads `file` itself and no backing file.
+fn by_descriptor(file: &File) -> String {
+    let path = format!("/proc/{}/fd/{}", std::process::id(), file.as_raw_fd());
+    let opts = serde_json::json!({
+        "driver": "qcow2",
+        "backing": null,
+        "file": { "driver": "file", "filename": path },
+    });
+    format!("json:{opts}")
 }
 
 #[derive(Deserialize)]
 struct Info {
     #[serde(rename = "virtual-size")]
     virtual_size: u64,
-    #[serde(rename = "backing-filename")]
-    backing: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -68,17 +129,17 @@ pub struct Overlay {
     pub plain: bool,
 }
 
-fn qemu_img(args: &[&str], path: &Path) -> Result<Vec<u8>> {
+fn qemu_img(args: &[&str], image: &str, shown: &Path) -> Result<Vec<u8>> {
     let out = Command::new("qemu-img")
         .args(args)
-        .arg(path)
+        .arg(image)
         .output()
         .map_err(|e| Error::io("running qemu-img (install qemu-utils)", e))?;
     if !out.status.success() {
         return Err(Error::Input(format!(
             "qemu-img {} {}: {}",
             args.join(" "),
-            path.display(),
+            shown.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
@@ -86,13 +147,23 @@ fn qemu_img(args: &[&str], path: &Path) -> Result<Vec<u8>> {
 }
 
 impl Overlay {
-    /// Read an overlay's size, backing file and own clusters.
-    pub fn open(path: &Path) -> Result<Overlay> {
+    /// Read an overlay's size, backing file and own clusters from `file` (opened from
+    /// `shown`). `confined`: refuse an image that names an external data file (qemu
+    /// would open it by name).
+    pub fn open(file: &File, shown: &Path, confined: bool) -> Result<Overlay> {
+        let h = header(file, shown)?;
+        if confined && h.external_data {
+            return Err(Error::Refused(format!(
+                "{}: a qcow2 image with an external data file",
+                shown.display()
+            )));
+        }
+        let image = by_descriptor(file);
         let info: Info =
-            serde_json::from_slice(&qemu_img(&["info", "--output=json", "-f", "qcow2"], path)?)
+            serde_json::from_slice(&qemu_img(&["info", "--output=json"], &image, shown)?)
                 .map_err(|e| Error::Input(format!("reading qemu-img info: {e}")))?;
         let map: Vec<MapEntry> =
-            serde_json::from_slice(&qemu_img(&["map", "--output=json", "-f", "qcow2"], path)?)
+            serde_json::from_slice(&qemu_img(&["map", "--output=json"], &image, shown)?)
                 .map_err(|e| Error::Input(format!("reading qemu-img map: {e}")))?;
         let mut extents = Vec::new();
         let mut plain = true;
@@ -110,12 +181,13 @@ impl Overlay {
                 host,
             });
         }
-        let file = File::open(path)
-            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        let file = file
+            .try_clone()
+            .map_err(|e| Error::io(format!("cannot reopen {}", shown.display()), e))?;
         Ok(Overlay {
             file,
             virtual_size: info.virtual_size,
-            backing: info.backing,
+            backing: h.backing,
             extents,
             plain,
         })
@@ -156,18 +228,25 @@ impl LayerSource for Overlay {
     }
 }
 
-/// Convert a whole image to a raw file at `out` (the fallback path).
-pub fn convert_to_raw(path: &Path, out: &Path) -> Result<()> {
-    let st = Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(path)
+/// Convert the whole image to a raw file at `out` (the fallback path). An image with
+/// no backing file is read through `file`; one with a backing file is read by its
+/// name `shown`, so qemu-img can follow the chain (never for a confined input).
+pub fn convert_to_raw(ov: &Overlay, shown: &Path, out: &Path) -> Result<()> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-O", "raw"]);
+    if ov.backing.is_some() {
+        cmd.args(["-f", "qcow2"]).arg(shown);
+    } else {
+        cmd.arg(by_descriptor(&ov.file));
+    }
+    let st = cmd
         .arg(out)
         .status()
         .map_err(|e| Error::io("running qemu-img (install qemu-utils)", e))?;
     if !st.success() {
         return Err(Error::Input(format!(
             "qemu-img convert of {} failed",
-            path.display()
+            shown.display()
         )));
     }
     Ok(())
