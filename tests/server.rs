@@ -233,16 +233,40 @@ fn sparse(path: &Path, size: u64, extents: &[(u64, usize)], seed: u64) -> Vec<u8
 struct Fixture {
     _dir: tempfile::TempDir,
     repo: PathBuf,
+    /// The default tenant's payload root.
     files: PathBuf,
+    /// acme's payload root.
+    acme_files: PathBuf,
     disk: Vec<u8>,
     mem: Vec<u8>,
+}
+
+impl Fixture {
+    /// `--payload-root` for the default tenant and for acme, each its own directory.
+    fn roots(&self) -> Vec<String> {
+        vec![
+            "--payload-root".into(),
+            format!("default={}", self.files.display()),
+            "--payload-root".into(),
+            format!("acme={}", self.acme_files.display()),
+        ]
+    }
+
+    fn serve(&self, extra: &[&str]) -> Server {
+        let mut args = self.roots();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start(&self.repo, &args)
+    }
 }
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = dir.path().join("repo");
-    let files = dir.path().join("files");
+    let files = dir.path().join("files/default");
+    let acme_files = dir.path().join("files/acme");
     fs::create_dir_all(&files).expect("files dir");
+    fs::create_dir_all(&acme_files).expect("files dir");
     stasis(&repo, &["init"]);
     // A 3 MiB disk with holes, and a 6 MiB memory file (ranges longer than the
     // server's one-piece limit are streamed).
@@ -278,6 +302,7 @@ fn fixture() -> Fixture {
         _dir: dir,
         repo,
         files,
+        acme_files,
         disk,
         mem,
     }
@@ -308,8 +333,7 @@ fn every_route_status_and_tenant() {
     let tok = token(&fx.repo, "default", false);
     let ro = token(&fx.repo, "default", true);
     let acme = token(&fx.repo, "acme", false);
-    let root_arg = fx.files.display().to_string();
-    let s = Server::start(&fx.repo, &["--payload-root", &root_arg]);
+    let s = fx.serve(&[]);
     let t = Some(tok.as_str());
     let ro = Some(ro.as_str());
     let acme = Some(acme.as_str());
@@ -405,13 +429,18 @@ fn every_route_status_and_tenant() {
     }
 
     // --- create over HTTP (acme's VM, from a payload under the root) ---
-    let acme_disk = sparse(&fx.files.join("acme.img"), 1 << 20, &[(8192, 300_000)], 99);
+    let acme_disk = sparse(
+        &fx.acme_files.join("acme.img"),
+        1 << 20,
+        &[(8192, 300_000)],
+        99,
+    );
     let acme_req = json!({
         "kind": "Stopped",
         "name": "a1",
         "tags": {"owner": "acme"},
         "source_hypervisor": "qemu",
-        "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("acme.img")}]
+        "payloads": [{"name": "root", "role": "disk", "path": fx.acme_files.join("acme.img")}]
     });
     let r = post_json(&s, "/instances/acme-vm/snapshots", acme, &acme_req);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
@@ -585,9 +614,6 @@ fn every_route_status_and_tenant() {
         json!({"kind": "Stopped", "name": "t", "tags": {"bad;key": "v"}, "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}]}),
         json!({"kind": "Stopped", "name": "e", "payloads": []}),
         json!({"kind": "Stopped", "name": "r", "payloads": [{"name": "root", "role": "tape", "path": fx.files.join("disk2.img")}]}),
-        json!({"kind": "Stopped", "name": "o", "payloads": [{"name": "root", "role": "disk", "path": "/etc/hostname"}]}),
-        json!({"kind": "Stopped", "name": "m", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("missing.img")}]}),
-        json!({"kind": "Stopped", "name": "rel", "payloads": [{"name": "root", "role": "disk", "path": "files/disk2.img"}]}),
         json!({"kind": "Stopped", "name": "dup", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}, {"name": "root", "role": "state", "path": fx.files.join("disk2.img")}]}),
         json!({"kind": "Stopped", "name": "c", "compression": {"enabled": true, "algorithm": "zstd", "level": 99}, "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}]}),
         json!({"kind": "Stopped", "name": "x", "expires_at": "tomorrow", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk2.img")}]}),
@@ -608,6 +634,17 @@ fn every_route_status_and_tenant() {
     )
     .error(400, "bad_request");
     post_json(&s, "/instances/Bad_VM/snapshots", t, &mk("v")).error(400, "bad_request");
+    // Paths the caller may not use get the one refusal (tests `tenant_boundary` has
+    // every kind).
+    for path in [
+        "/etc/hostname".to_string(),
+        fx.files.join("missing.img").display().to_string(),
+        "files/disk2.img".into(),
+        fx.acme_files.join("acme.img").display().to_string(),
+    ] {
+        let b = json!({"kind": "Stopped", "name": "o", "payloads": [{"name": "root", "role": "disk", "path": path}]});
+        post_json(&s, "/instances/web/snapshots", t, &b).error(403, "path_refused");
+    }
     req(
         "POST",
         &s.url("/instances/web/snapshots"),
@@ -769,6 +806,15 @@ fn every_route_status_and_tenant() {
     assert_eq!(inst["state"], "Standby");
     assert_eq!(inst["hypervisor"], "firecracker");
     assert_eq!(inst["forked_from"], base_id.as_str());
+    // In the default tenant's own instances directory.
+    let real_repo = fs::canonicalize(&fx.repo).expect("repo");
+    assert_eq!(
+        inst["dir"],
+        real_repo
+            .join("instances/default/clone1")
+            .display()
+            .to_string()
+    );
     for f in inst["files"].as_array().expect("files") {
         let got = fs::read(f["path"].as_str().expect("path")).expect("forked file");
         let want = if f["name"] == "root" {
@@ -902,11 +948,7 @@ fn every_route_status_and_tenant() {
 fn creates_and_forks_beyond_the_limit_get_429() {
     let fx = fixture();
     let tok = token(&fx.repo, "default", false);
-    let root_arg = fx.files.display().to_string();
-    let s = Server::start(
-        &fx.repo,
-        &["--payload-root", &root_arg, "--max-ingests", "0"],
-    );
+    let s = fx.serve(&["--max-ingests", "0"]);
     let t = Some(tok.as_str());
     let base_id = id_of(&get(&s, "/snapshots", t).json()[0]);
     let body = json!({"kind": "Stopped", "name": "n", "payloads": [{"name": "root", "role": "disk", "path": fx.files.join("disk.img")}]});
@@ -950,8 +992,7 @@ fn sigterm_lets_a_running_create_finish() {
     let t = token(&fx.repo, "default", false);
     let big = fx.files.join("big.img");
     fs::write(&big, noise(96 << 20, 42)).expect("big file");
-    let root_arg = fx.files.display().to_string();
-    let mut s = Server::start(&fx.repo, &["--payload-root", &root_arg]);
+    let mut s = fx.serve(&[]);
     let url = s.url("/instances/big/snapshots");
     let body = json!({"kind": "Stopped", "name": "b", "payloads": [{"name": "root", "role": "disk", "path": big}]});
     let tt = t.clone();
@@ -983,4 +1024,317 @@ fn sigterm_lets_a_running_create_finish() {
     let out = fx.files.join("restored");
     stasis(&fx.repo, &["restore", &id, out.to_str().expect("utf8")]);
     assert!(fs::read(out.join("root")).expect("restored") == fs::read(&big).expect("big"));
+}
+
+/// Run `stasis serve` with `args` and expect it to refuse to start: its stderr. A
+/// server that starts anyway is killed at the bound and fails the test.
+fn serve_refused(repo: &Path, args: &[String]) -> String {
+    let mut child = Command::new(BIN)
+        .arg("--repo")
+        .arg(repo)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stasis serve");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > BOUND {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("stasis serve {args:?} started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(!status.success(), "serve {args:?} exited 0: {err}");
+    err
+}
+
+/// The attacks of an ordinary token on files that are not its tenant's: every one is
+/// answered with the same refusal, byte for byte, and creates no snapshot.
+#[test]
+fn tenant_boundary() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    stasis(&repo, &["init"]);
+    let vms = dir.path().join("vms");
+    let (acme_dir, globex_dir) = (vms.join("acme"), vms.join("globex"));
+    fs::create_dir_all(&acme_dir).expect("mkdir");
+    fs::create_dir_all(&globex_dir).expect("mkdir");
+    let secret = sparse(&globex_dir.join("disk.raw"), 1 << 20, &[(0, 200_000)], 5);
+    let own = sparse(&acme_dir.join("disk.raw"), 1 << 20, &[(4096, 100_000)], 6);
+    let acme = token(&repo, "acme", false);
+    let globex = token(&repo, "globex", false);
+    let admin = stasis(&repo, &["token", "create", "--tenant", "ops", "--admin"])
+        .trim()
+        .to_string();
+    let roots = [
+        "--payload-root".to_string(),
+        format!("acme={}", acme_dir.display()),
+        "--payload-root".into(),
+        format!("globex={}", globex_dir.display()),
+        // A server-wide root, for admin tokens only.
+        "--payload-root".into(),
+        vms.display().to_string(),
+    ];
+    let args: Vec<&str> = roots.iter().map(String::as_str).collect();
+    let s = Server::start(&repo, &args);
+    let (a, g) = (Some(acme.as_str()), Some(globex.as_str()));
+    let body = |name: &str, path: &Path| json!({"kind": "Stopped", "name": name, "payloads": [{"name": "d", "role": "disk", "path": path}]});
+    let count = |tok| {
+        get(&s, "/snapshots", tok)
+            .json()
+            .as_array()
+            .expect("array")
+            .len()
+    };
+
+    // Things to try, made inside acme's own root where a name must be there.
+    symlink(globex_dir.join("disk.raw"), acme_dir.join("abs-out")).expect("link");
+    symlink("../globex/disk.raw", acme_dir.join("rel-out")).expect("link");
+    symlink("/proc/self/root/etc/hostname", acme_dir.join("proc-link")).expect("link");
+    symlink("/dev/zero", acme_dir.join("dev-link")).expect("link");
+    fs::hard_link(globex_dir.join("disk.raw"), acme_dir.join("hard")).expect("hard link");
+    fs::create_dir(acme_dir.join("subdir")).expect("mkdir");
+    let fifo = acme_dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("cstr");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let chr = acme_dir.join("null");
+    let c = std::ffi::CString::new(chr.to_str().expect("utf8")).expect("cstr");
+    // SAFETY: a valid NUL-terminated path; /dev/null's device number (1, 3).
+    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
+    assert_eq!(rc, 0, "mknod (the tests run as root)");
+    // A qcow2 image in acme's root whose backing file is globex's disk.
+    let evil = acme_dir.join("evil.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(globex_dir.join("disk.raw"))
+        .arg(&evil)
+        .status()
+        .expect("qemu-img (install qemu-utils)");
+    assert!(st.success());
+
+    let p = |x: &str| PathBuf::from(x);
+    let attacks: Vec<(&str, PathBuf)> = vec![
+        ("another tenant's file", globex_dir.join("disk.raw")),
+        (
+            "a missing file outside every root",
+            p("/nonexistent/disk.raw"),
+        ),
+        ("an existing file outside every root", p("/etc/hostname")),
+        ("a missing file in its own root", acme_dir.join("missing")),
+        ("'..' out of its root", acme_dir.join("../globex/disk.raw")),
+        (
+            "'..' that stays inside",
+            acme_dir.join("subdir/../disk.raw"),
+        ),
+        ("an absolute symlink out", acme_dir.join("abs-out")),
+        ("a relative symlink out", acme_dir.join("rel-out")),
+        ("a symlink through /proc", acme_dir.join("proc-link")),
+        ("a symlink to a device", acme_dir.join("dev-link")),
+        (
+            "a hard link to another tenant's file",
+            acme_dir.join("hard"),
+        ),
+        ("a directory", acme_dir.join("subdir")),
+        ("its root itself", acme_dir.clone()),
+        ("a FIFO", fifo.clone()),
+        ("a character device", chr.clone()),
+        ("/proc/self/environ", p("/proc/self/environ")),
+        ("/proc/self/fd/0", p("/proc/self/fd/0")),
+        ("/proc/self/root", p("/proc/self/root/etc/hostname")),
+        ("a relative path", p("vms/acme/disk.raw")),
+        ("an empty path", p("")),
+        ("the server-wide root's files", vms.join("globex/disk.raw")),
+        ("a qcow2 backed by another tenant's file", evil.clone()),
+        ("the repository's catalog", repo.join("catalog.db")),
+    ];
+    let mut first: Option<Vec<u8>> = None;
+    for (what, path) in &attacks {
+        let r = post_json(&s, "/instances/web/snapshots", a, &body("x", path));
+        assert_eq!(
+            r.status,
+            403,
+            "{what} ({}): {}",
+            path.display(),
+            String::from_utf8_lossy(&r.body)
+        );
+        r.error(403, "path_refused");
+        match &first {
+            None => first = Some(r.body.clone()),
+            Some(f) => assert!(
+                *f == r.body,
+                "{what}: not the one refusal: {}",
+                String::from_utf8_lossy(&r.body)
+            ),
+        }
+    }
+    let refusal = String::from_utf8(first.expect("some attack")).expect("utf8");
+    assert_eq!(
+        refusal,
+        r#"{"code":"path_refused","message":"payload path refused","details":[]}"#
+    );
+    assert_eq!(count(a), 0, "no snapshot was created");
+    // The operator's log has each reason.
+    assert!(
+        s.log
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|l| l.contains("payload path refused") && l.contains("links")),
+        "the log says why"
+    );
+
+    // What acme may do: its own file, and a symlink that stays inside its root.
+    symlink("disk.raw", acme_dir.join("inside")).expect("link");
+    for (name, path) in [
+        ("own", acme_dir.join("disk.raw")),
+        ("via-link", acme_dir.join("inside")),
+    ] {
+        let r = post_json(&s, "/instances/web/snapshots", a, &body(name, &path));
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let id = id_of(&r.json());
+        assert!(get(&s, &format!("/snapshots/{id}/payloads/d"), a).body == own);
+    }
+    assert_eq!(count(a), 2);
+
+    // A symlink swapped back and forth during the requests: every answer is acme's own
+    // bytes or the refusal, never globex's, however the swaps and opens interleave.
+    let flip = acme_dir.join("flip");
+    let (stop_tx, stop_rx) = channel::<()>();
+    let (acme_d, globex_d) = (acme_dir.clone(), globex_dir.clone());
+    let swapper = std::thread::spawn(move || {
+        let (good, bad, tmp) = (
+            acme_d.join("flip.good"),
+            acme_d.join("flip.bad"),
+            acme_d.join("flip.tmp"),
+        );
+        symlink("disk.raw", &good).expect("link");
+        symlink(globex_d.join("disk.raw"), &bad).expect("link");
+        let mut n = 0u64;
+        while stop_rx.try_recv().is_err() && n < 1_000_000 {
+            let target = if n.is_multiple_of(2) { &good } else { &bad };
+            let _ = fs::remove_file(&tmp);
+            symlink(fs::read_link(target).expect("readlink"), &tmp).expect("link");
+            fs::rename(&tmp, acme_d.join("flip")).expect("swap");
+            n += 1;
+        }
+        n
+    });
+    let mut made = 0;
+    for i in 0..30 {
+        let r = post_json(
+            &s,
+            "/instances/flip/snapshots",
+            a,
+            &body(&format!("f{i}"), &flip),
+        );
+        match r.status {
+            201 => {
+                let id = id_of(&r.json());
+                let got = get(&s, &format!("/snapshots/{id}/payloads/d"), a).body;
+                assert!(got == own, "a swapped link leaked another file's bytes");
+                assert!(got != secret);
+                made += 1;
+            }
+            403 => assert_eq!(String::from_utf8_lossy(&r.body), refusal),
+            other => panic!("flip {i}: {other}: {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    let _ = stop_tx.send(());
+    let swaps = swapper.join().expect("swapper");
+    assert!(swaps > 0);
+    assert_eq!(count(a), 2 + made);
+
+    // Forks go to the tenant's own instances directory; it may snapshot its fork's
+    // files again, and another tenant may not name them.
+    let own_id = get(&s, "/snapshots?name=own", a).json()[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let inst = post_json(
+        &s,
+        &format!("/snapshots/{own_id}/fork"),
+        a,
+        &json!({"name": "acme-fork"}),
+    );
+    assert_eq!(inst.status, 201, "{}", String::from_utf8_lossy(&inst.body));
+    let inst = inst.json();
+    let fork_dir = fs::canonicalize(&repo)
+        .expect("repo")
+        .join("instances/acme/acme-fork");
+    assert_eq!(inst["dir"], fork_dir.display().to_string());
+    let forked = fork_dir.join("d");
+    assert!(fs::read(&forked).expect("forked") == own);
+    let r = post_json(
+        &s,
+        "/instances/acme-fork/snapshots",
+        a,
+        &body("again", &forked),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = post_json(&s, "/instances/gweb/snapshots", g, &body("steal", &forked));
+    assert_eq!(String::from_utf8_lossy(&r.body), refusal);
+    assert_eq!(count(g), 0);
+    // globex, in turn, reaches its own files; but not while a second name of its disk
+    // (acme's hard link) exists.
+    let gdisk = globex_dir.join("disk.raw");
+    let r = post_json(&s, "/instances/gweb/snapshots", g, &body("g1", &gdisk));
+    assert_eq!(String::from_utf8_lossy(&r.body), refusal);
+    fs::remove_file(acme_dir.join("hard")).expect("unlink");
+    let r = post_json(&s, "/instances/gweb/snapshots", g, &body("g1", &gdisk));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+
+    // The admin scope reaches the server-wide root.
+    let r = post_json(
+        &s,
+        "/instances/opsvm/snapshots",
+        Some(admin.as_str()),
+        &body("all", &vms.join("globex/disk.raw")),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+
+    // The document names no directory of the host.
+    let doc = String::from_utf8(get(&s, "/openapi.json", a).body).expect("utf8");
+    assert!(!doc.contains(vms.to_str().expect("utf8")));
+    drop(s);
+
+    // Layouts that would let one tenant reach another's files do not start.
+    let overlapping = [
+        (
+            vec![
+                format!("acme={}", vms.display()),
+                format!("globex={}", globex_dir.display()),
+            ],
+            "overlap",
+        ),
+        (vec![format!("acme={}", dir.path().display())], "repository"),
+        (
+            vec![format!("acme={}", repo.join("instances").display())],
+            "instances",
+        ),
+    ];
+    for (specs, says) in overlapping {
+        let args: Vec<String> = specs
+            .iter()
+            .flat_map(|r| ["--payload-root".to_string(), r.clone()])
+            .collect();
+        let err = serve_refused(&repo, &args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let err = serve_refused(&repo, &["--payload-root".into(), "Bad=/tmp".into()]);
+    assert!(err.contains("tenant"), "{err}");
 }

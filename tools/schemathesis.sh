@@ -39,7 +39,7 @@ printf 'changed' | dd of="$tmp/files/disk.img" bs=1 seek=4096 conv=notrunc statu
 "$BIN" --repo "$repo" create db base --disk root="$tmp/files/disk.img" --expires 2000-01-01 >/dev/null
 token=$("$BIN" --repo "$repo" token create --tenant default 2>/dev/null)
 
-STASIS_LOG=warn "$BIN" --repo "$repo" serve --listen 127.0.0.1:0 --payload-root "$tmp/files" \
+STASIS_LOG=warn "$BIN" --repo "$repo" serve --listen 127.0.0.1:0 --payload-root "default=$tmp/files" \
   2>"$tmp/serve.log" &
 pid=$!
 addr=

@@ -3,8 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::{Context as _, Result};
-use stasis_catalog::Token;
+use stasis_catalog::{Token, TokenMode};
+use stasis_repo::roots::{RootSpec, Roots};
 
 use crate::output::{parse_size, print_json};
 use crate::repo::Context;
@@ -15,11 +18,15 @@ pub struct ServeArgs {
     /// Address to listen on (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:7420")]
     listen: SocketAddr,
-    /// Payload paths of new snapshots must lie under this directory; repeatable.
-    /// Without one, creating snapshots over HTTP is refused.
-    #[arg(long, value_name = "DIR")]
-    payload_root: Vec<PathBuf>,
-    /// Where forked instances' files go (default: REPO/instances).
+    /// A directory whose files one tenant's tokens may snapshot: `TENANT=DIR`; or,
+    /// as a bare `DIR`, a server-wide root that only admin tokens may use. Repeatable.
+    /// A tenant may also name the files of its own forks (INSTANCES/TENANT/...).
+    /// Roots of two tenants must not overlap, nor overlap the repository or the
+    /// instances directory.
+    #[arg(long, value_name = "[TENANT=]DIR")]
+    payload_root: Vec<RootSpec>,
+    /// Where forked instances' files go, as INSTANCES/TENANT/NAME/ (default:
+    /// REPO/instances).
     #[arg(long, value_name = "DIR")]
     instances_dir: Option<PathBuf>,
     /// Largest request body accepted.
@@ -37,17 +44,17 @@ pub fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
     let path = std::fs::canonicalize(&repo.path)
         .with_context(|| format!("resolving {}", repo.path.display()))?;
     drop(repo);
-    let mut payload_roots = Vec::new();
-    for r in &a.payload_root {
-        payload_roots.push(
-            std::fs::canonicalize(r).with_context(|| format!("--payload-root {}", r.display()))?,
-        );
+    let instances = a.instances_dir.unwrap_or_else(|| path.join("instances"));
+    // Refuses a layout in which one tenant could reach another's files.
+    let roots = Roots::new(&a.payload_root, &instances, &path)
+        .context("refusing to serve with these --payload-root and --instances-dir")?;
+    for r in roots.describe() {
+        tracing::info!("payload root {r}");
     }
     let config = stasis_server::Config {
-        instances_dir: a.instances_dir.unwrap_or_else(|| path.join("instances")),
         repo: path,
         listen: a.listen,
-        payload_roots,
+        roots: Arc::new(roots),
         max_body_bytes: usize::try_from(a.max_body).context("--max-body is too large")?,
         max_ingests: a.max_ingests,
     };
@@ -70,8 +77,13 @@ enum TokenCommand {
         #[arg(long)]
         tenant: String,
         /// Reads only: writes are answered 403.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "admin")]
         read_only: bool,
+        /// The admin scope: it may also snapshot files under the server-wide payload
+        /// roots (bare `--payload-root DIR`). It still sees only its tenant's VMs and
+        /// snapshots.
+        #[arg(long)]
+        admin: bool,
     },
     /// List tokens (never their text).
     List,
@@ -82,16 +94,20 @@ enum TokenCommand {
     },
 }
 
+fn mode(t: &Token) -> &'static str {
+    match (t.read_only, t.admin) {
+        (true, _) => "read-only",
+        (false, true) => "admin",
+        (false, false) => "read-write",
+    }
+}
+
 fn row(t: &Token) {
     println!(
         "{:<24} {:<20} {:<10} {:<27} {}",
         t.id,
         t.tenant,
-        if t.read_only {
-            "read-only"
-        } else {
-            "read-write"
-        },
+        mode(t),
         t.created_at,
         t.revoked_at
             .as_ref()
@@ -104,8 +120,17 @@ fn row(t: &Token) {
 pub fn token(ctx: &Context, a: TokenArgs) -> Result<()> {
     let mut repo = ctx.open()?;
     match a.command {
-        TokenCommand::Create { tenant, read_only } => {
-            let (t, secret) = repo.catalog.create_token(&tenant, read_only)?;
+        TokenCommand::Create {
+            tenant,
+            read_only,
+            admin,
+        } => {
+            let m = match (read_only, admin) {
+                (true, _) => TokenMode::ReadOnly,
+                (false, true) => TokenMode::Admin,
+                (false, false) => TokenMode::ReadWrite,
+            };
+            let (t, secret) = repo.catalog.create_token(&tenant, m)?;
             if ctx.json {
                 return print_json(&serde_json::json!({ "token": secret, "record": t }));
             }
@@ -114,11 +139,7 @@ pub fn token(ctx: &Context, a: TokenArgs) -> Result<()> {
                 "token {} for tenant {} ({}); it is shown only now",
                 t.id,
                 t.tenant,
-                if t.read_only {
-                    "read-only"
-                } else {
-                    "read-write"
-                }
+                mode(&t)
             );
         }
         TokenCommand::List => {

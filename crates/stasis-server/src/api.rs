@@ -292,7 +292,8 @@ pub struct PayloadSource {
     /// `disk`, `memory` or `state`.
     #[schema(schema_with = role_schema)]
     pub role: String,
-    /// Absolute path on the server's host, under one of its `--payload-root`s.
+    /// Absolute path on the server's host, under one of the caller's tenant's roots
+    /// (`--payload-root TENANT=DIR`, or its forks' `INSTANCES/TENANT/`).
     #[schema(min_length = 1)]
     pub path: String,
     /// `auto` (default: qcow2 if the file is one, else raw), `raw` or `qcow2` (store the

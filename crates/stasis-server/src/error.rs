@@ -19,13 +19,17 @@ pub struct ErrorDetail {
 pub struct ErrorBody {
     /// Machine-readable: `bad_request`, `unauthorized`, `forbidden`, `not_found`,
     /// `conflict`, `payload_too_large`, `unsupported_media_type`,
-    /// `range_not_satisfiable`, `too_many_ingests`, `method_not_allowed`, `internal`.
+    /// `range_not_satisfiable`, `too_many_ingests`, `method_not_allowed`,
+    /// `path_refused`, `internal`.
     pub code: String,
     /// For people.
     pub message: String,
     /// More specific problems (may be empty).
     pub details: Vec<ErrorDetail>,
 }
+
+/// The message of every path refusal ([`ApiError::refused`]).
+pub const REFUSED: &str = "payload path refused";
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +93,15 @@ impl ApiError {
     /// 404 for an instance (VM) id or name, whether missing or another tenant's.
     pub fn no_instance(id: &str) -> Self {
         Self::not_found(format!("instance {id:?} not found"))
+    }
+
+    /// The one answer to every payload path a caller may not use, whatever the reason
+    /// (missing, outside its roots, a link out, not a regular file, unreadable, an
+    /// image naming another file): 403 `path_refused`, always with the same message, so
+    /// nothing about the host's files leaks. The reason goes to the server's log only.
+    pub fn refused(reason: &str) -> Self {
+        tracing::warn!("payload path refused: {reason}");
+        Self::new(StatusCode::FORBIDDEN, "path_refused", REFUSED)
     }
 
     /// 409.
@@ -159,6 +172,7 @@ impl From<stasis_repo::Error> for ApiError {
         use stasis_repo::ErrorKind as K;
         let msg = e.to_string();
         match e.kind() {
+            K::Refused => ApiError::refused(&msg),
             K::InvalidInput => ApiError::bad_request(msg),
             K::NotFound => ApiError::not_found(msg),
             K::Conflict => ApiError::conflict(msg),

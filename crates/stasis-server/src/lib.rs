@@ -5,14 +5,16 @@
 //!
 //! - `GET /snapshots` (filters `source_instance_id`, `kind`, `name`, `tags[K]=V`,
 //!   `status`, `parent_id`, `expired`, `limit`), `GET`/`DELETE /snapshots/{id}`,
-//!   `POST /instances/{id}/snapshots` (payloads are files on the server's host, under a
-//!   `--payload-root`), `POST /snapshots/{id}/fork`, `GET`/`HEAD
+//!   `POST /instances/{id}/snapshots` (payloads are files on the server's host, under
+//!   the caller's tenant's roots: [`stasis_repo::roots`]), `POST /snapshots/{id}/fork`
+//!   (into `INSTANCES/TENANT/NAME/`), `GET`/`HEAD
 //!   /snapshots/{id}/payloads/{name}` with `Range`, `GET /health`, `GET /openapi.json`
 //!   (OpenAPI 3.1, generated from the handlers and types in this crate).
 //! - Every route but `/health` needs `Authorization: Bearer <token>` (see
 //!   `stasis token`). A token sees only its tenant's VMs and snapshots: another
 //!   tenant's are answered exactly as missing ones (404). A read-only token gets 403 on
-//!   writes.
+//!   writes. A payload path the caller may not use, for whatever reason, gets one
+//!   answer: 403 `path_refused`, "payload path refused".
 //! - Errors are `{code, message, details}`; client mistakes are 4xx, never 500.
 //! - SIGTERM or SIGINT stops accepting connections and lets running requests finish;
 //!   a snapshot exists only once its catalog row commits, so an interrupted one is

@@ -4,7 +4,6 @@
 //! pool.
 
 use std::collections::BTreeMap;
-use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
 use axum::Json;
@@ -242,34 +241,6 @@ fn actor(p: &Principal) -> String {
     format!("token:{}", p.token_id)
 }
 
-fn no_payload_roots() -> ApiError {
-    ApiError::bad_request("this server accepts no payload paths: start it with --payload-root DIR")
-        .detail("path_not_allowed", "no --payload-root is configured")
-}
-
-/// A payload path, resolved (symlinks too) and checked to lie under a payload root.
-fn allowed_path(roots: &[PathBuf], path: &str) -> Result<PathBuf, ApiError> {
-    if roots.is_empty() {
-        return Err(no_payload_roots());
-    }
-    let p = FsPath::new(path);
-    if !p.is_absolute() {
-        return Err(ApiError::bad_request(format!(
-            "payload path {path:?} is not absolute"
-        )));
-    }
-    let real = std::fs::canonicalize(p)
-        .map_err(|e| ApiError::bad_request(format!("payload path {path:?}: {e}")))?;
-    if roots.iter().any(|r| real.starts_with(r)) {
-        Ok(real)
-    } else {
-        Err(ApiError::bad_request(format!(
-            "payload path {path:?} is not under a payload root of this server"
-        ))
-        .detail("path_not_allowed", "outside every --payload-root"))
-    }
-}
-
 fn parse_opt<T: std::str::FromStr>(what: &str, v: Option<&str>) -> Result<Option<T>, ApiError>
 where
     T::Err: std::fmt::Display,
@@ -354,10 +325,23 @@ fn check_create(
         };
         stasis_catalog::check_payload_names([ps.name.as_str()])
             .map_err(|e| ApiError::bad_request(format!("payloads[{i}].name: {e}")))?;
-        let path = allowed_path(&st.config.payload_roots, &ps.path)?;
+        // Opened beneath one of the caller's roots, then read from that descriptor only.
+        let opened = st
+            .config
+            .roots
+            .open(p.scope(), &ps.path)
+            .map_err(|r| ApiError::refused(&r.reason))?;
         inputs.push(
-            Input::new(role, Some(&ps.name), &path, format)
-                .map_err(|e| ApiError::bad_request(format!("payloads[{i}]: {e}")))?,
+            Input::from_file(
+                role,
+                Some(&ps.name),
+                opened.file,
+                opened.size,
+                &opened.shown,
+                format,
+                true,
+            )
+            .map_err(|e| ApiError::bad_request(format!("payloads[{i}]: {e}")))?,
         );
     }
     let new = NewSnapshot {
@@ -404,7 +388,7 @@ fn too_many() -> ApiError {
         (status = 201, description = "Created", body = ApiSnapshot),
         (status = 400, description = "Bad input: JSON, name, enum, tag, path", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
-        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 403, description = "Read-only token (forbidden), or a payload path this token may not use (path_refused)", body = ErrorBody),
         (status = 404, description = "The VM or the parent is not the caller's", body = ErrorBody),
         (status = 409, description = "The VM already has a snapshot of that name", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -525,7 +509,8 @@ pub async fn fork_snapshot(
             (Some(h), _) => Some(h),
             (None, _) => snap.source_hypervisor,
         };
-        let dir = st.config.instances_dir.join(&body.name);
+        // Each tenant's forks go to its own directory, which only it can name files in.
+        let dir = st.config.roots.instance_dir(&p.tenant).join(&body.name);
         let files = match stasis_repo::mounts::running_mount(&st.config.repo) {
             Some(m) => Files::Mount(m),
             None => Files::Copy,

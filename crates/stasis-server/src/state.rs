@@ -9,6 +9,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use stasis_catalog::Catalog;
+use stasis_repo::roots::{Roots, Scope};
 use stasis_store::store::Store;
 use tokio::sync::Semaphore;
 
@@ -21,11 +22,9 @@ pub struct Config {
     pub repo: PathBuf,
     /// Where to listen (port 0: any free port; the bound address is logged).
     pub listen: SocketAddr,
-    /// Payload paths of new snapshots must lie under one of these (after resolving
-    /// symlinks). None: creating snapshots is refused.
-    pub payload_roots: Vec<PathBuf>,
-    /// Where forked instances' files go: `<dir>/<name>/` (default `<repo>/instances`).
-    pub instances_dir: PathBuf,
+    /// Where each tenant may name files from, and where its forks go
+    /// (`<instances>/<tenant>/<name>/`).
+    pub roots: Arc<Roots>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Snapshot creates and forks running at once; more are answered 429.
@@ -131,9 +130,19 @@ pub struct Principal {
     pub tenant: String,
     /// Whether it may only read.
     pub read_only: bool,
+    /// Whether it may also name files under the server-wide roots.
+    pub admin: bool,
 }
 
 impl Principal {
+    /// What it may name files from.
+    pub fn scope(&self) -> Scope<'_> {
+        Scope {
+            tenant: &self.tenant,
+            admin: self.admin,
+        }
+    }
+
     /// 403 for a read-only token.
     pub fn require_write(&self) -> Result<(), ApiError> {
         if self.read_only {
@@ -176,6 +185,7 @@ impl FromRequestParts<Arc<AppState>> for Principal {
             token_id: token.id,
             tenant: token.tenant,
             read_only: token.read_only,
+            admin: token.admin,
         })
     }
 }
