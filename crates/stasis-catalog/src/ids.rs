@@ -54,8 +54,7 @@ pub fn validate_file_name(name: &str) -> Result<()> {
         && name.len() <= 255
         && name != "."
         && name != ".."
-        && name != "snapshot.json"
-        && name != "parent"
+        && !crate::layout::is_reserved_in_snapshot(name)
         && !name.contains(['/', '\0']);
     if ok {
         Ok(())

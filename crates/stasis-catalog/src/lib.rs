@@ -19,6 +19,7 @@ mod error;
 pub mod fields;
 mod filter;
 mod ids;
+pub mod layout;
 mod record;
 mod schema;
 mod tokens;

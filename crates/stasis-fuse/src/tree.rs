@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
-use stasis_catalog::{Catalog, ListFilter, Snapshot, Status};
+use stasis_catalog::{Catalog, ListFilter, Snapshot, Status, layout};
 use stasis_store::manifest::Manifest;
 use stasis_store::reader::PayloadReader;
 use stasis_store::store::Store;
@@ -122,10 +122,6 @@ fn time_of(s: &Snapshot) -> SystemTime {
         .and_then(|t| u64::try_from(t.as_second()).ok())
         .map_or(UNIX_EPOCH, |secs| UNIX_EPOCH + Duration::from_secs(secs))
 }
-
-const PARENT_NAME: &str = "parent";
-const JSON_NAME: &str = "snapshot.json";
-const CURRENT_NAME: &str = "current";
 
 impl Tree {
     /// A tree over `store` and `catalog`.
@@ -294,11 +290,7 @@ impl Tree {
         match self.node(ino)? {
             Node::Parent { id, by_vm } => {
                 let parent = self.snapshot(&id)?.parent_id.ok_or(Errno::ENOENT)?;
-                Ok(if by_vm {
-                    format!("../../../snapshots/{parent}")
-                } else {
-                    format!("../{parent}")
-                })
+                Ok(layout::parent_target(&parent, by_vm))
             }
             Node::Current(vm) => {
                 let current = self
@@ -323,8 +315,8 @@ impl Tree {
         let dir = FileType::Directory;
         match node {
             Node::Root => {
-                out.push((self.ino(Node::Vms), dir, "vms".into()));
-                out.push((self.ino(Node::Snapshots), dir, "snapshots".into()));
+                out.push((self.ino(Node::Vms), dir, layout::VMS.into()));
+                out.push((self.ino(Node::Snapshots), dir, layout::SNAPSHOTS.into()));
             }
             Node::Vms => {
                 let vms = self.catalog().vms().map_err(eio)?;
@@ -372,7 +364,7 @@ impl Tree {
                     out.push((
                         self.ino(Node::Current(vm)),
                         FileType::Symlink,
-                        CURRENT_NAME.into(),
+                        layout::CURRENT.into(),
                     ));
                 }
             }
@@ -391,13 +383,13 @@ impl Tree {
                 out.push((
                     self.ino(Node::Json(id.clone())),
                     FileType::RegularFile,
-                    JSON_NAME.into(),
+                    layout::RECORD.into(),
                 ));
                 if s.parent_id.is_some() {
                     out.push((
                         self.ino(Node::Parent { id, by_vm }),
                         FileType::Symlink,
-                        PARENT_NAME.into(),
+                        layout::PARENT.into(),
                     ));
                 }
             }
@@ -412,8 +404,8 @@ impl Tree {
         let name = name.to_str().ok_or(Errno::ENOENT)?;
         let child = match self.node(parent)? {
             Node::Root => match name {
-                "vms" => Node::Vms,
-                "snapshots" => Node::Snapshots,
+                layout::VMS => Node::Vms,
+                layout::SNAPSHOTS => Node::Snapshots,
                 _ => return Err(Errno::ENOENT),
             },
             Node::Vms => Node::Vm(
@@ -427,7 +419,7 @@ impl Tree {
                 id: self.snapshot(name)?.id,
                 by_vm: false,
             },
-            Node::Vm(vm) if name == CURRENT_NAME => Node::Current(vm),
+            Node::Vm(vm) if name == layout::CURRENT => Node::Current(vm),
             Node::Vm(vm) => {
                 let s = self
                     .catalog()
@@ -444,8 +436,8 @@ impl Tree {
             Node::SnapDir { id, by_vm } => {
                 let s = self.snapshot(&id)?;
                 match name {
-                    JSON_NAME => Node::Json(id),
-                    PARENT_NAME if s.parent_id.is_some() => Node::Parent { id, by_vm },
+                    layout::RECORD => Node::Json(id),
+                    layout::PARENT if s.parent_id.is_some() => Node::Parent { id, by_vm },
                     _ => {
                         let idx = s
                             .payloads
