@@ -12,7 +12,7 @@ use std::time::Instant;
 use criterion::{Criterion, criterion_group, criterion_main};
 use stasis_store::backend::{Backend, LocalBackend};
 use stasis_store::codec::Compression;
-use stasis_store::config::RepoConfig;
+use stasis_store::config::StoreConfig;
 use stasis_store::gc::{GcOptions, GcReport, collect};
 use stasis_store::id::Id;
 use stasis_store::manifest::{BlockRef, Manifest, TreeBuilder, apply_changes};
@@ -37,7 +37,7 @@ fn block(seed: u64) -> Vec<u8> {
 
 fn store_in(dir: &std::path::Path) -> Store {
     let be: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir).expect("backend"));
-    let mut cfg = RepoConfig::default();
+    let mut cfg = StoreConfig::default();
     cfg.block_sizes.disk = BLOCK as u32;
     Store::init(be, cfg).expect("init")
 }

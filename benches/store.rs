@@ -7,7 +7,7 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stasis_store::backend::{Backend, MemoryBackend};
 use stasis_store::codec::{self, Algorithm, Compression};
-use stasis_store::config::RepoConfig;
+use stasis_store::config::StoreConfig;
 use stasis_store::id::Id;
 use stasis_store::pack::{BlobKind, PackBuilder};
 use stasis_store::source::is_zero;
@@ -121,7 +121,7 @@ fn pack_write(c: &mut Criterion) {
 
 fn block_read(c: &mut Criterion) {
     let be: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-    let Ok(store) = Store::init(be, RepoConfig::default()) else {
+    let Ok(store) = Store::init(be, StoreConfig::default()) else {
         return;
     };
     let data = sample(8 << 20);

@@ -6,11 +6,15 @@
 //! mutating backend call (`put`, `delete`, `sync`), a row the catalog writes, or a
 //! catalog commit; one count covers them all. `N` past the last step lets the command
 //! finish. Nothing else changes.
+//!
+//! Built only with the `faults` feature (the tests turn it on); a release binary has
+//! none of it.
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use stasis_repo::Hooks;
 use stasis_store::backend::{Backend, Bytes, ObjectMeta, PartialObject};
 use stasis_store::lock::Locks;
 
@@ -33,29 +37,32 @@ fn step() {
     }
 }
 
-/// Count the catalog's row writes and commits as steps when `STASIS_KILL_AT` is set.
-pub fn hook_catalog(catalog: &mut stasis_catalog::Catalog) -> stasis_catalog::Result<()> {
-    if kill_at().is_some() {
-        catalog.on_write(Some(step))?;
+/// The hooks that die at the chosen step, when `STASIS_KILL_AT` is set.
+pub fn hooks() -> Option<Arc<dyn Hooks>> {
+    kill_at().map(|_| Arc::new(Steps) as Arc<dyn Hooks>)
+}
+
+/// Counts the backend's mutating calls and the catalog's row writes and commits.
+#[derive(Debug)]
+struct Steps;
+
+impl Hooks for Steps {
+    fn backend(&self, backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
+        Arc::new(KillAt { inner: backend })
     }
-    Ok(())
+
+    fn catalog(&self, catalog: &mut stasis_catalog::Catalog) -> stasis_repo::Result<()> {
+        Ok(catalog.on_write(Some(step))?)
+    }
 }
 
 /// Wraps a backend and dies at the chosen step.
 #[derive(Debug)]
-pub struct KillAt {
+struct KillAt {
     inner: Arc<dyn Backend>,
 }
 
 impl KillAt {
-    /// `backend` as is, or wrapped when `STASIS_KILL_AT` is set.
-    pub fn wrap(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
-        match kill_at() {
-            Some(_) => Arc::new(KillAt { inner: backend }),
-            None => backend,
-        }
-    }
-
     fn step(&self) {
         step();
     }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cmd;
+#[cfg(feature = "faults")]
 mod faults;
 mod output;
 mod repo;

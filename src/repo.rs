@@ -1,13 +1,11 @@
-//! Finding and opening the repository.
+//! Which repository the command works on: `--repo`/`STASIS_REPO`, or the embedded
+//! default. Opening it is [`stasis_repo::Repository`]'s job.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use stasis_catalog::Catalog;
-use stasis_store::backend::{Backend, LocalBackend};
-use stasis_store::config::RepoConfig;
-use stasis_store::store::Store;
+use stasis_repo::{DamagedIndex, OpenOptions, RepoConfig, Repository};
+use stasis_store::config::StoreConfig;
 
 /// Global options.
 #[derive(Debug)]
@@ -16,17 +14,6 @@ pub struct Context {
     pub repo: Option<PathBuf>,
     /// `--json`.
     pub json: bool,
-}
-
-/// An open repository.
-#[derive(Debug)]
-pub struct Repo {
-    /// Where it is.
-    pub path: PathBuf,
-    /// Blocks.
-    pub store: Store,
-    /// Snapshots.
-    pub catalog: Catalog,
 }
 
 /// The embedded default repository: `$XDG_DATA_HOME/stasis` or `~/.local/share/stasis`.
@@ -40,72 +27,54 @@ pub fn default_path() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".local/share/stasis"))
 }
 
-fn store_dir(path: &Path) -> PathBuf {
-    path.join("store")
-}
-
-/// Create a repository at `path` with `config`.
-pub fn init(path: &Path, config: RepoConfig) -> Result<Repo> {
-    if store_dir(path).join("config").exists() {
-        bail!("a repository already exists at {}", path.display());
-    }
-    std::fs::create_dir_all(store_dir(path))
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(store_dir(path))?);
-    let store = Store::init(backend, config)?;
-    let catalog = Catalog::open(&path.join("catalog.db"))?;
-    Ok(Repo {
-        path: path.to_path_buf(),
-        store,
-        catalog,
-    })
+/// The hooks of the crash tests' fault injection, when built in and asked for.
+fn options(damaged: bool) -> OpenOptions {
+    #[cfg(feature = "faults")]
+    let hooks = crate::faults::hooks();
+    #[cfg(not(feature = "faults"))]
+    let hooks = None;
+    OpenOptions { damaged, hooks }
 }
 
 impl Context {
+    /// The repository's configuration (its directory resolved, once it exists, so
+    /// that paths derived from it compare as the kernel sees them).
+    pub fn config(&self) -> Result<RepoConfig> {
+        let path = self.path()?;
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        Ok(RepoConfig::embedded(&path))
+    }
+
+    /// Create a repository with `store`.
+    pub fn init(&self, store: StoreConfig) -> Result<Repository> {
+        Ok(Repository::init_with(
+            &self.config()?,
+            store,
+            &options(false),
+        )?)
+    }
+
     /// Open the repository; the default one is created on first use.
-    pub fn open(&self) -> Result<Repo> {
+    pub fn open(&self) -> Result<Repository> {
         self.open_with(false).map(|(r, _)| r)
     }
 
     /// Open a possibly damaged repository (verify, repair): index files that fail
     /// their checks are left out and returned.
-    pub fn open_damaged(&self) -> Result<(Repo, Vec<(String, stasis_store::Error)>)> {
+    pub fn open_damaged(&self) -> Result<(Repository, DamagedIndex)> {
         self.open_with(true)
     }
 
-    fn open_with(&self, damaged: bool) -> Result<(Repo, Vec<(String, stasis_store::Error)>)> {
-        let (path, explicit) = match &self.repo {
-            Some(p) => (p.clone(), true),
-            None => (default_path()?, false),
-        };
-        if !store_dir(&path).join("config").exists() {
-            if explicit {
-                bail!(
-                    "no repository at {} (create one with `stasis --repo {} init`)",
-                    path.display(),
-                    path.display()
-                );
+    fn open_with(&self, damaged: bool) -> Result<(Repository, DamagedIndex)> {
+        let config = self.config()?;
+        if !config.exists()? {
+            if self.repo.is_some() {
+                let p = config.dir.display();
+                bail!("no repository at {p} (create one with `stasis --repo {p} init`)");
             }
-            return Ok((init(&path, RepoConfig::default())?, Vec::new()));
+            return Ok((self.init(StoreConfig::default())?, Vec::new()));
         }
-        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open(store_dir(&path))?);
-        let backend = crate::faults::KillAt::wrap(backend);
-        let (store, bad) = if damaged {
-            Store::open_damaged(backend)
-        } else {
-            Store::open(backend).map(|s| (s, Vec::new()))
-        }
-        .with_context(|| format!("opening the repository at {}", path.display()))?;
-        let mut catalog = Catalog::open(&path.join("catalog.db"))?;
-        crate::faults::hook_catalog(&mut catalog)?;
-        Ok((
-            Repo {
-                path,
-                store,
-                catalog,
-            },
-            bad,
-        ))
+        Ok(Repository::open_with(&config, &options(damaged))?)
     }
 
     /// The repository path that `open` would use.

@@ -202,6 +202,16 @@ impl Scenario {
     /// killed once).
     fn run(&self, timed: u32, seed: u64) -> u64 {
         let mut step = 0;
+        assert!(
+            self.round(
+                Kill::AtStep(0),
+                &format!("{:?} killed at step 0", self.command)
+            ),
+            "{:?} was not killed at its first step: is the binary built with the `faults` \
+             feature (cargo test --features stasis/faults, as .ci/run does)?",
+            self.command
+        );
+        step += 1;
         while self.round(
             Kill::AtStep(step),
             &format!("{:?} killed at step {step}", self.command),

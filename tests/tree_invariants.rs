@@ -13,7 +13,7 @@ use stasis_catalog::{
 };
 use stasis_store::backend::{Backend, MemoryBackend};
 use stasis_store::codec::Compression;
-use stasis_store::config::{RepoConfig, Role};
+use stasis_store::config::{Role, StoreConfig};
 use stasis_store::ingest::ingest_full;
 use stasis_store::reader::PayloadReader;
 use stasis_store::store::Store;
@@ -97,7 +97,7 @@ proptest! {
     #[test]
     fn create_delete_revert_keep_the_invariants(ops in proptest::collection::vec(op(), 1..30)) {
         let be: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-        let mut cfg = RepoConfig { fanout: 4, ..RepoConfig::default() };
+        let mut cfg = StoreConfig { fanout: 4, ..StoreConfig::default() };
         cfg.block_sizes.disk = 4096;
         let store = Store::init(be, cfg).expect("init");
         let mut cat = Catalog::open_in_memory().expect("catalog");

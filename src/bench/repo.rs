@@ -272,7 +272,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     let new = NewSnapshot {
         created_by: actor(),
         description: Some("scratch snapshot of `stasis bench repo` (deleted when it ends)".into()),
-        datastore: Some(repo.path.display().to_string()),
+        datastore: Some(repo.config().dir.display().to_string()),
         ..NewSnapshot::new(vm.clone(), "bench", String::new(), Vec::new())
     };
     let req = create::Request {
@@ -294,7 +294,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
         Progress::Advanced(n) => pb.inc(n),
     };
     let t = Instant::now();
-    let created = create::create(&repo.store, &mut repo.catalog, req, &advance)?;
+    let created = repo.create(req, &advance)?;
     let ingest_t = t.elapsed();
     pb.finish_and_clear();
     drop(repo);
@@ -336,7 +336,7 @@ fn measure(
     let pb = progress(ctx.json, payload.data_bytes, true);
     pb.set_message("restoring");
     let t = Instant::now();
-    reader::restore(&repo.store, &payload.manifest, &out, &|n| pb.inc(n))?;
+    reader::restore(repo.store(), &payload.manifest, &out, &|n| pb.inc(n))?;
     out.sync_all().context("syncing the restored file")?;
     let restore_t = t.elapsed();
     pb.finish_and_clear();
@@ -348,7 +348,7 @@ fn measure(
     // Random reads: cold (store reopened, caches dropped), then warm.
     let dropped_reads = drop_caches(opts.drop_caches);
     let repo = ctx.open()?;
-    let reader = PayloadReader::new(&repo.store, payload.manifest)?;
+    let reader = PayloadReader::new(repo.store(), payload.manifest)?;
     let offsets = read_offsets(&reader.data_ranges()?, opts.reads);
     let image = File::open(img).context("opening the image")?;
     let pb = progress(ctx.json, 2 * offsets.len() as u64, false);
@@ -358,11 +358,11 @@ fn measure(
     pb.finish_and_clear();
 
     Ok(Report {
-        repository: repo.path.clone(),
+        repository: repo.config().dir.clone(),
         vm: snap.source_instance_name.clone(),
         snapshot_id: snap.id.clone(),
         block_size: payload.manifest.block_size,
-        compression: repo.store.config().compression.to_string(),
+        compression: repo.store().config().compression.to_string(),
         image: mix.clone(),
         stored_bytes: snap.added_bytes,
         ingest: Pass::new(mix, ingest_t, false),
@@ -377,7 +377,7 @@ fn measure(
 
 fn delete(ctx: &Context, snap: &Snapshot) -> Result<()> {
     let mut repo = ctx.open()?;
-    stasis_repo::delete(&repo.store, &mut repo.catalog, &snap.id, false, &actor())?;
+    repo.delete(&snap.id, false, &actor())?;
     Ok(())
 }
 

@@ -4,11 +4,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
-use stasis_catalog::{Hypervisor, Kind, NewSnapshot, PowerState, parse_expiry, parse_tag};
-use stasis_repo::create::{self, Input, Progress};
-use stasis_store::codec::{Algorithm, Compression};
-use stasis_store::config::Role;
+use anyhow::{Result, bail};
+use stasis_catalog::parse_tag;
+use stasis_repo::create::{self, CreateSpec, Format, InputSpec, Paths, Progress};
 
 use crate::output::{bar, human, print_json, ratio};
 use crate::repo::Context;
@@ -53,8 +51,8 @@ pub struct Args {
     no_current: bool,
     /// Input format: auto (detect qcow2, else raw), raw (store the file as it is) or
     /// qcow2 (store the disk the image shows).
-    #[arg(long, value_enum, default_value = "auto")]
-    format: Format,
+    #[arg(long, default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(Format::NAMES))]
+    format: String,
     /// Standby (memory and devices captured) or Stopped (disks only); any case.
     /// Default: Standby when a memory file is given, else Stopped.
     #[arg(long)]
@@ -79,38 +77,19 @@ pub struct Args {
     tags: Vec<String>,
 }
 
-/// How to read inputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// qcow2 when the file says so, else raw.
-    Auto,
-    /// The file's bytes as they are.
-    Raw,
-    /// The disk a qcow2 image shows.
-    Qcow2,
-}
-
-impl From<Format> for create::Format {
-    fn from(f: Format) -> Self {
-        match f {
-            Format::Auto => create::Format::Auto,
-            Format::Raw => create::Format::Raw,
-            Format::Qcow2 => create::Format::Qcow2,
-        }
-    }
-}
-
-/// `[NAME=]PATH`: an explicit name, or the file's base name.
-fn parse_input(role: Role, spec: &str, format: Format) -> Result<Input> {
+/// `[NAME=]PATH` of `--ROLE`: an explicit name, or the file's base name.
+fn input(role: &str, spec: &str, format: &str) -> InputSpec {
     let (name, path) = match spec.split_once('=') {
-        Some((n, p)) if !n.contains('/') && !n.is_empty() => (Some(n), PathBuf::from(p)),
-        _ => (None, PathBuf::from(spec)),
+        Some((n, p)) if !n.contains('/') && !n.is_empty() => (Some(n.to_string()), p),
+        _ => (None, spec),
     };
-    if path.as_os_str().is_empty() {
-        bail!("--{role} {spec:?} names no file");
+    InputSpec {
+        label: format!("--{role} {spec:?}"),
+        role: role.into(),
+        name,
+        path: PathBuf::from(path),
+        format: Some(format.into()),
     }
-    Input::new(role, name, &path, format.into())
-        .with_context(|| format!("--{role} {spec:?}: give a name as NAME=PATH"))
 }
 
 #[derive(serde::Serialize)]
@@ -125,62 +104,48 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let started = Instant::now();
     let mut inputs = Vec::new();
     for d in &a.disk {
-        inputs.push(parse_input(Role::Disk, d, a.format)?);
+        inputs.push(input("disk", d, &a.format));
     }
     if let Some(m) = &a.memory {
-        inputs.push(parse_input(Role::Memory, m, a.format)?);
+        inputs.push(input("memory", m, &a.format));
     }
     for s in &a.state {
-        inputs.push(parse_input(Role::State, s, a.format)?);
+        inputs.push(input("state", s, &a.format));
     }
     if inputs.is_empty() {
         bail!("nothing to store: give at least one --disk, --memory or --state");
     }
-    // Metadata is checked before anything is opened or read.
-    let kind: Kind = match &a.kind {
-        Some(k) => k.parse()?,
-        None if a.memory.is_some() => Kind::Standby,
-        None => Kind::Stopped,
-    };
-    let hypervisor: Option<Hypervisor> = a.hypervisor.as_deref().map(str::parse).transpose()?;
-    let power_state: Option<PowerState> = a.power_state.as_deref().map(str::parse).transpose()?;
-    let expires_at = a.expires.as_deref().map(parse_expiry).transpose()?;
     let mut tags = BTreeMap::new();
     for t in &a.tags {
         let (k, v) = parse_tag(t)?;
         tags.insert(k, v);
     }
     let mut repo = ctx.open()?;
-    let config = repo.store.config().clone();
-    let compression = match (&a.compression, a.level) {
-        (Some(c), l) => Some(Compression::new(c.parse::<Algorithm>()?, l)?),
-        (None, Some(l)) => Some(Compression::new(config.compression.algorithm(), Some(l))?),
-        (None, None) => None,
-    };
-    let new = NewSnapshot {
-        created_by: a.created_by.clone().unwrap_or_else(crate::repo::actor),
-        description: a.description.clone(),
-        make_current: !a.no_current,
-        kind,
-        source_hypervisor: hypervisor,
+    let spec = CreateSpec {
+        vm: a.vm.clone(),
+        name: Some(a.name.clone()),
+        kind: a.kind.clone(),
+        hypervisor: a.hypervisor.clone(),
+        power_state: a.power_state.clone(),
         quiesced: a.quiesced,
-        power_state,
+        description: a.description.clone(),
+        created_by: a.created_by.clone().unwrap_or_else(crate::repo::actor),
+        make_current: !a.no_current,
         datastore: a
             .datastore
             .clone()
-            .or_else(|| Some(repo.path.display().to_string())),
-        expires_at,
+            .or_else(|| Some(repo.config().dir.display().to_string())),
+        expires: a.expires.clone(),
         tags,
-        ..NewSnapshot::new(a.vm.clone(), a.name.clone(), String::new(), Vec::new())
-    };
-    let req = create::Request {
-        new,
+        compression: a.compression.clone(),
+        level: a.level,
         parent: a.parent.clone(),
         diff: a.diff,
-        compression,
+        tenant: None,
         inputs,
     };
-    if a.diff && create::parent_of(&repo.catalog, &req)?.is_none() {
+    let req = spec.into_request(repo.store().config(), Paths::Host)?;
+    if a.diff && create::parent_of(repo.catalog(), &req)?.is_none() {
         bail!(
             "--diff needs a parent: give --parent SNAP (or create a full snapshot of {} first)",
             a.vm
@@ -191,7 +156,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         Progress::Total(n) => pb.set_length(n),
         Progress::Advanced(n) => pb.inc(n),
     };
-    let created = create::create(&repo.store, &mut repo.catalog, req, &progress)?;
+    let created = repo.create(req, &progress)?;
     pb.finish_and_clear();
     let snap = &created.snapshot;
     let stats = &created.ingest;

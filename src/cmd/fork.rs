@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result, bail};
 use stasis_catalog::validate_name;
 use stasis_repo::fork::{self, Files};
-use stasis_repo::mounts::running_mount;
 
 use crate::output::print_json;
 use crate::repo::{Context, actor};
@@ -31,29 +30,22 @@ pub struct Args {
 pub fn run(ctx: &Context, a: Args) -> Result<()> {
     validate_name(&a.new_vm).context("the new VM's name")?;
     let mut repo = ctx.open()?;
-    let snap = repo.catalog.resolve(&a.snap)?;
-    if repo.catalog.vm(&a.new_vm)?.is_some() {
+    let snap = repo.catalog().resolve(&a.snap)?;
+    if repo.catalog().vm(&a.new_vm)?.is_some() {
         bail!("VM {} already exists", a.new_vm);
     }
     let files = if a.copy {
         Files::Copy
     } else {
-        match a.mount.clone().or_else(|| running_mount(&repo.path)) {
+        match a.mount.clone().or_else(|| repo.running_mount()) {
             Some(m) => Files::Mount(m),
             None => bail!(
                 "no running `stasis mount` of this repository: start one, pass --mount MOUNTPOINT, or use --copy"
             ),
         }
     };
-    let forked = fork::fork(
-        &repo.store,
-        &mut repo.catalog,
-        &snap,
-        &a.new_vm,
-        &a.dir,
-        &files,
-        &actor(),
-    )?;
+    let (store, catalog) = repo.parts();
+    let forked = fork::fork(store, catalog, &snap, &a.new_vm, &a.dir, &files, &actor())?;
     let (vm, out) = (&forked.vm, &forked.files);
     if ctx.json {
         return print_json(&serde_json::json!({ "vm": vm, "snapshot": snap.id, "files": out }));

@@ -1,8 +1,7 @@
 //! `stasis gc`.
 
 use anyhow::Result;
-use stasis_store::gc::{self, GcOptions, Phase};
-use stasis_store::manifest::Manifest;
+use stasis_store::gc::{GcOptions, Phase};
 
 use crate::output::{human, print_json};
 use crate::repo::Context;
@@ -25,21 +24,6 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         dry_run: a.dry_run,
         repack_below: f64::from(a.repack_below) / 100.0,
     };
-    let catalog = &repo.catalog;
-    // Every snapshot not deleted keeps its payloads (consolidating and error ones too).
-    let mut roots = || -> stasis_store::Result<Vec<(String, Manifest)>> {
-        let snaps = catalog.list(None).map_err(|e| {
-            stasis_store::Error::new(stasis_store::ErrorKind::Repository, e.to_string())
-        })?;
-        Ok(snaps
-            .into_iter()
-            .flat_map(|s| {
-                s.payloads
-                    .into_iter()
-                    .map(move |p| (format!("{}/{}", s.id, p.name), p.manifest))
-            })
-            .collect())
-    };
     let quiet = ctx.json;
     let progress = |p: Phase| {
         if let Phase::Wait(n) = p
@@ -48,7 +32,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
             eprintln!("waiting for {n} running write session(s) to finish");
         }
     };
-    let report = gc::collect(&repo.store, &opts, &mut roots, &progress)?;
+    let report = repo.gc(&opts, &progress)?;
     if ctx.json {
         return print_json(&report);
     }

@@ -2,10 +2,10 @@
 
 use anyhow::{Result, bail};
 use stasis_store::codec::{Algorithm, Compression};
-use stasis_store::config::{RepoConfig, Role};
+use stasis_store::config::{Role, StoreConfig};
 
 use crate::output::{human, parse_size, print_json};
-use crate::repo::{self, Context};
+use crate::repo::Context;
 
 /// Create a repository.
 #[derive(Debug, clap::Args)]
@@ -31,7 +31,7 @@ pub struct Args {
 }
 
 /// Parse `--block-size` values into `config`: plain sizes first, then per-role ones.
-pub fn apply_block_sizes(config: &mut RepoConfig, specs: &[String]) -> Result<()> {
+pub fn apply_block_sizes(config: &mut StoreConfig, specs: &[String]) -> Result<()> {
     for spec in specs.iter().filter(|s| !s.contains('=')) {
         let size = parse_size(spec)?;
         for r in Role::ALL {
@@ -47,7 +47,7 @@ pub fn apply_block_sizes(config: &mut RepoConfig, specs: &[String]) -> Result<()
 
 /// Run it.
 pub fn run(ctx: &Context, a: Args) -> Result<()> {
-    let mut config = RepoConfig::default();
+    let mut config = StoreConfig::default();
     apply_block_sizes(&mut config, &a.block_size)?;
     let algo: Algorithm = a.compression.parse()?;
     if algo == Algorithm::None && a.level.is_some() {
@@ -68,8 +68,8 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         };
     }
     let path = ctx.path()?;
-    let repo = repo::init(&path, config)?;
-    let c = repo.store.config();
+    let repo = ctx.init(config)?;
+    let c = repo.store().config();
     if ctx.json {
         return print_json(&serde_json::json!({ "path": path, "config": c }));
     }

@@ -105,7 +105,7 @@ pub fn table(snaps: &[Snapshot]) {
 pub fn list(ctx: &Context, a: ListArgs) -> Result<()> {
     let f = filter(&a)?;
     let repo = ctx.open()?;
-    let snaps = repo.catalog.list_filtered(&f)?;
+    let snaps = repo.catalog().list_filtered(&f)?;
     if ctx.json {
         return print_json(&snaps);
     }
@@ -116,7 +116,7 @@ pub fn list(ctx: &Context, a: ListArgs) -> Result<()> {
 /// Run `show`.
 pub fn show(ctx: &Context, a: ShowArgs) -> Result<()> {
     let repo = ctx.open()?;
-    let s = repo.catalog.resolve(&a.snap)?;
+    let s = repo.catalog().resolve(&a.snap)?;
     if ctx.json {
         return print_json(&s);
     }
@@ -194,8 +194,8 @@ pub struct LogArgs {
 /// Run `log`.
 pub fn log(ctx: &Context, a: LogArgs) -> Result<()> {
     let repo = ctx.open()?;
-    let s = repo.catalog.resolve(&a.snap)?;
-    let events = repo.catalog.events(&s.id)?;
+    let s = repo.catalog().resolve(&a.snap)?;
+    let events = repo.catalog().events(&s.id)?;
     if ctx.json {
         return print_json(&events);
     }

@@ -1,11 +1,9 @@
 //! `stasis mount` and `stasis umount`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use stasis_fuse::SnapshotFs;
-use stasis_repo::mounts::registry;
 
 use crate::repo::Context;
 
@@ -95,22 +93,20 @@ fn unmount_on_signal(mountpoint: PathBuf) -> Result<()> {
 pub fn mount(ctx: &Context, a: MountArgs) -> Result<()> {
     check_mountpoint(&a.mountpoint)?;
     let repo = ctx.open()?;
-    let fs = SnapshotFs::new(Arc::new(repo.store), repo.catalog);
     let mountpoint = std::fs::canonicalize(&a.mountpoint)?;
     unmount_on_signal(mountpoint.clone())?;
     eprintln!(
         "stasis: {} mounted at {} (Ctrl-C or `stasis umount {}` to unmount)",
-        repo.path.display(),
+        repo.config().dir.display(),
         mountpoint.display(),
         mountpoint.display()
     );
-    // Register with the repository so `stasis fork` finds this mount.
-    let reg = registry(&repo.path);
-    std::fs::create_dir_all(&reg)?;
-    let entry = reg.join(format!("{}.mount", std::process::id()));
-    std::fs::write(&entry, mountpoint.as_os_str().as_encoded_bytes())?;
+    // Registered with the repository so `stasis fork` finds this mount.
+    let registration = repo.register_mount(&mountpoint)?;
+    let (store, catalog) = repo.into_parts();
+    let fs = SnapshotFs::new(store, catalog);
     let served = stasis_fuse::serve(fs, &mountpoint);
-    let _ = std::fs::remove_file(&entry);
+    drop(registration);
     served.with_context(|| format!("mounting at {}", mountpoint.display()))?;
     eprintln!("stasis: unmounted {}", mountpoint.display());
     Ok(())

@@ -29,7 +29,7 @@ pub struct Args {
 pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let started = Instant::now();
     let repo = ctx.open()?;
-    let snap = repo.catalog.resolve(&a.snap)?;
+    let snap = repo.catalog().resolve(&a.snap)?;
     std::fs::create_dir_all(&a.dir)
         .with_context(|| format!("cannot create {}", a.dir.display()))?;
     // Refuse before writing anything if a file would be replaced.
@@ -52,7 +52,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
             .truncate(true)
             .open(&target)
             .with_context(|| format!("cannot write {}", target.display()))?;
-        let st = reader::restore(&repo.store, &p.manifest, &file, &|n| pb.inc(n))
+        let st = reader::restore(repo.store(), &p.manifest, &file, &|n| pb.inc(n))
             .with_context(|| format!("restoring {} of {}", p.name, snap.id))?;
         if a.sync {
             file.sync_all()

@@ -40,11 +40,16 @@ pub struct ServeArgs {
 /// Run `serve` until SIGTERM or SIGINT.
 pub fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
     // Opening creates the default repository on first use, and migrates the catalog.
-    let repo = ctx.open()?;
-    let path = std::fs::canonicalize(&repo.path)
-        .with_context(|| format!("resolving {}", repo.path.display()))?;
-    drop(repo);
-    let instances = a.instances_dir.unwrap_or_else(|| path.join("instances"));
+    let mut repo = ctx.open()?;
+    let path = std::fs::canonicalize(&repo.config().dir)
+        .with_context(|| format!("resolving {}", repo.config().dir.display()))?;
+    if path != repo.config().dir {
+        // Made just now: opened again by the path it resolves to.
+        repo = ctx.open()?;
+    }
+    let instances = a
+        .instances_dir
+        .unwrap_or_else(|| repo.config().instances_dir());
     // Refuses a layout in which one tenant could reach another's files.
     let roots = Roots::new(&a.payload_root, &instances, &path)
         .context("refusing to serve with these --payload-root and --instances-dir")?;
@@ -52,13 +57,13 @@ pub fn serve(ctx: &Context, a: ServeArgs) -> Result<()> {
         tracing::info!("payload root {r}");
     }
     let config = stasis_server::Config {
-        repo: path,
+        repo: repo.config().clone(),
         listen: a.listen,
         roots: Arc::new(roots),
         max_body_bytes: usize::try_from(a.max_body).context("--max-body is too large")?,
         max_ingests: a.max_ingests,
     };
-    stasis_server::run(config)?;
+    stasis_server::run(config, repo)?;
     Ok(())
 }
 
@@ -130,7 +135,7 @@ pub fn token(ctx: &Context, a: TokenArgs) -> Result<()> {
                 (false, true) => TokenMode::Admin,
                 (false, false) => TokenMode::ReadWrite,
             };
-            let (t, secret) = repo.catalog.create_token(&tenant, m)?;
+            let (t, secret) = repo.catalog_mut().create_token(&tenant, m)?;
             if ctx.json {
                 return print_json(&serde_json::json!({ "token": secret, "record": t }));
             }
@@ -143,7 +148,7 @@ pub fn token(ctx: &Context, a: TokenArgs) -> Result<()> {
             );
         }
         TokenCommand::List => {
-            let all = repo.catalog.tokens()?;
+            let all = repo.catalog().tokens()?;
             if ctx.json {
                 return print_json(&all);
             }
@@ -154,7 +159,7 @@ pub fn token(ctx: &Context, a: TokenArgs) -> Result<()> {
             all.iter().for_each(row);
         }
         TokenCommand::Revoke { id } => {
-            let t = repo.catalog.revoke_token(&id)?;
+            let t = repo.catalog_mut().revoke_token(&id)?;
             if ctx.json {
                 return print_json(&t);
             }

@@ -28,16 +28,16 @@ struct Node<'a> {
 pub fn tree(ctx: &Context, a: TreeArgs) -> Result<()> {
     let repo = ctx.open()?;
     let vms = match &a.vm {
-        Some(v) => match repo.catalog.vm(v)? {
+        Some(v) => match repo.catalog().vm(v)? {
             Some(vm) => vec![vm],
             None => bail!("no VM named {v:?}"),
         },
-        None => repo.catalog.vms()?,
+        None => repo.catalog().vms()?,
     };
     let mut json: Vec<Node<'_>> = Vec::new();
     let mut all: Vec<Vec<Snapshot>> = Vec::new();
     for vm in &vms {
-        all.push(repo.catalog.list_filtered(&ListFilter {
+        all.push(repo.catalog().list_filtered(&ListFilter {
             vm: Some(vm.id.clone()),
             ..ListFilter::default()
         })?);
@@ -122,7 +122,7 @@ pub struct RevertArgs {
 /// Run `revert`.
 pub fn revert(ctx: &Context, a: RevertArgs) -> Result<()> {
     let mut repo = ctx.open()?;
-    let s = repo.catalog.revert(&a.snap, &actor())?;
+    let s = repo.catalog_mut().revert(&a.snap, &actor())?;
     if ctx.json {
         return print_json(&s);
     }
@@ -151,7 +151,7 @@ pub struct DeleteArgs {
 pub fn delete(ctx: &Context, a: DeleteArgs) -> Result<()> {
     let mut repo = ctx.open()?;
     let targets: Vec<String> = if a.expired {
-        repo.catalog
+        repo.catalog()
             .expired_leaves()?
             .into_iter()
             .map(|s| s.id)
@@ -159,10 +159,9 @@ pub fn delete(ctx: &Context, a: DeleteArgs) -> Result<()> {
     } else {
         a.snap.into_iter().collect()
     };
-    let store = &repo.store;
     let mut deleted = Vec::new();
     for t in &targets {
-        let gone = stasis_repo::delete(store, &mut repo.catalog, t, a.recursive, &actor())?;
+        let gone = repo.delete(t, a.recursive, &actor())?;
         deleted.extend(gone);
     }
     if ctx.json {
@@ -205,7 +204,7 @@ pub fn tag(ctx: &Context, a: TagArgs) -> Result<()> {
         bail!("give tags to set (K=V) or --remove K");
     }
     let mut repo = ctx.open()?;
-    let s = repo.catalog.tag(&a.snap, &set, &a.remove, &actor())?;
+    let s = repo.catalog_mut().tag(&a.snap, &set, &a.remove, &actor())?;
     if ctx.json {
         return print_json(&s);
     }

@@ -1,8 +1,7 @@
 //! `stasis verify`.
 
 use anyhow::{Result, bail};
-use stasis_store::repair::rebuild_index;
-use stasis_store::verify::{Problem, verify_manifest, verify_store};
+use stasis_repo::verify::{VerifyOptions, VerifyProgress, verify};
 
 use crate::output::{bar, human, print_json};
 use crate::repo::Context;
@@ -21,91 +20,37 @@ pub struct Args {
 
 /// Run it.
 pub fn run(ctx: &Context, a: Args) -> Result<()> {
-    let (repo, bad_index) = ctx.open_damaged()?;
+    let (mut repo, bad_index) = ctx.open_damaged()?;
     let a = Args {
         read_data: a.read_data || a.repair,
         ..a
     };
-    let total: u64 = if a.read_data {
-        repo.store
-            .backend()
-            .list("packs/")?
-            .iter()
-            .map(|m| m.size)
-            .sum()
-    } else {
-        0
+    let pb = bar(0, "verifying");
+    let opts = VerifyOptions {
+        read_data: a.read_data,
+        repair: a.repair,
     };
-    let pb = bar(total, "verifying");
-    let report = verify_store(&repo.store, a.read_data, &|n| pb.inc(n))?;
+    let progress = |p: VerifyProgress| match p {
+        VerifyProgress::Total(n) => pb.set_length(n),
+        VerifyProgress::Read(n) => pb.inc(n),
+    };
+    let v = verify(
+        &mut repo,
+        &bad_index,
+        opts,
+        &crate::repo::actor(),
+        &progress,
+    )?;
     pb.finish_and_clear();
-    let mut report = report;
-    for (key, e) in &bad_index {
-        report.problems.push(Problem {
-            object: key.clone(),
-            message: e.to_string(),
-        });
-    }
-    for line in repo.catalog.check_integrity()? {
-        report.problems.push(Problem {
-            object: "catalog.db".into(),
-            message: line,
-        });
-    }
-    let repaired = if a.repair {
-        Some(rebuild_index(
-            &repo.store,
-            &report.bad_blocks,
-            &report.damaged_packs,
-        )?)
-    } else {
-        None
-    };
-    // After a repair, what remains wrong is what the snapshots lost.
-    let mut problems: Vec<Problem> = if repaired.is_some() {
-        Vec::new()
-    } else {
-        report.problems.clone()
-    };
-    let snaps = repo.catalog.list(None)?;
-    let mut payloads = 0;
-    let actor = crate::repo::actor();
-    let mut repo = repo;
-    for s in &snaps {
-        let before = problems.len();
-        for p in &s.payloads {
-            payloads += 1;
-            let what = format!(
-                "{}/{} ({}) {}",
-                s.source_instance_name, s.name, s.id, p.name
-            );
-            problems.extend(verify_manifest(
-                &repo.store,
-                &p.manifest,
-                &what,
-                &report.bad_blocks,
-            ));
-        }
-        // The timeline says what was found: a snapshot whose tree or blocks fail is marked
-        // `error`; a clean check that read every block marks it verified (and active).
-        if let Some(first) = problems.get(before) {
-            repo.catalog
-                .mark_error(&s.id, &actor, &format!("verify: {}", first.message))?;
-        } else if a.read_data && report.problems.is_empty() {
-            repo.catalog.mark_verified(
-                &s.id,
-                &actor,
-                "verify --read-data: every block read and checked",
-            )?;
-        }
-    }
+    let (report, repaired, problems) = (&v.store, &v.repair, &v.problems);
+    let (snaps, payloads) = (v.snapshots, v.payloads);
     if ctx.json {
         print_json(&serde_json::json!({
             "ok": problems.is_empty(),
             "packs": report.packs,
             "blobs": report.blobs,
             "bytes_read": report.bytes_read,
-            "snapshots": snaps.len(),
+            "snapshots": snaps,
             "payloads": payloads,
             "unindexed_packs": report.unindexed_packs,
             "damage_found": if repaired.is_some() { report.problems.clone() } else { Vec::new() },
@@ -122,10 +67,10 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
             } else {
                 String::new()
             },
-            snaps.len(),
+            snaps,
             payloads
         );
-        if let Some(r) = &repaired {
+        if let Some(r) = repaired {
             for p in &report.problems {
                 println!("DAMAGE {}: {}", p.object, p.message);
             }
@@ -147,7 +92,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
                 report.unindexed_packs.len()
             );
         }
-        for p in &problems {
+        for p in problems {
             println!("PROBLEM {}: {}", p.object, p.message);
         }
     }

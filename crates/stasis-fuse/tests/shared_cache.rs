@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use stasis_catalog::{Catalog, NewPayload, NewSnapshot};
 use stasis_store::backend::{Backend, Bytes, LocalBackend, ObjectMeta};
 use stasis_store::codec::Compression;
-use stasis_store::config::{RepoConfig, Role};
+use stasis_store::config::{Role, StoreConfig};
 use stasis_store::id::BlockId;
 use stasis_store::manifest::{self, BlockRef, Manifest};
 use stasis_store::store::Store;
@@ -136,7 +136,7 @@ fn shared_blocks_are_decoded_once_across_snapshots() {
     let (ma, mb, a, b) = {
         let store = Store::init(
             Arc::new(LocalBackend::open(&repo).expect("backend")),
-            RepoConfig::default(),
+            StoreConfig::default(),
         )
         .expect("init");
         // Two VMs' disks that share all but one 64 KiB block.

@@ -3,19 +3,25 @@
 //! at which the snapshot exists. A failure anywhere before that row leaves no snapshot,
 //! only unreferenced packs for gc.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::Serialize;
-use stasis_catalog::{Catalog, NewPayload, NewSnapshot, Snapshot, check_payload_names};
-use stasis_store::codec::Compression;
-use stasis_store::config::Role;
+use stasis_catalog::{
+    Catalog, Hypervisor, Kind, NewPayload, NewSnapshot, PowerState, Snapshot, check_payload_names,
+    parse_expiry, validate_name,
+};
+use stasis_store::codec::{Algorithm, Compression};
+use stasis_store::config::{Role, StoreConfig};
 use stasis_store::ingest::{self, IngestStats};
 use stasis_store::manifest::Manifest;
 use stasis_store::source::{data_regions, open_input};
 use stasis_store::store::{Store, Writer};
 
 use crate::error::{Error, Result};
+use crate::roots::{Roots, Scope};
 use crate::usage::added_over;
 
 /// How to read an input file.
@@ -28,6 +34,212 @@ pub enum Format {
     Raw,
     /// The disk a qcow2 image shows.
     Qcow2,
+}
+
+impl Format {
+    /// Every format's name, as [`FromStr`] takes it.
+    pub const NAMES: [&'static str; 3] = ["auto", "raw", "qcow2"];
+}
+
+impl FromStr for Format {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Format> {
+        match s {
+            "auto" => Ok(Format::Auto),
+            "raw" => Ok(Format::Raw),
+            "qcow2" => Ok(Format::Qcow2),
+            _ => Err(Error::Invalid(format!(
+                "format {s:?}: expected auto, raw or qcow2"
+            ))),
+        }
+    }
+}
+
+/// A create request as a user gives it, in text: the CLI's flags and the API's JSON
+/// both become one of these, so both follow the same rules. [`CreateSpec::into_request`]
+/// checks every field, then opens the inputs, before anything is stored.
+#[derive(Debug, Default)]
+pub struct CreateSpec {
+    /// The VM (made on first use).
+    pub vm: String,
+    /// The snapshot's name; `None`: `snap-` and a random suffix.
+    pub name: Option<String>,
+    /// `Standby` or `Stopped`, any case; `None`: Standby when a memory input is given.
+    pub kind: Option<String>,
+    /// The hypervisor that wrote it.
+    pub hypervisor: Option<String>,
+    /// `powered_on`, `powered_off` or `suspended`.
+    pub power_state: Option<String>,
+    /// The guest's filesystems were quiesced.
+    pub quiesced: bool,
+    /// Free text.
+    pub description: Option<String>,
+    /// Who makes it.
+    pub created_by: String,
+    /// Make it its VM's current snapshot.
+    pub make_current: bool,
+    /// Where it is stored (free text).
+    pub datastore: Option<String>,
+    /// Expiry, as [`stasis_catalog::parse_expiry`] reads it.
+    pub expires: Option<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// `zstd`, `lz4` or `none`; `None`: the repository's algorithm.
+    pub compression: Option<String>,
+    /// The compression level; `None`: the algorithm's default.
+    pub level: Option<i32>,
+    /// The parent (an id, `VM/NAME` or `VM`); `None`: the VM's current snapshot.
+    pub parent: Option<String>,
+    /// Inputs are sparse diff layers over the parent's payloads of the same names.
+    pub diff: bool,
+    /// The tenant of a new VM; `None`: the default tenant.
+    pub tenant: Option<String>,
+    /// The files, in order.
+    pub inputs: Vec<InputSpec>,
+}
+
+/// One input file of a [`CreateSpec`].
+#[derive(Debug, Default)]
+pub struct InputSpec {
+    /// How the caller named this input, for messages (`--disk "root=x.img"`,
+    /// `payloads[0]`).
+    pub label: String,
+    /// `disk`, `memory` or `state`.
+    pub role: String,
+    /// The name inside the snapshot; `None`: from the file's name.
+    pub name: Option<String>,
+    /// The file.
+    pub path: PathBuf,
+    /// `auto`, `raw` or `qcow2`; `None`: auto.
+    pub format: Option<String>,
+}
+
+/// Which files a request may name.
+#[derive(Clone, Copy, Debug)]
+pub enum Paths<'a> {
+    /// Any file this process can open (the CLI, run by the files' owner).
+    Host,
+    /// Only files beneath the roots of `scope` ([`crate::roots`]), opened there.
+    Roots(&'a Roots, Scope<'a>),
+}
+
+fn field<T>(name: &str, r: std::result::Result<T, impl std::fmt::Display>) -> Result<T> {
+    r.map_err(|e| Error::Invalid(format!("{name}: {e}")))
+}
+
+impl CreateSpec {
+    /// Check every field, then open each input as `paths` allows.
+    pub fn into_request(self, store: &StoreConfig, paths: Paths<'_>) -> Result<Request> {
+        let name = match self.name {
+            Some(n) => n,
+            None => format!("snap-{}", &stasis_catalog::new_id()[..12]),
+        };
+        validate_name(&name).map_err(|e| Error::Catalog(e.context("the snapshot's name")))?;
+        let mut roles = Vec::new();
+        for i in &self.inputs {
+            if !["disk", "memory", "state"].contains(&i.role.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "{}: role {:?}: expected disk, memory or state",
+                    i.label, i.role
+                )));
+            }
+            roles.push(field(&i.label, i.role.parse::<Role>())?);
+        }
+        let kind: Kind = match &self.kind {
+            Some(k) => field("kind", k.parse())?,
+            None if roles.contains(&Role::Memory) => Kind::Standby,
+            None => Kind::Stopped,
+        };
+        let hypervisor: Option<Hypervisor> = self
+            .hypervisor
+            .as_deref()
+            .map(|h| field("hypervisor", h.parse()))
+            .transpose()?;
+        let power_state: Option<PowerState> = self
+            .power_state
+            .as_deref()
+            .map(|p| field("power state", p.parse()))
+            .transpose()?;
+        let expires_at = self
+            .expires
+            .as_deref()
+            .map(|e| field("expiry", parse_expiry(e)))
+            .transpose()?;
+        stasis_catalog::fields::validate_tags(&self.tags)?;
+        let compression = match (&self.compression, self.level) {
+            (Some(c), l) => Some(Compression::new(c.parse::<Algorithm>()?, l)?),
+            (None, Some(l)) => Some(Compression::new(store.compression.algorithm(), Some(l))?),
+            (None, None) => None,
+        };
+        let mut formats = Vec::new();
+        for i in &self.inputs {
+            formats.push(match i.format.as_deref() {
+                None => Format::Auto,
+                Some(f) => field(&i.label, f.parse::<Format>())?,
+            });
+        }
+        if self.inputs.is_empty() {
+            return Err(Error::Invalid(
+                "nothing to store: give at least one disk, memory or state file".into(),
+            ));
+        }
+        // Every field is good: open the inputs, each once.
+        let mut inputs = Vec::new();
+        for ((i, role), format) in self.inputs.iter().zip(roles).zip(formats) {
+            if let Some(n) = &i.name {
+                check_payload_names([n.as_str()]).map_err(|e| {
+                    Error::Catalog(e.context(format!("{}: the file's name", i.label)))
+                })?;
+            }
+            let input = match paths {
+                Paths::Host => Input::new(role, i.name.as_deref(), &i.path, format),
+                Paths::Roots(roots, scope) => {
+                    let path = i
+                        .path
+                        .to_str()
+                        .ok_or_else(|| Error::Refused("a path that is not UTF-8".into()))?;
+                    let opened = roots
+                        .open(scope, path)
+                        .map_err(|r| Error::Refused(r.reason))?;
+                    Input::from_file(
+                        role,
+                        i.name.as_deref(),
+                        opened.file,
+                        opened.size,
+                        &opened.shown,
+                        format,
+                        true,
+                    )
+                }
+            };
+            inputs.push(input.map_err(|e| match e {
+                Error::Input(m) => Error::Input(format!("{}: {m}", i.label)),
+                Error::Invalid(m) => Error::Invalid(format!("{}: {m}", i.label)),
+                e => e,
+            })?);
+        }
+        let new = NewSnapshot {
+            description: self.description,
+            make_current: self.make_current,
+            kind,
+            source_hypervisor: hypervisor,
+            quiesced: self.quiesced,
+            power_state,
+            datastore: self.datastore,
+            expires_at,
+            tags: self.tags,
+            tenant: self.tenant,
+            ..NewSnapshot::new(self.vm, name, self.created_by, Vec::new())
+        };
+        Ok(Request {
+            new,
+            parent: self.parent,
+            diff: self.diff,
+            compression,
+            inputs,
+        })
+    }
 }
 
 /// One input file of a new snapshot, open: it is read through this descriptor only,
@@ -305,13 +517,7 @@ fn store_qcow2(
             .map(|pp| (p, pp))
     });
     let backed_by_parent = match (&ov.backing, base) {
-        (Some(b), Some((p, pp))) => {
-            b.ends_with(&format!("/snapshots/{}/{}", p.id, pp.name))
-                || b.ends_with(&format!(
-                    "/vms/{}/{}/{}",
-                    p.source_instance_name, p.name, pp.name
-                ))
-        }
+        (Some(b), Some((p, pp))) => stasis_catalog::layout::names_payload(b, p, &pp.name),
         _ => false,
     };
     if let (true, true, Some((_, pp))) = (backed_by_parent, ov.plain, base) {

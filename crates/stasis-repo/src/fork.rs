@@ -67,7 +67,7 @@ pub fn fork(
     let mount = match files {
         Files::Copy => None,
         Files::Mount(m) => {
-            let d = m.join("snapshots").join(&snap.id);
+            let d = m.join(stasis_catalog::layout::snapshot_dir(&snap.id));
             if !d.is_dir() {
                 return Err(Error::Invalid(format!(
                     "{} does not show snapshot {} (is it a stasis mount of this repository?)",

@@ -1,11 +1,20 @@
 //! # stasis-repo
 //!
-//! The operations on a stasis repository that span its block store and its catalog,
-//! shared by the `stasis` CLI and the HTTP server (`stasis-server`) so both do them
-//! the same way: [`create`] (ingest a snapshot from files: blocks, then manifests, then
-//! the catalog row, in that order), [`fork`] (prepare a new VM's files from a snapshot
-//! and record it), [`delete`] (with children re-parented and their sizes recomputed),
-//! and the [`mounts`] registry that `stasis fork` uses to find a running mount.
+//! A stasis repository, and the operations on it that span its block store and its
+//! catalog, shared by the `stasis` CLI and the HTTP server (`stasis-server`) so both do
+//! them the same way; they only parse, call and print.
+//!
+//! - [`Repository`]: the front door. [`RepoConfig`] says where the blocks
+//!   ([`StoreUrl`]) and the catalog ([`CatalogUrl`]) are; this is the only code that
+//!   names a backend type, a catalog file or the repository's directories.
+//! - [`create`]: ingest a snapshot from files (blocks, then manifests, then the catalog
+//!   row, in that order), from one [`create::CreateSpec`] that the CLI and the server
+//!   both fill in.
+//! - [`fork`]: prepare a new VM's files from a snapshot and record it; [`delete`]: with
+//!   children re-parented and their sizes recomputed.
+//! - [`gc`] (its roots come from the catalog), [`verify`] (and repair), [`usage`].
+//! - [`roots`]: which files a tenant may name; [`mounts`]: the registry of running
+//!   mounts that a fork finds.
 //!
 //! Data flows one way: store and catalog know nothing of this crate; the CLI and the
 //! server call it.
@@ -13,27 +22,21 @@
 pub mod create;
 mod error;
 pub mod fork;
+pub mod gc;
 pub mod mounts;
 pub mod qcow2;
+mod repository;
 pub mod roots;
 pub mod usage;
-
-use std::path::{Path, PathBuf};
+pub mod verify;
 
 use stasis_catalog::Catalog;
 use stasis_store::store::Store;
 
 pub use error::{Error, ErrorKind, Result};
-
-/// Where the block store of the repository at `repo` lives.
-pub fn store_dir(repo: &Path) -> PathBuf {
-    repo.join("store")
-}
-
-/// Where the catalog database of the repository at `repo` lives.
-pub fn catalog_path(repo: &Path) -> PathBuf {
-    repo.join("catalog.db")
-}
+pub use repository::{
+    CatalogOpener, CatalogUrl, DamagedIndex, Hooks, OpenOptions, RepoConfig, Repository, StoreUrl,
+};
 
 /// Delete snapshot `spec` (or its subtree): children are re-parented and their
 /// `added_bytes` recomputed against their new parent from the store's trees. Returns

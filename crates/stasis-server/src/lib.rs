@@ -32,8 +32,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use stasis_store::backend::{Backend, LocalBackend};
-use stasis_store::store::Store;
+use stasis_repo::Repository;
 use tokio::sync::Semaphore;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -108,23 +107,15 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-/// Open the repository at `config.repo` for serving.
-pub fn open(config: Config) -> Result<Arc<AppState>, Error> {
-    let repo_err = |source: stasis_repo::Error| Error::Repository {
-        path: config.repo.display().to_string(),
-        source,
-    };
-    let backend: Arc<dyn Backend> = Arc::new(
-        LocalBackend::open(stasis_repo::store_dir(&config.repo)).map_err(|e| repo_err(e.into()))?,
-    );
-    let store = Store::open(backend).map_err(|e| repo_err(e.into()))?;
-    let catalogs = CatalogPool::open(stasis_repo::catalog_path(&config.repo), 16)
-        .map_err(|e| repo_err(e.into()))?;
+/// The state for serving `repo` (opened by the caller) as `config` says.
+pub fn open(config: Config, repo: Repository) -> Result<Arc<AppState>, Error> {
+    let opener = repo.catalog_opener();
+    let (store, first) = repo.into_parts();
     Ok(Arc::new(AppState {
         ingests: Arc::new(Semaphore::new(config.max_ingests)),
         config,
-        store: Arc::new(store),
-        catalogs,
+        store,
+        catalogs: CatalogPool::new(opener, first, 16),
         openapi: openapi_json(),
     }))
 }
@@ -238,8 +229,8 @@ async fn signalled() {
 
 /// Run the server until SIGTERM or SIGINT (the `stasis serve` command). Logs the bound
 /// address as `listening on ADDR`.
-pub fn run(config: Config) -> Result<(), Error> {
-    let state = open(config)?;
+pub fn run(config: Config, repo: Repository) -> Result<(), Error> {
+    let state = open(config, repo)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -14,15 +14,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use stasis_catalog::{
-    Catalog, Hypervisor, Kind, ListFilter, NewSnapshot, PowerState, Snapshot, Status, parse_expiry,
-    validate_name,
-};
-use stasis_repo::create::{self, Format, Input, Progress};
+use stasis_catalog::{Catalog, Hypervisor, Kind, ListFilter, Snapshot, Status, validate_name};
+use stasis_repo::create::{self, CreateSpec, InputSpec, Paths, Progress};
 use stasis_repo::fork::{self, Files};
-use stasis_store::codec::{Algorithm, Compression};
-use stasis_store::config::Role;
-use stasis_store::index::Index;
 use stasis_store::reader::PayloadReader;
 use stasis_store::store::Store;
 
@@ -252,123 +246,69 @@ where
     .transpose()
 }
 
-fn compression(c: Option<&crate::api::CompressionConfig>) -> Result<Option<Compression>, ApiError> {
-    let Some(c) = c else { return Ok(None) };
+/// hypeman's compression object as the spec's text: `enabled: false` is `none`; an
+/// enabled one without an algorithm is zstd. The algorithm itself must be zstd or lz4
+/// (`none` is said with `enabled: false`).
+fn compression(
+    c: Option<&crate::api::CompressionConfig>,
+) -> Result<(Option<String>, Option<i32>), ApiError> {
+    let Some(c) = c else { return Ok((None, None)) };
     if !c.enabled {
-        return Ok(Some(Compression::none()));
+        return Ok((Some("none".into()), None));
     }
-    let alg = match c.algorithm.as_deref() {
-        None => Algorithm::Zstd,
-        Some(a @ ("zstd" | "lz4")) => a
-            .parse::<Algorithm>()
-            .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        Some(a) => {
-            return Err(ApiError::bad_request(format!(
-                "compression.algorithm {a:?}: expected zstd or lz4"
-            )));
-        }
-    };
-    Compression::new(alg, c.level)
-        .map(Some)
-        .map_err(|e| ApiError::bad_request(format!("compression: {e}")))
+    match c.algorithm.as_deref() {
+        None => Ok((Some("zstd".into()), c.level)),
+        Some(a @ ("zstd" | "lz4")) => Ok((Some(a.into()), c.level)),
+        Some(a) => Err(ApiError::bad_request(format!(
+            "compression.algorithm {a:?}: expected zstd or lz4"
+        ))),
+    }
 }
 
-/// Everything in a create request that can be checked without the catalog.
+/// The request as a [`CreateSpec`], checked, its payloads opened beneath the caller's
+/// roots and read from those descriptors only.
 fn check_create(
     st: &AppState,
     p: &Principal,
     vm: &str,
     r: CreateSnapshotRequest,
 ) -> Result<create::Request, ApiError> {
-    let kind: Kind = r
-        .kind
-        .parse()
-        .map_err(|e| ApiError::bad_request(format!("kind: {e}")))?;
-    let name = match r.name {
-        Some(n) => n,
-        None => format!("snap-{}", &stasis_catalog::new_id()[..12]),
-    };
-    validate_name(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let tags = r.tags.map(|t| t.0).unwrap_or_default();
-    stasis_catalog::fields::validate_tags(&tags)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let expires_at = r
-        .expires_at
-        .as_deref()
-        .map(parse_expiry)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(format!("expires_at: {e}")))?;
-    if r.payloads.is_empty() {
-        return Err(ApiError::bad_request("payloads: give at least one file"));
-    }
-    let mut inputs = Vec::new();
-    for (i, ps) in r.payloads.iter().enumerate() {
-        let role: Role = ps
-            .role
-            .parse()
-            .map_err(|e| ApiError::bad_request(format!("payloads[{i}].role: {e}")))?;
-        if !["disk", "memory", "state"].contains(&ps.role.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "payloads[{i}].role {:?}: expected disk, memory or state",
-                ps.role
-            )));
-        }
-        let format = match ps.format.as_deref() {
-            None | Some("auto") => Format::Auto,
-            Some("raw") => Format::Raw,
-            Some("qcow2") => Format::Qcow2,
-            Some(f) => {
-                return Err(ApiError::bad_request(format!(
-                    "payloads[{i}].format {f:?}: expected auto, raw or qcow2"
-                )));
-            }
-        };
-        stasis_catalog::check_payload_names([ps.name.as_str()])
-            .map_err(|e| ApiError::bad_request(format!("payloads[{i}].name: {e}")))?;
-        // Opened beneath one of the caller's roots, then read from that descriptor only.
-        let opened = st
-            .config
-            .roots
-            .open(p.scope(), &ps.path)
-            .map_err(|r| ApiError::refused(&r.reason))?;
-        inputs.push(
-            Input::from_file(
-                role,
-                Some(&ps.name),
-                opened.file,
-                opened.size,
-                &opened.shown,
-                format,
-                true,
-            )
-            .map_err(|e| ApiError::bad_request(format!("payloads[{i}]: {e}")))?,
-        );
-    }
-    let new = NewSnapshot {
-        description: r.description,
-        make_current: r.make_current.unwrap_or(true),
-        kind,
-        source_hypervisor: parse_opt::<Hypervisor>(
-            "source_hypervisor",
-            r.source_hypervisor.as_deref(),
-        )?,
+    let (algorithm, level) = compression(r.compression.as_ref())?;
+    let inputs = r
+        .payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, ps)| InputSpec {
+            label: format!("payloads[{i}]"),
+            role: ps.role,
+            name: Some(ps.name),
+            path: ps.path.into(),
+            format: ps.format,
+        })
+        .collect();
+    let spec = CreateSpec {
+        vm: vm.to_string(),
+        name: r.name,
+        kind: Some(r.kind),
+        hypervisor: r.source_hypervisor,
+        power_state: r.power_state,
         quiesced: r.quiesced.unwrap_or(false),
-        power_state: parse_opt::<PowerState>("power_state", r.power_state.as_deref())?,
+        description: r.description,
+        created_by: actor(p),
+        make_current: r.make_current.unwrap_or(true),
         datastore: r
             .datastore
-            .or_else(|| Some(st.config.repo.display().to_string())),
-        expires_at,
-        tags,
-        tenant: Some(p.tenant.clone()),
-        ..NewSnapshot::new(vm, name, actor(p), Vec::new())
-    };
-    Ok(create::Request {
-        new,
+            .or_else(|| Some(st.config.repo.dir.display().to_string())),
+        expires: r.expires_at,
+        tags: r.tags.map(|t| t.0).unwrap_or_default(),
+        compression: algorithm,
+        level,
         parent: r.parent_id,
         diff: r.diff.unwrap_or(false),
-        compression: compression(r.compression.as_ref())?,
+        tenant: Some(p.tenant.clone()),
         inputs,
-    })
+    };
+    Ok(spec.into_request(st.store.config(), Paths::Roots(&st.config.roots, p.scope()))?)
 }
 
 fn too_many() -> ApiError {
@@ -511,7 +451,7 @@ pub async fn fork_snapshot(
         };
         // Each tenant's forks go to its own directory, which only it can name files in.
         let dir = st.config.roots.instance_dir(&p.tenant).join(&body.name);
-        let files = match stasis_repo::mounts::running_mount(&st.config.repo) {
+        let files = match stasis_repo::mounts::running_mount(&st.config.repo.mounts_dir()) {
             Some(m) => Files::Mount(m),
             None => Files::Copy,
         };
@@ -565,7 +505,7 @@ fn read_exact(
     let n = match r.read_at(offset, buf) {
         Ok(n) => n,
         Err(e) if e.kind() == stasis_store::ErrorKind::NotFound => {
-            store.set_index(Index::load(&**store.backend())?);
+            store.refresh_index()?;
             r.read_at(offset, buf)?
         }
         Err(e) => return Err(e.into()),

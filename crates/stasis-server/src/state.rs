@@ -2,7 +2,6 @@
 //! and the caller's identity.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::FromRequestParts;
@@ -10,6 +9,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use stasis_catalog::Catalog;
 use stasis_repo::roots::{Roots, Scope};
+use stasis_repo::{CatalogOpener, RepoConfig};
 use stasis_store::store::Store;
 use tokio::sync::Semaphore;
 
@@ -18,8 +18,8 @@ use crate::error::ApiError;
 /// How the server runs.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The repository directory.
-    pub repo: PathBuf,
+    /// The repository served.
+    pub repo: RepoConfig,
     /// Where to listen (port 0: any free port; the bound address is logged).
     pub listen: SocketAddr,
     /// Where each tenant may name files from, and where its forks go
@@ -35,7 +35,7 @@ pub struct Config {
 /// SQLite's lock).
 #[derive(Debug)]
 pub struct CatalogPool {
-    path: PathBuf,
+    opener: CatalogOpener,
     idle: Mutex<Vec<Catalog>>,
     max_idle: usize,
 }
@@ -73,22 +73,21 @@ impl Drop for Pooled<'_> {
 }
 
 impl CatalogPool {
-    /// A pool of connections to the catalog at `path` (opened, and migrated, once now).
-    pub fn open(path: PathBuf, max_idle: usize) -> stasis_catalog::Result<CatalogPool> {
-        let first = Catalog::open(&path)?;
-        Ok(CatalogPool {
-            path,
+    /// A pool that opens connections with `opener`, starting with `first`.
+    pub fn new(opener: CatalogOpener, first: Catalog, max_idle: usize) -> CatalogPool {
+        CatalogPool {
+            opener,
             idle: Mutex::new(vec![first]),
             max_idle,
-        })
+        }
     }
 
     /// A connection: an idle one, or a new one.
-    pub fn get(&self) -> stasis_catalog::Result<Pooled<'_>> {
+    pub fn get(&self) -> stasis_repo::Result<Pooled<'_>> {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let cat = match idle {
             Some(c) => c,
-            None => Catalog::open(&self.path)?,
+            None => self.opener.open()?,
         };
         Ok(Pooled {
             pool: self,

@@ -139,7 +139,7 @@ pub fn check_block_size(size: u64) -> Result<u32> {
 
 /// The repository's settings, fixed at `init` (compression can be overridden per write).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RepoConfig {
+pub struct StoreConfig {
     /// Layout version.
     pub version: u32,
     /// Random id of this repository.
@@ -166,9 +166,9 @@ fn default_frame_size() -> u32 {
     DEFAULT_FRAME_SIZE
 }
 
-impl Default for RepoConfig {
+impl Default for StoreConfig {
     fn default() -> Self {
-        RepoConfig {
+        StoreConfig {
             version: REPO_VERSION,
             id: random_hex(16),
             block_sizes: BlockSizes::default(),
@@ -180,7 +180,7 @@ impl Default for RepoConfig {
     }
 }
 
-impl RepoConfig {
+impl StoreConfig {
     /// The format version of the packs and index files written here: compressed tables
     /// ([`crate::raw::COMPACT_FORMAT_VERSION`]) from repository version 2 on.
     pub fn object_format(&self) -> u32 {
@@ -193,7 +193,7 @@ impl RepoConfig {
 
     /// The format version of the index files written here: with similarity features
     /// ([`crate::raw::FEATURES_FORMAT_VERSION`]) from repository version 3 on, else as
-    /// [`RepoConfig::object_format`].
+    /// [`StoreConfig::object_format`].
     pub fn index_format(&self) -> u32 {
         if self.version >= SIMILAR_REPO_VERSION {
             crate::raw::FEATURES_FORMAT_VERSION

@@ -3,7 +3,7 @@
 //! Per-block zstd restarts its window at every block, so what neighbouring blocks
 //! share (file-system metadata, text, the pages of one guest) is paid again in each.
 //! A write session therefore groups the new data blocks of a batch into frames of
-//! about [`crate::config::RepoConfig::frame_size`] bytes and stores each frame once; every
+//! about [`crate::config::StoreConfig::frame_size`] bytes and stores each frame once; every
 //! member keeps its own pack and index entry, naming the frame's stored range
 //! ([`crate::codec::Codec::ZstdFrame`]) and where its bytes start in the decoded frame.
 //! Dedup stays per block. A read decodes the whole frame, so frames are kept small

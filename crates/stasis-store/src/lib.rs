@@ -11,7 +11,7 @@
 //! All storage goes through one [`backend::Backend`] trait.
 //!
 //! ## Formats
-//! - `config`: JSON [`config::RepoConfig`].
+//! - `config`: JSON [`config::StoreConfig`].
 //! - `packs/<2 hex>/<blake3 of the pack>.pack`: header, blobs, entry table, trailer
 //!   (see [`pack`] and [`raw`]).
 //! - `index/<blake3 of the file>`: which pack holds each blob (see [`index`]).

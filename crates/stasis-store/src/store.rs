@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::codec::{self, Codec, Compression};
-use crate::config::RepoConfig;
+use crate::config::StoreConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::frame::{self, FrameCache};
 use crate::id::{BlockId, Id, PackId};
@@ -52,10 +52,25 @@ impl quick_cache::Weighter<BlockId, Bytes> for ByteWeight {
 #[derive(Debug)]
 pub struct Store {
     backend: Arc<dyn Backend>,
-    config: RepoConfig,
+    config: StoreConfig,
     index: RwLock<Index>,
     cache: quick_cache::sync::Cache<BlockId, Bytes, ByteWeight>,
     frames: FrameCache,
+}
+
+/// Where a store's bytes are ([`Store::space`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Space {
+    /// Distinct data blocks, before compression.
+    pub unique_bytes: u64,
+    /// Their stored (compressed) share of the packs.
+    pub stored_data_bytes: u64,
+    /// Stored tree nodes (manifests).
+    pub stored_tree_bytes: u64,
+    /// Pack objects, as the backend holds them.
+    pub pack_bytes: u64,
+    /// Index objects.
+    pub index_bytes: u64,
 }
 
 /// Default bound of the decompressed-block cache.
@@ -67,7 +82,7 @@ pub const FRAME_CACHE_BYTES: u64 = 32 << 20;
 
 impl Store {
     /// Create a new repository in `backend` (which must hold no config yet).
-    pub fn init(backend: Arc<dyn Backend>, config: RepoConfig) -> Result<Store> {
+    pub fn init(backend: Arc<dyn Backend>, config: StoreConfig) -> Result<Store> {
         config.validate()?;
         match backend.get(CONFIG_KEY, None) {
             Ok(_) => {
@@ -86,6 +101,15 @@ impl Store {
         Ok(Store::with(backend, config, Index::new()))
     }
 
+    /// Whether `backend` holds a store (its config object).
+    pub fn exists(backend: &dyn Backend) -> Result<bool> {
+        match backend.size(CONFIG_KEY) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Open an existing repository: read its config and load its index.
     pub fn open(backend: Arc<dyn Backend>) -> Result<Store> {
         let config = read_config(&*backend)?;
@@ -101,7 +125,7 @@ impl Store {
         Ok((Store::with(backend, config, index), bad))
     }
 
-    fn with(backend: Arc<dyn Backend>, config: RepoConfig, index: Index) -> Store {
+    fn with(backend: Arc<dyn Backend>, config: StoreConfig, index: Index) -> Store {
         Store {
             backend,
             config,
@@ -121,7 +145,7 @@ impl Store {
     }
 
     /// The config.
-    pub fn config(&self) -> &RepoConfig {
+    pub fn config(&self) -> &StoreConfig {
         &self.config
     }
 
@@ -129,6 +153,27 @@ impl Store {
     /// was removed by gc reloads the index.
     pub fn index(&self) -> RwLockReadGuard<'_, Index> {
         self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where the store's bytes are: blocks and tree nodes by their index, packs and
+    /// index files by what the backend holds.
+    pub fn space(&self) -> Result<Space> {
+        let mut space = Space::default();
+        {
+            let idx = self.index();
+            for (_, loc) in idx.iter() {
+                match loc.kind {
+                    BlobKind::Data => {
+                        space.unique_bytes += u64::from(loc.raw_len);
+                        space.stored_data_bytes += idx.stored_share(loc);
+                    }
+                    BlobKind::Tree => space.stored_tree_bytes += idx.stored_share(loc),
+                }
+            }
+        }
+        space.pack_bytes = self.backend.list("packs/")?.iter().map(|m| m.size).sum();
+        space.index_bytes = self.backend.list("index/")?.iter().map(|m| m.size).sum();
+        Ok(space)
     }
 
     /// Load the index files again (another process may have changed them).
@@ -430,7 +475,7 @@ impl<'s> BaseReader<'s> {
 }
 
 /// Read and check a repository's config.
-fn read_config(backend: &dyn Backend) -> Result<RepoConfig> {
+fn read_config(backend: &dyn Backend) -> Result<StoreConfig> {
     let bytes = backend.get(CONFIG_KEY, None).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             Error::new(
@@ -441,7 +486,7 @@ fn read_config(backend: &dyn Backend) -> Result<RepoConfig> {
             e
         }
     })?;
-    let config: RepoConfig = serde_json::from_slice(&bytes)
+    let config: StoreConfig = serde_json::from_slice(&bytes)
         .map_err(|e| Error::corrupt(format!("repository config: {e}")))?;
     config.validate()?;
     Ok(config)
@@ -1131,7 +1176,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let be: Arc<dyn Backend> =
             Arc::new(crate::backend::LocalBackend::open(dir.path()).expect("backend"));
-        let store = Store::init(Arc::clone(&be), RepoConfig::default()).expect("init");
+        let store = Store::init(Arc::clone(&be), StoreConfig::default()).expect("init");
         let mut w = store.writer(Compression::default()).expect("writer");
         let blocks: Vec<Vec<u8>> = (0..20u8).map(|k| vec![k; 70_000]).collect();
         let ids: Vec<BlockId> = blocks.iter().map(|b| Id::of(b)).collect();
@@ -1190,7 +1235,7 @@ mod tests {
     #[test]
     fn xor_members_read_only_through_a_whole_reference() {
         let store =
-            Store::init(Arc::new(MemoryBackend::new()), RepoConfig::default()).expect("init");
+            Store::init(Arc::new(MemoryBackend::new()), StoreConfig::default()).expect("init");
         let a = noise(4096, 1);
         let mut b = a.clone();
         b[100] ^= 1;
@@ -1281,9 +1326,9 @@ mod tests {
     #[test]
     fn a_failed_flusher_ends_the_session() {
         let be = Arc::new(crate::backend::CrashBackend::new());
-        let cfg = RepoConfig {
+        let cfg = StoreConfig {
             pack_size: 4 << 20,
-            ..RepoConfig::default()
+            ..StoreConfig::default()
         };
         let store = Store::init(Arc::clone(&be) as Arc<dyn Backend>, cfg).expect("init");
         let mut w = store.writer(Compression::none()).expect("writer");
@@ -1317,9 +1362,9 @@ mod tests {
             Arc::new(crate::backend::LocalBackend::open(dir.path()).expect("backend"));
         let memory: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
         for be in [local, memory] {
-            let cfg = RepoConfig {
+            let cfg = StoreConfig {
                 pack_size: 10 << 20,
-                ..RepoConfig::default()
+                ..StoreConfig::default()
             };
             let store = Store::init(Arc::clone(&be), cfg).expect("init");
             let mut w = store.writer(Compression::none()).expect("writer");
@@ -1347,7 +1392,7 @@ mod tests {
     #[test]
     fn write_commit_read() {
         let be: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
-        let store = Store::init(Arc::clone(&be), RepoConfig::default()).expect("init");
+        let store = Store::init(Arc::clone(&be), StoreConfig::default()).expect("init");
         let mut w = store.writer(Compression::default()).expect("writer");
         let a = vec![7u8; 10_000];
         let id = Id::of(&a);
@@ -1360,7 +1405,7 @@ mod tests {
         // A reopened store finds it through its index file.
         let again = Store::open(be).expect("open");
         assert_eq!(&again.read_blob(&id).expect("read")[..], &a[..]);
-        assert!(Store::init(Arc::clone(again.backend()), RepoConfig::default()).is_err());
+        assert!(Store::init(Arc::clone(again.backend()), StoreConfig::default()).is_err());
     }
 
     /// `read_block_into` gives what `read_blob` gives for each way a block is stored
@@ -1380,7 +1425,7 @@ mod tests {
         ];
         for (what, compression) in cases {
             let be = Arc::new(MemoryBackend::new());
-            let store = Store::init(be.clone(), RepoConfig::default()).expect("init");
+            let store = Store::init(be.clone(), StoreConfig::default()).expect("init");
             let mut w = store.writer(Compression::default()).expect("writer");
             let data = match compression {
                 Some(c) => {
@@ -1437,7 +1482,7 @@ mod tests {
     #[test]
     fn corrupt_blob_is_an_error() {
         let be = Arc::new(MemoryBackend::new());
-        let store = Store::init(be.clone(), RepoConfig::default()).expect("init");
+        let store = Store::init(be.clone(), StoreConfig::default()).expect("init");
         let mut w = store.writer(Compression::none()).expect("writer");
         let a: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
         let id = Id::of(&a);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use stasis_store::backend::{Backend, LocalBackend};
 use stasis_store::codec::{self, Codec, Compression};
-use stasis_store::config::RepoConfig;
+use stasis_store::config::StoreConfig;
 use stasis_store::gc::{GcOptions, collect};
 use stasis_store::id::Id;
 use stasis_store::ingest::{FullOptions, IngestStats};
@@ -23,9 +23,9 @@ const PAGE: usize = 4096;
 /// A temporary directory with a new default repository (small fanout, so trees have
 /// several levels) in its `repo`.
 fn fresh_store() -> (tempfile::TempDir, Store) {
-    common::temp_repo(RepoConfig {
+    common::temp_repo(StoreConfig {
         fanout: 8,
-        ..RepoConfig::default()
+        ..StoreConfig::default()
     })
 }
 
@@ -265,9 +265,9 @@ fn version_one_repositories_get_no_deltas() {
     std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
     let be: Arc<dyn Backend> =
         Arc::new(LocalBackend::open(dir.path().join("repo")).expect("backend"));
-    let cfg = RepoConfig {
+    let cfg = StoreConfig {
         version: 1,
-        ..RepoConfig::default()
+        ..StoreConfig::default()
     };
     let store = Store::init(be, cfg).expect("init");
     let t1 = memory(32, 9);
@@ -287,9 +287,9 @@ fn version_one_repositories_get_no_deltas() {
         t2
     );
 
-    let future = RepoConfig {
+    let future = StoreConfig {
         version: stasis_store::config::REPO_VERSION + 1,
-        ..RepoConfig::default()
+        ..StoreConfig::default()
     };
     let err = future.validate().expect_err("unknown version");
     assert!(err.to_string().contains("not supported"), "{err}");

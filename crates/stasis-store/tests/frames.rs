@@ -8,7 +8,7 @@ use std::path::Path;
 
 use stasis_store::ErrorKind;
 use stasis_store::codec::Codec;
-use stasis_store::config::RepoConfig;
+use stasis_store::config::StoreConfig;
 use stasis_store::gc::{GcOptions, collect};
 use stasis_store::ingest::FullOptions;
 use stasis_store::manifest::Manifest;
@@ -45,11 +45,11 @@ fn text(n: usize, seed: u64) -> Vec<u8> {
 }
 
 fn store_at(dir: &Path, frame_size: u32) -> Store {
-    let mut cfg = RepoConfig {
+    let mut cfg = StoreConfig {
         fanout: 4,
         pack_size: 1 << 20,
         frame_size,
-        ..RepoConfig::default()
+        ..StoreConfig::default()
     };
     cfg.block_sizes.disk = BLOCK;
     common::init_at(dir, cfg)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use stasis_store::backend::{Backend, CrashBackend, LocalBackend};
 use stasis_store::codec::{Algorithm, Compression};
-use stasis_store::config::RepoConfig;
+use stasis_store::config::StoreConfig;
 use stasis_store::ingest::{ingest_diff, ingest_full};
 use stasis_store::manifest::Manifest;
 use stasis_store::reader::PayloadReader;
@@ -84,9 +84,9 @@ fn write_payload(path: &Path, segs: &[Seg]) -> Vec<u8> {
 
 fn open_store(dir: &Path, block: u32, compression: Compression) -> Store {
     let be: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir).expect("backend"));
-    let mut cfg = RepoConfig {
+    let mut cfg = StoreConfig {
         fanout: 4,
-        ..RepoConfig::default()
+        ..StoreConfig::default()
     };
     cfg.block_sizes.disk = block;
     cfg.compression = compression;
@@ -226,10 +226,10 @@ fn a_crash_at_any_step_keeps_committed_data() {
     let mut step = 0u64;
     loop {
         let be = Arc::new(CrashBackend::new());
-        let mut cfg = RepoConfig {
+        let mut cfg = StoreConfig {
             fanout: 4,
             pack_size: 1 << 20,
-            ..RepoConfig::default()
+            ..StoreConfig::default()
         };
         cfg.block_sizes.disk = 4096;
         let store = Store::init(be.clone(), cfg).expect("init");
@@ -324,11 +324,11 @@ use stasis_store::gc::{GcOptions, Phase, collect};
 
 type Roots = Vec<(String, Manifest)>;
 
-fn small_config() -> RepoConfig {
-    let mut cfg = RepoConfig {
+fn small_config() -> StoreConfig {
+    let mut cfg = StoreConfig {
         fanout: 4,
         pack_size: 1 << 20,
-        ..RepoConfig::default()
+        ..StoreConfig::default()
     };
     cfg.block_sizes.disk = 4096;
     cfg

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use stasis_store::codec::{Codec, Compression};
-use stasis_store::config::RepoConfig;
+use stasis_store::config::StoreConfig;
 use stasis_store::gc::{GcOptions, collect};
 use stasis_store::id::Id;
 use stasis_store::ingest::{FullOptions, IngestStats, ingest_full_with};
@@ -22,9 +22,9 @@ const PAGE: usize = 4096;
 
 /// A new default repository (small fanout, so trees have several levels).
 fn fresh_store() -> (tempfile::TempDir, Store) {
-    common::temp_repo(RepoConfig {
+    common::temp_repo(StoreConfig {
         fanout: 8,
-        ..RepoConfig::default()
+        ..StoreConfig::default()
     })
 }
 
@@ -266,10 +266,10 @@ fn gc_keeps_the_bases_of_every_copy_of_a_block() {
 #[test]
 fn verify_ignores_dead_xor_members_whose_reference_is_gone() {
     // Small packs, so that b's is not one gc merges (and rewrites) for being small.
-    let (dir, store) = common::temp_repo(RepoConfig {
+    let (dir, store) = common::temp_repo(StoreConfig {
         fanout: 8,
         pack_size: 1 << 20,
-        ..RepoConfig::default()
+        ..StoreConfig::default()
     });
     let a = memory(16, 9);
     let fresh = memory(240, 10);
@@ -317,10 +317,10 @@ fn repair_keeps_the_features_of_intact_index_files() {
 /// index files with features: nothing of the kind is written into one.
 #[test]
 fn version_two_repositories_get_no_xor_members() {
-    let (dir, store) = common::temp_repo(RepoConfig {
+    let (dir, store) = common::temp_repo(StoreConfig {
         fanout: 8,
         version: 2,
-        ..RepoConfig::default()
+        ..StoreConfig::default()
     });
     let a = memory(64, 7);
     let b = sibling(&a, &(0..64).rev().collect::<Vec<_>>(), 8);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use stasis_store::backend::{Backend, LocalBackend};
 use stasis_store::codec::Compression;
-use stasis_store::config::RepoConfig;
+use stasis_store::config::StoreConfig;
 use stasis_store::id::BlockId;
 use stasis_store::ingest::{FullOptions, IngestStats, ingest_full_with};
 use stasis_store::manifest::{self, BlockRef, Manifest};
@@ -17,13 +17,13 @@ use stasis_store::reader::{RestoreStats, restore};
 use stasis_store::store::Store;
 
 /// A new repository made with `cfg` in the directory `dir` (which must exist).
-pub fn init_at(dir: &Path, cfg: RepoConfig) -> Store {
+pub fn init_at(dir: &Path, cfg: StoreConfig) -> Store {
     let be: Arc<dyn Backend> = Arc::new(LocalBackend::open(dir).expect("backend"));
     Store::init(be, cfg).expect("init")
 }
 
 /// A temporary directory with a new repository made with `cfg` in its `repo`.
-pub fn temp_repo(cfg: RepoConfig) -> (tempfile::TempDir, Store) {
+pub fn temp_repo(cfg: StoreConfig) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
     let store = init_at(&dir.path().join("repo"), cfg);

@@ -1,0 +1,447 @@
+//! The front door: a [`Repository`] is opened from a [`RepoConfig`], and this module is
+//! the only code that names a backend type, a catalog file or a directory of the
+//! repository. A new kind of store or catalog is one more arm of [`StoreUrl`] or
+//! [`CatalogUrl`] and of the two functions that open them.
+//!
+//! The embedded default, [`RepoConfig::embedded`], is a directory:
+//!
+//! ```text
+//! DIR/store/          the block store (config, packs/, index/, locks/)   store  file://DIR/store
+//! DIR/catalog.db      the catalog (SQLite, WAL)                          catalog sqlite://DIR/catalog.db
+//! DIR/mounts/         running `stasis mount`s (crate::mounts)
+//! DIR/instances/      the server's forks, by tenant (default of --instances-dir)
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use stasis_catalog::Catalog;
+use stasis_store::backend::{Backend, LocalBackend};
+use stasis_store::config::StoreConfig;
+use stasis_store::store::Store;
+
+use crate::error::{Error, Result};
+
+/// Where a repository keeps its blocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreUrl {
+    /// A local directory: `file:///path`, or a bare path.
+    Dir(PathBuf),
+}
+
+/// Where a repository keeps its catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CatalogUrl {
+    /// A SQLite database file: `sqlite:///path`, or a bare path.
+    Sqlite(PathBuf),
+}
+
+fn scheme(s: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = s.split_once("://")?;
+    let plain = !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.');
+    plain.then_some((scheme, rest))
+}
+
+impl FromStr for StoreUrl {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<StoreUrl> {
+        match scheme(s) {
+            Some(("file", path)) if !path.is_empty() => Ok(StoreUrl::Dir(PathBuf::from(path))),
+            Some((other, _)) => Err(Error::Invalid(format!(
+                "store {s:?}: this build keeps blocks in a local directory only (file://PATH), not {other}://"
+            ))),
+            None if !s.is_empty() => Ok(StoreUrl::Dir(PathBuf::from(s))),
+            None => Err(Error::Invalid("the store URL is empty".into())),
+        }
+    }
+}
+
+impl FromStr for CatalogUrl {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<CatalogUrl> {
+        match scheme(s) {
+            Some(("sqlite", path)) if !path.is_empty() => {
+                Ok(CatalogUrl::Sqlite(PathBuf::from(path)))
+            }
+            Some((other, _)) => Err(Error::Invalid(format!(
+                "catalog {s:?}: this build keeps the catalog in a SQLite file only (sqlite://PATH), not {other}://"
+            ))),
+            None if !s.is_empty() => Ok(CatalogUrl::Sqlite(PathBuf::from(s))),
+            None => Err(Error::Invalid("the catalog URL is empty".into())),
+        }
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Dir(p) => write!(f, "file://{}", p.display()),
+        }
+    }
+}
+
+impl fmt::Display for CatalogUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CatalogUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+        }
+    }
+}
+
+impl CatalogUrl {
+    /// Open a connection (and migrate the schema forward).
+    fn connect(&self) -> Result<Catalog> {
+        match self {
+            CatalogUrl::Sqlite(p) => Ok(Catalog::open(p)?),
+        }
+    }
+
+    /// Bytes the catalog takes where this host can see them (the database and its log).
+    fn bytes(&self) -> u64 {
+        match self {
+            CatalogUrl::Sqlite(p) => {
+                let mut wal = p.clone().into_os_string();
+                wal.push("-wal");
+                [p.clone(), PathBuf::from(wal)]
+                    .iter()
+                    .filter_map(|f| std::fs::metadata(f).ok())
+                    .map(|m| m.len())
+                    .sum()
+            }
+        }
+    }
+}
+
+impl StoreUrl {
+    /// Whether a store is there.
+    fn exists(&self) -> Result<bool> {
+        match self {
+            StoreUrl::Dir(p) if !p.is_dir() => Ok(false),
+            StoreUrl::Dir(_) => Ok(Store::exists(&*self.backend(false)?)?),
+        }
+    }
+
+    /// The backend, created where it does not exist yet when `create`.
+    fn backend(&self, create: bool) -> Result<Arc<dyn Backend>> {
+        match self {
+            StoreUrl::Dir(p) => {
+                if create {
+                    std::fs::create_dir_all(p)
+                        .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+                }
+                Ok(Arc::new(LocalBackend::open(p)?))
+            }
+        }
+    }
+}
+
+/// Which repository to open: its directory on this host (mounts, forks) and where its
+/// blocks and catalog are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepoConfig {
+    /// The repository's directory on this host.
+    pub dir: PathBuf,
+    /// The blocks.
+    pub store: StoreUrl,
+    /// The catalog.
+    pub catalog: CatalogUrl,
+}
+
+impl RepoConfig {
+    /// The embedded default: blocks in `DIR/store`, the catalog in `DIR/catalog.db`.
+    pub fn embedded(dir: &Path) -> RepoConfig {
+        RepoConfig {
+            dir: dir.to_path_buf(),
+            store: StoreUrl::Dir(dir.join("store")),
+            catalog: CatalogUrl::Sqlite(dir.join("catalog.db")),
+        }
+    }
+
+    /// The registry of running mounts ([`crate::mounts`]).
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.dir.join("mounts")
+    }
+
+    /// Where forks are written by default (`INSTANCES/TENANT/NAME/`).
+    pub fn instances_dir(&self) -> PathBuf {
+        self.dir.join("instances")
+    }
+
+    /// Whether a repository is there.
+    pub fn exists(&self) -> Result<bool> {
+        self.store.exists()
+    }
+}
+
+/// What to change while opening: the crash tests' fault injection wraps the backend and
+/// counts the catalog's writes.
+pub trait Hooks: fmt::Debug + Send + Sync {
+    /// The backend to use instead of `backend`.
+    fn backend(&self, backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
+        backend
+    }
+
+    /// Called on every catalog connection opened.
+    fn catalog(&self, _catalog: &mut Catalog) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How to open.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Leave out index files that fail their checks (verify, repair) instead of failing.
+    pub damaged: bool,
+    /// See [`Hooks`].
+    pub hooks: Option<Arc<dyn Hooks>>,
+}
+
+/// Opens more connections to a repository's catalog (a server's pool).
+#[derive(Clone, Debug)]
+pub struct CatalogOpener {
+    url: CatalogUrl,
+    hooks: Option<Arc<dyn Hooks>>,
+}
+
+impl CatalogOpener {
+    /// A new connection.
+    pub fn open(&self) -> Result<Catalog> {
+        let mut c = self.url.connect()?;
+        if let Some(h) = &self.hooks {
+            h.catalog(&mut c)?;
+        }
+        Ok(c)
+    }
+}
+
+/// An open repository: its store and a connection to its catalog.
+#[derive(Debug)]
+pub struct Repository {
+    config: RepoConfig,
+    store: Arc<Store>,
+    catalog: Catalog,
+    opener: CatalogOpener,
+}
+
+/// Index files left out when opening with [`OpenOptions::damaged`], with why.
+pub type DamagedIndex = Vec<(String, stasis_store::Error)>;
+
+impl Repository {
+    /// Create a repository where `config` says, with the store's `store_config`.
+    pub fn init(config: &RepoConfig, store_config: StoreConfig) -> Result<Repository> {
+        Repository::init_with(config, store_config, &OpenOptions::default())
+    }
+
+    /// [`Repository::init`] with options.
+    pub fn init_with(
+        config: &RepoConfig,
+        store_config: StoreConfig,
+        opts: &OpenOptions,
+    ) -> Result<Repository> {
+        if config.exists()? {
+            return Err(Error::Conflict(format!(
+                "a repository already exists at {}",
+                config.dir.display()
+            )));
+        }
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
+        let backend = config.store.backend(true)?;
+        let backend = match &opts.hooks {
+            Some(h) => h.backend(backend),
+            None => backend,
+        };
+        let store = Store::init(backend, store_config)?;
+        Repository::with(config, store, opts)
+    }
+
+    /// Open the repository `config` names.
+    pub fn open(config: &RepoConfig) -> Result<Repository> {
+        Repository::open_with(config, &OpenOptions::default()).map(|(r, _)| r)
+    }
+
+    /// Open with options; with [`OpenOptions::damaged`], the index files left out.
+    pub fn open_with(
+        config: &RepoConfig,
+        opts: &OpenOptions,
+    ) -> Result<(Repository, DamagedIndex)> {
+        if !config.exists()? {
+            return Err(Error::NotFound(format!(
+                "no repository at {}",
+                config.dir.display()
+            )));
+        }
+        let backend = config.store.backend(false)?;
+        let backend = match &opts.hooks {
+            Some(h) => h.backend(backend),
+            None => backend,
+        };
+        let context = |e: stasis_store::Error| {
+            e.context(format!(
+                "opening the repository at {}",
+                config.dir.display()
+            ))
+        };
+        let (store, bad) = if opts.damaged {
+            Store::open_damaged(backend).map_err(context)?
+        } else {
+            (Store::open(backend).map_err(context)?, Vec::new())
+        };
+        Ok((Repository::with(config, store, opts)?, bad))
+    }
+
+    fn with(config: &RepoConfig, store: Store, opts: &OpenOptions) -> Result<Repository> {
+        let opener = CatalogOpener {
+            url: config.catalog.clone(),
+            hooks: opts.hooks.clone(),
+        };
+        Ok(Repository {
+            config: config.clone(),
+            store: Arc::new(store),
+            catalog: opener.open()?,
+            opener,
+        })
+    }
+
+    /// Where it is.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The block store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The block store, to share with threads (a server).
+    pub fn shared_store(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    /// The catalog connection.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The catalog connection, to write.
+    pub fn catalog_mut(&mut self) -> &mut Catalog {
+        &mut self.catalog
+    }
+
+    /// The store and the catalog, to write both (create, fork, delete).
+    pub fn parts(&mut self) -> (&Store, &mut Catalog) {
+        (&self.store, &mut self.catalog)
+    }
+
+    /// The store and the catalog connection, to hand to a long-lived reader (a mount).
+    pub fn into_parts(self) -> (Arc<Store>, Catalog) {
+        (self.store, self.catalog)
+    }
+
+    /// Opens more catalog connections.
+    pub fn catalog_opener(&self) -> CatalogOpener {
+        self.opener.clone()
+    }
+
+    /// Bytes the catalog takes where this host sees them.
+    pub fn catalog_bytes(&self) -> u64 {
+        self.config.catalog.bytes()
+    }
+
+    /// Store a snapshot ([`crate::create::create`]).
+    pub fn create(
+        &mut self,
+        req: crate::create::Request,
+        progress: &(dyn Fn(crate::create::Progress) + Sync),
+    ) -> Result<crate::create::Created> {
+        crate::create::create(&self.store, &mut self.catalog, req, progress)
+    }
+
+    /// Delete a snapshot or its subtree ([`crate::delete`]).
+    pub fn delete(&mut self, spec: &str, recursive: bool, actor: &str) -> Result<Vec<String>> {
+        crate::delete(&self.store, &mut self.catalog, spec, recursive, actor)
+    }
+
+    /// Collect garbage ([`crate::gc::collect`]).
+    pub fn gc(
+        &self,
+        opts: &stasis_store::gc::GcOptions,
+        progress: &dyn Fn(stasis_store::gc::Phase),
+    ) -> Result<stasis_store::gc::GcReport> {
+        crate::gc::collect(&self.store, &self.catalog, opts, progress)
+    }
+
+    /// The space of the whole repository ([`crate::usage::repository_usage`]).
+    pub fn usage(&self) -> Result<crate::usage::RepoSpace> {
+        crate::usage::repository_usage(&self.store, &self.catalog, self.catalog_bytes())
+    }
+
+    /// The space of one snapshot ([`crate::usage::snapshot_usage`]).
+    pub fn snapshot_usage(&self, spec: &str) -> Result<crate::usage::SnapshotSpace> {
+        crate::usage::snapshot_usage(&self.store, &self.catalog, spec)
+    }
+
+    /// Register a mount of this repository at `mountpoint`, so forks find it; the entry
+    /// goes when the registration is dropped.
+    pub fn register_mount(&self, mountpoint: &Path) -> Result<crate::mounts::Registration> {
+        crate::mounts::register(&self.config.mounts_dir(), mountpoint)
+    }
+
+    /// The mountpoint of a running `stasis mount` of this repository, if any.
+    pub fn running_mount(&self) -> Option<PathBuf> {
+        crate::mounts::running_mount(&self.config.mounts_dir())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let s: StoreUrl = "file:///srv/r/store".parse().expect("file url");
+        assert_eq!(s, StoreUrl::Dir(PathBuf::from("/srv/r/store")));
+        assert_eq!(s.to_string(), "file:///srv/r/store");
+        let s: StoreUrl = "/srv/r/store".parse().expect("path");
+        assert_eq!(s, StoreUrl::Dir(PathBuf::from("/srv/r/store")));
+        let c: CatalogUrl = "sqlite:///srv/r/catalog.db".parse().expect("sqlite url");
+        assert_eq!(c.to_string(), "sqlite:///srv/r/catalog.db");
+        for bad in ["", "s3://bucket/prefix", "file://"] {
+            assert!(bad.parse::<StoreUrl>().is_err(), "{bad:?}");
+        }
+        for bad in ["", "postgres://u@h/db", "sqlite://"] {
+            assert!(bad.parse::<CatalogUrl>().is_err(), "{bad:?}");
+        }
+        let e = RepoConfig::embedded(Path::new("/r"));
+        assert_eq!(e.store.to_string(), "file:///r/store");
+        assert_eq!(e.catalog.to_string(), "sqlite:///r/catalog.db");
+    }
+
+    #[test]
+    fn init_open_and_refuse_twice() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let cfg = RepoConfig::embedded(&d.path().join("repo"));
+        assert!(matches!(
+            Repository::open(&cfg).map(|_| ()),
+            Err(Error::NotFound(_))
+        ));
+        Repository::init(&cfg, StoreConfig::default()).expect("init");
+        assert!(matches!(
+            Repository::init(&cfg, StoreConfig::default()).map(|_| ()),
+            Err(Error::Conflict(_))
+        ));
+        let r = Repository::open(&cfg).expect("open");
+        assert_eq!(r.catalog().list(None).expect("list").len(), 0);
+        assert!(r.catalog_bytes() > 0);
+        assert!(r.running_mount().is_none());
+    }
+}
