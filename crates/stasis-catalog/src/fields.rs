@@ -120,6 +120,12 @@ fn tag_chars_ok(s: &str) -> bool {
 
 /// Check one tag: key 1-128 and value 0-256 characters of `[A-Za-z0-9 _.:/=+@-]`.
 pub fn validate_tag(key: &str, value: &str) -> Result<()> {
+    validate_tag_key(key)?;
+    validate_tag_value(key, value)
+}
+
+/// The key half of [`validate_tag`] (reading a stored tag checks each column alone).
+pub(crate) fn validate_tag_key(key: &str) -> Result<()> {
     if key.is_empty() || key.len() > 128 || !tag_chars_ok(key) {
         return Err(Error::new(
             ErrorKind::InvalidInput,
@@ -128,6 +134,11 @@ pub fn validate_tag(key: &str, value: &str) -> Result<()> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// The value half of [`validate_tag`]; `key` only names the tag in the error.
+pub(crate) fn validate_tag_value(key: &str, value: &str) -> Result<()> {
     if value.len() > 256 || !tag_chars_ok(value) {
         return Err(Error::new(
             ErrorKind::InvalidInput,

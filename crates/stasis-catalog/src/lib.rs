@@ -15,6 +15,7 @@
 //! `consolidating`; deleted rows stay listable with `all` until gc removes them. No
 //! operation recurses: chains of any depth work.
 
+mod decode;
 mod error;
 pub mod fields;
 mod filter;
@@ -61,65 +62,6 @@ pub struct AddedSizes {
     pub compressed_size_bytes: u64,
 }
 
-const SNAPSHOT_COLUMNS: &str = "s.id, s.name, s.vm_id, v.name, s.parent_id, s.created_at, s.status, \
-     (v.current_id IS s.id), s.created_by, s.description, s.compression, s.size_bytes, \
-     s.uncompressed_size_bytes, s.compressed_size_bytes, s.added_bytes, s.kind, s.source_hypervisor, \
-     s.includes_memory, s.quiesced, s.power_state, s.datastore, s.expires_at, s.compression_state, \
-     s.compression_error, v.tenant";
-
-fn opt_enum<T: std::str::FromStr>(v: Option<String>) -> Option<T> {
-    v.and_then(|s| s.parse().ok())
-}
-
-const VM_COLUMNS: &str = "id, name, current_id, created_at, forked_from, tenant";
-
-fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Vm> {
-    Ok(Vm {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        current_id: r.get(2)?,
-        created_at: r.get(3)?,
-        forked_from: r.get(4)?,
-        tenant: r.get(5)?,
-    })
-}
-
-fn snapshot_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Snapshot> {
-    let compression: String = r.get(10)?;
-    let status: String = r.get(6)?;
-    let kind: String = r.get(15)?;
-    let cstate: String = r.get(22)?;
-    Ok(Snapshot {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        kind: kind.parse().unwrap_or(Kind::Stopped),
-        source_instance_id: r.get(2)?,
-        source_instance_name: r.get(3)?,
-        source_hypervisor: opt_enum(r.get(16)?),
-        created_at: r.get(5)?,
-        size_bytes: r.get::<_, i64>(11)? as u64,
-        uncompressed_size_bytes: r.get::<_, i64>(12)? as u64,
-        compressed_size_bytes: r.get::<_, i64>(13)? as u64,
-        compression: serde_json::from_str(&compression).unwrap_or_default(),
-        compression_state: cstate.parse().unwrap_or(CompressionState::Error),
-        compression_error: r.get(23)?,
-        tags: BTreeMap::new(),
-        description: r.get(9)?,
-        parent_id: r.get(4)?,
-        status: status.parse().unwrap_or(Status::Error),
-        is_current: r.get(7)?,
-        created_by: r.get(8)?,
-        includes_memory: r.get(17)?,
-        quiesced: r.get(18)?,
-        power_state: opt_enum(r.get(19)?),
-        datastore: r.get(20)?,
-        expires_at: r.get(21)?,
-        added_bytes: r.get::<_, i64>(14)? as u64,
-        payloads: Vec::new(),
-        tenant: r.get(24)?,
-    })
-}
-
 fn root_to_text(m: &Manifest) -> String {
     match m.root {
         BlockRef::Hole => "hole".into(),
@@ -149,17 +91,6 @@ fn payload_check(
     let mut hex = stasis_store::id::Id::of(text.as_bytes()).to_hex();
     hex.truncate(16);
     hex
-}
-
-fn root_from_text(s: &str) -> Result<BlockRef> {
-    Ok(match s {
-        "hole" => BlockRef::Hole,
-        "zero" => BlockRef::Zero,
-        hex => BlockRef::Data(
-            hex.parse()
-                .map_err(|_| Error::corrupt(format!("bad manifest root {hex:?}")))?,
-        ),
-    })
 }
 
 fn event(tx: &Connection, id: &str, action: &str, actor: &str, detail: &str) -> Result<()> {
@@ -245,38 +176,39 @@ impl Catalog {
 
     /// A VM by name or id.
     pub fn vm(&self, name: &str) -> Result<Option<Vm>> {
-        let sql = format!("SELECT {VM_COLUMNS} FROM vms WHERE name = ?1 OR id = ?1");
-        self.conn
-            .query_row(&sql, [name], vm_from_row)
-            .optional()
-            .map_err(db("reading a VM"))
+        let sql = format!(
+            "SELECT {} FROM vms WHERE name = ?1 OR id = ?1",
+            decode::select(decode::VM_COLUMNS)
+        );
+        let mut st = self.conn.prepare_cached(&sql).map_err(db("reading a VM"))?;
+        let rows = st.query([name]).map_err(db("reading a VM"))?;
+        decode::first(rows, "reading a VM", decode::vm)
     }
 
     /// Every VM, by name.
     pub fn vms(&self) -> Result<Vec<Vm>> {
         let mut st = self
             .conn
-            .prepare(&format!("SELECT {VM_COLUMNS} FROM vms ORDER BY name"))
+            .prepare(&format!(
+                "SELECT {} FROM vms ORDER BY name",
+                decode::select(decode::VM_COLUMNS)
+            ))
             .map_err(db("listing VMs"))?;
-        let rows = st.query_map([], vm_from_row).map_err(db("listing VMs"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(db("listing VMs"))
+        let rows = st.query([]).map_err(db("listing VMs"))?;
+        decode::all(rows, "listing VMs", decode::vm)
     }
 
     fn snapshots_where(&self, clause: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<Snapshot>> {
         let sql = format!(
-            "SELECT {SNAPSHOT_COLUMNS} FROM snapshots s JOIN vms v ON v.id = s.vm_id {clause}"
+            "SELECT {} FROM snapshots s JOIN vms v ON v.id = s.vm_id {clause}",
+            decode::select(decode::SNAPSHOT_COLUMNS)
         );
         let mut st = self
             .conn
             .prepare_cached(&sql)
             .map_err(db("reading snapshots"))?;
-        let rows = st
-            .query_map(p, snapshot_from_row)
-            .map_err(db("reading snapshots"))?;
-        let mut out: Vec<Snapshot> = rows
-            .collect::<rusqlite::Result<_>>()
-            .map_err(db("reading snapshots"))?;
+        let rows = st.query(p).map_err(db("reading snapshots"))?;
+        let mut out = decode::all(rows, "reading snapshots", decode::snapshot)?;
         drop(st);
         if out.is_empty() {
             return Ok(out);
@@ -295,16 +227,12 @@ impl Catalog {
             let mut st = self
                 .conn
                 .prepare_cached(&format!(
-                    "SELECT snapshot_id, key, value FROM tags WHERE snapshot_id IN ({selected})"
+                    "SELECT {} FROM tags WHERE snapshot_id IN ({selected})",
+                    decode::select(decode::TAG_COLUMNS)
                 ))
                 .map_err(db("reading tags"))?;
-            let rows = st
-                .query_map([&ids], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
-                })
-                .map_err(db("reading tags"))?;
-            for row in rows {
-                let (id, k, v) = row.map_err(db("reading tags"))?;
+            let rows = st.query([&ids]).map_err(db("reading tags"))?;
+            for (id, k, v) in decode::all(rows, "reading tags", decode::tag)? {
                 tags.entry(id).or_default().insert(k, v);
             }
         }
@@ -431,24 +359,24 @@ impl Catalog {
             .conn
             .prepare_cached("SELECT id FROM snapshots WHERE parent_id = ?1 AND status != 'deleted' ORDER BY created_at, rowid")
             .map_err(db("reading children"))?;
-        let rows = st
-            .query_map([id], |r| r.get(0))
-            .map_err(db("reading children"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(db("reading children"))
+        let rows = st.query([id]).map_err(db("reading children"))?;
+        decode::all(rows, "reading children", decode::snapshot_id)
     }
 
     /// Tags of a snapshot.
     pub fn tags(&self, id: &str) -> Result<BTreeMap<String, String>> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT key, value FROM tags WHERE snapshot_id = ?1")
+            .prepare_cached(&format!(
+                "SELECT {} FROM tags WHERE snapshot_id = ?1",
+                decode::select(decode::TAG_COLUMNS)
+            ))
             .map_err(db("reading tags"))?;
-        let rows = st
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(db("reading tags"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(db("reading tags"))
+        let rows = st.query([id]).map_err(db("reading tags"))?;
+        Ok(decode::all(rows, "reading tags", decode::tag)?
+            .into_iter()
+            .map(|(_, k, v)| (k, v))
+            .collect())
     }
 
     /// The payloads of a snapshot.
@@ -470,71 +398,12 @@ impl Catalog {
         let mut st = self
             .conn
             .prepare_cached(&format!(
-                "SELECT snapshot_id, name, role, size, allocated, data_bytes, block_size, fanout, root \
-                 FROM payloads WHERE {filter} ORDER BY snapshot_id, position"
+                "SELECT {} FROM payloads WHERE {filter} ORDER BY snapshot_id, position",
+                decode::select(decode::PAYLOAD_COLUMNS)
             ))
             .map_err(db("reading payloads"))?;
-        type Row = (String, String, String, i64, i64, i64, i64, i64, String);
-        let rows = st
-            .query_map(params, |r| -> rusqlite::Result<Row> {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                ))
-            })
-            .map_err(db("reading payloads"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (snapshot_id, name, role, size, allocated, data_bytes, bs, fanout, root) =
-                row.map_err(db("reading payloads"))?;
-            let bad = || {
-                Error::corrupt(format!(
-                    "payload {name} of {snapshot_id} has invalid fields"
-                ))
-            };
-            // Rows written before checks existed have none.
-            let (root, check) = root.split_once('#').unwrap_or((&root, ""));
-            if !check.is_empty()
-                && check
-                    != payload_check(
-                        &snapshot_id,
-                        &name,
-                        &role,
-                        size,
-                        allocated,
-                        data_bytes,
-                        bs,
-                        fanout,
-                        root,
-                    )
-            {
-                return Err(Error::corrupt(format!(
-                    "the catalog row of payload {name} of {snapshot_id} fails its check (damaged database)"
-                )));
-            }
-            let manifest = Manifest {
-                size: u64::try_from(size).map_err(|_| bad())?,
-                block_size: u32::try_from(bs).map_err(|_| bad())?,
-                fanout: u32::try_from(fanout).map_err(|_| bad())?,
-                root: root_from_text(root)?,
-            };
-            let payload = Payload {
-                role: role.parse::<Role>().map_err(|_| bad())?,
-                allocated: u64::try_from(allocated).map_err(|_| bad())?,
-                data_bytes: u64::try_from(data_bytes).map_err(|_| bad())?,
-                name,
-                manifest,
-            };
-            out.push((snapshot_id, payload));
-        }
-        Ok(out)
+        let rows = st.query(params).map_err(db("reading payloads"))?;
+        decode::all(rows, "reading payloads", decode::payload)
     }
 
     /// SQLite's own structural check of the database file (`PRAGMA quick_check`):
@@ -545,7 +414,7 @@ impl Catalog {
             .prepare("PRAGMA quick_check")
             .map_err(db("checking the database"))?;
         let rows = st
-            .query_map([], |r| r.get::<_, String>(0))
+            .query_map([], |r| r.get::<_, String>("quick_check"))
             .map_err(db("checking the database"))?;
         let mut out = Vec::new();
         for r in rows {
@@ -561,22 +430,13 @@ impl Catalog {
     pub fn events(&self, id: &str) -> Result<Vec<Event>> {
         let mut st = self
             .conn
-            .prepare_cached(
-                "SELECT at, action, actor, detail FROM events WHERE snapshot_id = ?1 ORDER BY id",
-            )
+            .prepare_cached(&format!(
+                "SELECT {} FROM events WHERE snapshot_id = ?1 ORDER BY id",
+                decode::select(decode::EVENT_COLUMNS)
+            ))
             .map_err(db("reading events"))?;
-        let rows = st
-            .query_map([id], |r| {
-                Ok(Event {
-                    at: r.get(0)?,
-                    action: r.get(1)?,
-                    actor: r.get(2)?,
-                    detail: r.get(3)?,
-                })
-            })
-            .map_err(db("reading events"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(db("reading events"))
+        let rows = st.query([id]).map_err(db("reading events"))?;
+        decode::all(rows, "reading events", decode::event)
     }
 
     /// Append to a snapshot's timeline (e.g. `verified`).
@@ -639,7 +499,7 @@ impl Catalog {
         if let Some(p) = &new.parent_id {
             let status: Option<String> = tx
                 .query_row("SELECT status FROM snapshots WHERE id = ?1", [p], |r| {
-                    r.get(0)
+                    r.get("status")
                 })
                 .optional()
                 .map_err(db("checking the parent"))?;
@@ -1037,9 +897,9 @@ pub fn check_payload_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Resu
 fn check_name_free(conn: &Connection, vm_id: &str, new: &NewSnapshot) -> Result<()> {
     let taken: bool = conn
         .query_row(
-            "SELECT EXISTS(SELECT 1 FROM snapshots WHERE vm_id = ?1 AND name = ?2)",
+            "SELECT EXISTS(SELECT 1 FROM snapshots WHERE vm_id = ?1 AND name = ?2) AS taken",
             params![vm_id, new.name],
-            |r| r.get(0),
+            |r| r.get("taken"),
         )
         .map_err(db("checking the name"))?;
     if taken {
@@ -1090,14 +950,14 @@ fn ensure_vm(
     forked_from: Option<&str>,
     tenant: Option<&str>,
 ) -> Result<String> {
-    let existing: Option<Vm> = tx
-        .query_row(
-            &format!("SELECT {VM_COLUMNS} FROM vms WHERE name = ?1"),
-            [name],
-            vm_from_row,
-        )
-        .optional()
+    let mut st = tx
+        .prepare_cached(&format!(
+            "SELECT {} FROM vms WHERE name = ?1",
+            decode::select(decode::VM_COLUMNS)
+        ))
         .map_err(db("reading a VM"))?;
+    let rows = st.query([name]).map_err(db("reading a VM"))?;
+    let existing = decode::first(rows, "reading a VM", decode::vm)?;
     if let Some(vm) = existing {
         check_tenant(&vm, tenant)?;
         return Ok(vm.id);

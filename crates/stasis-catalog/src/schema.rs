@@ -100,7 +100,7 @@ ALTER TABLE tokens ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
 /// Bring the database up to the current schema.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .pragma_query_value(None, "user_version", |r| r.get("user_version"))
         .map_err(|e| Error::db("reading the schema version", e))?;
     let version =
         usize::try_from(version).map_err(|_| Error::corrupt("negative schema version"))?;

@@ -2,27 +2,14 @@
 //! `stasis_<64 hex>`; the catalog keeps only the blake3 hash of that text, so a leaked
 //! catalog gives no usable token.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::record::{Token, TokenMode};
-use crate::{Catalog, db, ids, now, validate_name};
+use crate::{Catalog, db, decode, ids, now, validate_name};
 
 /// Every token's text starts with this, so it can be recognised (and scanned for).
 pub const TOKEN_PREFIX: &str = "stasis_";
-
-const TOKEN_COLUMNS: &str = "id, tenant, read_only, admin, created_at, revoked_at";
-
-fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Token> {
-    Ok(Token {
-        id: r.get(0)?,
-        tenant: r.get(1)?,
-        read_only: r.get(2)?,
-        admin: r.get(3)?,
-        created_at: r.get(4)?,
-        revoked_at: r.get(5)?,
-    })
-}
 
 /// The stored form of a token's text.
 fn hash(secret: &str) -> String {
@@ -74,14 +61,12 @@ impl Catalog {
         let mut st = self
             .conn
             .prepare(&format!(
-                "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, rowid"
+                "SELECT {} FROM tokens ORDER BY created_at, rowid",
+                decode::select(decode::TOKEN_COLUMNS)
             ))
             .map_err(db("listing tokens"))?;
-        let rows = st
-            .query_map([], token_from_row)
-            .map_err(db("listing tokens"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(db("listing tokens"))
+        let rows = st.query([]).map_err(db("listing tokens"))?;
+        decode::all(rows, "listing tokens", decode::token)
     }
 
     /// Revoke a token by id; it authenticates nothing from now on. Revoking a revoked
@@ -93,14 +78,15 @@ impl Catalog {
                 params![now(), id],
             )
             .map_err(db("revoking a token"))?;
-        self.conn
-            .query_row(
-                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
-                [id],
-                token_from_row,
-            )
-            .optional()
-            .map_err(db("reading a token"))?
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM tokens WHERE id = ?1",
+                decode::select(decode::TOKEN_COLUMNS)
+            ))
+            .map_err(db("reading a token"))?;
+        let rows = st.query([id]).map_err(db("reading a token"))?;
+        decode::first(rows, "reading a token", decode::token)?
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no token {id:?}")))
     }
 
@@ -112,12 +98,12 @@ impl Catalog {
         let mut st = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1 AND revoked_at IS NULL"
+                "SELECT {} FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
+                decode::select(decode::TOKEN_COLUMNS)
             ))
             .map_err(db("checking a token"))?;
-        st.query_row([hash(secret)], token_from_row)
-            .optional()
-            .map_err(db("checking a token"))
+        let rows = st.query([hash(secret)]).map_err(db("checking a token"))?;
+        decode::first(rows, "checking a token", decode::token)
     }
 }
 
