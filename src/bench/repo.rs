@@ -21,7 +21,8 @@ use serde::Serialize;
 use stasis_catalog::{NewSnapshot, Snapshot};
 use stasis_repo::create::{self, Format, Progress};
 use stasis_store::config::Role;
-use stasis_store::reader::{self, PayloadReader};
+use stasis_store::reader::PayloadReader;
+use stasis_store::store::Store;
 
 use super::codecs::mb_per_s;
 use super::image::{self, Mix};
@@ -231,7 +232,7 @@ pub fn read_offsets(ranges: &[std::ops::Range<u64>], count: usize) -> Vec<u64> {
 /// Time `offsets` read through a fresh reader of `snap`'s payload, checking each
 /// against the image.
 fn read_pass(
-    reader: &PayloadReader<'_>,
+    reader: &PayloadReader<&Store>,
     offsets: &[u64],
     image: &File,
     caches_dropped: bool,
@@ -336,7 +337,7 @@ fn measure(
     let pb = progress(ctx.json, payload.data_bytes, true);
     pb.set_message("restoring");
     let t = Instant::now();
-    reader::restore(repo.store(), &payload.manifest, &out, &|n| pb.inc(n))?;
+    PayloadReader::new(repo.store(), payload.manifest)?.restore(&out, &|n| pb.inc(n))?;
     out.sync_all().context("syncing the restored file")?;
     let restore_t = t.elapsed();
     pb.finish_and_clear();

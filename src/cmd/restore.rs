@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
-use stasis_store::reader::{self, RestoreStats};
+use stasis_store::reader::{PayloadReader, RestoreStats};
 
 use crate::output::{bar, human, print_json};
 use crate::repo::Context;
@@ -52,7 +52,8 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
             .truncate(true)
             .open(&target)
             .with_context(|| format!("cannot write {}", target.display()))?;
-        let st = reader::restore(repo.store(), &p.manifest, &file, &|n| pb.inc(n))
+        let st = PayloadReader::new(repo.store(), p.manifest)
+            .and_then(|r| r.restore(&file, &|n| pb.inc(n)))
             .with_context(|| format!("restoring {} of {}", p.name, snap.id))?;
         if a.sync {
             file.sync_all()

@@ -2,14 +2,11 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use stasis_catalog::{Catalog, ListFilter, Snapshot, Status, layout};
-use stasis_store::manifest::Manifest;
 use stasis_store::reader::PayloadReader;
 use stasis_store::store::Store;
 
@@ -37,34 +34,6 @@ pub enum Node {
     Current(String),
 }
 
-/// Requests this large come from the kernel's readahead of a sequential reader.
-const SEQUENTIAL_REQUEST: u64 = 256 << 10;
-/// How far ahead of a sequential reader the packs of its blocks are prefetched.
-const PREFETCH_AHEAD: u64 = 8 << 20;
-
-/// After a sequential read ending at `end`, ask the store to fetch the packs of the
-/// next [`PREFETCH_AHEAD`] bytes, so cold blocks are read from the disk while earlier
-/// ones are decoded. Each stretch is asked for once: `prefetched` records how far it
-/// went, and a reader that jumps elsewhere starts a new stretch.
-fn prefetch_ahead(reader: &PayloadReader<'_>, p: &PayloadInfo, end: u64) {
-    let limit = (end + PREFETCH_AHEAD).min(p.manifest.size);
-    let done = p.prefetched.load(Ordering::Relaxed);
-    let from = if (end..limit).contains(&done) {
-        done
-    } else {
-        end
-    };
-    if from >= limit
-        || p.prefetched
-            .compare_exchange(done, limit, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-    {
-        return;
-    }
-    // Only a hint: a failure here shows up, if at all, on the read itself.
-    let _ = reader.prefetch(from..limit);
-}
-
 /// The largest read answered straight from [`ZEROS`].
 const ZERO_REPLY: usize = 1 << 20;
 
@@ -73,20 +42,13 @@ const ZERO_REPLY: usize = 1 << 20;
 /// the file, read once from the page cache), not in a buffer that would need clearing.
 static ZEROS: [u8; ZERO_REPLY] = [0; ZERO_REPLY];
 
-/// Whether `start..end` meets any of the sorted, disjoint `ranges`.
-fn meets(ranges: &[Range<u64>], start: u64, end: u64) -> bool {
-    let i = ranges.partition_point(|r| r.end <= start);
-    ranges.get(i).is_some_and(|r| r.start < end)
-}
-
 #[derive(Debug)]
 struct PayloadInfo {
-    manifest: Manifest,
+    /// The payload's one reader: its holes, read-ahead state and caches live as long
+    /// as the inode.
+    reader: PayloadReader,
     data_bytes: u64,
     created: SystemTime,
-    ranges: OnceLock<Vec<Range<u64>>>,
-    /// How far a sequential reader's packs have been prefetched (see [`Tree::read`]).
-    prefetched: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -196,11 +158,9 @@ impl Tree {
         let s = self.catalog().get(id).map_err(eio)?.ok_or(Errno::ENOENT)?;
         let p = s.payloads.get(idx).ok_or(Errno::ENOENT)?;
         let info = Arc::new(PayloadInfo {
-            manifest: p.manifest,
+            reader: PayloadReader::new(Arc::clone(&self.store), p.manifest).map_err(eio)?,
             data_bytes: p.data_bytes,
             created: time_of(&s),
-            ranges: OnceLock::new(),
-            prefetched: AtomicU64::new(0),
         });
         self.payloads
             .write()
@@ -263,7 +223,7 @@ impl Tree {
                 Ok(self.attr_of(
                     ino,
                     FileType::RegularFile,
-                    p.manifest.size,
+                    p.reader.size(),
                     p.data_bytes.div_ceil(512),
                     p.created,
                 ))
@@ -466,13 +426,11 @@ impl Tree {
         match self.node(ino)? {
             Node::Payload { id, idx } => {
                 let p = self.payload(ino, &id, idx)?;
-                let reader = PayloadReader::new(&self.store, p.manifest).map_err(eio)?;
-                let len = u64::from(size).min(p.manifest.size.saturating_sub(offset));
-                if len as usize <= ZERO_REPLY && !meets(self.ranges(&p)?, offset, offset + len) {
-                    // All holes: nothing to decode or copy. Still prefetch past them.
-                    if u64::from(size) >= SEQUENTIAL_REQUEST {
-                        prefetch_ahead(&reader, &p, offset + len);
-                    }
+                let reader = &p.reader;
+                let len = u64::from(size).min(reader.size().saturating_sub(offset));
+                if len as usize <= ZERO_REPLY && reader.read_holes(offset, len).map_err(eio)? {
+                    // All holes: nothing to decode or copy (the reader still reads
+                    // ahead past them).
                     return Ok(&ZEROS[..len as usize]);
                 }
                 // Sized, not cleared: `read_at` writes every byte of it (holes and zero
@@ -483,9 +441,6 @@ impl Tree {
                 buf.resize(len as usize, 0);
                 let n = reader.read_at(offset, buf).map_err(eio)?;
                 buf.truncate(n);
-                if u64::from(size) >= SEQUENTIAL_REQUEST {
-                    prefetch_ahead(&reader, &p, offset + n as u64);
-                }
                 Ok(&buf[..])
             }
             Node::Json(id) => {
@@ -500,17 +455,6 @@ impl Tree {
         }
     }
 
-    /// The payload's data ranges (holes and zero blocks left out), worked out once.
-    fn ranges<'p>(&self, p: &'p PayloadInfo) -> Result<&'p [Range<u64>], Errno> {
-        if let Some(r) = p.ranges.get() {
-            return Ok(r);
-        }
-        let r = PayloadReader::new(&self.store, p.manifest)
-            .and_then(|r| r.data_ranges())
-            .map_err(eio)?;
-        Ok(p.ranges.get_or_init(|| r))
-    }
-
     /// `lseek` with SEEK_DATA or SEEK_HOLE: holes and zero blocks are holes.
     pub fn seek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
         let Node::Payload { id, idx } = self.node(ino)? else {
@@ -518,50 +462,16 @@ impl Tree {
         };
         let p = self.payload(ino, &id, idx)?;
         let off = u64::try_from(offset).map_err(|_| Errno::EINVAL)?;
-        let size = p.manifest.size;
-        if off >= size {
+        let r = &p.reader;
+        if off >= r.size() {
             return Err(Errno::ENXIO);
         }
-        let ranges = self.ranges(&p)?;
         let found = match whence {
-            libc::SEEK_DATA => ranges
-                .iter()
-                .find(|r| r.end > off)
-                .map(|r| r.start.max(off))
-                .ok_or(Errno::ENXIO)?,
-            libc::SEEK_HOLE => ranges
-                .iter()
-                .find(|r| r.start <= off && off < r.end)
-                .map_or(off, |r| r.end),
+            libc::SEEK_DATA => r.seek_data(off).map_err(eio)?.ok_or(Errno::ENXIO)?,
+            libc::SEEK_HOLE => r.seek_hole(off).map_err(eio)?,
             libc::SEEK_SET => off,
             _ => return Err(Errno::EINVAL),
         };
         i64::try_from(found).map_err(|_| Errno::EOVERFLOW)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// `meets` agrees with checking every range.
-        #[test]
-        fn meets_is_an_overlap_test(
-            gaps in proptest::collection::vec((1u64..50, 1u64..50), 0..20),
-            start in 0u64..1500,
-            len in 1u64..200,
-        ) {
-            let mut ranges = Vec::new();
-            let mut at = 0;
-            for (gap, n) in gaps {
-                ranges.push(at + gap..at + gap + n);
-                at += gap + n;
-            }
-            let end = start + len;
-            let want = ranges.iter().any(|r| r.start < end && start < r.end);
-            prop_assert_eq!(meets(&ranges, start, end), want);
-        }
     }
 }

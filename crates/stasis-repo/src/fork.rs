@@ -10,7 +10,7 @@ use std::process::Command;
 use serde::Serialize;
 use stasis_catalog::{Catalog, Snapshot, Vm, validate_name};
 use stasis_store::config::Role;
-use stasis_store::reader;
+use stasis_store::reader::PayloadReader;
 use stasis_store::store::Store;
 
 use crate::error::{Error, Result};
@@ -143,7 +143,9 @@ fn prepare(
                 .create_new(true)
                 .open(&target)
                 .map_err(|e| Error::io(format!("cannot write {}", target.display()), e))?;
-            if let Err(e) = reader::restore(store, &p.manifest, &f, &|_| {}) {
+            let restored =
+                PayloadReader::new(store, p.manifest).and_then(|r| r.restore(&f, &|_| {}));
+            if let Err(e) = restored {
                 let _ = std::fs::remove_file(&target);
                 return Err(e.into());
             }

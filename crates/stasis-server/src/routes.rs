@@ -18,7 +18,6 @@ use stasis_catalog::{Catalog, Hypervisor, Kind, ListFilter, Snapshot, Status, va
 use stasis_repo::create::{self, CreateSpec, InputSpec, Paths, Progress};
 use stasis_repo::fork::{self, Files};
 use stasis_store::reader::PayloadReader;
-use stasis_store::store::Store;
 
 use crate::api::{
     ApiSnapshot, CreateSnapshotRequest, ForkSnapshotRequest, Health, Instance, InstanceFile, Tags,
@@ -494,22 +493,10 @@ pub async fn fork_snapshot(
 const ONE_PIECE: u64 = 4 << 20;
 const CHUNK: usize = 1 << 20;
 
-/// Read `buf.len()` bytes at `offset`, reloading the index once if a block is not in
-/// it (another process, e.g. `stasis create`, may have stored it since startup).
-fn read_exact(
-    store: &Store,
-    r: &PayloadReader<'_>,
-    offset: u64,
-    buf: &mut [u8],
-) -> Result<(), ApiError> {
-    let n = match r.read_at(offset, buf) {
-        Ok(n) => n,
-        Err(e) if e.kind() == stasis_store::ErrorKind::NotFound => {
-            store.refresh_index()?;
-            r.read_at(offset, buf)?
-        }
-        Err(e) => return Err(e.into()),
-    };
+/// Read `buf.len()` bytes at `offset` (the reader finds blocks stored since startup
+/// and reads ahead of a streamed body).
+fn read_exact(r: &PayloadReader, offset: u64, buf: &mut [u8]) -> Result<(), ApiError> {
+    let n = r.read_at(offset, buf)?;
     if n != buf.len() {
         return Err(ApiError::internal(
             "the payload is shorter than its manifest says",
@@ -599,9 +586,9 @@ pub async fn get_payload(
     let body = if len <= ONE_PIECE {
         let store = st.store.clone();
         let bytes = blocking(move || {
-            let r = PayloadReader::new(&store, manifest)?;
+            let r = PayloadReader::new(store, manifest)?;
             let mut buf = vec![0u8; len as usize];
-            read_exact(&store, &r, start, &mut buf)?;
+            read_exact(&r, start, &mut buf)?;
             Ok(Bytes::from(buf))
         })
         .await?;
@@ -610,7 +597,7 @@ pub async fn get_payload(
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
         let store = st.store.clone();
         tokio::task::spawn_blocking(move || {
-            let r = match PayloadReader::new(&store, manifest) {
+            let r = match PayloadReader::new(store, manifest) {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
@@ -621,7 +608,7 @@ pub async fn get_payload(
             while pos < end {
                 let n = (end - pos).min(CHUNK as u64) as usize;
                 let mut buf = vec![0u8; n];
-                let item = read_exact(&store, &r, pos, &mut buf)
+                let item = read_exact(&r, pos, &mut buf)
                     .map(|()| Bytes::from(buf))
                     .map_err(|e| std::io::Error::other(e.to_string()));
                 let failed = item.is_err();

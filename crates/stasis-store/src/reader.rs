@@ -1,7 +1,9 @@
 //! Reading payloads back: random access by offset, and whole-file restore.
 
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::ops::{Deref, Range};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
@@ -10,18 +12,52 @@ use crate::id::BlockId;
 use crate::manifest::{self, BlockRef, Manifest};
 use crate::store::Store;
 
-/// Reads one payload by offset, through the store's block cache.
+/// Requests at least this large are taken for a sequential reader's (a kernel's
+/// readahead, an HTTP body streamed in pieces, a copy loop), and read ahead of.
+pub const SEQUENTIAL_REQUEST: u64 = 256 << 10;
+/// How far ahead of a sequential reader the packs of its blocks are prefetched.
+pub const READ_AHEAD: u64 = 8 << 20;
+
+/// Reads one payload: the one read path of the mount, the HTTP API and restore.
+///
+/// It owns what every reader needs:
+/// - **holes**: holes and zero blocks read as zeros without touching storage; the data
+///   regions are worked out once ([`data_ranges`](Self::data_ranges)) for
+///   SEEK_DATA/SEEK_HOLE and for answering all-hole reads without a buffer
+///   ([`read_holes`](Self::read_holes));
+/// - **prefetch**: a request of at least [`SEQUENTIAL_REQUEST`] bytes asks the store for
+///   the packs of the next [`READ_AHEAD`] bytes, each stretch once, so cold blocks are
+///   read from storage while earlier ones are decoded; restore prefetches a window
+///   ahead of its workers;
+/// - **index reloads**: every block is found through [`Store`], which loads the index
+///   again when a block is not in it (another process stored it since) or its pack is
+///   gone (gc repacked it), so a long-lived reader sees what was committed after it
+///   started.
+///
+/// Every block is checked against its id; corrupt bytes are an error, never returned.
+///
+/// `S` is how the reader holds the store: `&Store` for a reader that lives in one
+/// call, `Arc<Store>` (the default) for one kept with an open file.
 #[derive(Debug)]
-pub struct PayloadReader<'s> {
-    store: &'s Store,
+pub struct PayloadReader<S: Deref<Target = Store> = Arc<Store>> {
+    store: S,
     manifest: Manifest,
+    /// Data regions (holes and zero blocks left out), sorted, worked out once.
+    ranges: OnceLock<Vec<Range<u64>>>,
+    /// How far a sequential reader's packs have been prefetched.
+    prefetched: AtomicU64,
 }
 
-impl<'s> PayloadReader<'s> {
-    /// A reader of `manifest`'s payload.
-    pub fn new(store: &'s Store, manifest: Manifest) -> Result<Self> {
+impl<S: Deref<Target = Store>> PayloadReader<S> {
+    /// A reader of `manifest`'s payload in `store`.
+    pub fn new(store: S, manifest: Manifest) -> Result<Self> {
         manifest.validate()?;
-        Ok(PayloadReader { store, manifest })
+        Ok(PayloadReader {
+            store,
+            manifest,
+            ranges: OnceLock::new(),
+            prefetched: AtomicU64::new(0),
+        })
     }
 
     /// The payload's size.
@@ -29,8 +65,54 @@ impl<'s> PayloadReader<'s> {
         self.manifest.size
     }
 
-    /// Fill `buf` from `offset`; returns the bytes read (short only at the end).
+    /// The manifest read.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Fill `buf` from `offset`; returns the bytes read (short only at the end). A
+    /// request of at least [`SEQUENTIAL_REQUEST`] bytes reads ahead past it.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let n = self.read_blocks(offset, buf)?;
+        if buf.len() as u64 >= SEQUENTIAL_REQUEST {
+            self.read_ahead(offset + n as u64);
+        }
+        Ok(n)
+    }
+
+    /// Whether `offset..offset + len` (cut at the end) lies wholly in holes and zero
+    /// blocks, so the caller may answer zeros without reading. Counted as a read: a
+    /// large request still reads ahead past it.
+    pub fn read_holes(&self, offset: u64, len: u64) -> Result<bool> {
+        let end = offset.saturating_add(len).min(self.manifest.size);
+        let meets = meets(self.data_ranges()?, offset, end);
+        if !meets && len >= SEQUENTIAL_REQUEST {
+            self.read_ahead(end);
+        }
+        Ok(!meets)
+    }
+
+    /// `lseek(SEEK_DATA)`: the first data byte at or after `offset`, if any.
+    pub fn seek_data(&self, offset: u64) -> Result<Option<u64>> {
+        Ok(self
+            .data_ranges()?
+            .iter()
+            .find(|r| r.end > offset)
+            .map(|r| r.start.max(offset)))
+    }
+
+    /// `lseek(SEEK_HOLE)`: the first hole byte at or after `offset` (the end of the
+    /// payload counts as a hole).
+    pub fn seek_hole(&self, offset: u64) -> Result<u64> {
+        Ok(self
+            .data_ranges()?
+            .iter()
+            .find(|r| r.start <= offset && offset < r.end)
+            .map_or(offset, |r| r.end))
+    }
+
+    /// Fill `buf` from `offset` through the store's caches.
+    fn read_blocks(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let m = &self.manifest;
         if offset >= m.size || buf.is_empty() {
             return Ok(0);
@@ -40,7 +122,7 @@ impl<'s> PayloadReader<'s> {
         let first = offset / bs;
         let last = (offset + len as u64 - 1) / bs;
         let mut err = None;
-        manifest::visit_blocks(self.store, m, first..last + 1, &mut |i, n, r| {
+        manifest::visit_blocks(&*self.store, m, first..last + 1, &mut |i, n, r| {
             // The part of `buf` that blocks i..i+n cover.
             let lo = (i * bs).max(offset);
             let hi = ((i + n) * bs).min(offset + len as u64);
@@ -68,9 +150,32 @@ impl<'s> PayloadReader<'s> {
         }
     }
 
+    /// After a sequential read ending at `end`, ask the store for the packs of the
+    /// next [`READ_AHEAD`] bytes. Each stretch is asked for once: `prefetched` records
+    /// how far it went, and a reader that jumps elsewhere starts a new stretch.
+    fn read_ahead(&self, end: u64) {
+        let limit = end.saturating_add(READ_AHEAD).min(self.manifest.size);
+        let done = self.prefetched.load(Ordering::Relaxed);
+        let from = if (end..limit).contains(&done) {
+            done
+        } else {
+            end
+        };
+        if from >= limit
+            || self
+                .prefetched
+                .compare_exchange(done, limit, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        // Only a hint: a failure here shows up, if at all, on the read itself.
+        let _ = self.prefetch(from..limit);
+    }
+
     /// Hint that bytes `range` will be read soon: the store prefetches the packs of
     /// the data blocks there (see [`Store::prefetch`]).
-    pub fn prefetch(&self, range: std::ops::Range<u64>) -> Result<()> {
+    pub fn prefetch(&self, range: Range<u64>) -> Result<()> {
         let m = &self.manifest;
         let end = range.end.min(m.size);
         if range.start >= end {
@@ -79,7 +184,7 @@ impl<'s> PayloadReader<'s> {
         let bs = u64::from(m.block_size);
         let mut ids = Vec::new();
         manifest::visit_blocks(
-            self.store,
+            &*self.store,
             m,
             range.start / bs..end.div_ceil(bs),
             &mut |_, _, r| {
@@ -93,12 +198,16 @@ impl<'s> PayloadReader<'s> {
         Ok(())
     }
 
-    /// The data regions (blocks that are neither holes nor zeros), as byte ranges.
-    pub fn data_ranges(&self) -> Result<Vec<std::ops::Range<u64>>> {
+    /// The data regions (blocks that are neither holes nor zeros), as sorted, disjoint
+    /// byte ranges; worked out on first use.
+    pub fn data_ranges(&self) -> Result<&[Range<u64>]> {
+        if let Some(r) = self.ranges.get() {
+            return Ok(r);
+        }
         let m = &self.manifest;
         let bs = u64::from(m.block_size);
-        let mut out: Vec<std::ops::Range<u64>> = Vec::new();
-        manifest::visit_blocks(self.store, m, 0..m.nblocks(), &mut |i, n, r| {
+        let mut out: Vec<Range<u64>> = Vec::new();
+        manifest::visit_blocks(&*self.store, m, 0..m.nblocks(), &mut |i, n, r| {
             if let BlockRef::Data(_) = r {
                 let (a, b) = (i * bs, ((i + n) * bs).min(m.size));
                 match out.last_mut() {
@@ -108,8 +217,26 @@ impl<'s> PayloadReader<'s> {
             }
             Ok(())
         })?;
-        Ok(out)
+        Ok(self.ranges.get_or_init(|| out))
     }
+
+    /// Write the payload into `out` (a new, empty file): data blocks at their offsets,
+    /// holes and zero blocks left as holes; `progress` hears of the bytes written.
+    ///
+    /// One worker per rayon thread claims runs of blocks in file order (so the packs
+    /// are read roughly in order), decodes and checks each block and writes the run; a
+    /// prefetcher thread hints the packs of the next window to the backend, so the
+    /// workers seldom wait on the disk and never on each other. The first error stops
+    /// the workers.
+    pub fn restore(&self, out: &File, progress: &(dyn Fn(u64) + Sync)) -> Result<RestoreStats> {
+        restore_into(&self.store, &self.manifest, out, progress)
+    }
+}
+
+/// Whether `start..end` meets any of the sorted, disjoint `ranges`.
+fn meets(ranges: &[Range<u64>], start: u64, end: u64) -> bool {
+    let i = ranges.partition_point(|r| r.end <= start);
+    ranges.get(i).is_some_and(|r| r.start < end)
 }
 
 /// What a restore wrote.
@@ -130,14 +257,8 @@ const RUN_BYTES: u64 = 1 << 20;
 /// the runs being decoded.
 const WINDOW_BYTES: u64 = 32 << 20;
 
-/// Write `manifest`'s payload into `out` (a new, empty file): data blocks are written
-/// at their offsets, holes and zero blocks are left as holes.
-///
-/// One worker per rayon thread claims runs of blocks in file order (so the packs are
-/// read roughly in order), decodes and checks each block and writes the run; a
-/// prefetcher thread hints the packs of the next window to the backend, so the workers
-/// seldom wait on the disk and never on each other. The first error stops the workers.
-pub fn restore(
+/// [`PayloadReader::restore`].
+fn restore_into(
     store: &Store,
     m: &Manifest,
     out: &File,
@@ -333,6 +454,24 @@ mod tests {
     }
 
     proptest! {
+        /// `meets` agrees with checking every range.
+        #[test]
+        fn meets_is_an_overlap_test(
+            gaps in proptest::collection::vec((1u64..50, 1u64..50), 0..20),
+            start in 0u64..1500,
+            len in 1u64..200,
+        ) {
+            let mut ranges = Vec::new();
+            let mut at = 0;
+            for (gap, n) in gaps {
+                ranges.push(at + gap..at + gap + n);
+                at += gap + n;
+            }
+            let end = start + len;
+            let want = ranges.iter().any(|r| r.start < end && start < r.end);
+            prop_assert_eq!(meets(&ranges, start, end), want);
+        }
+
         /// Runs cover every block once, in order, consecutive inside, at most `max`;
         /// windows cover every run once, in order.
         #[test]

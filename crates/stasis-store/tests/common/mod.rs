@@ -13,7 +13,7 @@ use stasis_store::config::StoreConfig;
 use stasis_store::id::BlockId;
 use stasis_store::ingest::{FullOptions, IngestStats, ingest_full_with};
 use stasis_store::manifest::{self, BlockRef, Manifest};
-use stasis_store::reader::{RestoreStats, restore};
+use stasis_store::reader::{PayloadReader, RestoreStats};
 use stasis_store::store::Store;
 
 /// A new repository made with `cfg` in the directory `dir` (which must exist).
@@ -86,6 +86,6 @@ pub fn restore_to_file(
         .truncate(true)
         .open(out)
         .expect("out");
-    let st = restore(store, m, &f, &|_| {})?;
+    let st = PayloadReader::new(store, *m)?.restore(&f, &|_| {})?;
     Ok((st, std::fs::read(out).expect("read back")))
 }
