@@ -74,7 +74,7 @@ impl SnapshotFs {
 }
 
 /// How a mount is set up: dispatch threads, request and readahead sizes. The defaults
-/// are what measured best here (`tools/bench-mount.sh`, README "The mount, measured"):
+/// are what measured best here (`tools/bench-mount.sh`, docs/measurements/mount-reads.md):
 /// the kernel's 128 KiB readahead for a FUSE mount held cold sequential reads to 128 KiB
 /// requests; with a 2 MiB bdi readahead they are 1 MiB requests, two in flight, and a
 /// cloned /dev/fuse descriptor per thread helped a little more. More threads or a larger

@@ -442,8 +442,8 @@ pub fn create(
         } else {
             let bs = config.block_sizes.get(i.role);
             // Memory pages that changed since the parent are stored as deltas on the
-            // parent's page at the same offset: most are small edits (README, "Guest
-            // memory"). Disk blocks rewritten in place measured 2-3% smaller that way,
+            // parent's page at the same offset: most are small edits
+            // (docs/measurements/memory.md). Disk blocks rewritten in place measured 2-3% smaller that way,
             // not worth reading the old blocks back.
             let base = parent
                 .as_ref()
@@ -456,7 +456,7 @@ pub fn create(
                 .map(|pp| &pp.manifest);
             // Memory pages also recur with small edits at other offsets and in other
             // VMs booted from the same image: they are stored XORed with a similar
-            // stored page where that pays (README, "Guest memory").
+            // stored page where that pays (docs/measurements/memory.md).
             let opts = ingest::FullOptions {
                 parent: base,
                 similar: i.role == Role::Memory,

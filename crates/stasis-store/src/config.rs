@@ -91,7 +91,7 @@ pub struct BlockSizes {
 }
 
 impl Default for BlockSizes {
-    /// Chosen from measurements on real ext4 images and guest memory (see README):
+    /// Chosen from measurements on real ext4 images and guest memory (see docs/measurements/):
     /// 64 KiB disk blocks dedup in-place edits well with small metadata and fast reads;
     /// memory dedups only at page granularity (sibling guests hold the same pages at
     /// other offsets), so memory uses 4 KiB.

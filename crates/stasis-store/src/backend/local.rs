@@ -310,7 +310,7 @@ struct LocalPartial<'a> {
 /// allocate and clear. In a guest whose free memory goes back to its host, that
 /// allocation may fault each page in from the host again. Base ingests of the 2 GiB
 /// test image there had medians of 0.289 s with buffered packs and 0.245 s with direct
-/// ones (README, "Direct pack writes").
+/// ones (docs/measurements/ingest.md, "Direct pack writes").
 #[derive(Debug)]
 struct Direct {
     file: File,
