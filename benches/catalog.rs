@@ -5,9 +5,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use stasis_catalog::{AddedSizes, Catalog, CompressionInfo, ListFilter, NewPayload, NewSnapshot};
-use stasis_store::codec::Compression;
-use stasis_store::config::Role;
-use stasis_store::manifest::{BlockRef, Manifest};
+use stasis_store::{BlockRef, Compression, Manifest, Role};
 
 fn new_snap(vm: &str, name: &str, parent: Option<String>) -> NewSnapshot {
     let payload = NewPayload {

@@ -10,14 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use stasis_store::backend::{Backend, LocalBackend};
-use stasis_store::codec::Compression;
-use stasis_store::config::StoreConfig;
-use stasis_store::gc::{GcOptions, GcReport, collect};
-use stasis_store::id::Id;
-use stasis_store::manifest::{BlockRef, Manifest, TreeBuilder, apply_changes};
-use stasis_store::pack::BlobKind;
-use stasis_store::store::Store;
+use stasis_store::{
+    Backend, BlobKind, BlockRef, Compression, GcOptions, GcReport, Id, LocalBackend, Manifest,
+    Store, StoreConfig, TreeBuilder, apply_changes, collect_garbage as collect,
+};
 
 const BLOCK: usize = 4096;
 const BASE_BLOCKS: u64 = 16_384; // 64 MiB

@@ -5,13 +5,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use stasis_store::backend::{Backend, MemoryBackend};
-use stasis_store::codec::{self, Algorithm, Compression};
-use stasis_store::config::StoreConfig;
-use stasis_store::id::Id;
-use stasis_store::pack::{BlobKind, PackBuilder};
-use stasis_store::source::is_zero;
-use stasis_store::store::Store;
+use stasis_store::{
+    Algorithm, Backend, BlobKind, Codec, Compression, Id, MemoryBackend, PackBuilder, Store,
+    StoreConfig, compress, decompress, is_zero,
+};
 
 /// Data like a disk image's: text, binary-like structure and random bytes.
 fn sample(n: usize) -> Vec<u8> {
@@ -48,7 +45,7 @@ fn chunk_hash(c: &mut Criterion) {
     g.finish();
 }
 
-fn compress(c: &mut Criterion) {
+fn codecs(c: &mut Criterion) {
     let data = sample(4 << 20);
     let mut g = c.benchmark_group("compress_64k");
     g.throughput(Throughput::Bytes(data.len() as u64));
@@ -64,16 +61,16 @@ fn compress(c: &mut Criterion) {
             let mut out = Vec::new();
             b.iter(|| {
                 for blk in data.chunks(65536) {
-                    black_box(codec::compress(comp, blk, &mut out).ok());
+                    black_box(compress(comp, blk, &mut out).ok());
                 }
             })
         });
-        let encoded: Vec<(codec::Codec, Vec<u8>, usize)> = data
+        let encoded: Vec<(Codec, Vec<u8>, usize)> = data
             .chunks(65536)
             .map(|blk| {
                 let mut out = Vec::new();
-                let c = codec::compress(comp, blk, &mut out).unwrap_or(codec::Codec::Raw);
-                if c == codec::Codec::Raw {
+                let c = compress(comp, blk, &mut out).unwrap_or(Codec::Raw);
+                if c == Codec::Raw {
                     out = blk.to_vec();
                 }
                 (c, out, blk.len())
@@ -83,7 +80,7 @@ fn compress(c: &mut Criterion) {
             let mut out = Vec::new();
             b.iter(|| {
                 for (c, enc, len) in &encoded {
-                    black_box(codec::decompress(*c, enc, *len, &mut out).ok());
+                    black_box(decompress(*c, enc, *len, &mut out).ok());
                 }
             })
         });
@@ -102,15 +99,8 @@ fn pack_write(c: &mut Criterion) {
             let mut p = PackBuilder::new();
             for (id, blk) in &blocks {
                 black_box(
-                    p.add(
-                        *id,
-                        BlobKind::Data,
-                        codec::Codec::Raw,
-                        blk.len() as u32,
-                        blk,
-                        0,
-                    )
-                    .ok(),
+                    p.add(*id, BlobKind::Data, Codec::Raw, blk.len() as u32, blk, 0)
+                        .ok(),
                 );
             }
             black_box(p.finish())
@@ -158,5 +148,5 @@ fn block_read(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, chunk_hash, compress, pack_write, block_read);
+criterion_group!(benches, chunk_hash, codecs, pack_write, block_read);
 criterion_main!(benches);

@@ -15,8 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use stasis_repo::Hooks;
-use stasis_store::backend::{Backend, Bytes, ObjectMeta, PartialObject};
-use stasis_store::lock::Locks;
+use stasis_store::{Backend, Bytes, Locks, ObjectMeta, PartialObject};
 
 /// Steps taken so far, process-wide.
 static COUNT: AtomicU64 = AtomicU64::new(0);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use stasis_repo::{DamagedIndex, OpenOptions, RepoConfig, Repository};
-use stasis_store::config::StoreConfig;
+use stasis_store::StoreConfig;
 
 /// Global options.
 #[derive(Debug)]

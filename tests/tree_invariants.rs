@@ -11,12 +11,9 @@ use proptest::prelude::*;
 use stasis_catalog::{
     AddedSizes, Catalog, CompressionInfo, ListFilter, NewPayload, NewSnapshot, Status,
 };
-use stasis_store::backend::{Backend, MemoryBackend};
-use stasis_store::codec::Compression;
-use stasis_store::config::{Role, StoreConfig};
-use stasis_store::ingest::ingest_full;
-use stasis_store::reader::PayloadReader;
-use stasis_store::store::Store;
+use stasis_store::{
+    Backend, Compression, MemoryBackend, PayloadReader, Role, Store, StoreConfig, ingest_full,
+};
 
 #[derive(Clone, Debug)]
 enum Op {

@@ -4,10 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stasis_store::codec::{
-    Codec, MAX_FRAME_BYTES, decompress, decompress_delta, decompress_frame, decompress_into,
-    split_delta,
-};
+use stasis_store::{Codec, MAX_FRAME_BYTES, decompress};
+use stasis_store::fuzzing::{decompress_delta, decompress_frame, decompress_into, split_delta};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&c, rest)) = data.split_first() else { return };
@@ -22,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     if decompress_frame(rest, &mut out).is_ok() {
         assert!(out.len() <= MAX_FRAME_BYTES);
     }
-    if let Ok((refs, frame)) = stasis_store::frame::split_refs(rest) {
+    if let Ok((refs, frame)) = stasis_store::fuzzing::split_refs(rest) {
         assert!(refs.windows(2).all(|w| w[0].0 < w[1].0));
         if decompress_frame(frame, &mut out).is_ok() {
             assert!(out.len() <= MAX_FRAME_BYTES);

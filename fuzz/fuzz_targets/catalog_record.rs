@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use libfuzzer_sys::fuzz_target;
 use stasis_catalog::{CompressionInfo, CompressionState, Hypervisor, Kind, PowerState, Status};
-use stasis_store::config::Role;
+use stasis_store::{Role};
 
 fn round_trip<T: FromStr + ToString + PartialEq + std::fmt::Debug>(s: &str) {
     if let Ok(v) = s.parse::<T>() {

@@ -4,7 +4,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok((packs, entries)) = stasis_store::index::decode_file(data) {
+    if let Ok((packs, entries)) = stasis_store::fuzzing::decode_file(data) {
         for (p, _) in entries {
             assert!((p as usize) < packs.len());
         }

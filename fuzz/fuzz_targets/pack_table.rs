@@ -3,9 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stasis_store::backend::{Backend, MemoryBackend};
-use stasis_store::id::Id;
-use stasis_store::pack::{pack_key, read_entries};
+use stasis_store::{Backend, Id, MemoryBackend, pack_key, read_entries};
 
 fuzz_target!(|data: &[u8]| {
     let be = MemoryBackend::new();

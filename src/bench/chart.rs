@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use plotters::prelude::*;
-use stasis_store::codec::Algorithm;
+use stasis_store::Algorithm;
 
 use super::block_label;
 use super::codecs::Row;

@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
-use stasis_store::codec::{self, Algorithm, Codec, Compression};
-use stasis_store::id::Id;
+use stasis_store::{Algorithm, Codec, Compression, Id, compress, decompress};
 
 use super::sample::{Block, Sample};
 
@@ -166,7 +165,7 @@ pub fn measure(dedup: &Dedup, spec: CodecSpec, unique: &[&[u8]]) -> Result<Row> 
     let mut raw_blocks = 0u64;
     for b in unique {
         let t = Instant::now();
-        let c = codec::compress(spec.0, b, &mut out)?;
+        let c = compress(spec.0, b, &mut out)?;
         compress_t += t.elapsed();
         let start = stored_blobs.len();
         if c == Codec::Raw {
@@ -183,7 +182,7 @@ pub fn measure(dedup: &Dedup, spec: CodecSpec, unique: &[&[u8]]) -> Result<Row> 
             .get(start..end)
             .context("encoded block out of range")?;
         let t = Instant::now();
-        codec::decompress(c, stored, b.len(), &mut out)?;
+        decompress(c, stored, b.len(), &mut out)?;
         decompress_t += t.elapsed();
         if out != *b {
             bail!("{} did not give a block back unchanged", spec.label());

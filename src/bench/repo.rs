@@ -20,9 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use stasis_catalog::{NewSnapshot, Snapshot};
 use stasis_repo::create::{self, Format, Progress};
-use stasis_store::config::Role;
-use stasis_store::reader::PayloadReader;
-use stasis_store::store::Store;
+use stasis_store::{PayloadReader, Role, Store};
 
 use super::codecs::mb_per_s;
 use super::image::{self, Mix};
@@ -268,7 +266,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
     let mix = image::write(&img, opts.size, &pb)?;
     pb.finish_and_clear();
 
-    let vm = format!("bench-{}", stasis_store::config::random_hex(4));
+    let vm = format!("bench-{}", stasis_store::random_hex(4));
     let mut repo = ctx.open()?;
     let new = NewSnapshot {
         created_by: actor(),
@@ -350,7 +348,7 @@ fn measure(
     let dropped_reads = drop_caches(opts.drop_caches);
     let repo = ctx.open()?;
     let reader = PayloadReader::new(repo.store(), payload.manifest)?;
-    let offsets = read_offsets(&reader.data_ranges()?, opts.reads);
+    let offsets = read_offsets(reader.data_ranges()?, opts.reads);
     let image = File::open(img).context("opening the image")?;
     let pb = progress(ctx.json, 2 * offsets.len() as u64, false);
     pb.set_message("random 4 KiB reads");

@@ -18,8 +18,7 @@ use std::os::unix::fs::FileExt;
 use anyhow::{Context as _, Result};
 use indicatif::ProgressBar;
 use serde::Serialize;
-use stasis_store::config::MAX_BLOCK_SIZE;
-use stasis_store::source::is_zero;
+use stasis_store::{MAX_BLOCK_SIZE, is_zero};
 
 /// Sample granularity: the largest block size, so every block size divides it.
 pub const CHUNK: u64 = MAX_BLOCK_SIZE as u64;

@@ -4,9 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
-use stasis_store::codec::Algorithm;
-use stasis_store::config::check_block_size;
-use stasis_store::source::{data_regions, open_input};
+use stasis_store::{Algorithm, check_block_size, data_regions, open_input};
 
 use crate::bench::codecs::{self, CodecSpec, Dedup, Row};
 use crate::bench::repo::{self, Report};

@@ -1,7 +1,7 @@
 //! `stasis gc`.
 
 use anyhow::Result;
-use stasis_store::gc::{GcOptions, Phase};
+use stasis_store::{GcOptions, Phase};
 
 use crate::output::{human, print_json};
 use crate::repo::Context;

@@ -1,8 +1,7 @@
 //! `stasis init`.
 
 use anyhow::{Result, bail};
-use stasis_store::codec::{Algorithm, Compression};
-use stasis_store::config::{Role, StoreConfig};
+use stasis_store::{Algorithm, Compression, Role, StoreConfig};
 
 use crate::output::{human, parse_size, print_json};
 use crate::repo::Context;
@@ -61,7 +60,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         }
     }
     if let Some(f) = &a.frame_size {
-        let max = stasis_store::codec::MAX_FRAME_BYTES as u64;
+        let max = stasis_store::MAX_FRAME_BYTES as u64;
         config.frame_size = match parse_size(f)? {
             n if n <= max => n as u32,
             _ => bail!("--frame-size must be at most 16MiB, not {f}"),

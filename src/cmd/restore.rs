@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, bail};
-use stasis_store::reader::{PayloadReader, RestoreStats};
+use stasis_store::{PayloadReader, RestoreStats};
 
 use crate::output::{bar, human, print_json};
 use crate::repo::Context;

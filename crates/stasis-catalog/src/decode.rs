@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Row, Rows};
-use stasis_store::manifest::{BlockRef, Manifest};
+use stasis_store::{BlockRef, Manifest};
 
 use crate::error::{Error, Result};
 use crate::fields::{validate_tag_key, validate_tag_value};
@@ -514,8 +514,7 @@ mod tests {
     use super::*;
     use crate::fields::{Hypervisor, Kind, PowerState, parse_expiry};
     use crate::{Catalog, ErrorKind, NewPayload, NewSnapshot, TokenMode};
-    use stasis_store::codec::Compression;
-    use stasis_store::config::Role;
+    use stasis_store::{Compression, Role};
 
     /// A snapshot with every optional column filled, a payload and a tag.
     fn full(vm: &str, name: &str) -> NewSnapshot {

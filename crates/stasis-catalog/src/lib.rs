@@ -30,8 +30,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use stasis_store::config::Role;
-use stasis_store::manifest::{BlockRef, Manifest};
+use stasis_store::{BlockRef, Manifest, Role};
 
 pub use error::{Error, ErrorKind, Result};
 pub use fields::{CompressionState, Hypervisor, Kind, PowerState, now, parse_expiry, parse_tag};
@@ -88,7 +87,7 @@ fn payload_check(
     let text = format!(
         "{snapshot_id}\0{name}\0{role}\0{size}\0{allocated}\0{data_bytes}\0{block_size}\0{fanout}\0{root}"
     );
-    let mut hex = stasis_store::id::Id::of(text.as_bytes()).to_hex();
+    let mut hex = stasis_store::Id::of(text.as_bytes()).to_hex();
     hex.truncate(16);
     hex
 }

@@ -6,9 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use stasis_store::codec::{Algorithm, Compression};
-use stasis_store::config::Role;
-use stasis_store::manifest::Manifest;
+use stasis_store::{Algorithm, Compression, Manifest, Role};
 
 use crate::error::{Error, ErrorKind};
 use crate::fields::{CompressionState, Hypervisor, Kind, PowerState};
@@ -102,7 +100,7 @@ pub struct Payload {
 
 fn ser_manifest<S: serde::Serializer>(m: &Manifest, s: S) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeMap;
-    use stasis_store::manifest::BlockRef;
+    use stasis_store::BlockRef;
     let mut map = s.serialize_map(Some(3))?;
     map.serialize_entry("size_bytes", &m.size)?;
     map.serialize_entry("block_size", &m.block_size)?;

@@ -1,6 +1,5 @@
 use super::*;
-use stasis_store::codec::Compression;
-use stasis_store::manifest::BlockRef;
+use stasis_store::{BlockRef, Compression};
 
 fn new_snap(vm: &str, name: &str, parent: Option<&str>) -> NewSnapshot {
     let payload = NewPayload {

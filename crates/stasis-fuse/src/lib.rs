@@ -36,7 +36,7 @@ use fuser::{
     ReplyEntry, ReplyLseek, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
 use stasis_catalog::Catalog;
-use stasis_store::store::Store;
+use stasis_store::Store;
 
 pub use tree::{Entry, Node, Tree};
 

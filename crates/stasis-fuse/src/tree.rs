@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use stasis_catalog::{Catalog, ListFilter, Snapshot, Status, layout};
-use stasis_store::reader::PayloadReader;
-use stasis_store::store::Store;
+use stasis_store::{PayloadReader, Store};
 
 /// What an inode is. Payload files are keyed by snapshot and position only, so the same
 /// file seen through `vms/` and `snapshots/` shares one inode and one page cache.

@@ -12,12 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stasis_catalog::{Catalog, NewPayload, NewSnapshot};
-use stasis_store::backend::{Backend, Bytes, LocalBackend, ObjectMeta};
-use stasis_store::codec::Compression;
-use stasis_store::config::{Role, StoreConfig};
-use stasis_store::id::BlockId;
-use stasis_store::manifest::{self, BlockRef, Manifest};
-use stasis_store::store::Store;
+use stasis_store::{
+    Backend, BlockId, BlockRef, Bytes, Compression, LocalBackend, Manifest, ObjectMeta, Role,
+    Store, StoreConfig, visit_blocks,
+};
 
 /// A backend that logs every ranged read.
 #[derive(Debug)]
@@ -58,13 +56,13 @@ impl Backend for Counting {
         self.inner.sync()
     }
 
-    fn locks(&self) -> &dyn stasis_store::lock::Locks {
+    fn locks(&self) -> &dyn stasis_store::Locks {
         self.inner.locks()
     }
     fn create(
         &self,
         prefix: &str,
-    ) -> stasis_store::Result<Box<dyn stasis_store::backend::PartialObject + '_>> {
+    ) -> stasis_store::Result<Box<dyn stasis_store::PartialObject + '_>> {
         self.inner.create(prefix)
     }
 }
@@ -89,9 +87,8 @@ fn snapshot(store: &Store, cat: &mut Catalog, dir: &Path, vm: &str, bytes: &[u8]
     let f = File::open(&path).expect("open input");
     let mut w = store.writer(Compression::default()).expect("writer");
     let bs = store.config().block_sizes.get(Role::Disk);
-    let (m, st) =
-        stasis_store::ingest::ingest_full(&mut w, &f, bytes.len() as u64, bs, None, &|_| {})
-            .expect("ingest");
+    let (m, st) = stasis_store::ingest_full(&mut w, &f, bytes.len() as u64, bs, None, &|_| {})
+        .expect("ingest");
     w.commit().expect("commit");
     let p = NewPayload {
         name: "root".into(),
@@ -108,10 +105,10 @@ fn snapshot(store: &Store, cat: &mut Catalog, dir: &Path, vm: &str, bytes: &[u8]
 /// Where each of a payload's data blocks is stored: (pack key, byte range) by block id.
 fn locations(store: &Store, m: &Manifest) -> HashMap<BlockId, (String, Range<u64>)> {
     let mut out = HashMap::new();
-    manifest::visit_blocks(store, m, 0..m.nblocks(), &mut |_, _, r| {
+    visit_blocks(store, m, 0..m.nblocks(), &mut |_, _, r| {
         if let BlockRef::Data(id) = r {
             let (pack, loc) = store.locate(&id).expect("indexed");
-            let key = stasis_store::pack::pack_key(&pack);
+            let key = stasis_store::pack_key(&pack);
             out.insert(
                 id,
                 (key, loc.offset..loc.offset + u64::from(loc.stored_len)),

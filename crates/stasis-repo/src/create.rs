@@ -13,12 +13,10 @@ use stasis_catalog::{
     Catalog, Hypervisor, Kind, NewPayload, NewSnapshot, PowerState, Snapshot, check_payload_names,
     parse_expiry, validate_name,
 };
-use stasis_store::codec::{Algorithm, Compression};
-use stasis_store::config::{Role, StoreConfig};
-use stasis_store::ingest::{self, IngestStats};
-use stasis_store::manifest::Manifest;
-use stasis_store::source::{data_regions, open_input};
-use stasis_store::store::{Store, Writer};
+use stasis_store::{
+    Algorithm, Compression, FullOptions, IngestStats, Manifest, Role, Store, StoreConfig, Writer,
+    data_regions, ingest_diff, ingest_full, ingest_full_with, ingest_layer, open_input,
+};
 
 use crate::error::{Error, Result};
 use crate::roots::{Roots, Scope};
@@ -429,8 +427,7 @@ pub fn create(
                     i.name, pp.role, i.role
                 )));
             }
-            ingest::ingest_diff(&mut writer, &i.file, i.size, &pp.manifest, &advance)
-                .map_err(Error::from)
+            ingest_diff(&mut writer, &i.file, i.size, &pp.manifest, &advance).map_err(Error::from)
         } else if i.qcow2 {
             store_qcow2(
                 &mut writer,
@@ -457,12 +454,11 @@ pub fn create(
             // Memory pages also recur with small edits at other offsets and in other
             // VMs booted from the same image: they are stored XORed with a similar
             // stored page where that pays (docs/measurements/memory.md).
-            let opts = ingest::FullOptions {
+            let opts = FullOptions {
                 parent: base,
                 similar: i.role == Role::Memory,
             };
-            ingest::ingest_full_with(&mut writer, &i.file, i.size, bs, opts, &advance)
-                .map_err(Error::from)
+            ingest_full_with(&mut writer, &i.file, i.size, bs, opts, &advance).map_err(Error::from)
         }
         .map_err(|e| match e {
             Error::Store(s) => Error::Store(s.context(format!("storing {}", i.path.display()))),
@@ -526,7 +522,7 @@ fn store_qcow2(
             i.path.display(),
             ov.allocated()
         );
-        return Ok(ingest::ingest_layer(
+        return Ok(ingest_layer(
             w,
             &ov,
             &ov.regions(),
@@ -556,7 +552,7 @@ fn store_qcow2(
     let raw = tmp.path().join(format!("{}.raw", i.name));
     crate::qcow2::convert_to_raw(&ov, &i.path, &raw)?;
     let inp = open_input(&raw)?;
-    Ok(ingest::ingest_full(
+    Ok(ingest_full(
         w, &inp.file, inp.size, block_size, None, progress,
     )?)
 }

@@ -9,9 +9,7 @@ use std::process::Command;
 
 use serde::Serialize;
 use stasis_catalog::{Catalog, Snapshot, Vm, validate_name};
-use stasis_store::config::Role;
-use stasis_store::reader::PayloadReader;
-use stasis_store::store::Store;
+use stasis_store::{PayloadReader, Role, Store};
 
 use crate::error::{Error, Result};
 

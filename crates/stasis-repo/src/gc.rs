@@ -3,9 +3,7 @@
 //! ([`stasis_store::gc`]) keeps exactly what they reach.
 
 use stasis_catalog::Catalog;
-use stasis_store::gc::{self, GcOptions, GcReport, Phase};
-use stasis_store::manifest::Manifest;
-use stasis_store::store::Store;
+use stasis_store::{GcOptions, GcReport, Manifest, Phase, Store, collect_garbage};
 
 use crate::error::Result;
 
@@ -36,5 +34,5 @@ pub fn collect(
             stasis_store::Error::new(stasis_store::ErrorKind::Repository, e.to_string())
         })
     };
-    Ok(gc::collect(store, opts, &mut read_roots, progress)?)
+    Ok(collect_garbage(store, opts, &mut read_roots, progress)?)
 }

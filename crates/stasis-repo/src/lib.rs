@@ -31,7 +31,7 @@ pub mod usage;
 pub mod verify;
 
 use stasis_catalog::Catalog;
-use stasis_store::store::Store;
+use stasis_store::Store;
 
 pub use error::{Error, ErrorKind, Result};
 pub use repository::{

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde::Deserialize;
-use stasis_store::ingest::LayerSource;
+use stasis_store::LayerSource;
 
 use crate::error::{Error, Result};
 

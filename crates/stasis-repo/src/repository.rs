@@ -18,9 +18,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use stasis_catalog::Catalog;
-use stasis_store::backend::{Backend, LocalBackend};
-use stasis_store::config::StoreConfig;
-use stasis_store::store::Store;
+use stasis_store::{Backend, LocalBackend, Store, StoreConfig};
 
 use crate::error::{Error, Result};
 
@@ -374,9 +372,9 @@ impl Repository {
     /// Collect garbage ([`crate::gc::collect`]).
     pub fn gc(
         &self,
-        opts: &stasis_store::gc::GcOptions,
-        progress: &dyn Fn(stasis_store::gc::Phase),
-    ) -> Result<stasis_store::gc::GcReport> {
+        opts: &stasis_store::GcOptions,
+        progress: &dyn Fn(stasis_store::Phase),
+    ) -> Result<stasis_store::GcReport> {
         crate::gc::collect(&self.store, &self.catalog, opts, progress)
     }
 

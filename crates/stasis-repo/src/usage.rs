@@ -5,10 +5,7 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 use stasis_catalog::{AddedSizes, Catalog, Snapshot};
-use stasis_store::Result;
-use stasis_store::manifest::Manifest;
-use stasis_store::store::Store;
-use stasis_store::verify::new_stored_bytes;
+use stasis_store::{Manifest, Result, Store, new_stored_bytes};
 
 /// Stored and raw bytes of the blocks and tree nodes reachable from `payloads` that are
 /// not reachable from `parent`. Shared subtrees are skipped, so this costs O(changed

@@ -4,8 +4,9 @@
 //! that read every block marks it verified.
 
 use serde::Serialize;
-use stasis_store::repair::{RepairReport, rebuild_index};
-use stasis_store::verify::{Problem, StoreReport, verify_manifest, verify_store};
+use stasis_store::{
+    Problem, RepairReport, StoreReport, rebuild_index, verify_manifest, verify_store,
+};
 
 use crate::error::Result;
 use crate::repository::{DamagedIndex, Repository};

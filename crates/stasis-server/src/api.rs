@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use stasis_catalog::{CompressionState, Hypervisor, Kind, PowerState, Snapshot, Status};
-use stasis_store::config::Role;
+use stasis_store::Role;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::{RefOr, schema::AdditionalProperties};
 use utoipa::{PartialSchema, ToSchema};
@@ -230,7 +230,7 @@ pub struct ApiSnapshot {
 
 impl From<&Snapshot> for ApiSnapshot {
     fn from(s: &Snapshot) -> Self {
-        use stasis_store::manifest::BlockRef;
+        use stasis_store::BlockRef;
         ApiSnapshot {
             id: s.id.clone(),
             name: s.name.clone(),
@@ -428,7 +428,7 @@ pub struct Health {
 mod tests {
     use super::*;
     use stasis_catalog::{Catalog, NewPayload, NewSnapshot};
-    use stasis_store::manifest::{BlockRef, Manifest};
+    use stasis_store::{BlockRef, Manifest};
 
     #[test]
     fn a_snapshot_serialises_exactly_as_the_catalog_record() {
@@ -455,12 +455,12 @@ mod tests {
         n.source_hypervisor = Some(Hypervisor::Firecracker);
         n.power_state = Some(PowerState::Suspended);
         n.kind = Kind::Standby;
-        n.compression = stasis_store::codec::Compression::default().into();
+        n.compression = stasis_store::Compression::default().into();
         n.expires_at = Some("2030-01-01T00:00:00Z".into());
         let a = cat.create(&n).expect("create");
         let mut bare = NewSnapshot::new("web", "child", "test", vec![payload("root", Role::Disk)]);
         bare.parent_id = Some(a.id.clone());
-        bare.compression = stasis_store::codec::Compression::none().into();
+        bare.compression = stasis_store::Compression::none().into();
         let b = cat.create(&bare).expect("create");
         for s in [cat.get(&a.id), cat.get(&b.id)] {
             let s = s.expect("get").expect("some");

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use stasis_catalog::{Catalog, Hypervisor, Kind, ListFilter, Snapshot, Status, validate_name};
 use stasis_repo::create::{self, CreateSpec, InputSpec, Paths, Progress};
 use stasis_repo::fork::{self, Files};
-use stasis_store::reader::PayloadReader;
+use stasis_store::PayloadReader;
 
 use crate::api::{
     ApiSnapshot, CreateSnapshotRequest, ForkSnapshotRequest, Health, Instance, InstanceFile, Tags,
@@ -527,7 +527,7 @@ fn find_payload(
     p: &Principal,
     id: &str,
     name: &str,
-) -> Result<(stasis_store::manifest::Manifest, String), ApiError> {
+) -> Result<(stasis_store::Manifest, String), ApiError> {
     let cat = st.catalogs.get()?;
     let s = own_snapshot(&cat, p, id)?;
     let pl = s
@@ -536,9 +536,9 @@ fn find_payload(
         .find(|pl| pl.name == name)
         .ok_or_else(|| ApiError::not_found(format!("snapshot {id:?} has no payload {name:?}")))?;
     let root = match pl.manifest.root {
-        stasis_store::manifest::BlockRef::Data(b) => b.to_hex(),
-        stasis_store::manifest::BlockRef::Hole => "hole".into(),
-        stasis_store::manifest::BlockRef::Zero => "zero".into(),
+        stasis_store::BlockRef::Data(b) => b.to_hex(),
+        stasis_store::BlockRef::Hole => "hole".into(),
+        stasis_store::BlockRef::Zero => "zero".into(),
     };
     // Payloads never change: the manifest root and size name the bytes.
     let etag = format!("\"{root}-{}\"", pl.manifest.size);

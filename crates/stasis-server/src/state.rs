@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use stasis_catalog::Catalog;
 use stasis_repo::roots::{Roots, Scope};
 use stasis_repo::{CatalogOpener, RepoConfig};
-use stasis_store::store::Store;
+use stasis_store::Store;
 use tokio::sync::Semaphore;
 
 use crate::error::ApiError;

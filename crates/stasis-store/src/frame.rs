@@ -3,15 +3,15 @@
 //! Per-block zstd restarts its window at every block, so what neighbouring blocks
 //! share (file-system metadata, text, the pages of one guest) is paid again in each.
 //! A write session therefore groups the new data blocks of a batch into frames of
-//! about [`crate::config::StoreConfig::frame_size`] bytes and stores each frame once; every
+//! about [`crate::format::config::StoreConfig::frame_size`] bytes and stores each frame once; every
 //! member keeps its own pack and index entry, naming the frame's stored range
-//! ([`crate::codec::Codec::ZstdFrame`]) and where its bytes start in the decoded frame.
+//! ([`crate::format::codec::Codec::ZstdFrame`]) and where its bytes start in the decoded frame.
 //! Dedup stays per block. A read decodes the whole frame, so frames are kept small
 //! (a random 4 KiB read decodes at most one frame) and decoded frames are cached here
 //! so that a sequential reader decodes each one once.
 //!
 //! A frame some of whose members are stored XORed with a similar block
-//! ([`crate::codec::Codec::ZstdFrameXor`], see [`crate::similarity`]) starts with a
+//! ([`crate::format::codec::Codec::ZstdFrameXor`], see [`crate::similarity`]) starts with a
 //! reference table before its zstd frame (all its members' codecs say so):
 //! a u16 count `n` (at least 1), then `n` entries of a u16 skip (in
 //! [`FRAME_SKIP_UNIT`]s, strictly increasing) and the 32-byte id of the reference of
@@ -23,81 +23,17 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::backend::Backend;
-use crate::codec::{self, Codec};
 use crate::error::{Error, Result};
-use crate::id::{BlockId, Id, PackId};
+use crate::format::codec::{self, Codec};
+use crate::format::keys;
+use crate::format::refs;
+use crate::id::{BlockId, PackId};
 use crate::index::Location;
-use crate::pack::{self, FRAME_SKIP_UNIT};
+use crate::pack::FRAME_SKIP_UNIT;
 
 /// Bound of the frame cache of one pass over whole packs (verify, gc's repack,
 /// repair), which reads each frame's members one after another.
 pub const SCAN_CACHE_BYTES: u64 = 16 << 20;
-
-/// Bytes of one reference table entry: a u16 skip and a 32-byte id.
-pub const REF_ENTRY: usize = 34;
-
-/// Append the reference table of `refs` (each member's skip in bytes and its
-/// reference, in increasing skip order) to `out`. At most [`u16::MAX`] entries.
-pub fn encode_refs(refs: &[(u32, BlockId)], out: &mut Vec<u8>) -> Result<()> {
-    let bad = |m: &str| Error::new(crate::ErrorKind::InvalidInput, format!("references: {m}"));
-    let n = u16::try_from(refs.len()).map_err(|_| bad("too many"))?;
-    if n == 0 {
-        return Err(bad("none"));
-    }
-    out.extend_from_slice(&n.to_le_bytes());
-    let mut last: Option<u32> = None;
-    for (skip, id) in refs {
-        if !skip.is_multiple_of(FRAME_SKIP_UNIT) || *skip > pack::MAX_FRAME_SKIP {
-            return Err(bad("unaligned skip"));
-        }
-        if last.is_some_and(|l| l >= *skip) {
-            return Err(bad("out of order"));
-        }
-        last = Some(*skip);
-        out.extend_from_slice(&((skip / FRAME_SKIP_UNIT) as u16).to_le_bytes());
-        out.extend_from_slice(&id.0);
-    }
-    Ok(())
-}
-
-/// The length of the reference table at the front of `head` (the first bytes of a
-/// frame's stored range, at least 2), for a reader that fetches only the table.
-pub fn refs_len(head: &[u8]) -> Result<usize> {
-    let n = head
-        .first_chunk::<2>()
-        .map(|b| u16::from_le_bytes(*b))
-        .ok_or_else(|| Error::corrupt("frame too short for its reference table"))?;
-    if n == 0 {
-        return Err(Error::corrupt("frame has an empty reference table"));
-    }
-    Ok(2 + usize::from(n) * REF_ENTRY)
-}
-
-/// A frame's reference table: each XOR member's skip in bytes and its reference.
-pub type References = Vec<(u32, BlockId)>;
-
-/// The reference table and the zstd frame of a frame's stored bytes that start with
-/// one.
-pub fn split_refs(stored: &[u8]) -> Result<(References, &[u8])> {
-    let len = refs_len(stored)?;
-    if stored.len() <= len {
-        return Err(Error::corrupt(
-            "frame too short for its reference table and data",
-        ));
-    }
-    let (table, frame) = stored.split_at(len);
-    let mut refs = Vec::with_capacity((len - 2) / REF_ENTRY);
-    for e in table[2..].chunks_exact(REF_ENTRY) {
-        let skip = u32::from(u16::from_le_bytes([e[0], e[1]])) * FRAME_SKIP_UNIT;
-        let mut id = [0u8; 32];
-        id.copy_from_slice(&e[2..]);
-        if refs.last().is_some_and(|(l, _)| *l >= skip) {
-            return Err(Error::corrupt("frame reference table is out of order"));
-        }
-        refs.push((skip, Id(id)));
-    }
-    Ok((refs, frame))
-}
 
 /// A decoded frame: its bytes and, for a frame with a reference table, each XOR
 /// member's skip and reference.
@@ -109,18 +45,10 @@ pub struct Frame {
     pub refs: Arc<[(u32, BlockId)]>,
 }
 
-/// The reference `refs` (a table as [`split_refs`] returns it, by skip) names for the
-/// member at `skip`, if any.
-pub fn reference_in(refs: &[(u32, BlockId)], skip: u32) -> Option<BlockId> {
-    refs.binary_search_by_key(&skip, |(s, _)| *s)
-        .ok()
-        .map(|i| refs[i].1)
-}
-
 impl Frame {
     /// The reference of the member at `skip`, if it is stored XORed.
     pub fn reference(&self, skip: u32) -> Option<BlockId> {
-        reference_in(&self.refs, skip)
+        refs::reference_in(&self.refs, skip)
     }
 }
 
@@ -194,12 +122,12 @@ impl FrameCache {
             }
         }
         // Decoded outside the lock: two readers may rarely decode the same frame.
-        let pkey = pack::pack_key(pack);
+        let pkey = keys::pack_key(pack);
         let stored = backend.get(&pkey, Some(loc.stored()))?;
         let at = |e: Error| e.context(format!("frame at {} in {pkey}", loc.offset));
         let (refs, zstd) = match loc.codec {
             Codec::ZstdFrame => (Vec::new(), &stored[..]),
-            Codec::ZstdFrameRefs | Codec::ZstdFrameXor => split_refs(&stored).map_err(at)?,
+            Codec::ZstdFrameRefs | Codec::ZstdFrameXor => refs::split_refs(&stored).map_err(at)?,
             c => return Err(at(Error::corrupt(format!("{c:?} is not a frame member")))),
         };
         let mut out = self.spares().pop().unwrap_or_default();
@@ -262,7 +190,7 @@ mod tests {
     #[test]
     fn a_frame_is_decoded_once_for_its_members_until_evicted() {
         use crate::backend::MemoryBackend;
-        use crate::codec::{Codec, Compression, compress};
+        use crate::format::codec::{Codec, Compression, compress};
         use crate::id::Id;
         use crate::pack::{BlobKind, FrameMember, PackBuilder};
 
@@ -284,7 +212,7 @@ mod tests {
         }
         let (pid, bytes, entries) = b.finish().expect("finish");
         let be = MemoryBackend::new();
-        be.put(&pack::pack_key(&pid), &bytes).expect("put");
+        be.put(&keys::pack_key(&pid), &bytes).expect("put");
         let loc = |f: usize, k: usize| Location::of(0, &entries[f * 4 + k]);
         let cache = FrameCache::new(512 << 10);
         for f in 0..3 {
@@ -294,7 +222,7 @@ mod tests {
         }
         // With the pack gone, the newest frames still serve every member; the oldest,
         // evicted past 512 KiB, does not.
-        be.delete(&pack::pack_key(&pid)).expect("delete");
+        be.delete(&keys::pack_key(&pid)).expect("delete");
         for (f, ms) in members.iter().enumerate().skip(1) {
             for (k, m) in ms.iter().enumerate() {
                 let frame = cache.frame(&be, &pid, &loc(f, k)).expect("cached");
@@ -316,52 +244,6 @@ mod tests {
     }
 
     proptest! {
-        /// A reference table reads back as written, and the frame after it is found;
-        /// a cut or unordered table is corrupt, never misread.
-        #[test]
-        fn reference_tables_round_trip(
-            skips in proptest::collection::btree_set(0u32..64, 1..20),
-            tail in proptest::collection::vec(any::<u8>(), 1..50),
-            cut in any::<prop::sample::Index>(),
-        ) {
-            let refs: Vec<(u32, BlockId)> = skips
-                .iter()
-                .map(|s| (s * FRAME_SKIP_UNIT, Id::of(&s.to_le_bytes())))
-                .collect();
-            let mut stored = Vec::new();
-            encode_refs(&refs, &mut stored).expect("encode");
-            prop_assert_eq!(refs_len(&stored).expect("len"), stored.len());
-            stored.extend_from_slice(&tail);
-            let (back, frame) = split_refs(&stored).expect("split");
-            prop_assert_eq!(&back, &refs);
-            prop_assert_eq!(frame, &tail[..]);
-            let table_len = stored.len() - tail.len();
-            prop_assert!(split_refs(&stored[..cut.index(table_len + 1)]).is_err());
-            if refs.len() > 1 {
-                let mut swapped = refs.clone();
-                swapped.swap(0, 1);
-                prop_assert!(encode_refs(&swapped, &mut Vec::new()).is_err());
-            }
-        }
-    }
-
-    #[test]
-    fn bad_reference_tables_are_refused() {
-        let id = Id::of(b"r");
-        assert!(encode_refs(&[], &mut Vec::new()).is_err());
-        assert!(encode_refs(&[(100, id)], &mut Vec::new()).is_err());
-        // A table whose count is zero, or whose skips repeat.
-        assert!(split_refs(&[0, 0, 1, 2, 3]).is_err());
-        let mut t = vec![2, 0];
-        for _ in 0..2 {
-            t.extend_from_slice(&[1, 0]);
-            t.extend_from_slice(&id.0);
-        }
-        t.push(9);
-        assert!(split_refs(&t).is_err());
-    }
-
-    proptest! {
         #[test]
         fn plans_cover_every_block_once_within_bounds(
             lens in proptest::collection::vec(prop_oneof![Just(4096usize), Just(65536), 1usize..70000], 0..60),
@@ -379,7 +261,7 @@ mod tests {
                     prop_assert!(l.is_multiple_of(4096));
                 }
                 let skip_end: usize = lens[r.start..r.end - 1].iter().sum();
-                prop_assert!(skip_end <= pack::MAX_FRAME_SKIP as usize);
+                prop_assert!(skip_end <= crate::format::pack::MAX_FRAME_SKIP as usize);
             }
             prop_assert_eq!(next, lens.len());
         }

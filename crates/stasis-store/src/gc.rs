@@ -49,108 +49,21 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
-use zerocopy::little_endian::{U32, U64};
-use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::Backend;
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::index_file;
+use crate::format::keys;
+use crate::format::keys::PLAN_PREFIX;
+use crate::format::plan::Plan;
 use crate::frame::{self, FrameCache};
-use crate::id::{BlockId, Id, PackId};
-use crate::index::{self, Location};
+use crate::id::{BlockId, PackId};
+use crate::index::Location;
 use crate::manifest::{self, BlockRef, Manifest};
 use crate::pack::{self, PackEntry};
-use crate::raw;
 use crate::store::{BaseReader, Store, read_located};
 
 type IdSet = HashSet<BlockId, FxBuildHasher>;
-
-/// Where gc plans live.
-pub const PLAN_PREFIX: &str = "gc/";
-
-/// A published plan: the blobs about to be removed, and the packs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    /// Blobs no snapshot referenced when the plan was made.
-    pub dead: Vec<BlockId>,
-    /// Packs to be deleted (removed, repacked or orphaned).
-    pub packs: Vec<PackId>,
-}
-
-impl Plan {
-    /// Encode; returns the object key and bytes.
-    pub fn encode(&self) -> (String, Vec<u8>) {
-        let header = raw::PlanHeader {
-            magic: raw::PLAN_MAGIC,
-            version: U32::new(raw::FORMAT_VERSION),
-            reserved: [0; 4],
-            dead_count: U64::new(self.dead.len() as u64),
-            pack_count: U64::new(self.packs.len() as u64),
-        };
-        let mut buf = Vec::with_capacity(64 + 32 * (self.dead.len() + self.packs.len()));
-        buf.extend_from_slice(header.as_bytes());
-        for id in self.dead.iter().chain(&self.packs) {
-            buf.extend_from_slice(&id.0);
-        }
-        let sum = *blake3::hash(&buf).as_bytes();
-        buf.extend_from_slice(&sum);
-        (format!("{PLAN_PREFIX}{}", Id::of(&buf).to_hex()), buf)
-    }
-
-    /// Decode and check.
-    pub fn decode(bytes: &[u8]) -> Result<Plan> {
-        if bytes.len() < size_of::<raw::PlanHeader>() + 32 {
-            return Err(Error::corrupt("gc plan is truncated"));
-        }
-        let (body, sum) = bytes.split_at(bytes.len() - 32);
-        if blake3::hash(body).as_bytes() != sum {
-            return Err(Error::corrupt("gc plan checksum mismatch"));
-        }
-        let (h, rest) = raw::PlanHeader::read_from_prefix(body)
-            .map_err(|_| Error::corrupt("gc plan header is short"))?;
-        if h.magic != raw::PLAN_MAGIC || h.version.get() != raw::FORMAT_VERSION {
-            return Err(Error::corrupt("gc plan has a bad magic or version"));
-        }
-        let n = h
-            .dead_count
-            .get()
-            .checked_add(h.pack_count.get())
-            .and_then(|n| n.checked_mul(32));
-        if n != Some(rest.len() as u64) {
-            return Err(Error::corrupt("gc plan size does not match its header"));
-        }
-        let ids: Vec<Id> = rest
-            .chunks_exact(32)
-            .map(|c| {
-                let mut a = [0u8; 32];
-                a.copy_from_slice(c);
-                Id(a)
-            })
-            .collect();
-        // dead_count <= rest.len() / 32 was checked above.
-        let (dead, packs) = ids.split_at(h.dead_count.get() as usize);
-        Ok(Plan {
-            dead: dead.to_vec(),
-            packs: packs.to_vec(),
-        })
-    }
-}
-
-/// The dead blobs of every published plan: what a new write session must not
-/// deduplicate against.
-pub fn load_masks(backend: &dyn Backend) -> Result<IdSet> {
-    let mut out = IdSet::default();
-    for meta in backend.list(PLAN_PREFIX)? {
-        let bytes = match backend.get(&meta.key, None) {
-            Ok(b) => b,
-            // Its gc finished between the listing and now.
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let plan = Plan::decode(&bytes).map_err(|e| e.context(&meta.key))?;
-        out.extend(plan.dead);
-    }
-    Ok(out)
-}
 
 /// Settings.
 #[derive(Clone, Copy, Debug)]
@@ -237,13 +150,13 @@ struct Files {
 
 fn load_files(backend: &dyn Backend, skip: &BTreeMap<String, Vec<PackId>>) -> Result<Files> {
     let mut out = Files::default();
-    for meta in backend.list("index/")? {
+    for meta in backend.list(keys::INDEX_PREFIX)? {
         if skip.contains_key(&meta.key) {
             continue;
         }
         let bytes = backend.get(&meta.key, None)?;
-        let (packs, entries) = index::decode_file(&bytes).map_err(|e| e.context(&meta.key))?;
-        if Id::of(&bytes).to_hex() != meta.key["index/".len()..] {
+        let (packs, entries) = index_file::decode_file(&bytes).map_err(|e| e.context(&meta.key))?;
+        if !keys::index_key_names(&meta.key, &bytes) {
             return Err(Error::corrupt(format!(
                 "{}: name does not match content",
                 meta.key
@@ -487,9 +400,9 @@ pub fn collect(
     store.reload_index()?;
     let files = load_files(backend, &BTreeMap::new())?;
     let listed: BTreeMap<PackId, u64> = backend
-        .list("packs/")?
+        .list(keys::PACK_PREFIX)?
         .into_iter()
-        .filter_map(|m| pack::pack_id_of_key(&m.key).map(|p| (p, m.size)))
+        .filter_map(|m| keys::pack_id_of_key(&m.key).map(|p| (p, m.size)))
         .collect();
     report.packs_before = listed.len() as u64;
     report.bytes_before = listed.values().sum();
@@ -498,7 +411,7 @@ pub fn collect(
             ErrorKind::Corrupt,
             format!(
                 "an index file names the missing pack {}; run `stasis verify --repair` first",
-                pack::pack_key(missing)
+                keys::pack_key(missing)
             ),
         ));
     }
@@ -585,7 +498,7 @@ pub fn collect(
             if holds_live {
                 report.kept.push(format!(
                     "{}: not indexed but holds live blobs; run `stasis verify --repair`",
-                    pack::pack_key(p)
+                    keys::pack_key(p)
                 ));
                 keep_orphans.push(*p);
             }
@@ -610,7 +523,7 @@ pub fn collect(
                 .err()
             });
             if let Some(err) = bad {
-                report.kept.push(format!("{}: {err}", pack::pack_key(pid)));
+                report.kept.push(format!("{}: {err}", keys::pack_key(pid)));
                 keep.push(*pid);
                 continue;
             }
@@ -635,7 +548,7 @@ pub fn collect(
 
     // 8. Delete packs, then the plan.
     for p in removed.iter().chain(&orphans) {
-        backend.delete(&pack::pack_key(p))?;
+        backend.delete(&keys::pack_key(p))?;
     }
     backend.sync()?;
     backend.delete(&plan_key)?;
@@ -680,7 +593,7 @@ fn rewrite_index(
                 .iter()
                 .map(|p| (*p, files.packs.get(p).cloned().unwrap_or_default()))
                 .collect();
-            let (key, bytes) = index::encode_file(&table, format);
+            let (key, bytes) = index_file::encode_file(&table, format);
             backend.put(&key, &bytes)?;
             backend.sync()?;
             // The new file may share its name with one of the old (same content).
@@ -726,21 +639,11 @@ fn fill(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Codec;
+    use crate::format::codec::Codec;
+    use crate::id::Id;
     use proptest::prelude::*;
 
     proptest! {
-        #[test]
-        fn plan_roundtrip(dead in 0usize..50, packs in 0usize..10) {
-            let p = Plan {
-                dead: (0..dead).map(|i| Id::of(&i.to_le_bytes())).collect(),
-                packs: (0..packs).map(|i| Id::of(&[i as u8, 1])).collect(),
-            };
-            let (key, bytes) = p.encode();
-            prop_assert!(key.starts_with(PLAN_PREFIX));
-            prop_assert_eq!(Plan::decode(&bytes).expect("decode"), p);
-        }
-
         #[test]
         fn a_whole_copy_owns_a_block_stored_both_ways(delta_pack_first in any::<bool>()) {
             let id = Id::of(b"x");
@@ -764,20 +667,6 @@ mod tests {
             let d = decide(&files, &live, 0.9, 32 << 20);
             prop_assert!(d.delete.contains(&dp), "{:?}", d);
             prop_assert!(!d.delete.contains(&wp) && !d.dead.contains(&id));
-        }
-
-        #[test]
-        fn plan_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = Plan::decode(&bytes);
-        }
-
-        #[test]
-        fn plan_flip_is_detected(pos in any::<prop::sample::Index>(), flip in 1u8..=255) {
-            let p = Plan { dead: vec![Id::of(b"a")], packs: vec![Id::of(b"b")] };
-            let (_, mut bytes) = p.encode();
-            let i = pos.index(bytes.len());
-            bytes[i] ^= flip;
-            prop_assert!(Plan::decode(&bytes).is_err());
         }
     }
 }

@@ -9,15 +9,14 @@
 use std::collections::HashMap;
 
 use rustc_hash::FxBuildHasher;
-use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, IntoBytes};
 
 use crate::backend::Backend;
-use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::id::{BlockId, Id, PackId};
+use crate::format::codec::Codec;
+use crate::format::index_file;
+use crate::format::keys;
+use crate::id::{BlockId, PackId};
 use crate::pack::{self, BlobKind, PackEntry};
-use crate::raw;
 
 /// Where a blob is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,11 +55,6 @@ impl Location {
     pub fn stored(&self) -> std::ops::Range<u64> {
         self.offset..self.offset + u64::from(self.stored_len)
     }
-}
-
-/// The object key of an index file.
-pub fn index_key(id: &Id) -> String {
-    format!("index/{}", id.to_hex())
 }
 
 /// Every known blob's location.
@@ -111,11 +105,11 @@ impl Index {
     pub fn load_tolerant(backend: &dyn Backend) -> Result<(Index, Vec<(String, Error)>)> {
         let mut idx = Index::new();
         let mut bad = Vec::new();
-        for meta in backend.list("index/")? {
+        for meta in backend.list(keys::INDEX_PREFIX)? {
             idx.files.push(meta.key.clone());
             let bytes = backend.get(&meta.key, None)?;
-            let (packs, entries) = match decode_file(&bytes) {
-                Ok(d) if Id::of(&bytes).to_hex() == meta.key["index/".len()..] => d,
+            let (packs, entries) = match index_file::decode_file(&bytes) {
+                Ok(d) if keys::index_key_names(&meta.key, &bytes) => d,
                 Ok(_) => {
                     let e = Error::corrupt(format!("{}: name does not match content", meta.key));
                     bad.push((meta.key, e));
@@ -140,8 +134,8 @@ impl Index {
     pub fn rebuild_from_packs(backend: &dyn Backend) -> Result<(Index, Vec<(String, Error)>)> {
         let mut idx = Index::new();
         let mut bad = Vec::new();
-        for meta in backend.list("packs/")? {
-            let Some(pid) = pack::pack_id_of_key(&meta.key) else {
+        for meta in backend.list(keys::PACK_PREFIX)? {
+            let Some(pid) = keys::pack_id_of_key(&meta.key) else {
                 continue;
             };
             match pack::read_entries(backend, &pid) {
@@ -261,162 +255,10 @@ impl Index {
     }
 }
 
-/// Encode an index file for `packs` (each with its entries). Returns its key and bytes.
-///
-/// `version` is [`raw::FORMAT_VERSION`] (entries sorted by id, as earlier releases
-/// read), [`raw::COMPACT_FORMAT_VERSION`] (entries in pack order, and everything after
-/// the header one zstd frame: neighbouring entries share their pack, frame and
-/// lengths, so the entries shrink to little more than their ids) or
-/// [`raw::FEATURES_FORMAT_VERSION`] (compact, with each entry's similarity feature).
-/// Features are dropped in the older formats.
-pub fn encode_file(packs: &[(PackId, Vec<PackEntry>)], version: u32) -> (String, Vec<u8>) {
-    let mut entries: Vec<raw::IndexEntry> = Vec::new();
-    let mut features: Vec<u8> = Vec::new();
-    for (pos, (_, es)) in packs.iter().enumerate() {
-        for e in es {
-            features.extend_from_slice(&e.feature.to_le_bytes());
-            entries.push(raw::IndexEntry {
-                id: e.id.0,
-                pack: U32::new(u32::try_from(pos).unwrap_or(u32::MAX)),
-                stored_len: U32::new(e.stored_len),
-                offset: U64::new(e.offset),
-                raw_len: U32::new(e.raw_len),
-                codec: e.codec as u8,
-                kind: e.kind as u8,
-                frame_skip: U16::new((e.skip / pack::FRAME_SKIP_UNIT) as u16),
-            });
-        }
-    }
-    let mut body = Vec::with_capacity(packs.len() * 32 + entries.len() * 56);
-    for (id, _) in packs {
-        body.extend_from_slice(&id.0);
-    }
-    // Compact: entries in pack order, compressed with the pack ids. Plain (also when zstd
-    // fails, out of memory say): entries sorted by id, as earlier releases wrote them.
-    let with_features = version == raw::FEATURES_FORMAT_VERSION;
-    let compact = (version == raw::COMPACT_FORMAT_VERSION || with_features)
-        .then(|| {
-            let features: &[u8] = if with_features { &features } else { &[] };
-            pack::compress_table(&[&body[..], entries.as_bytes(), features].concat())
-        })
-        .flatten();
-    let version = match compact {
-        Some(c) => {
-            body = c;
-            if with_features {
-                raw::FEATURES_FORMAT_VERSION
-            } else {
-                raw::COMPACT_FORMAT_VERSION
-            }
-        }
-        None => {
-            entries.sort_by_key(|e| e.id);
-            body.extend_from_slice(entries.as_bytes());
-            raw::FORMAT_VERSION
-        }
-    };
-    let header = raw::IndexHeader {
-        magic: raw::INDEX_MAGIC,
-        version: U32::new(version),
-        pack_count: U32::new(u32::try_from(packs.len()).unwrap_or(u32::MAX)),
-        entry_count: U64::new(entries.len() as u64),
-        reserved: [0; 8],
-    };
-    let mut buf = Vec::with_capacity(32 + body.len() + 32);
-    buf.extend_from_slice(header.as_bytes());
-    buf.extend_from_slice(&body);
-    let sum = *blake3::hash(&buf).as_bytes();
-    buf.extend_from_slice(&sum);
-    (index_key(&Id::of(&buf)), buf)
-}
-
-/// An index file's pack table and its (pack position, entry) pairs.
-pub type DecodedFile = (Vec<PackId>, Vec<(u32, PackEntry)>);
-
-/// Decode and check an index file: its packs and (pack position, entry) pairs.
-pub fn decode_file(bytes: &[u8]) -> Result<DecodedFile> {
-    let hsize = size_of::<raw::IndexHeader>();
-    if bytes.len() < hsize + 32 {
-        return Err(Error::corrupt("index file is truncated"));
-    }
-    let (body, sum) = bytes.split_at(bytes.len() - 32);
-    if blake3::hash(body).as_bytes() != sum {
-        return Err(Error::corrupt("index file checksum mismatch"));
-    }
-    let (header, rest) = raw::IndexHeader::read_from_prefix(body)
-        .map_err(|_| Error::corrupt("index file header is short"))?;
-    let version = header.version.get();
-    let known = [
-        raw::FORMAT_VERSION,
-        raw::COMPACT_FORMAT_VERSION,
-        raw::FEATURES_FORMAT_VERSION,
-    ];
-    if header.magic != raw::INDEX_MAGIC || !known.contains(&version) {
-        return Err(Error::corrupt("index file has a bad magic or version"));
-    }
-    let npacks = header.pack_count.get() as usize;
-    let nentries = usize::try_from(header.entry_count.get())
-        .map_err(|_| Error::corrupt("index entry count"))?;
-    let per_entry = if version == raw::FEATURES_FORMAT_VERSION {
-        56 + 4
-    } else {
-        56
-    };
-    let want = npacks.checked_mul(32).and_then(|p| {
-        nentries
-            .checked_mul(per_entry)
-            .and_then(|e| e.checked_add(p))
-    });
-    let plain: Vec<u8>;
-    let rest: &[u8] = if version == raw::FORMAT_VERSION {
-        rest
-    } else {
-        let want = want.ok_or_else(|| Error::corrupt("index file counts overflow"))?;
-        plain = pack::decompress_table(rest, want, "index file body")?;
-        &plain
-    };
-    if want != Some(rest.len()) {
-        return Err(Error::corrupt("index file size does not match its header"));
-    }
-    let (pack_bytes, entry_bytes) = rest.split_at(npacks * 32);
-    let (entry_bytes, feature_bytes) = entry_bytes.split_at(nentries * 56);
-    let packs: Vec<PackId> = pack_bytes
-        .chunks_exact(32)
-        .map(|c| {
-            let mut a = [0u8; 32];
-            a.copy_from_slice(c);
-            Id(a)
-        })
-        .collect();
-    let raws = <[raw::IndexEntry]>::ref_from_bytes(entry_bytes)
-        .map_err(|_| Error::corrupt("index entries misaligned"))?;
-    let mut out = Vec::with_capacity(raws.len());
-    let mut features = feature_bytes
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    for r in raws {
-        let pack = r.pack.get();
-        if pack as usize >= npacks {
-            return Err(Error::corrupt("index entry names a pack outside its table"));
-        }
-        let e = pack::entry_from_raw(
-            r.id,
-            r.kind,
-            r.codec,
-            r.offset.get(),
-            r.stored_len.get(),
-            r.raw_len.get(),
-            r.frame_skip.get(),
-        )?;
-        let feature = features.next().unwrap_or(0);
-        out.push((pack, PackEntry { feature, ..e }));
-    }
-    Ok((packs, out))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::Id;
     use proptest::prelude::*;
 
     fn entry(seed: u8, off: u64) -> PackEntry {
@@ -440,69 +282,7 @@ mod tests {
         }
     }
 
-    fn versions() -> impl Strategy<Value = u32> {
-        prop_oneof![
-            Just(raw::FORMAT_VERSION),
-            Just(raw::COMPACT_FORMAT_VERSION),
-            Just(raw::FEATURES_FORMAT_VERSION),
-        ]
-    }
-
     proptest! {
-        #[test]
-        fn file_roundtrip(sizes in proptest::collection::vec(0usize..20, 0..5), version in versions()) {
-            let mut seed = 0u8;
-            let packs: Vec<(PackId, Vec<PackEntry>)> = sizes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| {
-                    let es = (0..*n).map(|k| { seed = seed.wrapping_add(1); entry(seed, 32 + k as u64 * 100) }).collect();
-                    (Id::of(&[i as u8, 0xff]), es)
-                })
-                .collect();
-            let (key, bytes) = encode_file(&packs, version);
-            prop_assert_eq!(key, index_key(&Id::of(&bytes)));
-            prop_assert_eq!(bytes[8..12].to_vec(), version.to_le_bytes().to_vec());
-            let (dp, de) = decode_file(&bytes).expect("decode");
-            prop_assert_eq!(dp.len(), packs.len());
-            let total: usize = packs.iter().map(|(_, e)| e.len()).sum();
-            prop_assert_eq!(de.len(), total);
-            // Features survive in the format that holds them, and only there.
-            let keeps = version == raw::FEATURES_FORMAT_VERSION;
-            for (p, e) in de {
-                let strip = |x: &PackEntry| PackEntry { feature: if keeps { x.feature } else { 0 }, ..*x };
-                let found = packs[p as usize].1.iter().any(|x| strip(x) == strip(&e));
-                prop_assert!(found);
-                if keeps {
-                    prop_assert!(packs[p as usize].1.contains(&e));
-                } else {
-                    prop_assert_eq!(e.feature, 0);
-                }
-            }
-        }
-
-        #[test]
-        fn compact_files_are_smaller_for_frames(members in 16usize..200) {
-            // Members of shared frames: same pack range, consecutive skips.
-            let es: Vec<PackEntry> = (0..members)
-                .map(|k| PackEntry {
-                    id: Id::of(&k.to_le_bytes()),
-                    kind: BlobKind::Data,
-                    codec: Codec::ZstdFrame,
-                    offset: 32 + (k / 64) as u64 * 9000,
-                    stored_len: 9000,
-                    raw_len: 4096,
-                    skip: (k % 64) as u32 * 4096,
-                    feature: 0,
-                })
-                .collect();
-            let packs = vec![(Id::of(b"p"), es)];
-            let (_, plain) = encode_file(&packs, raw::FORMAT_VERSION);
-            let (_, compact) = encode_file(&packs, raw::COMPACT_FORMAT_VERSION);
-            prop_assert!(compact.len() * 10 < plain.len() * 8, "{} vs {}", compact.len(), plain.len());
-            prop_assert_eq!(decode_file(&compact).expect("decode").1.len(), members);
-        }
-
         #[test]
         fn a_whole_copy_wins_over_a_delta(delta_first in any::<bool>()) {
             let whole = entry(4, 32);
@@ -536,20 +316,6 @@ mod tests {
             prop_assert_eq!(idx.similar(a.feature), Some(x.id));
             prop_assert_eq!(idx.similar(77), None);
             prop_assert_eq!(idx.similar(0), None);
-        }
-
-        #[test]
-        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let _ = decode_file(&bytes);
-        }
-
-        #[test]
-        fn any_flip_is_detected(pos in any::<prop::sample::Index>(), flip in 1u8..=255, version in versions()) {
-            let packs = vec![(Id::of(b"p"), vec![entry(1, 32), entry(2, 200)])];
-            let (_, mut bytes) = encode_file(&packs, version);
-            let i = pos.index(bytes.len());
-            bytes[i] ^= flip;
-            prop_assert!(decode_file(&bytes).is_err());
         }
     }
 }

@@ -27,7 +27,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::fs::{FlockOperation, flock};
@@ -85,11 +85,6 @@ impl FileLocks {
     /// Locks in `dir` (created on first use).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         FileLocks { dir: dir.into() }
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// The sessions directory, created if missing.
@@ -207,11 +202,6 @@ pub struct MemoryLocks {
 }
 
 impl MemoryLocks {
-    /// No sessions, maintenance free.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     fn state(&self) -> std::sync::MutexGuard<'_, MemState> {
         self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -314,8 +304,8 @@ mod tests {
 
     #[test]
     fn memory_locks() {
-        behaves(&MemoryLocks::new());
-        waits_for_earlier_sessions(Arc::new(MemoryLocks::new()));
+        behaves(&MemoryLocks::default());
+        waits_for_earlier_sessions(Arc::new(MemoryLocks::default()));
     }
 
     #[test]

@@ -21,31 +21,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::format::node::{BlockRef, decode_node, encode_node};
 use crate::id::{BlockId, Id};
-
-/// Default number of references per tree node.
-pub const DEFAULT_FANOUT: u32 = 64;
-
-/// What one block (or one whole subtree, inside a node) is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum BlockRef {
-    /// Never written: reads as zeros, restores as a hole, and in a diff layer means
-    /// "the parent's bytes".
-    Hole,
-    /// Written, all zeros: reads as zeros, restores as a hole, never stored.
-    Zero,
-    /// A stored block (or, inside nodes above level 1, a stored node).
-    Data(BlockId),
-}
-
-/// The on-disk form of a tree node (postcard-encoded).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct NodeRecord {
-    /// 1 for nodes holding block refs, `l` for nodes holding level `l-1` node refs.
-    pub level: u8,
-    /// The references, in order.
-    pub refs: Vec<BlockRef>,
-}
 
 /// The root of a payload's tree and the numbers that give it its shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,31 +85,6 @@ impl Manifest {
         }
         Ok(())
     }
-}
-
-/// Encode a node.
-pub fn encode_node(level: u32, refs: &[BlockRef]) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct NodeRef<'a> {
-        level: u8,
-        refs: &'a [BlockRef],
-    }
-    let level = u8::try_from(level).unwrap_or(u8::MAX);
-    postcard::to_allocvec(&NodeRef { level, refs }).unwrap_or_default()
-}
-
-/// Decode a node and check that it has the expected level and entry count.
-pub fn decode_node(bytes: &[u8], level: u32, count: usize) -> Result<Vec<BlockRef>> {
-    let rec: NodeRecord = postcard::from_bytes(bytes)
-        .map_err(|e| Error::corrupt(format!("tree node does not decode: {e}")))?;
-    if u32::from(rec.level) != level || rec.refs.len() != count {
-        return Err(Error::corrupt(format!(
-            "tree node has level {} and {} refs, expected level {level} and {count}",
-            rec.level,
-            rec.refs.len()
-        )));
-    }
-    Ok(rec.refs)
 }
 
 /// Where tree nodes come from when a tree is read.

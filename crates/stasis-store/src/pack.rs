@@ -1,117 +1,17 @@
-//! Pack files: many stored blobs in one immutable, self-describing object.
+//! Packs: many stored blobs in one immutable, self-describing object.
 //!
-//! Layout: a [`raw::PackHeader`], the stored blobs back to back, a table of
-//! [`raw::PackEntry`] (one per blob), and a [`raw::PackTrailer`] that points at the
-//! table and carries its blake3. A pack is named by the blake3 of all its bytes, so
-//! `verify --read-data` checks every byte; each blob is also checked against its own id
-//! whenever it is read. The entry tables alone are enough to rebuild the index.
-//!
-//! Stored ranges never overlap, except that the members of one shared frame
-//! ([`Codec::in_frame`], see [`crate::frame`]) are listed one after another with the
-//! same range, each with a larger skip than the one before (in 4 KiB units in the
-//! entry's `frame_skip`).
-
-use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, IntoBytes};
+//! A pack is named by the blake3 of all its bytes, so `verify --read-data` checks every
+//! byte; each blob is also checked against its own id whenever it is read. The entry
+//! tables alone are enough to rebuild the index. The byte layout is
+//! [`crate::format::pack`]'s; this module builds packs and reads their tables.
 
 use crate::backend::Backend;
-use crate::codec::Codec;
 use crate::error::{Error, Result};
+use crate::format::codec::Codec;
+use crate::format::keys::pack_key;
+pub use crate::format::pack::{BlobKind, FRAME_SKIP_UNIT, FrameMember, MAX_FRAME_SKIP, PackEntry};
+use crate::format::{self, pack as layout, raw};
 use crate::id::{BlockId, Id, PackId};
-use crate::raw;
-
-/// What a blob holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum BlobKind {
-    /// Payload bytes.
-    Data = 0,
-    /// A manifest tree node.
-    Tree = 1,
-}
-
-impl BlobKind {
-    /// The kind named by an on-disk byte.
-    pub fn from_u8(b: u8) -> Result<BlobKind> {
-        match b {
-            0 => Ok(BlobKind::Data),
-            1 => Ok(BlobKind::Tree),
-            _ => Err(Error::corrupt(format!("unknown blob kind {b}"))),
-        }
-    }
-}
-
-/// A validated pack entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PackEntry {
-    /// Content id (hash of the uncompressed bytes).
-    pub id: BlockId,
-    /// Data or tree.
-    pub kind: BlobKind,
-    /// How the stored bytes are encoded.
-    pub codec: Codec,
-    /// Offset of the stored bytes in the pack.
-    pub offset: u64,
-    /// Stored length.
-    pub stored_len: u32,
-    /// Uncompressed length.
-    pub raw_len: u32,
-    /// For a member of a shared frame ([`Codec::in_frame`]): where its bytes start in
-    /// the decoded frame (a multiple of [`FRAME_SKIP_UNIT`]). Zero otherwise.
-    pub skip: u32,
-    /// The block's similarity feature ([`crate::similarity::feature`]), 0 for none. A
-    /// hint kept in index files only (from [`crate::raw::FEATURES_FORMAT_VERSION`]):
-    /// pack tables do not hold it, so an entry read from a pack has none.
-    pub feature: u32,
-}
-
-/// Frame members start at multiples of this many bytes in their decoded frame (every
-/// block size is one), so the on-disk skip fits in 16 bits.
-pub const FRAME_SKIP_UNIT: u32 = 4096;
-
-/// The largest skip a frame member can have.
-pub const MAX_FRAME_SKIP: u32 = u16::MAX as u32 * FRAME_SKIP_UNIT;
-
-/// One blob of a frame being added: its id, length, where it starts in the frame, and
-/// its codec: [`Codec::ZstdFrame`] for every member of a plain frame,
-/// [`Codec::ZstdFrameRefs`] or [`Codec::ZstdFrameXor`] for every member of one with a
-/// reference table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FrameMember {
-    /// Content id.
-    pub id: BlockId,
-    /// Uncompressed length.
-    pub raw_len: u32,
-    /// Offset in the decoded frame.
-    pub skip: u32,
-    /// How the member is stored in the frame.
-    pub codec: Codec,
-    /// Similarity feature, 0 for none (see [`PackEntry::feature`]).
-    pub feature: u32,
-}
-
-impl FrameMember {
-    /// A member of a plain frame, without a feature.
-    pub fn plain(id: BlockId, raw_len: u32, skip: u32) -> FrameMember {
-        FrameMember {
-            id,
-            raw_len,
-            skip,
-            codec: Codec::ZstdFrame,
-            feature: 0,
-        }
-    }
-}
-
-impl PackEntry {
-    /// Whether `self` and `other` are members of the same shared frame.
-    pub fn same_frame(&self, other: &PackEntry) -> bool {
-        self.codec.in_frame()
-            && other.codec.in_frame()
-            && self.offset == other.offset
-            && self.stored_len == other.stored_len
-    }
-}
 
 /// Each entry's share of the stored bytes: its stored length, or for the members of a
 /// shared frame an even part of the frame's (`entries` as a pack table lists them, so
@@ -127,22 +27,6 @@ pub fn stored_shares(entries: &[PackEntry]) -> Vec<u64> {
         }
     }
     out
-}
-
-/// The object key of a pack.
-pub fn pack_key(id: &PackId) -> String {
-    let hex = id.to_hex();
-    format!("packs/{}/{hex}.pack", &hex[..2])
-}
-
-/// The pack id in a pack key, if it is one.
-pub fn pack_id_of_key(key: &str) -> Option<PackId> {
-    let name = key
-        .strip_prefix("packs/")?
-        .split_once('/')?
-        .1
-        .strip_suffix(".pack")?;
-    name.parse().ok()
 }
 
 /// Builds one pack. Its bytes may be taken out as it grows ([`PackBuilder::take`]),
@@ -197,13 +81,7 @@ impl PackBuilder {
     /// (its bytes are dropped, its capacity kept).
     pub fn reusing(mut buf: Vec<u8>, version: u32) -> Self {
         buf.clear();
-        let header = raw::PackHeader {
-            magic: raw::PACK_MAGIC,
-            version: U32::new(version),
-            nonce: nonce(),
-            reserved: [0; 4],
-        };
-        buf.extend_from_slice(header.as_bytes());
+        buf.extend_from_slice(&layout::encode_header(version, nonce()));
         PackBuilder {
             buf,
             taken: 0,
@@ -326,28 +204,15 @@ impl PackBuilder {
     /// pack's end) and the entries.
     pub fn seal(mut self) -> Result<(Vec<u8>, Vec<PackEntry>)> {
         let entries_offset = self.len();
-        let mut table: Vec<u8> = Vec::with_capacity(self.entries.len() * 56);
-        for e in &self.entries {
-            let r = raw::PackEntry {
-                id: e.id.0,
-                offset: U64::new(e.offset),
-                stored_len: U32::new(e.stored_len),
-                raw_len: U32::new(e.raw_len),
-                codec: e.codec as u8,
-                kind: e.kind as u8,
-                frame_skip: U16::new((e.skip / FRAME_SKIP_UNIT) as u16),
-                reserved: [0; 4],
-            };
-            table.extend_from_slice(r.as_bytes());
-        }
+        let mut table = layout::encode_table(&self.entries);
         if self.version == raw::COMPACT_FORMAT_VERSION {
-            match compress_table(&table) {
+            match format::compress_table(&table) {
                 Some(c) => table = c,
                 // Out of memory in zstd, say: the pack is written with a plain table,
                 // which its header must then say, unless the header is already gone.
                 None if self.taken == 0 => {
                     self.version = raw::FORMAT_VERSION;
-                    self.buf[8..12].copy_from_slice(&raw::FORMAT_VERSION.to_le_bytes());
+                    layout::set_header_version(&mut self.buf, raw::FORMAT_VERSION);
                 }
                 None => {
                     return Err(Error::new(
@@ -359,17 +224,13 @@ impl PackBuilder {
         }
         let table_at = self.buf.len();
         self.buf.extend_from_slice(&table);
-        let entries_hash = *blake3::hash(&self.buf[table_at..]).as_bytes();
-        let count = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
-        let trailer = raw::PackTrailer {
-            entries_offset: U64::new(entries_offset),
-            entry_count: U32::new(count),
-            version: U32::new(self.version),
-            entries_hash,
-            reserved: [0; 8],
-            magic: raw::PACK_END_MAGIC,
-        };
-        self.buf.extend_from_slice(trailer.as_bytes());
+        let trailer = layout::encode_trailer(
+            entries_offset,
+            self.entries.len(),
+            self.version,
+            &self.buf[table_at..],
+        );
+        self.buf.extend_from_slice(&trailer);
         Ok((self.buf, self.entries))
     }
 
@@ -387,154 +248,28 @@ impl PackBuilder {
     }
 }
 
-/// A table of fixed records as one zstd frame (level 3: tables are small, and their
-/// ids are random, so higher levels find nothing more).
-pub(crate) fn compress_table(table: &[u8]) -> Option<Vec<u8>> {
-    zstd::bulk::compress(table, 3).ok()
-}
-
-/// Decode a compressed table that must come to exactly `len` bytes.
-pub(crate) fn decompress_table(stored: &[u8], len: usize, what: &str) -> Result<Vec<u8>> {
-    if len > raw::MAX_TABLE_BYTES {
-        return Err(Error::corrupt(format!(
-            "{what}: table of {len} bytes is too large"
-        )));
-    }
-    let mut out = Vec::new();
-    crate::codec::decompress(Codec::Zstd, stored, len, &mut out)
-        .map_err(|e| e.context(what.to_string()))?;
-    Ok(out)
-}
-
-/// A validated entry from its on-disk fields (shared by pack tables and index files).
-pub(crate) fn entry_from_raw(
-    id: [u8; 32],
-    kind: u8,
-    codec: u8,
-    offset: u64,
-    stored_len: u32,
-    raw_len: u32,
-    frame_skip: u16,
-) -> Result<PackEntry> {
-    let codec = Codec::from_u8(codec)?;
-    // Every blob is a block (at most the largest block size) or a tree node (smaller):
-    // a larger length is damage, and would have a reader reserve up to 4 GiB for it.
-    if raw_len > crate::config::MAX_BLOCK_SIZE {
-        return Err(Error::corrupt(format!(
-            "blob {} claims {raw_len} bytes, more than any block",
-            Id(id)
-        )));
-    }
-    let skip = u32::from(frame_skip) * FRAME_SKIP_UNIT;
-    if skip != 0 && !codec.in_frame() {
-        return Err(Error::corrupt(format!(
-            "blob {} has a frame offset but is not in a frame",
-            Id(id)
-        )));
-    }
-    Ok(PackEntry {
-        id: Id(id),
-        kind: BlobKind::from_u8(kind)?,
-        codec,
-        offset,
-        stored_len,
-        raw_len,
-        skip,
-        feature: 0,
-    })
-}
-
 /// Read and check a pack's entry table (reads only the table and trailer).
 pub fn read_entries(backend: &dyn Backend, id: &PackId) -> Result<Vec<PackEntry>> {
     let key = pack_key(id);
     let size = backend.size(&key)?;
-    let tsize = size_of::<raw::PackTrailer>() as u64;
-    let hsize = size_of::<raw::PackHeader>() as u64;
+    let (hsize, tsize) = (layout::HEADER_LEN, layout::TRAILER_LEN);
     if size < hsize + tsize {
         return Err(Error::corrupt(format!(
             "pack {key} is truncated ({size} bytes)"
         )));
     }
-    let head = backend.get(&key, Some(0..hsize))?;
-    let header = raw::PackHeader::read_from_bytes(&head[..])
-        .map_err(|_| Error::corrupt(format!("pack {key}: short header")))?;
-    let version = header.version.get();
-    let known = [raw::FORMAT_VERSION, raw::COMPACT_FORMAT_VERSION];
-    if header.magic != raw::PACK_MAGIC || !known.contains(&version) {
-        return Err(Error::corrupt(format!(
-            "pack {key}: bad header magic or version"
-        )));
-    }
+    let version = layout::decode_header(&backend.get(&key, Some(0..hsize))?, &key)?;
     let tail = backend.get(&key, Some(size - tsize..size))?;
-    let trailer = raw::PackTrailer::read_from_bytes(&tail[..])
-        .map_err(|_| Error::corrupt(format!("pack {key}: short trailer")))?;
-    if trailer.magic != raw::PACK_END_MAGIC || trailer.version.get() != version {
-        return Err(Error::corrupt(format!(
-            "pack {key}: bad trailer (truncated or not a pack)"
-        )));
-    }
-    let start = trailer.entries_offset.get();
-    let count = u64::from(trailer.entry_count.get());
-    let esize = size_of::<raw::PackEntry>() as u64;
-    let fits = match version {
-        raw::FORMAT_VERSION => start.checked_add(count * esize) == Some(size - tsize),
-        _ => start < size - tsize,
-    };
-    if start < hsize || !fits {
-        return Err(Error::corrupt(format!(
-            "pack {key}: entry table does not fit"
-        )));
-    }
-    let stored = backend.get(&key, Some(start..size - tsize))?;
-    if blake3::hash(&stored).as_bytes() != &trailer.entries_hash {
-        return Err(Error::corrupt(format!(
-            "pack {key}: entry table checksum mismatch"
-        )));
-    }
-    let table: Vec<u8>;
-    let table: &[u8] = if version == raw::FORMAT_VERSION {
-        &stored
-    } else {
-        let len = usize::try_from(count * esize).unwrap_or(usize::MAX);
-        table = decompress_table(&stored, len, &format!("pack {key}: entry table"))?;
-        &table
-    };
-    let raws = <[raw::PackEntry]>::ref_from_bytes(table)
-        .map_err(|_| Error::corrupt(format!("pack {key}: entry table misaligned")))?;
-    let mut out: Vec<PackEntry> = Vec::with_capacity(raws.len());
-    let mut prev_end = hsize;
-    for r in raws {
-        let e = entry_from_raw(
-            r.id,
-            r.kind,
-            r.codec,
-            r.offset.get(),
-            r.stored_len.get(),
-            r.raw_len.get(),
-            r.frame_skip.get(),
-        )?;
-        // Blobs lie back to back; only the members of one frame share their bytes, each
-        // starting past the one before it.
-        let in_prev_frame = out.last().is_some_and(|p: &PackEntry| {
-            p.same_frame(&e) && u64::from(e.skip) >= u64::from(p.skip) + u64::from(p.raw_len)
-        });
-        let end = e.offset.checked_add(u64::from(e.stored_len));
-        if (e.offset < prev_end && !in_prev_frame) || end.is_none_or(|end| end > start) {
-            return Err(Error::corrupt(format!(
-                "pack {key}: entry {} out of bounds",
-                e.id
-            )));
-        }
-        prev_end = end.unwrap_or(start);
-        out.push(e);
-    }
-    Ok(out)
+    let at = layout::decode_trailer(&tail, size, version, &key)?;
+    let stored = backend.get(&key, Some(at.start..at.end))?;
+    layout::decode_table(&stored, &at, &key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::MemoryBackend;
+    use crate::format::pack::entry_from_raw;
     use proptest::prelude::*;
 
     proptest! {
@@ -560,7 +295,7 @@ mod tests {
 
         #[test]
         fn lengths_past_the_largest_block_are_corrupt(extra in 1u32..1 << 20) {
-            let len = crate::config::MAX_BLOCK_SIZE + extra;
+            let len = crate::format::config::MAX_BLOCK_SIZE + extra;
             prop_assert!(entry_from_raw([1; 32], 0, 1, 32, 10, len, 0).is_err());
             prop_assert!(entry_from_raw([1; 32], 0, 1, 32, 10, len - extra, 0).is_ok());
         }
@@ -643,13 +378,6 @@ mod tests {
         let be = MemoryBackend::new();
         be.put(&pack_key(&id), &bytes).expect("put");
         assert!(read_entries(&be, &id).is_err());
-    }
-
-    #[test]
-    fn keys_roundtrip() {
-        let id = Id::of(b"x");
-        assert_eq!(pack_id_of_key(&pack_key(&id)), Some(id));
-        assert_eq!(pack_id_of_key("index/abc"), None);
     }
 
     #[test]

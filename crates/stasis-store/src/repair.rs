@@ -15,18 +15,16 @@ use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::index_file;
+use crate::format::keys;
 use crate::frame::{self, FrameCache};
-use crate::id::{BlockId, Id, PackId};
-use crate::index;
+use crate::id::{BlockId, PackId};
 use crate::index::Location;
 use crate::pack::{self, PackEntry};
 use crate::store::{Store, read_located};
 use crate::verify::BadBlocks;
 
-/// Where repair moves a pack whose entry table is unreadable.
-pub fn quarantine_key(pack: &PackId) -> String {
-    format!("quarantine/{}.pack", pack.to_hex())
-}
+pub use crate::format::keys::quarantine_key;
 
 /// What a repair did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -60,16 +58,20 @@ pub fn rebuild_index(
             "a gc or another repair is running on this repository",
         )
     })?;
-    let old: Vec<String> = backend.list("index/")?.into_iter().map(|m| m.key).collect();
+    let old: Vec<String> = backend
+        .list(keys::INDEX_PREFIX)?
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
     let mut features: HashMap<BlockId, u32, FxBuildHasher> = HashMap::default();
     for key in &old {
         let Ok(bytes) = backend.get(key, None) else {
             continue;
         };
-        if key.strip_prefix("index/") != Some(Id::of(&bytes).to_hex().as_str()) {
+        if !keys::index_key_names(key, &bytes) {
             continue;
         }
-        if let Ok((_, entries)) = index::decode_file(&bytes) {
+        if let Ok((_, entries)) = index_file::decode_file(&bytes) {
             for (_, e) in entries.iter().filter(|(_, e)| e.feature != 0) {
                 features.insert(e.id, e.feature);
             }
@@ -78,8 +80,8 @@ pub fn rebuild_index(
     let mut report = RepairReport::default();
     let mut table: BTreeMap<PackId, Vec<PackEntry>> = BTreeMap::new();
     let mut unreadable: Vec<(PackId, String)> = Vec::new();
-    for meta in backend.list("packs/")? {
-        let Some(pid) = pack::pack_id_of_key(&meta.key) else {
+    for meta in backend.list(keys::PACK_PREFIX)? {
+        let Some(pid) = keys::pack_id_of_key(&meta.key) else {
             continue;
         };
         let entries = match pack::read_entries(backend, &pid) {
@@ -133,7 +135,7 @@ pub fn rebuild_index(
         report.packs_rewritten = damaged.len() as u64;
     }
     let table: Vec<(PackId, Vec<PackEntry>)> = table.into_iter().collect();
-    let (key, bytes) = index::encode_file(&table, store.config().index_format());
+    let (key, bytes) = index_file::encode_file(&table, store.config().index_format());
     backend.put(&key, &bytes)?;
     backend.sync()?;
     for k in old.iter().filter(|k| **k != key) {
@@ -142,7 +144,7 @@ pub fn rebuild_index(
     }
     backend.sync()?;
     for pid in &damaged {
-        backend.delete(&pack::pack_key(pid))?;
+        backend.delete(&keys::pack_key(pid))?;
     }
     // Packs whose table is unreadable move aside, kept for inspection.
     for (pid, key) in &unreadable {

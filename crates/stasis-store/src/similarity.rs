@@ -9,7 +9,7 @@
 //! and so their feature. Index files keep the feature of every block that may serve as
 //! a reference ([`crate::index`]); a new block whose feature names a stored block is
 //! XORed with it when that clears at least half of its non-zero words, and goes into its
-//! shared frame in that form ([`crate::codec::Codec::ZstdFrameXor`]), where the runs of
+//! shared frame in that form ([`crate::format::codec::Codec::ZstdFrameXor`]), where the runs of
 //! zeros compress to little. `tools/mem-delta-study.py` measured this on guest memory.
 
 /// Multiplier of the word mix (the 64-bit golden ratio, odd).

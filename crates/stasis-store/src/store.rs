@@ -28,17 +28,18 @@ use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::codec::{self, Codec, Compression};
-use crate::config::StoreConfig;
 use crate::error::{Error, ErrorKind, Result};
-use crate::frame::{self, FrameCache};
+use crate::format::codec::{self, Codec, Compression};
+use crate::format::config::StoreConfig;
+use crate::format::index_file;
+use crate::format::keys;
+use crate::format::refs;
+use crate::frame::FrameCache;
 use crate::id::{BlockId, Id, PackId};
-use crate::index::{self, Index, Location};
+use crate::index::{Index, Location};
 use crate::lock::Guard;
 use crate::manifest::{NodeSink, NodeSource};
-use crate::pack::{self, BlobKind, FrameMember, PackBuilder, PackEntry};
-
-const CONFIG_KEY: &str = "config";
+use crate::pack::{BlobKind, FrameMember, PackBuilder, PackEntry};
 
 #[derive(Clone, Debug)]
 struct ByteWeight;
@@ -84,7 +85,7 @@ impl Store {
     /// Create a new repository in `backend` (which must hold no config yet).
     pub fn init(backend: Arc<dyn Backend>, config: StoreConfig) -> Result<Store> {
         config.validate()?;
-        match backend.get(CONFIG_KEY, None) {
+        match backend.get(keys::CONFIG_KEY, None) {
             Ok(_) => {
                 return Err(Error::new(
                     ErrorKind::Repository,
@@ -96,14 +97,14 @@ impl Store {
         }
         let json = serde_json::to_vec_pretty(&config)
             .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
-        backend.put(CONFIG_KEY, &json)?;
+        backend.put(keys::CONFIG_KEY, &json)?;
         backend.sync()?;
         Ok(Store::with(backend, config, Index::new()))
     }
 
     /// Whether `backend` holds a store (its config object).
     pub fn exists(backend: &dyn Backend) -> Result<bool> {
-        match backend.size(CONFIG_KEY) {
+        match backend.size(keys::CONFIG_KEY) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
@@ -171,8 +172,18 @@ impl Store {
                 }
             }
         }
-        space.pack_bytes = self.backend.list("packs/")?.iter().map(|m| m.size).sum();
-        space.index_bytes = self.backend.list("index/")?.iter().map(|m| m.size).sum();
+        space.pack_bytes = self
+            .backend
+            .list(keys::PACK_PREFIX)?
+            .iter()
+            .map(|m| m.size)
+            .sum();
+        space.index_bytes = self
+            .backend
+            .list(keys::INDEX_PREFIX)?
+            .iter()
+            .map(|m| m.size)
+            .sum();
         Ok(space)
     }
 
@@ -188,7 +199,7 @@ impl Store {
     pub fn refresh_index(&self) -> Result<bool> {
         let now: Vec<String> = self
             .backend
-            .list("index/")?
+            .list(keys::INDEX_PREFIX)?
             .into_iter()
             .map(|m| m.key)
             .collect();
@@ -228,7 +239,7 @@ impl Store {
         }
         for (pack, ranges) in by_pack {
             let merged = merge_ranges(ranges, GAP);
-            self.backend.prefetch(&pack::pack_key(&pack), &merged);
+            self.backend.prefetch(&keys::pack_key(&pack), &merged);
         }
     }
 
@@ -350,7 +361,7 @@ impl Store {
                         }
                         _ => Err(Error::corrupt(format!(
                             "block {id} in {} does not match its checksum",
-                            pack::pack_key(&pack)
+                            keys::pack_key(&pack)
                         ))),
                     };
                 }
@@ -384,16 +395,16 @@ impl Store {
 
     /// The reference table of the frame at `loc` in `pack` (a member of a frame with
     /// one), read without decoding the frame.
-    pub fn references_at(&self, pack: &PackId, loc: &Location) -> Result<frame::References> {
-        let key = pack::pack_key(pack);
+    pub fn references_at(&self, pack: &PackId, loc: &Location) -> Result<refs::References> {
+        let key = keys::pack_key(pack);
         let head = |n: usize| {
             let n = (n as u64).min(u64::from(loc.stored_len));
             self.backend.get(&key, Some(loc.offset..loc.offset + n))
         };
         let at = |e: Error| e.context(format!("frame at {} in {key}", loc.offset));
-        let len = frame::refs_len(&head(2)?).map_err(at)?;
+        let len = refs::refs_len(&head(2)?).map_err(at)?;
         let table = head(len + 1)?;
-        frame::split_refs(&table).map(|(refs, _)| refs).map_err(at)
+        refs::split_refs(&table).map(|(refs, _)| refs).map_err(at)
     }
 
     /// A blob by id, through the shared cache of decoded blocks.
@@ -408,7 +419,7 @@ impl Store {
         let session = self.backend.locks().register_session()?;
         // After registering: a gc that publishes a plan later waits for us; one that
         // published before is seen here.
-        let masked = crate::gc::load_masks(&*self.backend)?;
+        let masked = crate::plans::load_masks(&*self.backend)?;
         Ok(Writer::new(self, compression, Some(session), masked))
     }
 
@@ -425,7 +436,7 @@ impl Store {
 #[derive(Debug)]
 pub struct BaseReader<'s> {
     store: &'s Store,
-    tables: HashMap<(PackId, u64), frame::References, FxBuildHasher>,
+    tables: HashMap<(PackId, u64), refs::References, FxBuildHasher>,
 }
 
 impl<'s> BaseReader<'s> {
@@ -450,7 +461,7 @@ impl<'s> BaseReader<'s> {
                 let head = self
                     .store
                     .backend
-                    .get(&pack::pack_key(pack), Some(loc.offset..loc.offset + n))?;
+                    .get(&keys::pack_key(pack), Some(loc.offset..loc.offset + n))?;
                 let base =
                     codec::delta_base_id(&head).map_err(|e| e.context(format!("block {id}")))?;
                 Ok(Some(Id(base)))
@@ -462,7 +473,7 @@ impl<'s> BaseReader<'s> {
                         v.insert(self.store.references_at(pack, loc)?)
                     }
                 };
-                match frame::reference_in(refs, loc.skip) {
+                match refs::reference_in(refs, loc.skip) {
                     Some(r) => Ok(Some(r)),
                     None => Err(Error::corrupt(format!(
                         "block {id} has no reference in its frame's table"
@@ -476,7 +487,7 @@ impl<'s> BaseReader<'s> {
 
 /// Read and check a repository's config.
 fn read_config(backend: &dyn Backend) -> Result<StoreConfig> {
-    let bytes = backend.get(CONFIG_KEY, None).map_err(|e| {
+    let bytes = backend.get(keys::CONFIG_KEY, None).map_err(|e| {
         if e.kind() == ErrorKind::NotFound {
             Error::new(
                 ErrorKind::Repository,
@@ -508,7 +519,7 @@ pub fn read_located(
 ) -> Result<Bytes> {
     if loc.codec == Codec::Raw {
         // Kept as the backend gives it (for a sealed pack, a slice of its map): no copy.
-        let key = pack::pack_key(pack);
+        let key = keys::pack_key(pack);
         let raw = backend.get(&key, Some(loc.stored()))?;
         if raw.len() != loc.raw_len as usize || Id::of(&raw) != *id {
             return Err(Error::corrupt(format!(
@@ -517,7 +528,7 @@ pub fn read_located(
         }
         return Ok(raw);
     }
-    if loc.raw_len > crate::config::MAX_BLOCK_SIZE {
+    if loc.raw_len > crate::format::config::MAX_BLOCK_SIZE {
         return Err(Error::corrupt(format!(
             "block {id} claims {} bytes, more than any block",
             loc.raw_len
@@ -538,7 +549,7 @@ pub fn read_located_into(
     base: &dyn Fn(&BlockId) -> Result<Bytes>,
     dst: &mut [u8],
 ) -> Result<()> {
-    let key = pack::pack_key(pack);
+    let key = keys::pack_key(pack);
     let mismatch = || Error::corrupt(format!("block {id} in {key} does not match its checksum"));
     if dst.len() != loc.raw_len as usize {
         return Err(Error::corrupt(format!(
@@ -757,7 +768,7 @@ fn flusher(
         let pack = match slot {
             Some(p) => p,
             None => slot.insert(OpenPack {
-                object: backend.create("packs/")?,
+                object: backend.create(keys::PACK_PREFIX)?,
                 hash: blake3::Hasher::new(),
             }),
         };
@@ -769,7 +780,7 @@ fn flusher(
                 return Err(Error::new(ErrorKind::Io, "pack writer lost its open pack"));
             };
             let id = Id(*pack.hash.finalize().as_bytes());
-            pack.object.finish(&pack::pack_key(&id))?;
+            pack.object.finish(&keys::pack_key(&id))?;
             done.push((id, entries));
         }
         // Handed back for reuse if the writer has room for it; else freed here.
@@ -821,18 +832,18 @@ impl<'s> Writer<'s> {
     }
 
     /// Whether this session stores deltas at all: zstd only, and only in a repository
-    /// that earlier releases do not read (see [`crate::config::DELTA_REPO_VERSION`]).
+    /// that earlier releases do not read (see [`crate::format::config::DELTA_REPO_VERSION`]).
     pub fn stores_deltas(&self) -> bool {
-        self.compression.algorithm() == crate::codec::Algorithm::Zstd
-            && self.store.config.version >= crate::config::DELTA_REPO_VERSION
+        self.compression.algorithm() == crate::format::codec::Algorithm::Zstd
+            && self.store.config.version >= crate::format::config::DELTA_REPO_VERSION
     }
 
     /// Whether this session stores blocks XORed with similar blocks and their
     /// similarity features: zstd only, and only in a repository that earlier releases
-    /// do not read (see [`crate::config::SIMILAR_REPO_VERSION`]).
+    /// do not read (see [`crate::format::config::SIMILAR_REPO_VERSION`]).
     pub fn stores_similar(&self) -> bool {
-        self.compression.algorithm() == crate::codec::Algorithm::Zstd
-            && self.store.config.version >= crate::config::SIMILAR_REPO_VERSION
+        self.compression.algorithm() == crate::format::codec::Algorithm::Zstd
+            && self.store.config.version >= crate::format::config::SIMILAR_REPO_VERSION
     }
 
     /// What this session's deltas may use as bases ([`Bases::may_base`]).
@@ -925,7 +936,7 @@ impl<'s> Writer<'s> {
     /// of it, which keeps the bytes of members left out (a frame is never re-encoded,
     /// so a copy cannot change what it decodes to).
     pub(crate) fn copy_entries(&mut self, pid: &PackId, entries: &[PackEntry]) -> Result<()> {
-        let key = pack::pack_key(pid);
+        let key = keys::pack_key(pid);
         let mut entries = entries.to_vec();
         entries.sort_unstable_by_key(|e| (e.offset, e.skip));
         for group in entries.chunk_by(PackEntry::same_frame) {
@@ -1100,7 +1111,8 @@ impl<'s> Writer<'s> {
             // power loss could keep the index and lose a pack, and later writes would
             // deduplicate against blocks that are gone.
             self.store.backend.sync()?;
-            let (key, bytes) = index::encode_file(&self.written, self.store.config.index_format());
+            let (key, bytes) =
+                index_file::encode_file(&self.written, self.store.config.index_format());
             self.store.backend.put(&key, &bytes)?;
             written_file = Some(key);
         }
@@ -1221,7 +1233,7 @@ mod tests {
         }
         let mut stored = Vec::new();
         if !refs.is_empty() {
-            frame::encode_refs(&refs, &mut stored).expect("table");
+            refs::encode_refs(&refs, &mut stored).expect("table");
         }
         let mut z = Vec::new();
         codec::compress(Compression::default(), &whole, &mut z).expect("zstd");
@@ -1375,12 +1387,12 @@ mod tests {
             }
             let stats = w.commit().expect("commit").stats;
             assert_eq!(stats.packs, 3);
-            let packs = be.list("packs/").expect("list");
+            let packs = be.list(keys::PACK_PREFIX).expect("list");
             assert_eq!(packs.len(), 3);
             assert_eq!(packs.iter().map(|m| m.size).sum::<u64>(), stats.pack_bytes);
             for m in &packs {
                 let bytes = be.get(&m.key, None).expect("get");
-                assert_eq!(pack::pack_key(&Id::of(&bytes)), m.key);
+                assert_eq!(keys::pack_key(&Id::of(&bytes)), m.key);
             }
             let again = Store::open(be).expect("open");
             for b in &blocks {
@@ -1467,7 +1479,7 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::Corrupt, "{what} uncached: {err}");
 
             let (pack, loc) = store.locate(&id).expect("located");
-            let key = pack::pack_key(&pack);
+            let key = keys::pack_key(&pack);
             let mut bytes = be.get(&key, None).expect("get").to_vec();
             bytes[(loc.offset + u64::from(loc.stored_len) / 2) as usize] ^= 0x40;
             be.overwrite(&key, bytes);
@@ -1489,7 +1501,7 @@ mod tests {
         w.add(id, BlobKind::Data, &a).expect("add");
         w.commit().expect("commit");
         let (pack, loc) = store.locate(&id).expect("located");
-        let key = pack::pack_key(&pack);
+        let key = keys::pack_key(&pack);
         let mut bytes = be.get(&key, None).expect("get").to_vec();
         bytes[loc.offset as usize + 17] ^= 1;
         be.overwrite(&key, bytes);

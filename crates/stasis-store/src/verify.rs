@@ -7,6 +7,7 @@ use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
 use crate::error::{ErrorKind, Result};
+use crate::format::keys;
 use crate::frame::{self, FrameCache};
 use crate::id::{BlockId, Id, PackId};
 use crate::index::Location;
@@ -74,9 +75,9 @@ pub fn verify_store(
     let mut report = StoreReport::default();
     let frames = FrameCache::new(frame::SCAN_CACHE_BYTES);
     let mut tables: HashMap<PackId, Vec<PackEntry>, FxBuildHasher> = HashMap::default();
-    let listed = backend.list("packs/")?;
+    let listed = backend.list(keys::PACK_PREFIX)?;
     for meta in &listed {
-        let Some(pid) = pack::pack_id_of_key(&meta.key) else {
+        let Some(pid) = keys::pack_id_of_key(&meta.key) else {
             report
                 .problems
                 .push(problem(&meta.key, "unexpected object among the packs"));
@@ -146,11 +147,11 @@ pub fn verify_store(
             if !report
                 .problems
                 .iter()
-                .any(|p| p.object == pack::pack_key(&pid))
+                .any(|p| p.object == keys::pack_key(&pid))
             {
                 report.problems.push(problem(
                     format!("block {id}"),
-                    format!("its pack {} is missing", pack::pack_key(&pid)),
+                    format!("its pack {} is missing", keys::pack_key(&pid)),
                 ));
             }
             continue;
@@ -171,7 +172,7 @@ pub fn verify_store(
     }
     for pid in tables.keys() {
         if !indexed_packs.contains(pid) {
-            report.unindexed_packs.push(pack::pack_key(pid));
+            report.unindexed_packs.push(keys::pack_key(pid));
         }
     }
     report.unindexed_packs.sort();

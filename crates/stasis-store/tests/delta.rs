@@ -8,15 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use stasis_store::backend::{Backend, LocalBackend};
-use stasis_store::codec::{self, Codec, Compression};
-use stasis_store::config::StoreConfig;
-use stasis_store::gc::{GcOptions, collect};
-use stasis_store::id::Id;
-use stasis_store::ingest::{FullOptions, IngestStats};
-use stasis_store::manifest::Manifest;
-use stasis_store::pack::BlobKind;
-use stasis_store::store::Store;
+use stasis_store::{
+    Backend, BlobKind, Codec, Compression, FullOptions, GcOptions, Id, IngestStats, LocalBackend,
+    Manifest, Store, StoreConfig, collect_garbage as collect, compress_delta,
+};
 
 const PAGE: usize = 4096;
 
@@ -112,10 +107,10 @@ fn changed_pages_are_stored_as_small_deltas_and_read_back() {
         "deltas took {with_delta} bytes, whole pages {whole}"
     );
 
-    let report = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
+    let report = stasis_store::verify_store(&store, true, &|_| {}).expect("verify");
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     for (m, what) in [(&m1, "t1"), (&m2, "t2")] {
-        let p = stasis_store::verify::verify_manifest(&store, m, what, &Default::default());
+        let p = stasis_store::verify_manifest(&store, m, what, &Default::default());
         assert!(p.is_empty(), "{p:?}");
     }
 }
@@ -143,7 +138,7 @@ fn gc_keeps_the_bases_of_live_deltas() {
         read_back(&store, &m2, dir.path(), "r2").expect("restore after gc"),
         t2
     );
-    let v = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
+    let v = stasis_store::verify_store(&store, true, &|_| {}).expect("verify");
     assert!(v.problems.is_empty(), "{:?} after {report:?}", v.problems);
 
     // Nothing live: everything goes, bases included.
@@ -169,7 +164,7 @@ fn a_delta_without_its_base_is_an_error() {
     let (pack, _) = store.locate(&base).expect("base indexed");
     store
         .backend()
-        .delete(&stasis_store::pack::pack_key(&pack))
+        .delete(&stasis_store::pack_key(&pack))
         .expect("delete");
     // A fresh handle: this one has the base in its block cache from the ingest.
     drop(store);
@@ -178,7 +173,7 @@ fn a_delta_without_its_base_is_an_error() {
         Ok(_) => panic!("a delta whose base is lost read back"),
         Err(e) => assert!(e.to_string().contains("base"), "{e}"),
     }
-    let v = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
+    let v = stasis_store::verify_store(&store, true, &|_| {}).expect("verify");
     assert!(!v.problems.is_empty());
 }
 
@@ -194,10 +189,10 @@ fn a_delta_on_a_delta_is_refused() {
     let mut w = store.writer(Compression::default()).expect("writer");
     let mut d = Vec::new();
     w.add(ia, BlobKind::Data, &a).expect("add a");
-    codec::compress_delta(1, &ia.0, &a, &b, &mut d).expect("delta b");
+    compress_delta(1, &ia.0, &a, &b, &mut d).expect("delta b");
     w.add_encoded(ib, BlobKind::Data, Codec::ZstdDelta, PAGE as u32, &d)
         .expect("add b");
-    codec::compress_delta(1, &ib.0, &b, &c, &mut d).expect("delta c");
+    compress_delta(1, &ib.0, &b, &c, &mut d).expect("delta c");
     w.add_encoded(ic, BlobKind::Data, Codec::ZstdDelta, PAGE as u32, &d)
         .expect("add c");
     w.commit().expect("commit");
@@ -211,7 +206,7 @@ fn a_delta_on_a_delta_is_refused() {
     );
     // A delta whose bytes decode to something else than its id fails its check.
     let wrong = Id::of(b"not these bytes");
-    codec::compress_delta(1, &ia.0, &a, &b, &mut d).expect("delta");
+    compress_delta(1, &ia.0, &a, &b, &mut d).expect("delta");
     let mut w = store.writer(Compression::default()).expect("writer");
     w.add_encoded(wrong, BlobKind::Data, Codec::ZstdDelta, PAGE as u32, &d)
         .expect("add");
@@ -288,7 +283,7 @@ fn version_one_repositories_get_no_deltas() {
     );
 
     let future = StoreConfig {
-        version: stasis_store::config::REPO_VERSION + 1,
+        version: stasis_store::REPO_VERSION + 1,
         ..StoreConfig::default()
     };
     let err = future.validate().expect_err("unknown version");

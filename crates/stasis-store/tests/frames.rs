@@ -6,14 +6,10 @@ mod common;
 
 use std::path::Path;
 
-use stasis_store::ErrorKind;
-use stasis_store::codec::Codec;
-use stasis_store::config::StoreConfig;
-use stasis_store::gc::{GcOptions, collect};
-use stasis_store::ingest::FullOptions;
-use stasis_store::manifest::Manifest;
-use stasis_store::pack::BlobKind;
-use stasis_store::store::Store;
+use stasis_store::{
+    BlobKind, Codec, ErrorKind, FullOptions, GcOptions, Manifest, Store, StoreConfig,
+    collect_garbage as collect,
+};
 
 const BLOCK: u32 = 4096;
 
@@ -98,12 +94,9 @@ fn neighbouring_blocks_share_frames_and_read_back_exactly() {
             for id in common::data_ids(&fresh, &m) {
                 let (_, loc) = fresh.locate(&id).expect("indexed");
                 assert_eq!(loc.skip % 4096, 0);
-                assert_eq!(
-                    stasis_store::id::Id::of(&fresh.block(&id).expect("block")),
-                    id
-                );
+                assert_eq!(stasis_store::Id::of(&fresh.block(&id).expect("block")), id);
             }
-            let report = stasis_store::verify::verify_store(&fresh, true, &|_| {}).expect("verify");
+            let report = stasis_store::verify_store(&fresh, true, &|_| {}).expect("verify");
             assert!(report.problems.is_empty(), "{:?}", report.problems);
         }
         sizes.push(stored_data_bytes(&store));
@@ -151,7 +144,7 @@ fn a_damaged_frame_is_an_error_never_wrong_bytes() {
     assert!(errors > 0, "a damaged frame read without an error");
     let r = common::read_back(&store, &m, &dir.path().join("out"));
     assert!(r.is_err(), "restore of a damaged frame succeeded");
-    let report = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
+    let report = stasis_store::verify_store(&store, true, &|_| {}).expect("verify");
     assert!(!report.problems.is_empty(), "verify missed a damaged frame");
 }
 
@@ -194,7 +187,7 @@ fn gc_keeps_the_live_members_of_a_frame() {
         }
         let got = common::read_back(&fresh, &mb, &dir.path().join("out")).expect("restore");
         assert!(got == b, "round {round}: restore after gc differs");
-        let report = stasis_store::verify::verify_store(&fresh, true, &|_| {}).expect("verify");
+        let report = stasis_store::verify_store(&fresh, true, &|_| {}).expect("verify");
         assert!(
             report.problems.is_empty(),
             "round {round}: {:?}",

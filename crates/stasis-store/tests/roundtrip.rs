@@ -9,13 +9,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use stasis_store::backend::{Backend, CrashBackend, LocalBackend};
-use stasis_store::codec::{Algorithm, Compression};
-use stasis_store::config::StoreConfig;
-use stasis_store::ingest::{ingest_diff, ingest_full};
-use stasis_store::manifest::Manifest;
-use stasis_store::reader::PayloadReader;
-use stasis_store::store::Store;
+use stasis_store::{
+    Algorithm, Backend, Compression, CrashBackend, LocalBackend, Manifest, PayloadReader, Store,
+    StoreConfig, ingest_diff, ingest_full,
+};
 
 /// A piece of a generated payload.
 #[derive(Clone, Debug)]
@@ -248,7 +245,7 @@ fn a_crash_at_any_step_keeps_committed_data() {
         let store = Store::open(be.clone()).expect("reopen after crash");
         restore_and_check(&store, &ma, &base, &dir.path().join("ra"));
         // Whatever survived is consistent: at most packs no index names (garbage).
-        let report = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
+        let report = stasis_store::verify_store(&store, true, &|_| {}).expect("verify");
         assert!(
             report.problems.is_empty(),
             "step {step}: {:?}",
@@ -272,7 +269,7 @@ fn a_crash_at_any_step_keeps_committed_data() {
 /// The index files only speed things up: the packs' own tables rebuild the same index.
 #[test]
 fn index_rebuilds_from_packs_alone() {
-    use stasis_store::index::Index;
+    use stasis_store::Index;
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::create_dir(dir.path().join("repo")).expect("mkdir");
     let store = open_store(&dir.path().join("repo"), 4096, Compression::default());
@@ -319,8 +316,7 @@ fn index_rebuilds_from_packs_alone() {
 
 // ---------------------------------------------------------------- gc
 
-use stasis_store::backend::MemoryBackend;
-use stasis_store::gc::{GcOptions, Phase, collect};
+use stasis_store::{GcOptions, MemoryBackend, Phase, collect_garbage as collect};
 
 type Roots = Vec<(String, Manifest)>;
 
@@ -343,13 +339,13 @@ fn put_file(store: &Store, path: &Path, len: usize) -> Manifest {
     m
 }
 
-fn gc_with(store: &Store, roots: &Roots) -> stasis_store::Result<stasis_store::gc::GcReport> {
+fn gc_with(store: &Store, roots: &Roots) -> stasis_store::Result<stasis_store::GcReport> {
     let mut r = || Ok(roots.clone());
     collect(store, &GcOptions::default(), &mut r, &|_| {})
 }
 
 fn assert_clean(store: &Store, what: &str) {
-    let report = stasis_store::verify::verify_store(store, true, &|_| {}).expect("verify");
+    let report = stasis_store::verify_store(store, true, &|_| {}).expect("verify");
     assert!(report.problems.is_empty(), "{what}: {:?}", report.problems);
     assert!(
         report.unindexed_packs.is_empty(),
@@ -529,7 +525,7 @@ fn gc_interrupted_at_any_step_loses_nothing() {
             for (i, m) in [(1, ms[1]), (2, ms[2])] {
                 restore_and_check(&store, &m, &files[i], &dir.path().join("r"));
             }
-            let report = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
+            let report = stasis_store::verify_store(&store, true, &|_| {}).expect("verify");
             assert!(
                 report.problems.is_empty(),
                 "step {step}: {:?}",
@@ -585,7 +581,7 @@ fn readers_follow_repacked_and_new_blocks() {
     let _ = ma;
 }
 
-fn gc_with_threshold(store: &Store, roots: &Roots, t: f64) -> stasis_store::gc::GcReport {
+fn gc_with_threshold(store: &Store, roots: &Roots, t: f64) -> stasis_store::GcReport {
     let mut r = || Ok(roots.clone());
     let opts = GcOptions {
         dry_run: false,

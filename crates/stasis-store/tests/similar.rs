@@ -10,13 +10,10 @@ use std::fs::File;
 use std::path::Path;
 
 use proptest::prelude::*;
-use stasis_store::codec::{Codec, Compression};
-use stasis_store::config::StoreConfig;
-use stasis_store::gc::{GcOptions, collect};
-use stasis_store::id::Id;
-use stasis_store::ingest::{FullOptions, IngestStats, ingest_full_with};
-use stasis_store::manifest::Manifest;
-use stasis_store::store::Store;
+use stasis_store::{
+    Codec, Compression, FullOptions, GcOptions, Id, IngestStats, Manifest, Store, StoreConfig,
+    collect_garbage as collect, ingest_full_with,
+};
 
 const PAGE: usize = 4096;
 
@@ -105,7 +102,7 @@ fn a_siblings_pages_are_stored_xored_with_similar_ones_and_read_back() {
     let store = common::reopen(&dir.path().join("repo"));
     assert_eq!(read_back(&store, &mb, dir.path(), "rb").expect("b"), b);
     assert_eq!(read_back(&store, &ma, dir.path(), "ra").expect("a"), a);
-    let v = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
+    let v = stasis_store::verify_store(&store, true, &|_| {}).expect("verify");
     assert!(v.problems.is_empty(), "{:?}", v.problems);
 }
 
@@ -134,7 +131,7 @@ fn gc_keeps_the_references_of_live_xor_members() {
         read_back(&store, &mb, dir.path(), "rb").expect("after gc"),
         b
     );
-    let v = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
+    let v = stasis_store::verify_store(&store, true, &|_| {}).expect("verify");
     assert!(v.problems.is_empty(), "{:?} after {report:?}", v.problems);
     // The references kept are whole blocks still (a repack copies frames as they are).
     for id in common::data_ids(&store, &mb) {
@@ -172,7 +169,7 @@ fn an_xor_member_without_its_reference_is_an_error() {
     let (pack, _) = store.locate(&reference).expect("indexed");
     store
         .backend()
-        .delete(&stasis_store::pack::pack_key(&pack))
+        .delete(&stasis_store::pack_key(&pack))
         .expect("delete");
     drop(store);
     let store = common::reopen(&dir.path().join("repo"));
@@ -180,7 +177,7 @@ fn an_xor_member_without_its_reference_is_an_error() {
         Ok(_) => panic!("an xor member whose reference is lost read back"),
         Err(e) => assert!(e.to_string().contains("reference"), "{e}"),
     }
-    let v = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
+    let v = stasis_store::verify_store(&store, true, &|_| {}).expect("verify");
     assert!(
         v.problems
             .iter()
@@ -189,7 +186,7 @@ fn an_xor_member_without_its_reference_is_an_error() {
         v.problems
     );
     // Without reading the data, the lost reference shows too.
-    let v = stasis_store::verify::verify_store(&store, false, &|_| {}).expect("verify");
+    let v = stasis_store::verify_store(&store, false, &|_| {}).expect("verify");
     assert!(
         v.problems
             .iter()
@@ -256,7 +253,7 @@ fn gc_keeps_the_bases_of_every_copy_of_a_block() {
         let store = common::reopen(&dir.path().join("repo"));
         let got = store.read_blob(&Id::of(&x));
         assert_eq!(got.map(|b| b.to_vec()).ok(), Some(x), "round {round}");
-        let v = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
+        let v = stasis_store::verify_store(&store, true, &|_| {}).expect("verify");
         assert!(v.problems.is_empty(), "round {round}: {:?}", v.problems);
     }
 }
@@ -292,7 +289,7 @@ fn verify_ignores_dead_xor_members_whose_reference_is_gone() {
     assert!(report.dead_blobs_kept >= 8, "{report:?}");
     let store = common::reopen(&dir.path().join("repo"));
     assert_eq!(read_back(&store, &mc, dir.path(), "rc").expect("c"), fresh);
-    let v = stasis_store::verify::verify_store(&store, true, &|_| {}).expect("verify");
+    let v = stasis_store::verify_store(&store, true, &|_| {}).expect("verify");
     assert!(v.problems.is_empty(), "{:?}", v.problems);
 }
 
@@ -303,9 +300,9 @@ fn repair_keeps_the_features_of_intact_index_files() {
     let (dir, store) = fresh_store();
     let a = memory(64, 12);
     let (_, _, _) = ingest(&store, dir.path(), "a", &a, None);
-    let bad = stasis_store::verify::BadBlocks::default();
+    let bad = stasis_store::BadBlocks::default();
     // (The rebuilt index file, features and all, is the old one byte for byte here.)
-    stasis_store::repair::rebuild_index(&store, &bad, &Default::default()).expect("repair");
+    stasis_store::rebuild_index(&store, &bad, &Default::default()).expect("repair");
     let store = common::reopen(&dir.path().join("repo"));
     let b = sibling(&a, &(0..64).rev().collect::<Vec<_>>(), 13);
     let (mb, sb, _) = ingest(&store, dir.path(), "b", &b, None);

@@ -7,14 +7,10 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
 
-use stasis_store::backend::{Backend, LocalBackend};
-use stasis_store::codec::Compression;
-use stasis_store::config::StoreConfig;
-use stasis_store::id::BlockId;
-use stasis_store::ingest::{FullOptions, IngestStats, ingest_full_with};
-use stasis_store::manifest::{self, BlockRef, Manifest};
-use stasis_store::reader::{PayloadReader, RestoreStats};
-use stasis_store::store::Store;
+use stasis_store::{
+    Backend, BlockId, BlockRef, Compression, FullOptions, IngestStats, LocalBackend, Manifest,
+    PayloadReader, RestoreStats, Store, StoreConfig, ingest_full_with, visit_blocks,
+};
 
 /// A new repository made with `cfg` in the directory `dir` (which must exist).
 pub fn init_at(dir: &Path, cfg: StoreConfig) -> Store {
@@ -62,7 +58,7 @@ pub fn reopen(dir: &Path) -> Store {
 /// The ids of `m`'s data blocks, in block order.
 pub fn data_ids(store: &Store, m: &Manifest) -> Vec<BlockId> {
     let mut ids = Vec::new();
-    manifest::visit_blocks(store, m, 0..m.nblocks(), &mut |_, _, r| {
+    visit_blocks(store, m, 0..m.nblocks(), &mut |_, _, r| {
         if let BlockRef::Data(id) = r {
             ids.push(id);
         }

@@ -5,15 +5,15 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::Compression;
+use super::node::DEFAULT_FANOUT;
 use crate::error::{Error, ErrorKind, Result};
-use crate::manifest::DEFAULT_FANOUT;
+use crate::format::codec::Compression;
 
 /// Version of the repository layout this code writes. Version 2 adds delta blocks
-/// ([`crate::codec::Codec::ZstdDelta`]) and compressed pack tables and index files
-/// ([`crate::raw::COMPACT_FORMAT_VERSION`]); version 3 adds frames whose members may be
-/// XORed with similar blocks ([`crate::codec::Codec::ZstdFrameXor`]) and index files
-/// with similarity features ([`crate::raw::FEATURES_FORMAT_VERSION`]). A repository
+/// ([`crate::format::codec::Codec::ZstdDelta`]) and compressed pack tables and index files
+/// ([`crate::format::raw::COMPACT_FORMAT_VERSION`]); version 3 adds frames whose members may be
+/// XORed with similar blocks ([`crate::format::codec::Codec::ZstdFrameXor`]) and index files
+/// with similarity features ([`crate::format::raw::FEATURES_FORMAT_VERSION`]). A repository
 /// stays readable by the releases of its version, because nothing newer is written
 /// into it.
 pub const REPO_VERSION: u32 = 3;
@@ -27,10 +27,7 @@ pub const DELTA_REPO_VERSION: u32 = 2;
 /// The first layout that may hold XOR frame members and similarity features.
 pub const SIMILAR_REPO_VERSION: u32 = 3;
 
-/// Smallest block size.
-pub const MIN_BLOCK_SIZE: u32 = 4096;
-/// Largest block size.
-pub const MAX_BLOCK_SIZE: u32 = 4 << 20;
+pub use super::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
 
 /// What a payload of a snapshot is; each role has its own block size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -182,21 +179,21 @@ impl Default for StoreConfig {
 
 impl StoreConfig {
     /// The format version of the packs and index files written here: compressed tables
-    /// ([`crate::raw::COMPACT_FORMAT_VERSION`]) from repository version 2 on.
+    /// ([`crate::format::raw::COMPACT_FORMAT_VERSION`]) from repository version 2 on.
     pub fn object_format(&self) -> u32 {
         if self.version >= DELTA_REPO_VERSION {
-            crate::raw::COMPACT_FORMAT_VERSION
+            crate::format::raw::COMPACT_FORMAT_VERSION
         } else {
-            crate::raw::FORMAT_VERSION
+            crate::format::raw::FORMAT_VERSION
         }
     }
 
     /// The format version of the index files written here: with similarity features
-    /// ([`crate::raw::FEATURES_FORMAT_VERSION`]) from repository version 3 on, else as
+    /// ([`crate::format::raw::FEATURES_FORMAT_VERSION`]) from repository version 3 on, else as
     /// [`StoreConfig::object_format`].
     pub fn index_format(&self) -> u32 {
         if self.version >= SIMILAR_REPO_VERSION {
-            crate::raw::FEATURES_FORMAT_VERSION
+            crate::format::raw::FEATURES_FORMAT_VERSION
         } else {
             self.object_format()
         }
@@ -221,11 +218,11 @@ impl StoreConfig {
         if !(2..=4096).contains(&self.fanout) || !(1 << 20..=1 << 30).contains(&self.pack_size) {
             return Err(Error::corrupt("config has an invalid fanout or pack size"));
         }
-        if self.frame_size as usize > crate::codec::MAX_FRAME_BYTES {
+        if self.frame_size as usize > crate::format::codec::MAX_FRAME_BYTES {
             return Err(Error::corrupt(format!(
                 "config frame size {} is over {} bytes",
                 self.frame_size,
-                crate::codec::MAX_FRAME_BYTES
+                crate::format::codec::MAX_FRAME_BYTES
             )));
         }
         Ok(())

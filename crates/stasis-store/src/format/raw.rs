@@ -17,12 +17,12 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Format version of packs and index files whose tables are zstd-compressed: a pack's
 /// entry table, and an index file's body after its header (pack ids, then entries in
 /// pack order), are one zstd frame each; the checksums cover the stored bytes. Written
-/// in repositories of version [`crate::config::DELTA_REPO_VERSION`] and later.
+/// in repositories of version [`crate::format::config::DELTA_REPO_VERSION`] and later.
 pub const COMPACT_FORMAT_VERSION: u32 = 2;
 /// Format version of index files that also hold similarity features: as
 /// [`COMPACT_FORMAT_VERSION`], and the compressed body holds, after the entries, one
 /// little-endian u32 per entry, its block's feature ([`crate::similarity`]; 0 for
-/// none). Written in repositories of version [`crate::config::SIMILAR_REPO_VERSION`]
+/// none). Written in repositories of version [`crate::format::config::SIMILAR_REPO_VERSION`]
 /// and later; packs stay at [`COMPACT_FORMAT_VERSION`].
 pub const FEATURES_FORMAT_VERSION: u32 = 3;
 
@@ -54,11 +54,11 @@ pub struct PackEntry {
     pub stored_len: U32,
     /// Uncompressed length.
     pub raw_len: U32,
-    /// [`crate::codec::Codec`] byte.
+    /// [`crate::format::codec::Codec`] byte.
     pub codec: u8,
     /// [`crate::pack::BlobKind`] byte.
     pub kind: u8,
-    /// For a blob in a shared frame ([`crate::codec::Codec::ZstdFrame`]): where its bytes
+    /// For a blob in a shared frame ([`crate::format::codec::Codec::ZstdFrame`]): where its bytes
     /// start in the decoded frame, in 4 KiB units. Zero otherwise.
     pub frame_skip: U16,
     pub reserved: [u8; 4],

@@ -462,7 +462,7 @@ pub fn decompress_delta(
     out: &mut Vec<u8>,
 ) -> Result<()> {
     out.clear();
-    if raw_len > crate::config::MAX_BLOCK_SIZE as usize {
+    if raw_len > super::MAX_BLOCK_SIZE as usize {
         return Err(Error::corrupt(format!(
             "delta block claims {raw_len} bytes, more than any block"
         )));
@@ -530,7 +530,7 @@ pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize, out: &mut Vec<u8>
         zstd_decompress(stored, out)?;
         return check_len(out.len(), raw_len);
     }
-    if raw_len > crate::config::MAX_BLOCK_SIZE as usize {
+    if raw_len > super::MAX_BLOCK_SIZE as usize {
         return Err(Error::corrupt(format!(
             "block claims {raw_len} bytes, more than any block"
         )));

@@ -7,26 +7,23 @@
 //! the parent's manifest: a hole in the layer keeps the parent's bytes, written bytes
 //! (zeros included) replace them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::sync_channel;
 
 use rayon::prelude::*;
-use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
-use crate::codec::Compression;
-use crate::codec::{self, Algorithm, Codec};
 use crate::error::{Error, ErrorKind, Result};
-use crate::frame;
-use crate::id::{BlockId, Id, PackId};
+use crate::id::BlockId;
 use crate::manifest::{self, BlockRef, Manifest, TreeBuilder};
-use crate::pack::{BlobKind, FrameMember};
-use crate::similarity;
-use crate::source::{data_regions, is_zero};
-use crate::store::{Bases, Writer};
+use crate::source::data_regions;
+use crate::store::Writer;
+
+mod policy;
+mod write;
 
 /// Bytes read per batch.
 const BATCH_BYTES: u64 = 8 << 20;
@@ -72,91 +69,12 @@ pub struct FullOptions<'a> {
 /// Progress callback: called with bytes of the input processed since the last call.
 pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
-/// A delta is kept only when it is at most this fraction of the block compressed alone:
-/// a block that is not stored as a delta usually compresses better than alone, in a
-/// shared frame with its neighbours.
-const DELTA_MAX_SHARE: usize = 2;
-
-/// A reference whose frame is not decoded already is read only when at least this many
-/// blocks of the batch name a reference in that frame.
-const MIN_FRAME_REFERENCES: u32 = 2;
-
-/// A delta of at most this fraction of its block is kept without compressing the
-/// block alone to compare (128 bytes of a 4 KiB page).
-const DELTA_SURE_SHARE: usize = 32;
-
-/// Compress `data` against `base` (its predecessor at the same place); the stored bytes
-/// of a delta when that pays (see [`DELTA_MAX_SHARE`]), else `None`.
-fn try_delta(
-    w: Bases<'_, '_>,
-    compression: Compression,
-    base: &BlockId,
-    data: &[u8],
-) -> Result<Option<Vec<u8>>> {
-    let level = compression.level();
-    // The parent's block, or, when that is a delta itself (the page changed in the
-    // parent too), the block that delta is on: a base is always a whole block.
-    let base = &if w.may_base(base) {
-        *base
-    } else {
-        match w.store().base_of(base) {
-            Ok(Some(b)) if w.may_base(&b) => b,
-            _ => return Ok(None),
-        }
-    };
-    let base_bytes = match w.store().delta_base(base) {
-        Ok(b) => b,
-        Err(e) => {
-            // Only a missed saving: the block is stored whole.
-            tracing::warn!("not storing a delta on block {base}: {e}");
-            return Ok(None);
-        }
-    };
-    let mut delta = Vec::new();
-    codec::compress_delta(level, &base.0, &base_bytes, data, &mut delta)?;
-    // Most changed pages differ in a few words: a delta this small pays whatever the
-    // block would take alone, and one over half the block never does; only the rest
-    // are worth compressing alone to compare.
-    if delta.len() <= data.len() / DELTA_SURE_SHARE {
-        return Ok(Some(delta));
-    }
-    if delta.len() * DELTA_MAX_SHARE > data.len() {
-        return Ok(None);
-    }
-    let mut alone = Vec::new();
-    let c = codec::compress(compression, data, &mut alone)?;
-    let alone_len = if c == Codec::Raw {
-        data.len()
-    } else {
-        alone.len()
-    };
-    Ok((delta.len() * DELTA_MAX_SHARE <= alone_len).then_some(delta))
-}
-
-/// The bytes of `parts` as one slice of `backing`, if they lie in it back to back.
-fn joined<'a>(backing: &'a [u8], parts: impl IntoIterator<Item = &'a [u8]>) -> Option<&'a [u8]> {
-    let base = backing.as_ptr() as usize;
-    let mut span: Option<Range<usize>> = None;
-    for p in parts {
-        // Where `p` starts inside `backing`, by address: nothing is read through it.
-        let at = (p.as_ptr() as usize).checked_sub(base)?;
-        let end = at.checked_add(p.len()).filter(|&e| e <= backing.len())?;
-        span = match span {
-            None => Some(at..end),
-            Some(r) if r.end == at => Some(r.start..end),
-            Some(_) => return None,
-        };
-    }
-    span.map(|r| &backing[r])
-}
-
-/// Classify, deduplicate, compress and add a batch of blocks (`None` = a hole).
-/// `bases[k]`, when given, is the block that was at block `k`'s place in the parent:
-/// a new block that differs from it is stored as a delta on it when that pays.
-/// `backing`, when given, is the buffer the blocks were read into: a frame of blocks
-/// that lie in it back to back is compressed from there, without a copy. `scratch`
-/// keeps buffers from one batch to the next. With `similar`, new blocks
-/// get features and may be stored XORed with a similar block (see [`FullOptions`]).
+/// Store a batch of blocks (`None` = a hole) and return their references: the
+/// [`policy`] decides what each block becomes, then [`write`] stores the blocks it
+/// chose to. `bases[k]`, when given, is the block that was at block `k`'s place in the
+/// parent; `backing`, when given, is the buffer the blocks were read into; `scratch`
+/// keeps buffers from one batch to the next. With `similar`, new blocks get features
+/// and may be stored XORed with a similar block (see [`FullOptions`]).
 fn store_blocks(
     w: &mut Writer<'_>,
     blocks: &[Option<&[u8]>],
@@ -167,260 +85,9 @@ fn store_blocks(
     stats: &mut IngestStats,
 ) -> Result<Vec<BlockRef>> {
     let Scratch { outs, xbuf } = scratch;
-    let refs: Vec<BlockRef> = blocks
-        .par_iter()
-        .map(|b| match b {
-            None => BlockRef::Hole,
-            Some(d) if is_zero(d) => BlockRef::Zero,
-            Some(d) => BlockRef::Data(Id::of(d)),
-        })
-        .collect();
-    let mut seen: HashSet<Id, FxBuildHasher> = HashSet::default();
-    let mut todo = Vec::new();
-    for (k, r) in refs.iter().enumerate() {
-        match r {
-            BlockRef::Hole => stats.hole_blocks += 1,
-            BlockRef::Zero => stats.zero_blocks += 1,
-            BlockRef::Data(id) => {
-                stats.data_blocks += 1;
-                stats.data_bytes += blocks[k].map_or(0, |b| b.len() as u64);
-                if !w.knows(id) && seen.insert(*id) {
-                    todo.push(k);
-                }
-            }
-        }
-    }
-    let compression = w.compression();
-    // Shared frames are zstd frames; other codecs compress each block alone.
-    let frame_size = match compression.algorithm() {
-        Algorithm::Zstd => w.store().config().frame_size as usize,
-        _ => 0,
-    };
-    let data = |k: usize| blocks[k].unwrap_or_default();
-    let id_of = |k: usize| match refs[k] {
-        BlockRef::Data(id) => Ok(id),
-        _ => Err(Error::new(ErrorKind::Io, "a data block lost its id")),
-    };
-
-    // Deltas: new blocks whose predecessor at the same place may be a base.
-    if w.stores_deltas() && !bases.is_empty() {
-        let candidates: Vec<(usize, BlockId)> = todo
-            .iter()
-            .filter_map(|&k| bases.get(k).copied().flatten().map(|b| (k, b)))
-            .collect();
-        let bases = w.bases();
-        let deltas: Vec<Result<Option<Vec<u8>>>> = candidates
-            .par_iter()
-            .map(|(k, b)| try_delta(bases, compression, b, data(*k)))
-            .collect();
-        let mut stored_as_delta: HashSet<usize, FxBuildHasher> = HashSet::default();
-        for ((k, _), d) in candidates.iter().zip(deltas) {
-            if let Some(d) = d? {
-                if w.add_encoded(
-                    id_of(*k)?,
-                    BlobKind::Data,
-                    Codec::ZstdDelta,
-                    raw_len(data(*k))?,
-                    &d,
-                )? {
-                    stats.new_blocks += 1;
-                    stats.delta_blocks += 1;
-                }
-                stored_as_delta.insert(*k);
-            }
-        }
-        todo.retain(|k| !stored_as_delta.contains(k));
-    }
-
-    // Similar blocks: every block left gets a feature; one whose feature names a
-    // stored whole block is XORed with it where that pays, and loses its feature (it
-    // can never be a reference itself).
-    // XORed bytes go to `xbuf`, one slot per block of `todo` (reused from batch to
-    // batch, like `outs`).
-    let mut features: Vec<u32> = Vec::new();
-    let mut xored: Vec<Option<BlockId>> = Vec::new();
-    let slot = blocks
-        .iter()
-        .flatten()
-        .map(|b| b.len())
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    if similar && w.stores_similar() {
-        features = todo
-            .par_iter()
-            .map(|&k| similarity::feature(data(k)))
-            .collect();
-        let bases = w.bases();
-        let mut candidates: Vec<Option<BlockId>> = {
-            let idx = w.store().index();
-            features
-                .iter()
-                .map(|&f| if f == 0 { None } else { idx.similar(f) })
-                .collect()
-        };
-        candidates
-            .iter_mut()
-            .for_each(|c| *c = c.filter(|r| bases.may_base(r)));
-        // A reference costs its whole frame when that is not decoded already. A frame
-        // that only one block of the batch names is not worth it: such lone matches
-        // rarely pay (in the study, decodes fell from 707 to 436 for 24 fewer XORs of
-        // 5,448), while true siblings come in runs that share frames.
-        let frames: Vec<Option<(PackId, u64)>> = candidates
-            .iter()
-            .map(|c| c.and_then(|r| w.store().frame_of(&r)))
-            .collect();
-        let mut per_frame: HashMap<(PackId, u64), u32, FxBuildHasher> = HashMap::default();
-        for f in frames.iter().flatten() {
-            *per_frame.entry(*f).or_insert(0) += 1;
-        }
-        for (c, f) in candidates.iter_mut().zip(&frames) {
-            if let Some((pack, offset)) = f
-                && per_frame.get(&(*pack, *offset)).copied().unwrap_or(0) < MIN_FRAME_REFERENCES
-                && !w.store().frame_cached(pack, *offset)
-            {
-                *c = None;
-            }
-        }
-        if xbuf.len() < todo.len() * slot {
-            xbuf.resize(todo.len() * slot, 0);
-        }
-        xored = xbuf
-            .par_chunks_mut(slot)
-            .zip(todo.par_iter().zip(&candidates))
-            .map(|(out, (&k, r))| {
-                let r = (*r)?;
-                let d = data(k);
-                let xor = |rb: &[u8]| {
-                    let pays = similarity::xor_pays(d, rb);
-                    if pays {
-                        similarity::xor_to(d, rb, &mut out[..d.len()]);
-                    }
-                    pays
-                };
-                match bases.store().with_reference(&r, xor) {
-                    Ok(true) => Some(r),
-                    Ok(false) => None,
-                    Err(e) => {
-                        // Only a missed saving: the block is stored as it is.
-                        tracing::warn!("not storing a block XORed with {r}: {e}");
-                        None
-                    }
-                }
-            })
-            .collect();
-        for (f, x) in features.iter_mut().zip(&xored) {
-            if x.is_some() {
-                *f = 0;
-            }
-        }
-    }
-    let feature = |i: usize| features.get(i).copied().unwrap_or(0);
-    let xor_of = |i: usize| xored.get(i).copied().flatten();
-    // What goes into the frame for the block at position `i` of `todo`.
-    let member = |i: usize| match xor_of(i) {
-        Some(_) => &xbuf[i * slot..i * slot + data(todo[i]).len()],
-        None => data(todo[i]),
-    };
-
-    let lens: Vec<usize> = todo.iter().map(|&k| data(k).len()).collect();
-    let groups = frame::plan(&lens, frame_size);
-    // Output buffers come from `outs` and go back to it: fresh ones each batch would
-    // be freed together and trimmed off the heap, to fault in again for the next.
-    let bufs: Vec<Vec<u8>> = groups
-        .iter()
-        .map(|_| outs.pop().unwrap_or_default())
-        .collect();
-    let encoded: Vec<Result<(Codec, Vec<u8>)>> = groups
-        .par_iter()
-        .zip(bufs)
-        .map(|(g, mut out)| {
-            let any_xor = g.clone().any(|i| xor_of(i).is_some());
-            let c = if g.len() == 1 {
-                codec::compress(compression, member(g.start), &mut out)?
-            } else if let Some(run) = backing
-                .filter(|_| !any_xor)
-                .and_then(|b| joined(b, todo[g.clone()].iter().map(|&k| data(k))))
-            {
-                codec::compress(compression, run, &mut out)?
-            } else {
-                let mut whole = Vec::with_capacity(lens[g.clone()].iter().sum());
-                for i in g.clone() {
-                    whole.extend_from_slice(member(i));
-                }
-                codec::compress(compression, &whole, &mut out)?
-            };
-            Ok((c, out))
-        })
-        .collect();
-    let raw_len = |k: usize| raw_len(data(k));
-    for (g, enc) in groups.iter().zip(encoded) {
-        let (c, out) = enc?;
-        let refs: Vec<(u32, BlockId)> = {
-            let mut skip = 0u32;
-            let mut refs = Vec::new();
-            for i in g.clone() {
-                if let Some(r) = xor_of(i) {
-                    refs.push((skip, r));
-                }
-                skip += raw_len(todo[i])?;
-            }
-            refs
-        };
-        if c == Codec::Zstd && (g.len() > 1 || !refs.is_empty()) {
-            let mut members = Vec::with_capacity(g.len());
-            let mut skip = 0u32;
-            for i in g.clone() {
-                let k = todo[i];
-                let raw_len = raw_len(k)?;
-                let codec = match (refs.is_empty(), xor_of(i).is_some()) {
-                    (true, _) => Codec::ZstdFrame,
-                    (false, false) => Codec::ZstdFrameRefs,
-                    (false, true) => Codec::ZstdFrameXor,
-                };
-                members.push(FrameMember {
-                    id: id_of(k)?,
-                    raw_len,
-                    skip,
-                    codec,
-                    feature: feature(i),
-                });
-                skip += raw_len;
-            }
-            if refs.is_empty() {
-                w.add_frame(BlobKind::Data, &members, &out)?;
-            } else {
-                let mut stored = Vec::with_capacity(2 + refs.len() * frame::REF_ENTRY + out.len());
-                frame::encode_refs(&refs, &mut stored)?;
-                stored.extend_from_slice(&out);
-                w.add_frame(BlobKind::Data, &members, &stored)?;
-                stats.xor_blocks += refs.len() as u64;
-            }
-            stats.new_blocks += members.len() as u64;
-            outs.push(out);
-            continue;
-        }
-        // A lone block, or a group that did not compress: each block alone, as it is
-        // (not XORed: a group that did not compress gains nothing from it).
-        for i in g.clone() {
-            let k = todo[i];
-            let (c, stored): (Codec, &[u8]) = if g.len() == 1 && c != Codec::Raw {
-                (c, &out)
-            } else {
-                (Codec::Raw, data(k))
-            };
-            let f = if xor_of(i).is_some() {
-                similarity::feature(data(k))
-            } else {
-                feature(i)
-            };
-            if w.add_encoded_with_feature(id_of(k)?, BlobKind::Data, c, raw_len(k)?, stored, f)? {
-                stats.new_blocks += 1;
-            }
-        }
-        outs.push(out);
-    }
-    Ok(refs)
+    let decided = policy::decide(w, blocks, bases, similar, xbuf, stats)?;
+    write::store(w, &decided, xbuf, backing, outs, stats)?;
+    Ok(decided.refs)
 }
 
 /// Buffers an ingest reuses from one batch to the next: fresh ones each batch would be
@@ -835,37 +502,4 @@ pub fn ingest_layer(
         Ok(())
     })?;
     Ok((m, stats))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// Adjacent parts of the backing buffer join into the slice they cover; parts
-        /// with a gap between them, or from another buffer, do not.
-        #[test]
-        fn joined_spans_adjacent_parts_only(
-            len in 1usize..4096,
-            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
-            from in any::<prop::sample::Index>(),
-        ) {
-            let buf: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(len + 1)).collect();
-            at.extend([0, len]);
-            at.sort_unstable();
-            at.dedup();
-            let parts: Vec<&[u8]> = at.windows(2).map(|w| &buf[w[0]..w[1]]).collect();
-            prop_assert_eq!(joined(&buf, parts.iter().copied()), Some(&buf[..]));
-            let f = from.index(parts.len());
-            prop_assert_eq!(joined(&buf, parts[f..].iter().copied()), Some(&buf[at[f]..]));
-            if parts.len() >= 3 {
-                prop_assert_eq!(joined(&buf, [parts[0], parts[2]]), None);
-            }
-            let other = buf.clone();
-            prop_assert_eq!(joined(&buf, [&other[..]]), None);
-            prop_assert_eq!(joined(&buf, std::iter::empty()), None);
-        }
-    }
 }
