@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use stasis_catalog::validate_name;
-use stasis_repo::fork::{self, Files};
+use stasis_repo::fork::Files;
 
 use crate::output::print_json;
 use crate::repo::{Context, actor};
@@ -30,7 +30,7 @@ pub struct Args {
 pub fn run(ctx: &Context, a: Args) -> Result<()> {
     validate_name(&a.new_vm).context("the new VM's name")?;
     let mut repo = ctx.open()?;
-    let snap = repo.catalog().resolve(&a.snap)?;
+    // Refused before a mount is looked for, so the clash is what the user hears.
     if repo.catalog().vm(&a.new_vm)?.is_some() {
         bail!("VM {} already exists", a.new_vm);
     }
@@ -44,8 +44,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
             ),
         }
     };
-    let (store, catalog) = repo.parts();
-    let forked = fork::fork(store, catalog, &snap, &a.new_vm, &a.dir, &files, &actor())?;
+    let (snap, forked) = repo.fork(&a.snap, &a.new_vm, &a.dir, &files, &actor())?;
     let (vm, out) = (&forked.vm, &forked.files);
     if ctx.json {
         return print_json(&serde_json::json!({ "vm": vm, "snapshot": snap.id, "files": out }));

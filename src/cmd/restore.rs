@@ -1,11 +1,10 @@
 //! `stasis restore`.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
-use stasis_store::{PayloadReader, RestoreStats};
+use anyhow::Result;
+use stasis_repo::restore::{RestoreOptions, RestoreProgress};
 
 use crate::output::{bar, human, print_json};
 use crate::repo::Context;
@@ -29,55 +28,32 @@ pub struct Args {
 pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let started = Instant::now();
     let repo = ctx.open()?;
-    let snap = repo.catalog().resolve(&a.snap)?;
-    std::fs::create_dir_all(&a.dir)
-        .with_context(|| format!("cannot create {}", a.dir.display()))?;
-    // Refuse before writing anything if a file would be replaced.
-    if !a.force {
-        for p in &snap.payloads {
-            let target = a.dir.join(&p.name);
-            if target.exists() {
-                bail!("{} exists; remove it or pass --force", target.display());
-            }
-        }
-    }
-    let total: u64 = snap.payloads.iter().map(|p| p.data_bytes).sum();
-    let pb = bar(total, "restoring");
-    let mut stats: Vec<(String, RestoreStats)> = Vec::new();
-    for p in &snap.payloads {
-        let target = a.dir.join(&p.name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&target)
-            .with_context(|| format!("cannot write {}", target.display()))?;
-        let st = PayloadReader::new(repo.store(), p.manifest)
-            .and_then(|r| r.restore(&file, &|n| pb.inc(n)))
-            .with_context(|| format!("restoring {} of {}", p.name, snap.id))?;
-        if a.sync {
-            file.sync_all()
-                .with_context(|| format!("syncing {}", target.display()))?;
-        }
-        stats.push((p.name.clone(), st));
-    }
+    let pb = bar(0, "restoring");
+    let opts = RestoreOptions {
+        force: a.force,
+        sync: a.sync,
+    };
+    let (snap, files) = repo.restore(&a.snap, &a.dir, opts, &|p| match p {
+        RestoreProgress::Total(n) => pb.set_length(n),
+        RestoreProgress::Written(n) => pb.inc(n),
+    })?;
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if ctx.json {
-        let files: Vec<_> = stats
+        let files: Vec<_> = files
             .iter()
-            .map(|(n, s)| serde_json::json!({"name": n, "path": a.dir.join(n), "size_bytes": s.size, "written_bytes": s.written}))
+            .map(|f| serde_json::json!({"name": f.name, "path": f.path, "size_bytes": f.stats.size, "written_bytes": f.stats.written}))
             .collect();
         return print_json(
             &serde_json::json!({"snapshot": snap.id, "files": files, "seconds": secs}),
         );
     }
-    for (n, s) in &stats {
+    for f in &files {
         println!(
             "{}  {} ({} written, the rest sparse)",
-            a.dir.join(n).display(),
-            human(s.size),
-            human(s.written)
+            f.path.display(),
+            human(f.stats.size),
+            human(f.stats.written)
         );
     }
     println!(

@@ -10,8 +10,9 @@
 //! - [`create`]: ingest a snapshot from files (blocks, then manifests, then the catalog
 //!   row, in that order), from one [`create::CreateSpec`] that the CLI and the server
 //!   both fill in.
-//! - [`fork`]: prepare a new VM's files from a snapshot and record it; [`delete`]: with
-//!   children re-parented and their sizes recomputed.
+//! - [`fork`]: prepare a new VM's files from a snapshot and record it; [`restore`]: a
+//!   snapshot's files back into a directory; [`delete`]: with children re-parented and
+//!   their sizes recomputed.
 //! - [`gc`] (its roots come from the catalog), [`verify`] (and repair), [`usage`].
 //! - [`roots`]: which files a tenant may name; [`mounts`]: the registry of running
 //!   mounts that a fork finds.
@@ -26,6 +27,7 @@ pub mod gc;
 pub mod mounts;
 pub mod qcow2;
 mod repository;
+pub mod restore;
 pub mod roots;
 pub mod usage;
 pub mod verify;

@@ -364,6 +364,42 @@ impl Repository {
         crate::create::create(&self.store, &mut self.catalog, req, progress)
     }
 
+    /// Fork snapshot `spec` into a new VM `new_vm`, its files in `dir`
+    /// ([`crate::fork::fork`]).
+    pub fn fork(
+        &mut self,
+        spec: &str,
+        new_vm: &str,
+        dir: &Path,
+        files: &crate::fork::Files,
+        actor: &str,
+    ) -> Result<(stasis_catalog::Snapshot, crate::fork::Forked)> {
+        let snap = self.catalog.resolve(spec)?;
+        let forked = crate::fork::fork(
+            &self.store,
+            &mut self.catalog,
+            &snap,
+            new_vm,
+            dir,
+            files,
+            actor,
+        )?;
+        Ok((snap, forked))
+    }
+
+    /// Restore snapshot `spec`'s files into `dir` ([`crate::restore::restore`]).
+    pub fn restore(
+        &self,
+        spec: &str,
+        dir: &Path,
+        opts: crate::restore::RestoreOptions,
+        progress: &(dyn Fn(crate::restore::RestoreProgress) + Sync),
+    ) -> Result<(stasis_catalog::Snapshot, Vec<crate::restore::Restored>)> {
+        let snap = self.catalog.resolve(spec)?;
+        let files = crate::restore::restore(&self.store, &snap, dir, opts, progress)?;
+        Ok((snap, files))
+    }
+
     /// Delete a snapshot or its subtree ([`crate::delete`]).
     pub fn delete(&mut self, spec: &str, recursive: bool, actor: &str) -> Result<Vec<String>> {
         crate::delete(&self.store, &mut self.catalog, spec, recursive, actor)
