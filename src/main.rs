@@ -46,7 +46,8 @@ enum Command {
     Log(cmd::list::LogArgs),
     /// Set or remove a snapshot's tags.
     Tag(cmd::tree::TagArgs),
-    /// Mount the repository read-only (FUSE): vms/<vm>/<snapshot>/, snapshots/<id>/.
+    /// Mount the repository read-only (FUSE).
+    #[command(long_about = cmd::mount::about())]
     Mount(cmd::mount::MountArgs),
     /// Unmount a stasis mount.
     Umount(cmd::mount::UmountArgs),

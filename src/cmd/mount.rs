@@ -7,7 +7,15 @@ use stasis_fuse::SnapshotFs;
 
 use crate::repo::Context;
 
-/// Mount the repository read-only: vms/<vm>/<snapshot>/ and snapshots/<id>/.
+/// `stasis mount --help`: the layout comes from the one place that defines it.
+pub fn about() -> String {
+    format!(
+        "Mount the repository read-only (FUSE): {}",
+        stasis_catalog::layout::SUMMARY
+    )
+}
+
+/// Mount the repository read-only.
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
     /// An existing, empty directory.

@@ -28,6 +28,9 @@ pub const PARENT: &str = "parent";
 /// In a snapshot's directory: the record as JSON.
 pub const RECORD: &str = "snapshot.json";
 
+/// The layout in a few words, for help texts.
+pub const SUMMARY: &str = "vms/<vm>/<snapshot>/ and snapshots/<id>/";
+
 /// Whether `name` is one of the entries a snapshot directory holds besides its
 /// payloads (so no payload may take it).
 pub fn is_reserved_in_snapshot(name: &str) -> bool {
@@ -73,6 +76,12 @@ pub fn names_payload(path: &str, snap: &Snapshot, payload: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_names_the_layout() {
+        assert!(SUMMARY.starts_with(&format!("{VMS}/")));
+        assert!(SUMMARY.contains(&format!(" {SNAPSHOTS}/")));
+    }
 
     #[test]
     fn paths_and_links_agree() {
