@@ -94,7 +94,8 @@ mod store;
 mod verify;
 
 pub use backend::{
-    Backend, Bytes, CrashBackend, LocalBackend, MemoryBackend, ObjectMeta, PartialObject,
+    Backend, Buffered, Bytes, CrashBackend, LocalBackend, MemoryBackend, ObjectMeta, PartialObject,
+    check_key, check_prefix,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use format::codec::{
@@ -112,7 +113,7 @@ pub use ingest::{
     FullOptions, IngestStats, LayerSource, Progress, ingest_diff, ingest_full, ingest_full_with,
     ingest_layer,
 };
-pub use lock::{Guard, Locks};
+pub use lock::{FileLocks, Guard, Locks, MemoryLocks};
 pub use manifest::{BlockRef, Manifest, TreeBuilder, apply_changes, visit_blocks};
 pub use pack::{PackBuilder, read_entries};
 pub use reader::{PayloadReader, RestoreStats};
@@ -124,6 +125,13 @@ pub use verify::{
 };
 
 /// The stored formats' parsers, for the fuzz targets (`fuzz/`) only: not a stable API.
+/// Checks for code outside this crate that implements its traits (the `testing`
+/// feature): the behaviour every [`Backend`] must have.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::backend::conformance::conformance as backend_conformance;
+}
+
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing {
     pub use crate::format::codec::{

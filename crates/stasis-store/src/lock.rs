@@ -37,6 +37,14 @@ use crate::error::{Error, ErrorKind, IoContext, Result};
 /// Something held until dropped (a session registration or the maintenance lock).
 pub struct Guard(#[allow(dead_code)] Box<dyn Send + Sync>);
 
+impl Guard {
+    /// A guard that holds `held` (a lock, a connection, a file) until it drops: for
+    /// [`Locks`] implementations outside this crate.
+    pub fn new(held: impl Send + Sync + 'static) -> Self {
+        Guard(Box::new(held))
+    }
+}
+
 impl Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Guard")

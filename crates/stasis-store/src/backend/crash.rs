@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn conformance() {
-        super::super::tests::conformance(&CrashBackend::new());
+        super::super::conformance::conformance(&CrashBackend::new());
     }
 
     #[test]

@@ -657,7 +657,7 @@ mod tests {
             let b = LocalBackend::open(dir.path())
                 .expect("open")
                 .with_direct_writes(direct);
-            super::super::tests::conformance(&b);
+            super::super::conformance::conformance(&b);
         }
     }
 

@@ -92,6 +92,6 @@ impl Backend for MemoryBackend {
 mod tests {
     #[test]
     fn conformance() {
-        super::super::tests::conformance(&super::MemoryBackend::new());
+        super::super::conformance::conformance(&super::MemoryBackend::new());
     }
 }

@@ -143,7 +143,7 @@ pub fn check_key(key: &str) -> Result<()> {
 }
 
 /// Check a key prefix that names a directory (`packs/`) or nothing (`""`).
-pub(crate) fn check_prefix(prefix: &str) -> Result<()> {
+pub fn check_prefix(prefix: &str) -> Result<()> {
     match prefix.strip_suffix('/') {
         Some(dir) => check_key(dir),
         None if prefix.is_empty() => Ok(()),
@@ -168,12 +168,15 @@ pub(crate) fn slice_range(key: &str, whole: Bytes, range: Option<Range<u64>>) ->
     Ok(whole.slice(r.start as usize..r.end as usize))
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// The behaviour every backend shares, as a check that a backend's own tests call
+/// (here, and with the `testing` feature in other crates).
+#[cfg(any(test, feature = "testing"))]
+#[allow(clippy::unwrap_used)]
+pub mod conformance {
     use super::*;
 
     /// The behaviour every backend shares.
-    pub(crate) fn conformance(b: &dyn Backend) {
+    pub fn conformance(b: &dyn Backend) {
         assert!(b.list("").expect("list").is_empty());
         b.put("packs/ab/x.pack", b"hello world").expect("put");
         b.put("index/one", b"idx").expect("put");
@@ -231,6 +234,11 @@ pub(crate) mod tests {
         assert_eq!(b.list("").expect("list").len(), before.len() + 1);
         assert!(b.create("../evil/").is_err());
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn keys() {
