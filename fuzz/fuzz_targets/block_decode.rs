@@ -4,12 +4,16 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stasis_store::{Codec, MAX_FRAME_BYTES, decompress};
 use stasis_store::fuzzing::{decompress_delta, decompress_frame, decompress_into, split_delta};
+use stasis_store::{Codec, MAX_FRAME_BYTES, decompress};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&c, rest)) = data.split_first() else { return };
-    let Ok(codec) = Codec::from_u8(c % 7) else { return };
+    let Some((&c, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(codec) = Codec::from_u8(c % 7) else {
+        return;
+    };
     let raw_len = usize::from(c) * 97;
     let mut out = Vec::new();
     if decompress(codec, rest, raw_len, &mut out).is_ok() {

@@ -8,12 +8,15 @@ use std::str::FromStr;
 
 use libfuzzer_sys::fuzz_target;
 use stasis_catalog::{CompressionInfo, CompressionState, Hypervisor, Kind, PowerState, Status};
-use stasis_store::{Role};
+use stasis_store::Role;
 
 fn round_trip<T: FromStr + ToString + PartialEq + std::fmt::Debug>(s: &str) {
     if let Ok(v) = s.parse::<T>() {
         let again = v.to_string().parse::<T>();
-        assert!(again.is_ok_and(|a| a == v), "{s:?} -> {v:?} does not round-trip");
+        assert!(
+            again.is_ok_and(|a| a == v),
+            "{s:?} -> {v:?} does not round-trip"
+        );
     }
 }
 

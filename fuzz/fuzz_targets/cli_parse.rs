@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = parse_size::Config::new().with_binary().parse_size(s.trim());
     if let Ok((k, v)) = stasis_catalog::parse_tag(s) {
-        assert!(stasis_catalog::fields::validate_tag(&k, &v).is_ok(), "{s:?}");
+        assert!(
+            stasis_catalog::fields::validate_tag(&k, &v).is_ok(),
+            "{s:?}"
+        );
     }
     if let Ok(t) = stasis_catalog::parse_expiry(s) {
         // The normalised form parses again.

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stasis_store::fuzzing::{Plan};
+use stasis_store::fuzzing::Plan;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(plan) = Plan::decode(data) {
