@@ -59,6 +59,8 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Space used: logical and stored bytes, dedup and compression ratios.
     Du(cmd::du::Args),
+    /// This host's cache of an s3:// store: `cache stats`, `cache clear`.
+    Cache(cmd::cache::Args),
     /// Measure the store: `bench codecs FILE...` on your data, `bench repo` end to end.
     Bench(cmd::bench::Args),
     /// Remove blocks no snapshot uses; repack packs that became mostly garbage.
@@ -106,6 +108,7 @@ fn main() -> ExitCode {
         Command::Restore(a) => cmd::restore::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Du(a) => cmd::du::run(&ctx, a),
+        Command::Cache(a) => cmd::cache::run(&ctx, a),
         Command::Bench(a) => cmd::bench::run(&ctx, a),
         Command::Gc(a) => cmd::gc::run(&ctx, a),
         Command::Serve(a) => cmd::serve::serve(&ctx, a),

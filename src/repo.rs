@@ -42,16 +42,19 @@ impl Context {
     pub fn config(&self) -> Result<RepoConfig> {
         let path = self.path()?;
         let path = std::fs::canonicalize(&path).unwrap_or(path);
-        Ok(RepoConfig::embedded(&path))
+        Ok(RepoConfig::load(&path)?)
     }
 
-    /// Create a repository with `store`.
+    /// Create the embedded default repository with `store`.
     pub fn init(&self, store: StoreConfig) -> Result<Repository> {
-        Ok(Repository::init_with(
-            &self.config()?,
-            store,
-            &options(false),
-        )?)
+        let path = self.path()?;
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        self.init_at(&RepoConfig::embedded(&path), store)
+    }
+
+    /// Create the repository `config` describes, with `store`.
+    pub fn init_at(&self, config: &RepoConfig, store: StoreConfig) -> Result<Repository> {
+        Ok(Repository::init_with(config, store, &options(false))?)
     }
 
     /// Open the repository; the default one is created on first use.

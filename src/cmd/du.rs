@@ -77,5 +77,8 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         human(u.pack_bytes),
         human(u.index_bytes)
     );
+    if let Some(c) = &u.cache {
+        super::cache::print(c);
+    }
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! `stasis init`.
 
+use std::path::PathBuf;
+
 use anyhow::{Result, bail};
+use stasis_repo::{CatalogUrl, RepoConfig, StoreUrl};
 use stasis_store::{Algorithm, Compression, Role, StoreConfig};
 
 use crate::output::{human, parse_size, print_json};
@@ -27,6 +30,20 @@ pub struct Args {
     /// compress a little better; a random read decodes a whole frame.
     #[arg(long, value_name = "SIZE")]
     frame_size: Option<String>,
+    /// Where the blocks go: a directory (`file:///PATH`, default `REPO/store`) or an
+    /// S3-compatible bucket (`s3://BUCKET/PREFIX`; endpoint and credentials from
+    /// AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Where the catalog goes (`sqlite:///PATH`, default `REPO/catalog.db`).
+    #[arg(long, value_name = "URL")]
+    catalog: Option<String>,
+    /// For an s3:// store: this host's cache of its pieces (default `REPO/cache`).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// For an s3:// store: the cache's budget (default 10GiB).
+    #[arg(long, value_name = "SIZE")]
+    cache_size: Option<String>,
 }
 
 /// Parse `--block-size` values into `config`: plain sizes first, then per-role ones.
@@ -67,14 +84,39 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         };
     }
     let path = ctx.path()?;
-    let repo = ctx.init(config)?;
+    let repo = if a.store.is_none()
+        && a.catalog.is_none()
+        && a.cache_dir.is_none()
+        && a.cache_size.is_none()
+    {
+        ctx.init(config)?
+    } else {
+        let dir = std::path::absolute(&path)?;
+        let store: StoreUrl = match &a.store {
+            Some(s) => s.parse()?,
+            None => StoreUrl::Dir(dir.join("store")),
+        };
+        let catalog: Option<CatalogUrl> = a.catalog.as_deref().map(str::parse).transpose()?;
+        let cache_size = a.cache_size.as_deref().map(parse_size).transpose()?;
+        let repo_config = RepoConfig::new(&dir, store, catalog, a.cache_dir.clone(), cache_size)?;
+        ctx.init_at(&repo_config, config)?
+    };
     let c = repo.store().config();
+    let (store, catalog) = (
+        repo.config().store.to_string(),
+        repo.config().catalog.to_string(),
+    );
     if ctx.json {
-        return print_json(&serde_json::json!({ "path": path, "config": c }));
+        return print_json(&serde_json::json!({
+            "path": path, "store": store, "catalog": catalog, "config": c,
+        }));
     }
     println!(
-        "initialised {}: blocks disk {} memory {} state {}, compression {}, frames {}",
-        path.display(),
+        "initialised {} (store {store}, catalog {catalog})",
+        path.display()
+    );
+    println!(
+        "  blocks disk {} memory {} state {}, compression {}, frames {}",
         human(c.block_sizes.disk.into()),
         human(c.block_sizes.memory.into()),
         human(c.block_sizes.state.into()),

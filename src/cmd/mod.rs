@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub mod bench;
+pub mod cache;
 pub mod create;
 pub mod du;
 pub mod fork;

@@ -33,6 +33,11 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(repo: &Path, point: &Path) -> Mount {
+        Mount::start_with_env(repo, point, &[])
+    }
+
+    /// [`Mount::start`] with more environment variables (an object store's `AWS_*`).
+    pub fn start_with_env(repo: &Path, point: &Path, env: &[(String, String)]) -> Mount {
         assert!(
             Path::new("/dev/fuse").exists(),
             "FUSE tests need /dev/fuse (CI runs them as root)"
@@ -43,6 +48,7 @@ impl Mount {
             .arg(repo)
             .arg("mount")
             .arg(point)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn mount");

@@ -37,8 +37,10 @@ use stasis_store::Store;
 
 pub use error::{Error, ErrorKind, Result};
 pub use repository::{
-    CatalogOpener, CatalogUrl, DamagedIndex, Hooks, OpenOptions, RepoConfig, Repository, StoreUrl,
+    CacheConfig, CatalogOpener, CatalogUrl, DEFAULT_CACHE_BYTES, DamagedIndex, Hooks, OpenOptions,
+    RepoConfig, Repository, StoreUrl,
 };
+pub use stasis_s3::CacheStats;
 
 /// Delete snapshot `spec` (or its subtree): children are re-parented and their
 /// `added_bytes` recomputed against their new parent from the store's trees. Returns

@@ -11,14 +11,21 @@
 //! DIR/mounts/         running `stasis mount`s (crate::mounts)
 //! DIR/instances/      the server's forks, by tenant (default of --instances-dir)
 //! ```
+//!
+//! A repository whose blocks are in an object store (`stasis init --store
+//! s3://BUCKET/PREFIX`) keeps its choice in `DIR/repository.json` ([`RepoConfig::load`]),
+//! and on this host only that, its catalog (until the shared one), `DIR/locks/` and the
+//! cache of object pieces (`DIR/cache/` unless `--cache-dir`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use stasis_catalog::Catalog;
-use stasis_store::{Backend, LocalBackend, Store, StoreConfig};
+use stasis_s3::{CacheStats, PIECE_SIZE, PieceCache, RemoteBackend, S3Location};
+use stasis_store::{Backend, FileLocks, LocalBackend, Store, StoreConfig};
 
 use crate::error::{Error, Result};
 
@@ -28,6 +35,9 @@ use crate::error::{Error, Result};
 pub enum StoreUrl {
     /// A local directory: `file:///path`, or a bare path.
     Dir(PathBuf),
+    /// An S3-compatible object store: `s3://BUCKET/PREFIX` (endpoint and credentials
+    /// from the `AWS_*` variables).
+    S3(S3Location),
 }
 
 /// Where a repository keeps its catalog.
@@ -53,8 +63,10 @@ impl FromStr for StoreUrl {
     fn from_str(s: &str) -> Result<StoreUrl> {
         match scheme(s) {
             Some(("file", path)) if !path.is_empty() => Ok(StoreUrl::Dir(PathBuf::from(path))),
+            Some(("s3", _)) => Ok(StoreUrl::S3(s.parse()?)),
             Some((other, _)) => Err(Error::Invalid(format!(
-                "store {s:?}: this build keeps blocks in a local directory only (file://PATH), not {other}://"
+                "store {s:?}: blocks go in a local directory (file://PATH) or an S3 bucket \
+                 (s3://BUCKET/PREFIX), not {other}://"
             ))),
             None if !s.is_empty() => Ok(StoreUrl::Dir(PathBuf::from(s))),
             None => Err(Error::Invalid("the store URL is empty".into())),
@@ -83,6 +95,7 @@ impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreUrl::Dir(p) => write!(f, "file://{}", p.display()),
+            StoreUrl::S3(l) => l.fmt(f),
         }
     }
 }
@@ -121,15 +134,15 @@ impl CatalogUrl {
 
 impl StoreUrl {
     /// Whether a store is there.
-    fn exists(&self) -> Result<bool> {
+    fn exists(&self, config: &RepoConfig) -> Result<bool> {
         match self {
             StoreUrl::Dir(p) if !p.is_dir() => Ok(false),
-            StoreUrl::Dir(_) => Ok(Store::exists(&*self.backend(false)?)?),
+            _ => Ok(Store::exists(&*self.backend(config, false)?)?),
         }
     }
 
     /// The backend, created where it does not exist yet when `create`.
-    fn backend(&self, create: bool) -> Result<Arc<dyn Backend>> {
+    fn backend(&self, config: &RepoConfig, create: bool) -> Result<Arc<dyn Backend>> {
         match self {
             StoreUrl::Dir(p) => {
                 if create {
@@ -138,9 +151,22 @@ impl StoreUrl {
                 }
                 Ok(Arc::new(LocalBackend::open(p)?))
             }
+            StoreUrl::S3(l) => Ok(Arc::new(config.remote(l)?)),
         }
     }
 }
+
+/// The host's cache of an object store's pieces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheConfig {
+    /// Its directory (default `DIR/cache`).
+    pub dir: PathBuf,
+    /// Its budget in bytes (default [`DEFAULT_CACHE_BYTES`]).
+    pub size: u64,
+}
+
+/// The cache budget unless `--cache-size` says otherwise: 10 GiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 10 << 30;
 
 /// Which repository to open: its directory on this host (mounts, forks) and where its
 /// blocks and catalog are.
@@ -152,7 +178,21 @@ pub struct RepoConfig {
     pub store: StoreUrl,
     /// The catalog.
     pub catalog: CatalogUrl,
+    /// The cache, for a store that is not a local directory.
+    pub cache: Option<CacheConfig>,
 }
+
+/// `DIR/repository.json`: what a repository that is not the embedded default is made of.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    store: String,
+    catalog: String,
+    #[serde(default)]
+    cache: Option<CacheConfig>,
+}
+
+const CONFIG_FILE: &str = "repository.json";
 
 impl RepoConfig {
     /// The embedded default: blocks in `DIR/store`, the catalog in `DIR/catalog.db`.
@@ -161,7 +201,75 @@ impl RepoConfig {
             dir: dir.to_path_buf(),
             store: StoreUrl::Dir(dir.join("store")),
             catalog: CatalogUrl::Sqlite(dir.join("catalog.db")),
+            cache: None,
         }
+    }
+
+    /// A repository in `dir` with its blocks at `store` and its catalog at `catalog`
+    /// (default: `DIR/catalog.db`); a store that is not a local directory gets a cache
+    /// (default `DIR/cache`, [`DEFAULT_CACHE_BYTES`]).
+    pub fn new(
+        dir: &Path,
+        store: StoreUrl,
+        catalog: Option<CatalogUrl>,
+        cache_dir: Option<PathBuf>,
+        cache_size: Option<u64>,
+    ) -> Result<RepoConfig> {
+        let remote = !matches!(store, StoreUrl::Dir(_));
+        if !remote && (cache_dir.is_some() || cache_size.is_some()) {
+            return Err(Error::Invalid(
+                "--cache-dir and --cache-size are for a store in an object store (s3://)".into(),
+            ));
+        }
+        let cache = remote.then(|| CacheConfig {
+            dir: cache_dir.unwrap_or_else(|| dir.join("cache")),
+            size: cache_size.unwrap_or(DEFAULT_CACHE_BYTES),
+        });
+        Ok(RepoConfig {
+            dir: dir.to_path_buf(),
+            store,
+            catalog: catalog.unwrap_or_else(|| CatalogUrl::Sqlite(dir.join("catalog.db"))),
+            cache,
+        })
+    }
+
+    /// The repository in `dir`: as its `repository.json` says, or the embedded default.
+    pub fn load(dir: &Path) -> Result<RepoConfig> {
+        let path = dir.join(CONFIG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(RepoConfig::embedded(dir));
+            }
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        let f: ConfigFile = serde_json::from_str(&text)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        let mut c = RepoConfig::new(dir, f.store.parse()?, Some(f.catalog.parse()?), None, None)?;
+        if f.cache.is_some() {
+            c.cache = f.cache;
+        }
+        Ok(c)
+    }
+
+    /// Write `repository.json` (not for the embedded default, which needs none).
+    fn save(&self) -> Result<()> {
+        if *self == RepoConfig::embedded(&self.dir) {
+            return Ok(());
+        }
+        let f = ConfigFile {
+            store: self.store.to_string(),
+            catalog: self.catalog.to_string(),
+            cache: self.cache.clone(),
+        };
+        let path = self.dir.join(CONFIG_FILE);
+        let tmp = self.dir.join(format!("{CONFIG_FILE}.tmp"));
+        let text = serde_json::to_string_pretty(&f)
+            .map_err(|e| Error::Invalid(format!("encoding {}: {e}", path.display())))?;
+        std::fs::write(&tmp, text + "\n")
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
     /// The registry of running mounts ([`crate::mounts`]).
@@ -176,7 +284,45 @@ impl RepoConfig {
 
     /// Whether a repository is there.
     pub fn exists(&self) -> Result<bool> {
-        self.store.exists()
+        self.store.exists(self)
+    }
+
+    /// The backend on object store `l`, with this host's cache and locks.
+    fn remote(&self, l: &S3Location) -> Result<RemoteBackend> {
+        let cache = self.cache.clone().unwrap_or_else(|| CacheConfig {
+            dir: self.dir.join("cache"),
+            size: DEFAULT_CACHE_BYTES,
+        });
+        let pieces = PieceCache::open(&cache.dir, cache.size, PIECE_SIZE)?;
+        // With a catalog of this host's own, the store is this host's alone (init
+        // refuses to join one), so its locks are this host's too.
+        let locks = Arc::new(FileLocks::new(self.dir.join("locks")));
+        Ok(RemoteBackend::new(
+            l.client()?,
+            l.to_string(),
+            &l.prefix,
+            pieces,
+            locks,
+        )?)
+    }
+
+    /// The cache's figures, for a repository with one.
+    pub fn cache_stats(&self) -> Result<Option<CacheStats>> {
+        match &self.store {
+            StoreUrl::S3(l) => Ok(Some(self.remote(l)?.cache_stats()?)),
+            StoreUrl::Dir(_) => Ok(None),
+        }
+    }
+
+    /// Empty the cache; false when the repository has none.
+    pub fn clear_cache(&self) -> Result<bool> {
+        match &self.store {
+            StoreUrl::S3(l) => {
+                self.remote(l)?.clear_cache()?;
+                Ok(true)
+            }
+            StoreUrl::Dir(_) => Ok(false),
+        }
     }
 }
 
@@ -245,7 +391,9 @@ impl Repository {
         store_config: StoreConfig,
         opts: &OpenOptions,
     ) -> Result<Repository> {
-        if config.exists()? {
+        if config.dir.join(CONFIG_FILE).exists()
+            || (matches!(config.store, StoreUrl::Dir(_)) && config.exists()?)
+        {
             return Err(Error::Conflict(format!(
                 "a repository already exists at {}",
                 config.dir.display()
@@ -253,12 +401,22 @@ impl Repository {
         }
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
-        let backend = config.store.backend(true)?;
+        if !matches!(config.store, StoreUrl::Dir(_)) && config.exists()? {
+            // Another host's repository: joining it needs a catalog every host shares,
+            // or one host's gc would remove the blocks of the other's snapshots.
+            return Err(Error::Conflict(format!(
+                "{} already holds a repository; this host can join it only with a shared \
+                 catalog (--catalog postgres://...), not a catalog of its own ({})",
+                config.store, config.catalog
+            )));
+        }
+        let backend = config.store.backend(config, true)?;
         let backend = match &opts.hooks {
             Some(h) => h.backend(backend),
             None => backend,
         };
         let store = Store::init(backend, store_config)?;
+        config.save()?;
         Repository::with(config, store, opts)
     }
 
@@ -278,7 +436,7 @@ impl Repository {
                 config.dir.display()
             )));
         }
-        let backend = config.store.backend(false)?;
+        let backend = config.store.backend(config, false)?;
         let backend = match &opts.hooks {
             Some(h) => h.backend(backend),
             None => backend,
@@ -416,7 +574,10 @@ impl Repository {
 
     /// The space of the whole repository ([`crate::usage::repository_usage`]).
     pub fn usage(&self) -> Result<crate::usage::RepoSpace> {
-        crate::usage::repository_usage(&self.store, &self.catalog, self.catalog_bytes())
+        let mut u =
+            crate::usage::repository_usage(&self.store, &self.catalog, self.catalog_bytes())?;
+        u.cache = self.config.cache_stats()?;
+        Ok(u)
     }
 
     /// The space of one snapshot ([`crate::usage::snapshot_usage`]).
@@ -449,7 +610,9 @@ mod tests {
         assert_eq!(s, StoreUrl::Dir(PathBuf::from("/srv/r/store")));
         let c: CatalogUrl = "sqlite:///srv/r/catalog.db".parse().expect("sqlite url");
         assert_eq!(c.to_string(), "sqlite:///srv/r/catalog.db");
-        for bad in ["", "s3://bucket/prefix", "file://"] {
+        let s: StoreUrl = "s3://bucket/prefix".parse().expect("s3 url");
+        assert_eq!(s.to_string(), "s3://bucket/prefix");
+        for bad in ["", "s3://B", "gs://bucket", "file://"] {
             assert!(bad.parse::<StoreUrl>().is_err(), "{bad:?}");
         }
         for bad in ["", "postgres://u@h/db", "sqlite://"] {

@@ -94,6 +94,9 @@ pub struct RepoSpace {
     pub compression_ratio: f64,
     /// Each snapshot.
     pub per_snapshot: Vec<SnapshotLine>,
+    /// This host's cache of the object store's pieces, for a store in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<stasis_s3::CacheStats>,
 }
 
 /// `a / b`, and 1 when `b` is 0.
@@ -150,6 +153,7 @@ pub fn repository_usage(
         repository_bytes: space.pack_bytes + space.index_bytes + catalog_bytes,
         dedup_ratio: ratio(data, space.unique_bytes),
         compression_ratio: ratio(space.unique_bytes, space.stored_data_bytes),
+        cache: None,
         per_snapshot: snaps
             .iter()
             .map(|s| SnapshotLine {

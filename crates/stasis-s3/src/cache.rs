@@ -15,7 +15,7 @@ use stasis_store::{Error, Result};
 use crate::piece::{Piece, decode_piece, encode_piece};
 
 /// What the cache holds and how it has served, for `stasis cache stats` and `stasis du`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CacheStats {
     /// The cache's directory.
     pub dir: PathBuf,

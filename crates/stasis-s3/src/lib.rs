@@ -59,6 +59,10 @@ pub use location::S3Location;
 pub use piece::Piece;
 pub use remote::{IN_FLIGHT, MAX_REQUEST, PART_SIZE, PIECE_SIZE, RemoteBackend};
 
+/// Test helpers: a real Garage cluster (the `testing` feature).
+#[cfg(feature = "testing")]
+pub mod testing;
+
 #[cfg(feature = "fuzzing")]
 /// The cache file parser, for the fuzz target.
 pub mod fuzzing {

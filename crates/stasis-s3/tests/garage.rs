@@ -2,17 +2,15 @@
 //! separate caches: what one writes the other reads byte-identical, reads are coalesced,
 //! damage in the cache or the bucket is never served, and a stopped node changes nothing.
 
-mod common;
-
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::Garage;
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
+use stasis_s3::testing::Garage;
 use stasis_s3::{MAX_REQUEST, PIECE_SIZE, RemoteBackend};
 use stasis_store::{
     Backend, Compression, ErrorKind, Manifest, PayloadReader, Role, Store, StoreConfig, ingest_full,

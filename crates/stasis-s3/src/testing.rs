@@ -1,16 +1,19 @@
-//! A real Garage cluster for the tests (`tools/garage.sh`), stopped when dropped.
+//! A real Garage cluster for tests (`tools/garage.sh`), stopped when dropped: for this
+//! crate's tests and the end-to-end tests of the binary (the `testing` feature).
 
-#![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
-use stasis_s3::{PIECE_SIZE, PieceCache, RemoteBackend, S3Location};
 use stasis_store::MemoryLocks;
 
+use crate::{PIECE_SIZE, PieceCache, RemoteBackend, S3Location};
+
 /// A running cluster: its directory and the variables a client needs.
+#[derive(Debug)]
 pub struct Garage {
     pub dir: tempfile::TempDir,
     pub vars: Vec<(String, String)>,
@@ -85,6 +88,11 @@ impl Garage {
             Arc::new(MemoryLocks::default()),
         )
         .expect("backend")
+    }
+
+    /// The bucket's URL with `prefix`, as `stasis init --store` takes it.
+    pub fn url(&self, prefix: &str) -> String {
+        self.location(prefix).to_string()
     }
 
     fn run(&self, args: &[&str]) {
