@@ -1,6 +1,6 @@
 //! Garbage collection of a repository: the roots are every payload of every snapshot
 //! the catalog has not deleted (consolidating and errored ones too), and the store's gc
-//! ([`stasis_store::gc`]) keeps exactly what they reach.
+//! ([`stasis_store::collect_garbage`]) keeps exactly what they reach.
 
 use stasis_catalog::Catalog;
 use stasis_store::{GcOptions, GcReport, Manifest, Phase, Store, collect_garbage};

@@ -164,7 +164,7 @@ impl Index {
     ///
     /// The first copy of a blob wins, except that a whole copy replaces a delta: a
     /// delta's base must be read whole, and gc can leave a block stored both ways (see
-    /// [`crate::gc`]).
+    /// `crate::gc`).
     pub fn insert(&mut self, pack: PackId, e: &PackEntry) {
         let slot = self.pack_slot(pack);
         match self.blobs.entry(e.id) {

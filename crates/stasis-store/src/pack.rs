@@ -91,7 +91,7 @@ impl PackBuilder {
     }
 
     /// [`PackBuilder::with_capacity`], writing the pack in format `version`
-    /// ([`raw::COMPACT_FORMAT_VERSION`] compresses the entry table).
+    /// (`raw::COMPACT_FORMAT_VERSION` compresses the entry table).
     pub fn with_format(bytes: usize, version: u32) -> Self {
         Self::reusing(crate::buffer::with_capacity(bytes), version)
     }
@@ -130,7 +130,7 @@ impl PackBuilder {
     }
 
     /// Append one zstd frame shared by `members` (in increasing `skip` order, each skip
-    /// a multiple of [`FRAME_SKIP_UNIT`] up to [`MAX_FRAME_SKIP`]; all plain members, or
+    /// a multiple of `FRAME_SKIP_UNIT` up to `MAX_FRAME_SKIP`; all plain members, or
     /// all members of a frame with a reference table, which `stored` starts with).
     pub fn add_frame(
         &mut self,

@@ -25,8 +25,8 @@ pub const READ_AHEAD: u64 = 8 << 20;
 ///   regions are worked out once ([`data_ranges`](Self::data_ranges)) for
 ///   SEEK_DATA/SEEK_HOLE and for answering all-hole reads without a buffer
 ///   ([`read_holes`](Self::read_holes));
-/// - **prefetch**: a request of at least [`SEQUENTIAL_REQUEST`] bytes asks the store for
-///   the packs of the next [`READ_AHEAD`] bytes, each stretch once, so cold blocks are
+/// - **prefetch**: a request of at least `SEQUENTIAL_REQUEST` bytes asks the store for
+///   the packs of the next `READ_AHEAD` bytes, each stretch once, so cold blocks are
 ///   read from storage while earlier ones are decoded; restore prefetches a window
 ///   ahead of its workers;
 /// - **index reloads**: every block is found through [`Store`], which loads the index
@@ -71,7 +71,7 @@ impl<S: Deref<Target = Store>> PayloadReader<S> {
     }
 
     /// Fill `buf` from `offset`; returns the bytes read (short only at the end). A
-    /// request of at least [`SEQUENTIAL_REQUEST`] bytes reads ahead past it.
+    /// request of at least `SEQUENTIAL_REQUEST` bytes reads ahead past it.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let n = self.read_blocks(offset, buf)?;
         if buf.len() as u64 >= SEQUENTIAL_REQUEST {

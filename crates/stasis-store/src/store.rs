@@ -413,7 +413,7 @@ impl Store {
     }
 
     /// Start a write session with `compression`. The session is registered (see
-    /// [`crate::lock`]) until the [`Committed`] that [`Writer::commit`] returns is dropped:
+    /// `crate::lock`) until the [`Committed`] that [`Writer::commit`] returns is dropped:
     /// keep that until the catalog has recorded what was written.
     pub fn writer(&self, compression: Compression) -> Result<Writer<'_>> {
         let session = self.backend.locks().register_session()?;
@@ -832,7 +832,7 @@ impl<'s> Writer<'s> {
     }
 
     /// Whether this session stores deltas at all: zstd only, and only in a repository
-    /// that earlier releases do not read (see [`crate::format::config::DELTA_REPO_VERSION`]).
+    /// that earlier releases do not read (see `crate::format::config::DELTA_REPO_VERSION`).
     pub fn stores_deltas(&self) -> bool {
         self.compression.algorithm() == crate::format::codec::Algorithm::Zstd
             && self.store.config.version >= crate::format::config::DELTA_REPO_VERSION
@@ -840,13 +840,13 @@ impl<'s> Writer<'s> {
 
     /// Whether this session stores blocks XORed with similar blocks and their
     /// similarity features: zstd only, and only in a repository that earlier releases
-    /// do not read (see [`crate::format::config::SIMILAR_REPO_VERSION`]).
+    /// do not read (see `crate::format::config::SIMILAR_REPO_VERSION`).
     pub fn stores_similar(&self) -> bool {
         self.compression.algorithm() == crate::format::codec::Algorithm::Zstd
             && self.store.config.version >= crate::format::config::SIMILAR_REPO_VERSION
     }
 
-    /// What this session's deltas may use as bases ([`Bases::may_base`]).
+    /// What this session's deltas may use as bases (`Bases::may_base`).
     pub fn bases(&self) -> Bases<'s, '_> {
         Bases {
             store: self.store,

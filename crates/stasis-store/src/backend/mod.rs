@@ -57,7 +57,7 @@ pub trait Backend: Send + Sync + Debug {
     /// Make every earlier `put` and `delete` durable.
     fn sync(&self) -> Result<()>;
 
-    /// How processes sharing this backend coordinate (see [`crate::lock`]).
+    /// How processes sharing this backend coordinate (see `crate::lock`).
     fn locks(&self) -> &dyn Locks;
 
     /// Remove what crashed writers left behind and no running writer can still use

@@ -177,18 +177,18 @@ pub enum Codec {
     ZstdFrame = 3,
     /// A delta: one block compressed by zstd against another stored block, its *base*,
     /// whose bytes serve as the frame's raw-content prefix. The stored bytes are the
-    /// base's 32-byte id, then the zstd frame ([`split_delta`]). A base is never itself
+    /// base's 32-byte id, then the zstd frame (`split_delta`). A base is never itself
     /// a delta, so a read decodes at most two blocks. Used where a block has a close
     /// predecessor: a guest memory page that changed between two snapshots of one VM.
     ZstdDelta = 4,
     /// A member of a shared frame that carries a reference table (see
-    /// [`crate::frame::split_refs`]), stored as it is: read like [`Codec::ZstdFrame`],
+    /// `crate::frame::split_refs`), stored as it is: read like [`Codec::ZstdFrame`],
     /// past the table.
     ZstdFrameRefs = 5,
     /// A member of a shared frame with a reference table whose bytes in the decoded
     /// frame are its XOR with another stored block, its *reference*, named in the
     /// table. Used for a guest memory page that differs in a few words from a page
-    /// stored earlier anywhere in the repository (see [`crate::similarity`]). Like a
+    /// stored earlier anywhere in the repository (see `crate::similarity`). Like a
     /// delta's base, a reference is a whole block, so a read decodes at most two.
     ZstdFrameXor = 6,
 }

@@ -11,9 +11,9 @@ use crate::format::codec::Compression;
 
 /// Version of the repository layout this code writes. Version 2 adds delta blocks
 /// ([`crate::format::codec::Codec::ZstdDelta`]) and compressed pack tables and index files
-/// ([`crate::format::raw::COMPACT_FORMAT_VERSION`]); version 3 adds frames whose members may be
+/// (`crate::format::raw::COMPACT_FORMAT_VERSION`); version 3 adds frames whose members may be
 /// XORed with similar blocks ([`crate::format::codec::Codec::ZstdFrameXor`]) and index files
-/// with similarity features ([`crate::format::raw::FEATURES_FORMAT_VERSION`]). A repository
+/// with similarity features (`crate::format::raw::FEATURES_FORMAT_VERSION`). A repository
 /// stays readable by the releases of its version, because nothing newer is written
 /// into it.
 pub const REPO_VERSION: u32 = 3;
@@ -150,7 +150,7 @@ pub struct StoreConfig {
     /// Packs are sealed once they reach this many bytes.
     pub pack_size: u64,
     /// New data blocks are compressed together in shared frames of up to this many
-    /// bytes (see [`crate::frame`]); 0 compresses each block alone. Repositories made
+    /// bytes (see `crate::frame`); 0 compresses each block alone. Repositories made
     /// before frames existed read as the default.
     #[serde(default = "default_frame_size")]
     pub frame_size: u32,
@@ -179,7 +179,7 @@ impl Default for StoreConfig {
 
 impl StoreConfig {
     /// The format version of the packs and index files written here: compressed tables
-    /// ([`crate::format::raw::COMPACT_FORMAT_VERSION`]) from repository version 2 on.
+    /// (`crate::format::raw::COMPACT_FORMAT_VERSION`) from repository version 2 on.
     pub fn object_format(&self) -> u32 {
         if self.version >= DELTA_REPO_VERSION {
             crate::format::raw::COMPACT_FORMAT_VERSION
@@ -189,7 +189,7 @@ impl StoreConfig {
     }
 
     /// The format version of the index files written here: with similarity features
-    /// ([`crate::format::raw::FEATURES_FORMAT_VERSION`]) from repository version 3 on, else as
+    /// (`crate::format::raw::FEATURES_FORMAT_VERSION`) from repository version 3 on, else as
     /// [`StoreConfig::object_format`].
     pub fn index_format(&self) -> u32 {
         if self.version >= SIMILAR_REPO_VERSION {

@@ -61,7 +61,7 @@ pub struct FullOptions<'a> {
     /// block at the same place is stored as a delta on it when that pays.
     pub parent: Option<&'a Manifest>,
     /// Give new blocks similarity features, and store a new block XORed with a stored
-    /// block of the same feature when that pays ([`crate::similarity`]): for guest
+    /// block of the same feature when that pays (`crate::similarity`): for guest
     /// memory, whose pages recur with small edits at other offsets and in other VMs.
     pub similar: bool,
 }
