@@ -12,8 +12,8 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use mount::Mount;
 use common::{STASIS_BIN, make_ext4, modify_ext4};
+use mount::Mount;
 use stasis_s3::testing::Garage;
 
 /// `stasis --repo REPO ARGS...` with the cluster's `AWS_*` variables.

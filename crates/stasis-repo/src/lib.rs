@@ -16,6 +16,8 @@
 //! - [`gc`] (its roots come from the catalog), [`verify`] (and repair), [`usage`].
 //! - [`roots`]: which files a tenant may name; [`mounts`]: the registry of running
 //!   mounts that a fork finds.
+//! - [`PgLocks`]: the store's locks as PostgreSQL advisory locks, for hosts that share
+//!   a PostgreSQL catalog.
 //!
 //! Data flows one way: store and catalog know nothing of this crate; the CLI and the
 //! server call it.
@@ -25,6 +27,7 @@ mod error;
 pub mod fork;
 pub mod gc;
 pub mod mounts;
+mod pg_locks;
 pub mod qcow2;
 mod repository;
 pub mod restore;
@@ -36,6 +39,7 @@ use stasis_catalog::Catalog;
 use stasis_store::Store;
 
 pub use error::{Error, ErrorKind, Result};
+pub use pg_locks::PgLocks;
 pub use repository::{
     CacheConfig, CatalogOpener, CatalogUrl, DEFAULT_CACHE_BYTES, DamagedIndex, Hooks, OpenOptions,
     RepoConfig, Repository, StoreUrl,

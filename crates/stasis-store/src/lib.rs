@@ -130,6 +130,7 @@ pub use verify::{
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use crate::backend::conformance::conformance as backend_conformance;
+    pub use crate::lock::conformance::conformance as locks_conformance;
 }
 
 #[cfg(feature = "fuzzing")]

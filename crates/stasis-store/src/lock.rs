@@ -271,10 +271,19 @@ impl Locks for MemoryLocks {
     }
 }
 
-#[cfg(test)]
-mod tests {
+/// The behaviour every [`Locks`] must have, as a check that implementations' tests call
+/// (here, and with the `testing` feature in other crates).
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The maintenance lock is exclusive and released on drop; a wait with no sessions
+    /// returns at once; a wait waits for a session registered before it.
+    pub fn conformance(l: Arc<dyn Locks>) {
+        behaves(&*l);
+        waits_for_earlier_sessions(l);
+    }
 
     fn behaves(l: &dyn Locks) {
         let m = l.try_maintenance().expect("lock").expect("free");
@@ -309,19 +318,23 @@ mod tests {
         drop(g);
         assert_eq!(t.join().expect("join"), 1);
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conformance::*;
+    use super::*;
 
     #[test]
     fn memory_locks() {
-        behaves(&MemoryLocks::default());
-        waits_for_earlier_sessions(Arc::new(MemoryLocks::default()));
+        conformance(Arc::new(MemoryLocks::default()));
     }
 
     #[test]
     fn file_locks() {
         let dir = tempfile::tempdir().expect("tempdir");
         let l = FileLocks::new(dir.path().join("locks"));
-        behaves(&l);
-        waits_for_earlier_sessions(Arc::new(FileLocks::new(dir.path().join("l2"))));
+        conformance(Arc::new(FileLocks::new(dir.path().join("locks"))));
         // A registration whose owner died (no lock on it) does not block, and goes.
         let stale = dir.path().join("locks/sessions/deadbeef");
         fs::create_dir_all(dir.path().join("locks/sessions")).expect("mkdir");
