@@ -180,8 +180,8 @@ impl Inner {
     /// Pieces `first..=last` of `key` (an object of `size` bytes), from the cache or
     /// fetched: the missing ones in coalesced ranged GETs, several in flight, each piece
     /// fetched by one read while others that want it wait.
-    /// With `keep` false (a prefetch) the pieces are only made present in the cache,
-    /// and nothing is returned.
+    /// With `keep` false (a prefetch) the pieces are only made present in the cache and
+    /// in memory, and nothing is returned.
     fn pieces(
         &self,
         key: &str,
@@ -199,14 +199,15 @@ impl Inner {
                     let hot_key = (key.to_string(), index);
                     *slot = if let Some(b) = self.hot.get(&hot_key) {
                         Some(b)
-                    } else if keep {
+                    } else {
+                        // A prefetch reads and checks cached pieces too, so the read
+                        // that follows finds them in memory instead of waiting on the
+                        // disk and the checksum.
                         let data = self.cache.get(key, index).map(|p| p.data);
                         if let Some(d) = &data {
                             self.hot.insert(hot_key, d.clone());
                         }
                         data
-                    } else {
-                        self.cache.contains(key, index).then(Bytes::new)
                     };
                 }
             }
@@ -255,7 +256,11 @@ impl Inner {
             // The pieces others fetched are in the cache now (or, if it evicted them
             // already, this read claims them on the next round).
         }
-        Ok(got.into_iter().flatten().collect())
+        if keep {
+            Ok(got.into_iter().flatten().collect())
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     /// Fetch `pieces` (sorted) of `key`: runs of neighbouring pieces become one GET of
