@@ -121,6 +121,55 @@ fn a_repository_on_garage_works_like_a_local_one() {
     );
     assert!(fs::read(to.join("rootfs.ext4")).expect("restored") == base);
 
+    // Creates killed (SIGKILL) at each of their first steps, uploads among them: no
+    // snapshot appears, verify stays clean, and gc removes what they left in the bucket.
+    if cfg!(feature = "faults") {
+        let unindexed = || -> usize {
+            json(&g, &repo, &["verify"])["unindexed_packs"]
+                .as_array()
+                .expect("unindexed packs")
+                .len()
+        };
+        assert_eq!(unindexed(), 0);
+        modify_ext4(dir, &img, 4);
+        let mut killed = 0;
+        for step in 0..6 {
+            let name = format!("killed{step}");
+            let out = Command::new(STASIS_BIN)
+                .arg("--repo")
+                .arg(&repo)
+                .args(["create", "web", &name, "--disk", disk])
+                .env_remove("STASIS_REPO")
+                .env("STASIS_KILL_AT", step.to_string())
+                .envs(g.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .output()
+                .expect("run stasis");
+            use std::os::unix::process::ExitStatusExt;
+            if out.status.signal() != Some(libc::SIGKILL) {
+                // The create has fewer steps than this: it finished.
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                break;
+            }
+            killed += 1;
+            let list = ok(&g, &repo, &["list"]);
+            assert!(
+                !list.contains(&name),
+                "a killed create left a snapshot: {list}"
+            );
+            ok(&g, &repo, &["verify", "--read-data"]);
+        }
+        eprintln!("{killed} creates killed at their first steps");
+        assert!(killed >= 2, "only {killed} kills");
+        assert!(unindexed() > 0, "no create was killed after an upload");
+        ok(&g, &repo, &["gc"]);
+        assert_eq!(unindexed(), 0, "gc left packs of the killed creates");
+        ok(&g, &repo, &["verify", "--read-data"]);
+    }
+
     // A second host with a catalog of its own may not join: its gc would remove blocks
     // of the first host's snapshots.
     let out = run(&g, &dir.join("host-b"), &["init", "--store", &url]);
