@@ -45,6 +45,12 @@ impl Bridge {
         rx.recv()
             .map_err(|_| Error::new(ErrorKind::Io, "an object store request was cancelled"))
     }
+
+    /// Start `f` and return at once.
+    pub(crate) fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        self.handle()?.spawn(f);
+        Ok(())
+    }
 }
 
 impl Drop for Bridge {

@@ -11,7 +11,11 @@
 //! written once by `init`, so no object is ever written twice with different bytes:
 //! nothing depends on conditional PUT (`If-None-Match`), which Garage ignores. A put is
 //! durable when the object store answers, so [`stasis_store::Backend::sync`] has nothing to
-//! do. Objects larger than [`PART_SIZE`] go up as a multipart upload, its parts in
+//! do for them. A pack (written piece by piece and named at the end) is uploaded
+//! *behind* its writer: `finish` starts the upload and returns, at most [`UPLOADS`] run
+//! at once, and `sync` waits for them and fails if one failed; the store syncs before
+//! it writes the index file that names a pack, so nothing refers to a pack that is not
+//! up. Objects larger than [`PART_SIZE`] go up as a multipart upload, its parts in
 //! flight together; an object is visible only once complete, so a writer killed
 //! mid-upload leaves no object (an unfinished upload is invisible; gc removes the
 //! packs whose index never arrived, as on a local disk).
@@ -57,7 +61,7 @@ mod remote;
 pub use cache::{CacheStats, PieceCache};
 pub use location::S3Location;
 pub use piece::Piece;
-pub use remote::{IN_FLIGHT, MAX_REQUEST, PART_SIZE, PIECE_SIZE, RemoteBackend};
+pub use remote::{IN_FLIGHT, MAX_REQUEST, PART_SIZE, PIECE_SIZE, RemoteBackend, UPLOADS};
 
 /// Test helpers: a real Garage cluster (the `testing` feature).
 #[cfg(feature = "testing")]

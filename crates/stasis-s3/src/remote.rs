@@ -12,8 +12,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use stasis_store::{
-    Backend, Buffered, Error, ErrorKind, Locks, ObjectMeta, PartialObject, Result, check_key,
-    check_prefix,
+    Backend, Error, ErrorKind, Locks, ObjectMeta, PartialObject, Result, check_key, check_prefix,
 };
 
 use crate::bridge::Bridge;
@@ -27,6 +26,8 @@ pub const MAX_REQUEST: u64 = 8 << 20;
 pub const IN_FLIGHT: usize = 8;
 /// Objects larger than this go up as a multipart upload, in parts of this size.
 pub const PART_SIZE: usize = 8 << 20;
+/// Packs uploading behind their writer at once (each held in memory until it is up).
+pub const UPLOADS: usize = 2;
 /// Checked pieces kept in memory, so reads of neighbouring blocks do not read and check
 /// the same cache file again.
 const HOT_BYTES: u64 = 32 << 20;
@@ -60,6 +61,15 @@ struct Inner {
     fetched: Condvar,
     /// Prefetch threads running (bounded by [`IN_FLIGHT`]).
     prefetching: AtomicUsize,
+    /// Uploads running behind their writers, and the first that failed.
+    uploads: Mutex<Uploads>,
+    uploaded: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Uploads {
+    running: usize,
+    failed: Option<String>,
 }
 
 impl fmt::Debug for RemoteBackend {
@@ -124,6 +134,8 @@ impl RemoteBackend {
                 fetching: Mutex::new(HashSet::new()),
                 fetched: Condvar::new(),
                 prefetching: AtomicUsize::new(0),
+                uploads: Mutex::new(Uploads::default()),
+                uploaded: Condvar::new(),
             }),
         })
     }
@@ -357,45 +369,132 @@ impl Inner {
     fn write(&self, key: &str, data: Bytes) -> Result<()> {
         check_key(key)?;
         let (store, path) = (self.store.clone(), self.path(key)?);
-        let size = data.len() as u64;
-        let body = data.clone();
-        let put = self.bridge.run(async move {
-            if body.len() <= PART_SIZE {
-                return store.put(&path, PutPayload::from(body)).await.map(|_| ());
-            }
-            let mut upload = store.put_multipart(&path).await?;
-            let parts: Vec<_> = (0..body.len())
-                .step_by(PART_SIZE)
-                .map(|at| {
-                    let part = body.slice(at..(at + PART_SIZE).min(body.len()));
-                    upload.put_part(PutPayload::from(part))
-                })
-                .collect();
-            let sent = stream::iter(parts)
-                .buffer_unordered(IN_FLIGHT)
-                .try_collect::<Vec<()>>()
-                .await;
-            match sent {
-                Ok(_) => upload.complete().await.map(|_| ()),
-                Err(e) => {
-                    let _ = upload.abort().await;
-                    Err(e)
-                }
-            }
-        })?;
+        let put = self.bridge.run(upload(store, path, data.clone()))?;
         put.map_err(|e| store_error(self.what("writing", key), e))?;
-        // What this host wrote, it will read again (its own index, its packs' blocks
-        // for the next deduplicated create): written through into the cache.
+        self.keep_written(key, &data);
+        Ok(())
+    }
+
+    /// What this host wrote, it will read again (its own index, its packs' blocks for
+    /// the next deduplicated create): written through into the cache.
+    fn keep_written(&self, key: &str, data: &Bytes) {
+        let size = data.len() as u64;
         let mut at = 0usize;
         let mut index = 0u64;
         while at < data.len() {
             let end = (at + PIECE_SIZE as usize).min(data.len());
             self.cache.put(key, index, size, &data[at..end]);
+            self.hot
+                .insert((key.to_string(), index), data.slice(at..end));
             at = end;
             index += 1;
         }
         lock(&self.sizes).insert(key.to_string(), size);
+    }
+
+    /// Start uploading `data` as `key` and return: [`Backend::sync`] waits for it (and
+    /// fails if it failed). At most [`UPLOADS`] run at once; a further one waits here.
+    /// The bytes are in the cache from now on, so this host reads them before they
+    /// reach the object store; nothing else can, since nothing names them before the
+    /// sync that the store does before writing the index file that names them.
+    fn write_behind(self: &Arc<Self>, key: &str, data: Bytes) -> Result<()> {
+        check_key(key)?;
+        let path = self.path(key)?;
+        {
+            let mut p = lock(&self.uploads);
+            while p.running >= UPLOADS {
+                p = self.uploaded.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            p.running += 1;
+        }
+        self.keep_written(key, &data);
+        let (inner, key) = (Arc::clone(self), key.to_string());
+        let store = self.store.clone();
+        let size = data.len() as u64;
+        let started = self.bridge.spawn(async move {
+            let result = upload(store, path, data).await;
+            if let Err(e) = &result {
+                // Never uploaded: the cached copy names nothing and goes.
+                inner.cache.remove_object(&key, size);
+                lock(&inner.sizes).remove(&key);
+                let mut p = lock(&inner.uploads);
+                p.failed
+                    .get_or_insert_with(|| format!("{}: {e}", inner.what("writing", &key)));
+            }
+            let mut p = lock(&inner.uploads);
+            p.running -= 1;
+            drop(p);
+            inner.uploaded.notify_all();
+        });
+        if let Err(e) = started {
+            let mut p = lock(&self.uploads);
+            p.running -= 1;
+            drop(p);
+            self.uploaded.notify_all();
+            return Err(e);
+        }
         Ok(())
+    }
+
+    /// Wait for every upload started by [`Inner::write_behind`]; the first failure, if any.
+    fn wait_uploads(&self) -> Result<()> {
+        let mut p = lock(&self.uploads);
+        while p.running > 0 {
+            p = self.uploaded.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        match p.failed.take() {
+            Some(e) => Err(Error::new(ErrorKind::Io, e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Put `body` at `path`: in one request, or as a multipart upload with its parts in
+/// flight together when it is larger than [`PART_SIZE`].
+async fn upload(
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    body: Bytes,
+) -> std::result::Result<(), object_store::Error> {
+    if body.len() <= PART_SIZE {
+        return store.put(&path, PutPayload::from(body)).await.map(|_| ());
+    }
+    let mut upload = store.put_multipart(&path).await?;
+    let parts: Vec<_> = (0..body.len())
+        .step_by(PART_SIZE)
+        .map(|at| {
+            let part = body.slice(at..(at + PART_SIZE).min(body.len()));
+            upload.put_part(PutPayload::from(part))
+        })
+        .collect();
+    let sent = stream::iter(parts)
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await;
+    match sent {
+        Ok(_) => upload.complete().await.map(|_| ()),
+        Err(e) => {
+            let _ = upload.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// A pack being written: kept in memory, uploaded behind the writer once named.
+struct Upload {
+    inner: Arc<Inner>,
+    buf: Vec<u8>,
+}
+
+impl PartialObject for Upload {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, key: &str) -> Result<()> {
+        let Upload { inner, buf } = *self;
+        inner.write_behind(key, Bytes::from(buf))
     }
 }
 
@@ -473,8 +572,9 @@ impl Backend for RemoteBackend {
     }
 
     fn sync(&self) -> Result<()> {
-        // A put is durable once the object store has answered it.
-        Ok(())
+        // A put is durable once the object store has answered it; packs named by
+        // `finish` are once their uploads have.
+        self.inner.wait_uploads()
     }
 
     fn locks(&self) -> &dyn Locks {
@@ -484,8 +584,12 @@ impl Backend for RemoteBackend {
     fn create(&self, prefix: &str) -> Result<Box<dyn PartialObject + '_>> {
         check_prefix(prefix)?;
         // The key is the pack's hash, known only at the end; a pack is bounded by the
-        // store's pack size, so it is kept in memory and put (in parts) when named.
-        Ok(Box::new(Buffered::new(self)))
+        // store's pack size, so it is kept in memory, and uploaded (in parts) behind
+        // the writer once named.
+        Ok(Box::new(Upload {
+            inner: Arc::clone(&self.inner),
+            buf: Vec::new(),
+        }))
     }
 
     fn prefetch(&self, key: &str, ranges: &[Range<u64>]) {
