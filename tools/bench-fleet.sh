@@ -12,6 +12,9 @@
 #     cleared first (every block comes from Garage), restic with an empty cache dir;
 #   - warm restore of child2 (stasis-s3 only: its host cache kept, page cache dropped);
 #   - GET requests and bytes fetched by the cold stasis-s3 restore (`stasis cache stats`);
+#   - cold sequential read of child2 through each tool's FUSE mount (stasis mount of
+#     each repository, restic mount; page cache dropped and the stasis-s3 cache
+#     cleared once the mount is up; dd in 1 MiB reads);
 #   - bytes in the bucket / repository after the three images.
 # Restores are checked with cmp. Prints a markdown table with ratios; stdout only.
 set -euo pipefail
@@ -25,7 +28,13 @@ command -v restic >/dev/null || { echo "bench-fleet: install restic" >&2; exit 1
 [ -x "$STASIS" ] || { echo "bench-fleet: no $STASIS (cargo build --release)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/bench-fleet.XXXXXX)
-cleanup() { bash "$HERE/garage.sh" stop "$WORK/garage" >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+MNT=$WORK/mnt
+MPID=
+unmount() {
+  if mountpoint -q "$MNT" 2>/dev/null; then fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" || true; fi
+  if [ -n "$MPID" ]; then kill "$MPID" 2>/dev/null || true; wait "$MPID" 2>/dev/null || true; MPID=; fi
+}
+cleanup() { unmount; bash "$HERE/garage.sh" stop "$WORK/garage" >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 log() { printf '[bench-fleet %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 drop_caches() { sync; if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi; }
@@ -77,6 +86,35 @@ for kind in local s3; do
   rm -rf "$WORK"/out-"$kind"-*
 done
 
+# mount_read KEY FILE CMD...: run the mount CMD in the background, wait (bounded) for
+# FILE, run BEFORE_READ if set, drop caches, time a sequential read of FILE, unmount.
+mount_read() {
+  local key=$1 file=$2 i t0
+  shift 2
+  mkdir -p "$MNT"
+  "$@" >>"$WORK/mount.log" 2>&1 &
+  MPID=$!
+  for i in $(seq 1 600); do
+    [ -e "$file" ] && break
+    kill -0 "$MPID" 2>/dev/null || { tail "$WORK/mount.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -e "$file" ] || { tail "$WORK/mount.log" >&2; ls -R "$MNT" 2>&1 | head -20 >&2; echo "bench-fleet: $file did not appear" >&2; exit 1; }
+  if [ -n "${BEFORE_READ:-}" ]; then $BEFORE_READ >&2; fi
+  drop_caches
+  t0=$(now)
+  dd if="$file" of=/dev/null bs=1M status=none
+  T[$key]=$(secs "$t0" "$(now)")
+  unmount
+}
+for kind in local s3; do
+  repo=$WORK/stasis-$kind
+  before=
+  [ "$kind" = s3 ] && before="$STASIS --repo $repo cache clear"
+  BEFORE_READ=$before mount_read "stasis-$kind.mount" "$MNT/vms/vm/child2/root" \
+    "$STASIS" --repo "$repo" mount "$MNT"
+done
+
 # restic on the same Garage.
 R="s3:$AWS_ENDPOINT_URL/$BUCKET/restic"
 restic -r "$R" init --repository-version 2 >&2
@@ -94,6 +132,9 @@ RESTIC_CACHE_DIR=$WORK/restic-cache restic -r "$R" restore latest --host bench -
   --target "$WORK/out-restic" >&2
 T[restic.restore.cold]=$(secs "$t0" "$(now)")
 cmp "$(find "$WORK/out-restic" -name child2.ext4)" "$CORPUS/child2.ext4"
+rm -rf "$WORK/restic-cache"
+BEFORE_READ= mount_read restic.mount "$MNT/snapshots/latest/child2.ext4" \
+  env RESTIC_CACHE_DIR="$WORK/restic-cache" restic -r "$R" mount "$MNT"
 T[restic.bytes]=$(RESTIC_CACHE_DIR=$WORK/restic-cache restic -r "$R" stats --mode raw-data --json 2>/dev/null |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["total_size"])')
 
@@ -108,6 +149,8 @@ l=${T[stasis-local.restore.cold]} s=${T[stasis-s3.restore.cold]} r=${T[restic.re
 echo "| cold restore child2 (s) | $l | $s | $r | $(ratio "$s" "$l") | $(ratio "$s" "$r") |"
 w=${T[stasis-s3.restore.warm]}
 echo "| warm restore child2 (s) | $l | $w | - | $(ratio "$w" "$l") | - |"
+l=${T[stasis-local.mount]} s=${T[stasis-s3.mount]} r=${T[restic.mount]}
+echo "| cold mount read child2 (s) | $l | $s | $r | $(ratio "$s" "$l") | $(ratio "$s" "$r") |"
 l=${T[stasis-local.bytes]} s=${T[stasis-s3.bytes]} r=${T[restic.bytes]}
 echo "| bytes after three images | $l | $s | $r | $(ratio "$s" "$l") | $(ratio "$s" "$r") |"
 read -r req fetched <<<"${T[stasis-s3.requests]}"
