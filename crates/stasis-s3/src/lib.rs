@@ -39,6 +39,8 @@
 //! truncated or foreign file is removed and the piece fetched again, never served.
 //! Above that, the store checks every block against its id, as on any backend.
 //!
+//! Only objects named by their content are cached: never `config` (written once per
+//! repository, but a wiped and re-made repository at the same prefix has another).
 //! Pieces this host wrote (packs and index files, written through on upload) and
 //! pieces it read are kept least-recently-used first out, within the budget: a file's
 //! mtime is its last use, so the order survives restarts and is shared by every process

@@ -93,6 +93,13 @@ fn store_error(what: String, e: object_store::Error) -> Error {
     Error::new(kind, format!("{what}: {e}"))
 }
 
+/// Whether `key`'s bytes may be cached: every key names its content except the
+/// store's `config`, which a wiped and re-made repository at the same prefix writes
+/// again with other bytes (it is tiny and read once per process).
+fn cacheable(key: &str) -> bool {
+    key != "config"
+}
+
 /// Pieces a read claimed; released (and the waiters woken) however the read ends.
 struct Claim<'a> {
     inner: &'a Inner,
@@ -336,6 +343,9 @@ impl Inner {
 
     fn read(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes> {
         check_key(key)?;
+        if !cacheable(key) {
+            return self.read_direct(key, range);
+        }
         let size = self.size_of(key)?;
         let r = range.unwrap_or(0..size);
         if r.start > r.end || r.end > size {
@@ -371,8 +381,28 @@ impl Inner {
         let (store, path) = (self.store.clone(), self.path(key)?);
         let put = self.bridge.run(upload(store, path, data.clone()))?;
         put.map_err(|e| store_error(self.what("writing", key), e))?;
-        self.keep_written(key, &data);
+        if cacheable(key) {
+            self.keep_written(key, &data);
+        }
         Ok(())
+    }
+
+    /// Read from the object store alone, bypassing the cache.
+    fn read_direct(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes> {
+        let (store, path) = (self.store.clone(), self.path(key)?);
+        let whole = self
+            .bridge
+            .run(async move { store.get(&path).await?.bytes().await })?
+            .map_err(|e| store_error(self.what("reading", key), e))?;
+        let Some(r) = range else { return Ok(whole) };
+        let len = whole.len() as u64;
+        if r.start > r.end || r.end > len {
+            return Err(Error::corrupt(format!(
+                "object {key} is {len} bytes, wanted range {}..{}",
+                r.start, r.end
+            )));
+        }
+        Ok(whole.slice(r.start as usize..r.end as usize))
     }
 
     /// What this host wrote, it will read again (its own index, its packs' blocks for
@@ -509,6 +539,9 @@ impl Backend for RemoteBackend {
 
     fn size(&self, key: &str) -> Result<u64> {
         check_key(key)?;
+        if !cacheable(key) {
+            return Ok(self.inner.read_direct(key, None)?.len() as u64);
+        }
         self.inner.size_of(key)
     }
 

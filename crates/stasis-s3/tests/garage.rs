@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
 use stasis_s3::testing::Garage;
-use stasis_s3::{MAX_REQUEST, PIECE_SIZE, RemoteBackend};
+use stasis_s3::{MAX_REQUEST, PIECE_SIZE, PieceCache, RemoteBackend};
 use stasis_store::{
     Backend, Compression, ErrorKind, Manifest, PayloadReader, Role, Store, StoreConfig, ingest_full,
 };
@@ -100,6 +100,11 @@ fn the_store_works_on_garage_through_the_cache() {
     let store_a = Store::init(a_dyn, StoreConfig::default()).expect("init");
     let bytes = noise(48 << 20, 7);
     let m = ingest(&store_a, tmp.path(), &bytes, &|| {});
+    // Only objects named by their content are cached: not the config.
+    let peek = PieceCache::open(&tmp.path().join("cache-a"), GIB, PIECE_SIZE).expect("cache");
+    assert!(peek.get("config", 0).is_none(), "the config was cached");
+    assert!(peek.stats().expect("stats").pieces > 0);
+    drop(peek);
     let in_bucket: u64 = g
         .backend("fleet", &tmp.path().join("lister"), GIB)
         .list("")
