@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
@@ -41,16 +41,18 @@ fn ingest(store: &Store, dir: &Path, bytes: &[u8], at_half: &(dyn Fn() + Sync)) 
     fs::write(&path, bytes).expect("write input");
     let f = File::open(&path).expect("open input");
     let bs = store.config().block_sizes.get(Role::Disk);
+    // Progress reports increments: the hook fires once, when the sum passes half.
     let half = bytes.len() as u64 / 2;
-    let done = AtomicBool::new(false);
+    let (sum, done) = (AtomicU64::new(0), AtomicBool::new(false));
     let progress = |n: u64| {
-        if n >= half && !done.swap(true, Ordering::SeqCst) {
+        if sum.fetch_add(n, Ordering::SeqCst) + n >= half && !done.swap(true, Ordering::SeqCst) {
             at_half();
         }
     };
     let mut w = store.writer(Compression::default()).expect("writer");
     let (m, _) = ingest_full(&mut w, &f, bytes.len() as u64, bs, None, &progress).expect("ingest");
     w.commit().expect("commit");
+    assert!(done.load(Ordering::SeqCst), "the ingest's hook never fired");
     m
 }
 
@@ -67,14 +69,25 @@ fn restore(
         .create_new(true)
         .open(out)
         .expect("create output");
-    let half = m.size / 2;
-    let done = AtomicBool::new(false);
+    // Progress reports increments (bytes written): the hook fires once, at half of the
+    // data written.
     let r = PayloadReader::new(store, *m)?;
+    let half: u64 = r
+        .data_ranges()?
+        .iter()
+        .map(|d| d.end - d.start)
+        .sum::<u64>()
+        / 2;
+    let (sum, done) = (AtomicU64::new(0), AtomicBool::new(false));
     r.restore(&f, &|n| {
-        if n >= half && !done.swap(true, Ordering::SeqCst) {
+        if sum.fetch_add(n, Ordering::SeqCst) + n >= half && !done.swap(true, Ordering::SeqCst) {
             at_half();
         }
     })?;
+    assert!(
+        done.load(Ordering::SeqCst),
+        "the restore's hook never fired"
+    );
     let mut back = vec![0u8; m.size as usize];
     f.read_exact_at(&mut back, 0).expect("read back");
     Ok(back)
