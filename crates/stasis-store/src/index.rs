@@ -258,34 +258,14 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::pack::sample_entry;
     use crate::id::Id;
     use proptest::prelude::*;
-
-    fn entry(seed: u8, off: u64) -> PackEntry {
-        PackEntry {
-            id: Id::of(&[seed]),
-            kind: if seed.is_multiple_of(2) {
-                BlobKind::Data
-            } else {
-                BlobKind::Tree
-            },
-            codec: Codec::Zstd,
-            offset: off,
-            stored_len: 10 + u32::from(seed),
-            raw_len: 100,
-            skip: 0,
-            feature: if seed.is_multiple_of(3) {
-                0
-            } else {
-                u32::from(seed) * 0x0101_0101
-            },
-        }
-    }
 
     proptest! {
         #[test]
         fn a_whole_copy_wins_over_a_delta(delta_first in any::<bool>()) {
-            let whole = entry(4, 32);
+            let whole = sample_entry(4, 32);
             let delta = PackEntry { codec: Codec::ZstdDelta, offset: 500, ..whole };
             let (a, b) = (Id::of(b"pa"), Id::of(b"pb"));
             let mut idx = Index::new();
@@ -305,7 +285,7 @@ mod tests {
         fn features_name_a_whole_block(first in any::<bool>()) {
             // Two blocks with one feature: the first indexed is found; a block read
             // through a base never is (a reference must be whole).
-            let (a, mut b) = (entry(1, 32), entry(2, 200));
+            let (a, mut b) = (sample_entry(1, 32), sample_entry(2, 200));
             b.feature = a.feature;
             let xor = PackEntry { id: Id::of(b"x"), codec: Codec::ZstdFrameXor, feature: 77, ..a };
             let mut idx = Index::new();

@@ -158,29 +158,8 @@ pub fn decode_file(bytes: &[u8]) -> Result<DecodedFile> {
 mod tests {
     use super::*;
     use crate::format::codec::Codec;
-    use crate::format::pack::BlobKind;
+    use crate::format::pack::{BlobKind, sample_entry};
     use proptest::prelude::*;
-
-    fn entry(seed: u8, off: u64) -> PackEntry {
-        PackEntry {
-            id: Id::of(&[seed]),
-            kind: if seed.is_multiple_of(2) {
-                BlobKind::Data
-            } else {
-                BlobKind::Tree
-            },
-            codec: Codec::Zstd,
-            offset: off,
-            stored_len: 10 + u32::from(seed),
-            raw_len: 100,
-            skip: 0,
-            feature: if seed.is_multiple_of(3) {
-                0
-            } else {
-                u32::from(seed) * 0x0101_0101
-            },
-        }
-    }
 
     fn versions() -> impl Strategy<Value = u32> {
         prop_oneof![
@@ -198,7 +177,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, n)| {
-                    let es = (0..*n).map(|k| { seed = seed.wrapping_add(1); entry(seed, 32 + k as u64 * 100) }).collect();
+                    let es = (0..*n).map(|k| { seed = seed.wrapping_add(1); sample_entry(seed, 32 + k as u64 * 100) }).collect();
                     (Id::of(&[i as u8, 0xff]), es)
                 })
                 .collect();
@@ -252,7 +231,7 @@ mod tests {
 
         #[test]
         fn any_flip_is_detected(pos in any::<prop::sample::Index>(), flip in 1u8..=255, version in versions()) {
-            let packs = vec![(Id::of(b"p"), vec![entry(1, 32), entry(2, 200)])];
+            let packs = vec![(Id::of(b"p"), vec![sample_entry(1, 32), sample_entry(2, 200)])];
             let (_, mut bytes) = encode_file(&packs, version);
             let i = pos.index(bytes.len());
             bytes[i] ^= flip;

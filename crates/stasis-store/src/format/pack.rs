@@ -319,3 +319,26 @@ pub(crate) fn decode_table(stored: &[u8], at: &TableAt, key: &str) -> Result<Vec
     }
     Ok(out)
 }
+
+/// A made-up entry for tests: `seed` picks its id, kind, stored length and feature.
+#[cfg(test)]
+pub(crate) fn sample_entry(seed: u8, off: u64) -> PackEntry {
+    PackEntry {
+        id: Id::of(&[seed]),
+        kind: if seed.is_multiple_of(2) {
+            BlobKind::Data
+        } else {
+            BlobKind::Tree
+        },
+        codec: Codec::Zstd,
+        offset: off,
+        stored_len: 10 + u32::from(seed),
+        raw_len: 100,
+        skip: 0,
+        feature: if seed.is_multiple_of(3) {
+            0
+        } else {
+            u32::from(seed) * 0x0101_0101
+        },
+    }
+}
