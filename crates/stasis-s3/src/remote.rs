@@ -13,6 +13,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use stasis_store::{
     Backend, Error, ErrorKind, Locks, ObjectMeta, PartialObject, Result, check_key, check_prefix,
+    slice_range,
 };
 
 use crate::bridge::Bridge;
@@ -394,15 +395,7 @@ impl Inner {
             .bridge
             .run(async move { store.get(&path).await?.bytes().await })?
             .map_err(|e| store_error(self.what("reading", key), e))?;
-        let Some(r) = range else { return Ok(whole) };
-        let len = whole.len() as u64;
-        if r.start > r.end || r.end > len {
-            return Err(Error::corrupt(format!(
-                "object {key} is {len} bytes, wanted range {}..{}",
-                r.start, r.end
-            )));
-        }
-        Ok(whole.slice(r.start as usize..r.end as usize))
+        slice_range(key, whole, range)
     }
 
     /// What this host wrote, it will read again (its own index, its packs' blocks for

@@ -95,7 +95,7 @@ mod verify;
 
 pub use backend::{
     Backend, Buffered, Bytes, CrashBackend, LocalBackend, MemoryBackend, ObjectMeta, PartialObject,
-    check_key, check_prefix,
+    check_key, check_prefix, slice_range,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use format::codec::{

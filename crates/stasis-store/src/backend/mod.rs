@@ -154,8 +154,9 @@ pub fn check_prefix(prefix: &str) -> Result<()> {
     }
 }
 
-/// Slice `whole` by `range`, or fail as a short object.
-pub(crate) fn slice_range(key: &str, whole: Bytes, range: Option<Range<u64>>) -> Result<Bytes> {
+/// Slice `whole` (object `key`) by `range`, or fail as a short object: what every
+/// backend's `get` does with a range.
+pub fn slice_range(key: &str, whole: Bytes, range: Option<Range<u64>>) -> Result<Bytes> {
     let Some(r) = range else { return Ok(whole) };
     let len = whole.len() as u64;
     if r.start > r.end || r.end > len {
