@@ -12,31 +12,17 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{STASIS_BIN, make_ext4, modify_ext4};
+use common::{STASIS_BIN, make_ext4, modify_ext4, run_stasis_env, stasis_ok_env};
 use mount::Mount;
 use stasis_s3::testing::Garage;
 
 /// `stasis --repo REPO ARGS...` with the cluster's `AWS_*` variables.
 fn run(g: &Garage, repo: &Path, args: &[&str]) -> Output {
-    Command::new(STASIS_BIN)
-        .arg("--repo")
-        .arg(repo)
-        .args(args)
-        .env_remove("STASIS_REPO")
-        .envs(g.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .expect("run stasis")
+    run_stasis_env(repo, args, &g.vars)
 }
 
 fn ok(g: &Garage, repo: &Path, args: &[&str]) -> String {
-    let out = run(g, repo, args);
-    assert!(
-        out.status.success(),
-        "stasis {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    stasis_ok_env(repo, args, &g.vars)
 }
 
 fn json(g: &Garage, repo: &Path, args: &[&str]) -> serde_json::Value {

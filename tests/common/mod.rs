@@ -10,18 +10,29 @@ pub const STASIS_BIN: &str = env!("CARGO_BIN_EXE_stasis");
 
 /// `stasis --repo REPO ARGS...`, ignoring any STASIS_REPO of the environment.
 pub fn run_stasis(repo: &Path, args: &[&str]) -> Output {
+    run_stasis_env(repo, args, &[])
+}
+
+/// [`run_stasis`] with more environment variables (an object store's `AWS_*`).
+pub fn run_stasis_env(repo: &Path, args: &[&str], env: &[(String, String)]) -> Output {
     Command::new(STASIS_BIN)
         .arg("--repo")
         .arg(repo)
         .args(args)
         .env_remove("STASIS_REPO")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .expect("run stasis")
 }
 
 /// [`run_stasis`], which must succeed; its stdout.
 pub fn stasis_ok(repo: &Path, args: &[&str]) -> String {
-    let out = run_stasis(repo, args);
+    stasis_ok_env(repo, args, &[])
+}
+
+/// [`run_stasis_env`], which must succeed; its stdout.
+pub fn stasis_ok_env(repo: &Path, args: &[&str], env: &[(String, String)]) -> String {
+    let out = run_stasis_env(repo, args, env);
     assert!(
         out.status.success(),
         "stasis {args:?} failed: {}{}",
