@@ -14,14 +14,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::types::ValueRef;
-use rusqlite::{Row, Rows};
 use stasis_store::{BlockRef, Manifest};
 
 use crate::error::{Error, Result};
 use crate::fields::{validate_tag_key, validate_tag_value};
 use crate::ids::{validate_file_name, validate_name};
 use crate::record::{Event, Payload, Snapshot, Token, Vm};
+use crate::sql::{Row, Value};
 
 /// A column of a SELECT: the SQL that yields it and the name it is read by.
 #[derive(Debug)]
@@ -65,7 +64,7 @@ pub(crate) const SNAPSHOT_COLUMNS: &[Column] = &[
     expr("s.parent_id", "parent_id"),
     expr("s.created_at", "created_at"),
     expr("s.status", "status"),
-    expr("(v.current_id IS s.id)", "is_current"),
+    expr("(v.current_id IS NOT DISTINCT FROM s.id)", "is_current"),
     expr("s.created_by", "created_by"),
     expr("s.description", "description"),
     expr("s.compression", "compression"),
@@ -130,60 +129,44 @@ pub(crate) const TOKEN_COLUMNS: &[Column] = &[
     col("revoked_at"),
 ];
 
-/// Every row of `rows`, decoded by `decode`; `what` names the read in database errors.
-pub(crate) fn all<T>(
-    mut rows: Rows<'_>,
-    what: &'static str,
-    decode: impl Fn(&Row<'_>) -> Result<T>,
-) -> Result<Vec<T>> {
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(|e| Error::db(what, e))? {
-        out.push(decode(row)?);
-    }
-    Ok(out)
+/// Every row of `rows`, decoded by `decode`.
+pub(crate) fn all<T>(rows: &[Row], decode: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
+    rows.iter().map(decode).collect()
 }
 
 /// The first row of `rows`, if any, decoded by `decode`.
-pub(crate) fn first<T>(
-    mut rows: Rows<'_>,
-    what: &'static str,
-    decode: impl Fn(&Row<'_>) -> Result<T>,
-) -> Result<Option<T>> {
-    match rows.next().map_err(|e| Error::db(what, e))? {
-        Some(row) => decode(row).map(Some),
-        None => Ok(None),
-    }
+pub(crate) fn first<T>(rows: &[Row], decode: impl Fn(&Row) -> Result<T>) -> Result<Option<T>> {
+    rows.first().map(decode).transpose()
 }
 
 /// A value as an error message shows it: text quoted (and cut short), a blob by size.
-fn describe(v: ValueRef<'_>) -> String {
+fn describe(v: &Value) -> String {
     const MAX_CHARS: usize = 80;
+    let text = |s: &str| match s.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => format!("{:?}...", &s[..end]),
+        None => format!("{s:?}"),
+    };
     match v {
-        ValueRef::Null => "NULL".into(),
-        ValueRef::Integer(i) => i.to_string(),
-        ValueRef::Real(f) => format!("{f:?}"),
-        ValueRef::Text(t) => {
-            let s = String::from_utf8_lossy(t);
-            match s.char_indices().nth(MAX_CHARS) {
-                Some((end, _)) => format!("{:?}...", &s[..end]),
-                None => format!("{s:?}"),
-            }
-        }
-        ValueRef::Blob(b) => format!("a {}-byte blob", b.len()),
+        Value::Null => "NULL".into(),
+        Value::Int(i) => i.to_string(),
+        Value::Real(f) => format!("{f:?}"),
+        Value::Text(s) => text(s),
+        Value::NotUtf8(t) => text(&String::from_utf8_lossy(t)),
+        Value::Blob(b) => format!("a {}-byte blob", b.len()),
     }
 }
 
 /// The columns of one row of `table`, read by name. Every error names the table, the
 /// row's key (its id, or the columns of its primary key joined by `/`) and the column.
-pub(crate) struct Fields<'r, 's> {
+pub(crate) struct Fields<'r> {
     table: &'static str,
     key: String,
-    row: &'r Row<'s>,
+    row: &'r Row,
 }
 
-impl<'r, 's> Fields<'r, 's> {
+impl<'r> Fields<'r> {
     /// The row of `table` whose key is in the columns `key`.
-    pub(crate) fn new(table: &'static str, row: &'r Row<'s>, key: &[&str]) -> Result<Self> {
+    pub(crate) fn new(table: &'static str, row: &'r Row, key: &[&str]) -> Result<Self> {
         let mut f = Fields {
             table,
             key: "?".into(),
@@ -192,7 +175,7 @@ impl<'r, 's> Fields<'r, 's> {
         let mut parts = Vec::with_capacity(key.len());
         for k in key {
             parts.push(match f.value(k)? {
-                ValueRef::Integer(i) => i.to_string(),
+                Value::Int(i) => i.to_string(),
                 _ => f.text(k)?,
             });
         }
@@ -202,14 +185,20 @@ impl<'r, 's> Fields<'r, 's> {
 
     /// The raw value of `column`. A column the query did not select is a bug of this
     /// crate, not damage on disk: a database error, not a corruption.
-    fn value(&self, column: &str) -> Result<ValueRef<'r>> {
-        self.row
-            .get_ref(column)
-            .map_err(|e| Error::db(format!("reading {}.{column}", self.table), e))
+    fn value(&self, column: &str) -> Result<&'r Value> {
+        self.row.get(column).ok_or_else(|| {
+            Error::new(
+                crate::ErrorKind::Database,
+                format!(
+                    "reading {}.{column}: the query did not select it",
+                    self.table
+                ),
+            )
+        })
     }
 
     /// `column` holds `v`, which is not what it should hold: `why`.
-    fn bad(&self, column: &str, v: ValueRef<'_>, why: impl fmt::Display) -> Error {
+    fn bad(&self, column: &str, v: &Value, why: impl fmt::Display) -> Error {
         Error::corrupt(format!(
             "table {}, row {}, column {column}: {} {why}",
             self.table,
@@ -222,10 +211,8 @@ impl<'r, 's> Fields<'r, 's> {
     pub(crate) fn text(&self, column: &str) -> Result<String> {
         let v = self.value(column)?;
         match v {
-            ValueRef::Text(t) => match std::str::from_utf8(t) {
-                Ok(s) => Ok(s.to_owned()),
-                Err(_) => Err(self.bad(column, v, "is not UTF-8")),
-            },
+            Value::Text(s) => Ok(s.clone()),
+            Value::NotUtf8(_) => Err(self.bad(column, v, "is not UTF-8")),
             _ => Err(self.bad(column, v, "is not text")),
         }
     }
@@ -233,7 +220,7 @@ impl<'r, 's> Fields<'r, 's> {
     /// NULL, or text.
     pub(crate) fn opt_text(&self, column: &str) -> Result<Option<String>> {
         match self.value(column)? {
-            ValueRef::Null => Ok(None),
+            Value::Null => Ok(None),
             _ => self.text(column).map(Some),
         }
     }
@@ -249,7 +236,7 @@ impl<'r, 's> Fields<'r, 's> {
             Ok(()) => Ok(s),
             Err(e) => Err(self.bad(
                 column,
-                ValueRef::Text(s.as_bytes()),
+                &Value::Text(s.clone()),
                 format_args!("is invalid: {e}"),
             )),
         }
@@ -265,7 +252,7 @@ impl<'r, 's> Fields<'r, 's> {
         s.parse().map_err(|e| {
             self.bad(
                 column,
-                ValueRef::Text(s.as_bytes()),
+                &Value::Text(s.clone()),
                 format_args!("is invalid: {e}"),
             )
         })
@@ -278,7 +265,7 @@ impl<'r, 's> Fields<'r, 's> {
         T::Err: fmt::Display,
     {
         match self.value(column)? {
-            ValueRef::Null => Ok(None),
+            Value::Null => Ok(None),
             _ => self.parsed(column).map(Some),
         }
     }
@@ -290,7 +277,7 @@ impl<'r, 's> Fields<'r, 's> {
             Ok(_) => Ok(s),
             Err(e) => Err(self.bad(
                 column,
-                ValueRef::Text(s.as_bytes()),
+                &Value::Text(s.clone()),
                 format_args!("is not an RFC 3339 timestamp ({e})"),
             )),
         }
@@ -299,7 +286,7 @@ impl<'r, 's> Fields<'r, 's> {
     /// NULL, or an RFC 3339 timestamp.
     pub(crate) fn opt_timestamp(&self, column: &str) -> Result<Option<String>> {
         match self.value(column)? {
-            ValueRef::Null => Ok(None),
+            Value::Null => Ok(None),
             _ => self.timestamp(column).map(Some),
         }
     }
@@ -310,7 +297,7 @@ impl<'r, 's> Fields<'r, 's> {
         serde_json::from_str(&s).map_err(|e| {
             self.bad(
                 column,
-                ValueRef::Text(s.as_bytes()),
+                &Value::Text(s.clone()),
                 format_args!("is not valid JSON for this column ({e})"),
             )
         })
@@ -319,7 +306,7 @@ impl<'r, 's> Fields<'r, 's> {
     /// An integer.
     pub(crate) fn int(&self, column: &str) -> Result<i64> {
         match self.value(column)? {
-            ValueRef::Integer(i) => Ok(i),
+            Value::Int(i) => Ok(*i),
             v => Err(self.bad(column, v, "is not an integer")),
         }
     }
@@ -327,7 +314,7 @@ impl<'r, 's> Fields<'r, 's> {
     /// A size or count: an integer that is not negative.
     pub(crate) fn size(&self, column: &str) -> Result<u64> {
         let i = self.int(column)?;
-        u64::try_from(i).map_err(|_| self.bad(column, ValueRef::Integer(i), "is negative"))
+        u64::try_from(i).map_err(|_| self.bad(column, &Value::Int(i), "is negative"))
     }
 
     /// An integer from 0 to `u32::MAX`.
@@ -336,7 +323,7 @@ impl<'r, 's> Fields<'r, 's> {
         u32::try_from(i).map_err(|_| {
             self.bad(
                 column,
-                ValueRef::Integer(i),
+                &Value::Int(i),
                 format_args!("is not in 0..={}", u32::MAX),
             )
         })
@@ -345,8 +332,8 @@ impl<'r, 's> Fields<'r, 's> {
     /// A flag: 0 or 1, nothing else.
     pub(crate) fn flag(&self, column: &str) -> Result<bool> {
         match self.value(column)? {
-            ValueRef::Integer(0) => Ok(false),
-            ValueRef::Integer(1) => Ok(true),
+            Value::Int(0) => Ok(false),
+            Value::Int(1) => Ok(true),
             v => Err(self.bad(column, v, "is not 0 or 1")),
         }
     }
@@ -358,7 +345,7 @@ impl<'r, 's> Fields<'r, 's> {
 }
 
 /// A row of [`VM_COLUMNS`].
-pub(crate) fn vm(row: &Row<'_>) -> Result<Vm> {
+pub(crate) fn vm(row: &Row) -> Result<Vm> {
     let f = Fields::new("vms", row, &["id"])?;
     Ok(Vm {
         id: f.text("id")?,
@@ -371,7 +358,7 @@ pub(crate) fn vm(row: &Row<'_>) -> Result<Vm> {
 }
 
 /// A row of [`SNAPSHOT_COLUMNS`], without its payloads and tags (read separately).
-pub(crate) fn snapshot(row: &Row<'_>) -> Result<Snapshot> {
+pub(crate) fn snapshot(row: &Row) -> Result<Snapshot> {
     let f = Fields::new("snapshots", row, &["id"])?;
     Ok(Snapshot {
         id: f.text("id")?,
@@ -405,20 +392,25 @@ pub(crate) fn snapshot(row: &Row<'_>) -> Result<Snapshot> {
 }
 
 /// The `id` of a snapshot row (any query selecting it).
-pub(crate) fn snapshot_id(row: &Row<'_>) -> Result<String> {
+pub(crate) fn snapshot_id(row: &Row) -> Result<String> {
     Fields::new("snapshots", row, &["id"])?.text("id")
+}
+
+/// The `status` of a snapshot row selecting `id` and `status`.
+pub(crate) fn status(row: &Row) -> Result<crate::Status> {
+    Fields::new("snapshots", row, &["id"])?.parsed("status")
 }
 
 /// The manifest root `text`, the part before any `#check` of the `stored` value of
 /// the `root` column.
-fn root(f: &Fields<'_, '_>, stored: &str, text: &str) -> Result<BlockRef> {
+fn root(f: &Fields<'_>, stored: &str, text: &str) -> Result<BlockRef> {
     Ok(match text {
         "hole" => BlockRef::Hole,
         "zero" => BlockRef::Zero,
         hex => BlockRef::Data(hex.parse().map_err(|_| {
             f.bad(
                 "root",
-                ValueRef::Text(stored.as_bytes()),
+                &Value::Text(stored.to_owned()),
                 format_args!(
                     "does not hold a manifest root: {text:?} is not hole, zero or a block id"
                 ),
@@ -429,7 +421,7 @@ fn root(f: &Fields<'_, '_>, stored: &str, text: &str) -> Result<BlockRef> {
 
 /// A row of [`PAYLOAD_COLUMNS`], with its snapshot's id; checked against the check
 /// stored after `#` in its `root` column (see `payload_check`).
-pub(crate) fn payload(row: &Row<'_>) -> Result<(String, Payload)> {
+pub(crate) fn payload(row: &Row) -> Result<(String, Payload)> {
     let f = Fields::new("payloads", row, &["snapshot_id", "name"])?;
     let snapshot_id = f.text("snapshot_id")?;
     let name = f.checked("name", validate_file_name)?;
@@ -478,7 +470,7 @@ pub(crate) fn payload(row: &Row<'_>) -> Result<(String, Payload)> {
 }
 
 /// A row of [`TAG_COLUMNS`]: snapshot id, key, value.
-pub(crate) fn tag(row: &Row<'_>) -> Result<(String, String, String)> {
+pub(crate) fn tag(row: &Row) -> Result<(String, String, String)> {
     let f = Fields::new("tags", row, &["snapshot_id", "key"])?;
     let key = f.checked("key", validate_tag_key)?;
     let value = f.checked("value", |v| validate_tag_value(&key, v))?;
@@ -486,7 +478,7 @@ pub(crate) fn tag(row: &Row<'_>) -> Result<(String, String, String)> {
 }
 
 /// A row of [`EVENT_COLUMNS`].
-pub(crate) fn event(row: &Row<'_>) -> Result<Event> {
+pub(crate) fn event(row: &Row) -> Result<Event> {
     let f = Fields::new("events", row, &["id"])?;
     Ok(Event {
         at: f.timestamp("at")?,
@@ -497,7 +489,7 @@ pub(crate) fn event(row: &Row<'_>) -> Result<Event> {
 }
 
 /// A row of [`TOKEN_COLUMNS`].
-pub(crate) fn token(row: &Row<'_>) -> Result<Token> {
+pub(crate) fn token(row: &Row) -> Result<Token> {
     let f = Fields::new("tokens", row, &["id"])?;
     Ok(Token {
         id: f.text("id")?,
@@ -556,8 +548,10 @@ mod tests {
     /// Damage the catalog with `sql` (its `?1` is `key`). Then `bad` fails as corrupt
     /// with a message holding each of `expect`, and `good` still reads. Undone after.
     fn damaged(c: &Catalog, sql: &str, key: &str, expect: &[&str], bad: Read<'_>, good: Read<'_>) {
-        c.conn.execute_batch("SAVEPOINT d").expect("savepoint");
-        let n = c.conn.execute(sql, [key]).expect(sql);
+        c.raw_sqlite()
+            .execute_batch("SAVEPOINT d")
+            .expect("savepoint");
+        let n = c.raw_sqlite().execute(sql, [key]).expect(sql);
         assert_eq!(n, 1, "{sql} changes one row");
         let err = bad(c).expect_err(sql);
         assert_eq!(err.kind(), ErrorKind::Corrupt, "{sql}: {err}");
@@ -566,7 +560,7 @@ mod tests {
             assert!(msg.contains(e), "{sql}: {msg:?} does not say {e:?}");
         }
         good(c).unwrap_or_else(|e| panic!("{sql}: the good row no longer reads: {e}"));
-        c.conn
+        c.raw_sqlite()
             .execute_batch("ROLLBACK TO d; RELEASE d")
             .expect("undo");
         bad(c).unwrap_or_else(|e| panic!("{sql}: undone, it still fails: {e}"));
@@ -739,7 +733,7 @@ mod tests {
         let events = |c: &Catalog| c.events(&victim.id).map(|e| assert_eq!(e.len(), 2));
         let get_good = |c: &Catalog| c.events(&good.id).map(|e| assert_eq!(e.len(), 2));
         let first: i64 = c
-            .conn
+            .raw_sqlite()
             .query_row(
                 "SELECT min(id) AS id FROM events WHERE snapshot_id = ?1",
                 [&victim.id],
@@ -811,13 +805,16 @@ mod tests {
     #[test]
     fn fields_refuse_wrong_types_and_name_the_row() {
         let c = Catalog::open_in_memory().expect("open");
-        let mut st = c
-            .conn
-            .prepare("SELECT 'k1' AS id, NULL AS t, 3 AS n, 'x' AS s, 0 AS f, '2026-01-01T00:00:00Z' AS at")
-            .expect("prepare");
-        let mut rows = st.query([]).expect("query");
-        let row = rows.next().expect("step").expect("a row");
-        let f = Fields::new("things", row, &["id"]).expect("fields");
+        let rows = c
+            .db()
+            .expect("db")
+            .rows(
+                "test",
+                "SELECT 'k1' AS id, NULL AS t, 3 AS n, 'x' AS s, 0 AS f, '2026-01-01T00:00:00Z' AS at",
+                &[],
+            )
+            .expect("query");
+        let f = Fields::new("things", &rows[0], &["id"]).expect("fields");
         let err = f.text("t").expect_err("NULL is not text");
         assert_eq!(err.kind(), ErrorKind::Corrupt);
         assert_eq!(
@@ -857,11 +854,11 @@ mod tests {
     #[test]
     fn a_long_bad_value_is_cut_short_in_the_message() {
         let long = "é".repeat(500);
-        let shown = describe(ValueRef::Text(long.as_bytes()));
+        let shown = describe(&Value::Text(long.clone()));
         assert!(shown.ends_with("..."), "{shown}");
         assert!(shown.chars().count() < 100, "{shown}");
-        assert_eq!(describe(ValueRef::Null), "NULL");
-        assert_eq!(describe(ValueRef::Blob(&[1, 2, 3])), "a 3-byte blob");
+        assert_eq!(describe(&Value::Null), "NULL");
+        assert_eq!(describe(&Value::Blob(vec![1, 2, 3])), "a 3-byte blob");
     }
 
     /// Each list names a column once; the select list reads every column by its name.
@@ -882,7 +879,10 @@ mod tests {
             assert_eq!(names.len(), n, "a name repeats in {cols:?}");
         }
         assert!(select(SNAPSHOT_COLUMNS).starts_with("s.id AS id, s.name AS name, "));
-        assert!(select(SNAPSHOT_COLUMNS).contains("(v.current_id IS s.id) AS is_current"));
+        assert!(
+            select(SNAPSHOT_COLUMNS)
+                .contains("(v.current_id IS NOT DISTINCT FROM s.id) AS is_current")
+        );
         assert_eq!(select(TAG_COLUMNS), "snapshot_id, key, value");
     }
 }

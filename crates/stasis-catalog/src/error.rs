@@ -6,7 +6,7 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// The database failed (I/O, locking, SQL).
+    /// The database failed (I/O, locking, SQL, a lost connection).
     Database,
     /// The named snapshot or VM does not exist.
     NotFound,
@@ -24,7 +24,7 @@ pub struct Error {
     kind: ErrorKind,
     context: String,
     #[source]
-    source: Option<rusqlite::Error>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl fmt::Display for Error {
@@ -48,12 +48,22 @@ impl Error {
     }
 
     /// A database error while doing `what`.
-    pub fn db(what: impl Into<String>, e: rusqlite::Error) -> Self {
+    pub fn db(
+        what: impl Into<String>,
+        e: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         Error {
             kind: ErrorKind::Database,
             context: what.into(),
-            source: Some(e),
+            source: Some(e.into()),
         }
+    }
+
+    /// The same error as another kind.
+    #[must_use]
+    pub(crate) fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     /// The database holds an invalid value.

@@ -1,19 +1,32 @@
 //! # stasis-catalog
 //!
-//! The record of every VM's snapshot tree, on SQLite (WAL mode, so one process can list
-//! while another creates; a busy timeout serialises writers). The schema is versioned
-//! with `PRAGMA user_version` and migrated forward on open.
+//! The record of every VM's snapshot tree, in SQLite (the embedded default: one file,
+//! WAL mode, so one process can list while another creates) or in PostgreSQL (a fleet's
+//! catalog, shared by every host). Both speak through one query layer (`sql`): every
+//! statement and migration is written once. The schema is versioned (SQLite's
+//! `PRAGMA user_version`; on PostgreSQL the table `stasis_schema`) and migrated forward
+//! on open, under the write lock, so two hosts opening at once migrate once.
 //!
 //! A snapshot exists once its row is committed: the store's blocks and manifests are
 //! made durable before (see `stasis_store::store`), so the catalog never names a
 //! manifest that is not on storage. Every change appends to the snapshot's timeline in
 //! the same transaction.
 //!
+//! **Writers** are serialised: each write is one transaction holding the database's
+//! write lock from its start (SQLite's `BEGIN IMMEDIATE` and busy timeout; on PostgreSQL
+//! a transaction-scoped advisory lock, which a writer that dies releases with its
+//! connection), and everything a write depends on (the name is free, the parent and the
+//! snapshot are still live, a deleted snapshot's children are the ones it re-parents)
+//! is checked again under that lock. Of two hosts that create, delete or revert in one
+//! VM at once, the loser gets an error of kind [`ErrorKind::Conflict`] and changes
+//! nothing.
+//!
 //! Tree rules: at most one current snapshot per VM; deleting a snapshot with children
 //! re-parents them to its parent (their manifests are complete trees of their own, so
 //! no data moves: only their `added_bytes` is recomputed) while it shows
-//! `consolidating`; deleted rows stay listable with `all` until gc removes them. No
-//! operation recurses: chains of any depth work.
+//! `consolidating` (no snapshot may take it as a parent then); deleted rows stay
+//! listable with `all` until gc removes them. No operation recurses: chains of any
+//! depth work.
 
 mod decode;
 mod error;
@@ -23,14 +36,18 @@ mod ids;
 pub mod layout;
 mod record;
 mod schema;
+mod sql;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod tokens;
 
+use std::cell::{RefCell, RefMut};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use stasis_store::{BlockRef, Manifest, Role};
+
+use crate::sql::{Db, Dialect, Row, Value, args};
 
 pub use error::{Error, ErrorKind, Result};
 pub use fields::{CompressionState, Hypervisor, Kind, PowerState, now, parse_expiry, parse_tag};
@@ -44,10 +61,10 @@ pub use record::{
 /// The tenant of VMs made without one (by the CLI, and every VM from before tenants).
 pub const DEFAULT_TENANT: &str = "default";
 
-/// The catalog of a repository.
+/// The catalog of a repository: one connection to its database.
 #[derive(Debug)]
 pub struct Catalog {
-    conn: Connection,
+    db: RefCell<Db>,
 }
 
 /// New sizes of a re-parented child, computed by the caller from the store.
@@ -92,85 +109,148 @@ fn payload_check(
     hex
 }
 
-fn event(tx: &Connection, id: &str, action: &str, actor: &str, detail: &str) -> Result<()> {
-    tx.execute(
+fn event(db: &mut Db, id: &str, action: &str, actor: &str, detail: &str) -> Result<()> {
+    db.exec(
+        "recording an event",
         "INSERT INTO events (snapshot_id, at, action, actor, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, now(), action, actor, detail],
-    )
-    .map_err(|e| Error::db("recording an event", e))?;
+        args![id, now(), action, actor, detail],
+    )?;
     Ok(())
 }
 
-fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
-    move |e| Error::db(what, e)
+/// A conflict with a write another connection made meanwhile.
+fn conflict(what: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Conflict, what)
 }
 
 impl Catalog {
     /// Call `hook` before every row this connection writes and before every commit
     /// (fault injection: the crash tests kill the process from it, so that a catalog
-    /// write is interrupted at each of its steps). `None` removes it.
+    /// write is interrupted at each of its steps). On PostgreSQL a step is a write
+    /// statement rather than a row. `None` removes it.
     pub fn on_write(&mut self, hook: Option<fn()>) -> Result<()> {
+        let db = self.db.get_mut();
+        let Some(conn) = db.as_sqlite() else {
+            db.set_hook(hook);
+            return Ok(());
+        };
+        let e = |what: &'static str| move |e| Error::db(what, e);
         match hook {
             Some(f) => {
-                self.conn
-                    .update_hook(Some(
-                        move |_: rusqlite::hooks::Action, _: &str, _: &str, _: i64| f(),
-                    ))
-                    .map_err(db("installing the write hook"))?;
-                self.conn
-                    .commit_hook(Some(move || {
-                        f();
-                        false
-                    }))
-                    .map_err(db("installing the commit hook"))?;
+                conn.update_hook(Some(
+                    move |_: rusqlite::hooks::Action, _: &str, _: &str, _: i64| f(),
+                ))
+                .map_err(e("installing the write hook"))?;
+                conn.commit_hook(Some(move || {
+                    f();
+                    false
+                }))
+                .map_err(e("installing the commit hook"))?;
             }
             None => {
-                self.conn
-                    .update_hook(None::<fn(rusqlite::hooks::Action, &str, &str, i64)>)
-                    .map_err(db("removing the write hook"))?;
-                self.conn
-                    .commit_hook(None::<fn() -> bool>)
-                    .map_err(db("removing the commit hook"))?;
+                conn.update_hook(None::<fn(rusqlite::hooks::Action, &str, &str, i64)>)
+                    .map_err(e("removing the write hook"))?;
+                conn.commit_hook(None::<fn() -> bool>)
+                    .map_err(e("removing the commit hook"))?;
             }
         }
         Ok(())
     }
 
-    /// Open (creating if needed) the catalog database at `path` and migrate it.
+    /// Open (creating if needed) the SQLite catalog at `path` and migrate it.
     pub fn open(path: &Path) -> Result<Catalog> {
-        let conn = Connection::open(path)
+        let conn = rusqlite::Connection::open(path)
             .map_err(|e| Error::db(format!("opening {}", path.display()), e))?;
-        Self::setup(conn, true)
+        Self::setup_sqlite(conn, true)
     }
 
-    /// An in-memory catalog (tests).
+    /// An in-memory SQLite catalog (tests).
     pub fn open_in_memory() -> Result<Catalog> {
-        let conn = Connection::open_in_memory().map_err(db("opening in memory"))?;
-        Self::setup(conn, false)
+        let conn = rusqlite::Connection::open_in_memory()
+            .map_err(|e| Error::db("opening in memory", e))?;
+        Self::setup_sqlite(conn, false)
     }
 
-    fn setup(conn: Connection, file: bool) -> Result<Catalog> {
-        conn.busy_timeout(Duration::from_secs(60))
-            .map_err(db("busy timeout"))?;
+    /// Connect to the PostgreSQL catalog at `url`
+    /// (`postgres://USER[:PASSWORD]@HOST[:PORT]/DB`, `PGPASSWORD` when the URL has no
+    /// password; the database must exist) and migrate it. A connection the server
+    /// closes (a restart) is opened again by the next call that finds it closed.
+    pub fn open_postgres(url: &str) -> Result<Catalog> {
+        let mut db = Db::postgres(url)?;
+        schema::migrate(&mut db)?;
+        Ok(Catalog {
+            db: RefCell::new(db),
+        })
+    }
+
+    fn setup_sqlite(conn: rusqlite::Connection, file: bool) -> Result<Catalog> {
+        let e = |what: &'static str| move |e| Error::db(what, e);
+        conn.busy_timeout(sql::LOCK_WAIT)
+            .map_err(e("busy timeout"))?;
         if file {
             conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(db("enabling WAL"))?;
+                .map_err(e("enabling WAL"))?;
             conn.pragma_update(None, "synchronous", "FULL")
-                .map_err(db("synchronous"))?;
+                .map_err(e("synchronous"))?;
         }
         conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(db("foreign keys"))?;
-        let mut cat = Catalog { conn };
-        schema::migrate(&mut cat.conn)?;
-        Ok(cat)
+            .map_err(e("foreign keys"))?;
+        let mut db = Db::sqlite(conn);
+        schema::migrate(&mut db)?;
+        Ok(Catalog {
+            db: RefCell::new(db),
+        })
     }
 
-    /// Stop fsyncing commits (`synchronous = OFF`), for bulk loads and benchmarks only:
-    /// a crash may then lose the latest commits (never corrupt the database).
+    /// The connection. Calls never nest (none holds it while calling another), so
+    /// this fails only on a bug of this crate.
+    fn db(&self) -> Result<RefMut<'_, Db>> {
+        self.db.try_borrow_mut().map_err(|_| {
+            Error::new(
+                ErrorKind::Database,
+                "the catalog connection is already in use by this thread",
+            )
+        })
+    }
+
+    /// The rows of a read, decoded.
+    fn read<T>(
+        &self,
+        what: &str,
+        sql: &str,
+        args: &[Value],
+        decode: impl Fn(&Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let rows = self.db()?.rows(what, sql, args)?;
+        decode::all(&rows, decode)
+    }
+
+    /// The first row of a read, decoded.
+    fn read_one<T>(
+        &self,
+        what: &str,
+        sql: &str,
+        args: &[Value],
+        decode: impl Fn(&Row) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let rows = self.db()?.rows(what, sql, args)?;
+        decode::first(&rows, decode)
+    }
+
+    /// Run `f` as one transaction under the write lock (see the crate doc).
+    fn write<T>(&self, f: impl FnOnce(&mut Db) -> Result<T>) -> Result<T> {
+        self.db()?.write(f)
+    }
+
+    /// Stop waiting for commits to be durable (SQLite `synchronous = OFF`, PostgreSQL
+    /// `synchronous_commit = off` for this connection), for bulk loads and benchmarks
+    /// only: a crash may then lose the latest commits (never corrupt the database).
     pub fn relax_durability(&self) -> Result<()> {
-        self.conn
-            .pragma_update(None, "synchronous", "OFF")
-            .map_err(db("synchronous"))
+        let mut db = self.db()?;
+        match db.dialect() {
+            Dialect::Sqlite => db.batch("synchronous", "PRAGMA synchronous = OFF"),
+            Dialect::Postgres => db.batch("synchronous_commit", "SET synchronous_commit = off"),
+        }
     }
 
     /// A VM by name or id.
@@ -179,36 +259,24 @@ impl Catalog {
             "SELECT {} FROM vms WHERE name = ?1 OR id = ?1",
             decode::select(decode::VM_COLUMNS)
         );
-        let mut st = self.conn.prepare_cached(&sql).map_err(db("reading a VM"))?;
-        let rows = st.query([name]).map_err(db("reading a VM"))?;
-        decode::first(rows, "reading a VM", decode::vm)
+        self.read_one("reading a VM", &sql, args![name], decode::vm)
     }
 
     /// Every VM, by name.
     pub fn vms(&self) -> Result<Vec<Vm>> {
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT {} FROM vms ORDER BY name",
-                decode::select(decode::VM_COLUMNS)
-            ))
-            .map_err(db("listing VMs"))?;
-        let rows = st.query([]).map_err(db("listing VMs"))?;
-        decode::all(rows, "listing VMs", decode::vm)
+        let sql = format!(
+            "SELECT {} FROM vms ORDER BY name",
+            decode::select(decode::VM_COLUMNS)
+        );
+        self.read("listing VMs", &sql, &[], decode::vm)
     }
 
-    fn snapshots_where(&self, clause: &str, p: &[&dyn rusqlite::ToSql]) -> Result<Vec<Snapshot>> {
+    fn snapshots_where(&self, clause: &str, args: &[Value]) -> Result<Vec<Snapshot>> {
         let sql = format!(
             "SELECT {} FROM snapshots s JOIN vms v ON v.id = s.vm_id {clause}",
             decode::select(decode::SNAPSHOT_COLUMNS)
         );
-        let mut st = self
-            .conn
-            .prepare_cached(&sql)
-            .map_err(db("reading snapshots"))?;
-        let rows = st.query(p).map_err(db("reading snapshots"))?;
-        let mut out = decode::all(rows, "reading snapshots", decode::snapshot)?;
-        drop(st);
+        let mut out = self.read("reading snapshots", &sql, args, decode::snapshot)?;
         if out.is_empty() {
             return Ok(out);
         }
@@ -216,24 +284,18 @@ impl Catalog {
         // snapshot: a 10,000-snapshot list was 20,000 queries), by the selected ids.
         let ids = serde_json::to_string(&out.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
             .map_err(|e| Error::corrupt(format!("listing snapshot ids: {e}")))?;
-        let selected = "SELECT value FROM json_each(?1)";
+        let selected = self.db()?.dialect().json_array("?1");
         let mut payloads: HashMap<String, Vec<Payload>> = HashMap::new();
-        for (id, p) in self.payloads_where(&format!("snapshot_id IN ({selected})"), [&ids])? {
+        for (id, p) in self.payloads_where(&format!("snapshot_id IN ({selected})"), args![&ids])? {
             payloads.entry(id).or_default().push(p);
         }
         let mut tags: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-        {
-            let mut st = self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {} FROM tags WHERE snapshot_id IN ({selected})",
-                    decode::select(decode::TAG_COLUMNS)
-                ))
-                .map_err(db("reading tags"))?;
-            let rows = st.query([&ids]).map_err(db("reading tags"))?;
-            for (id, k, v) in decode::all(rows, "reading tags", decode::tag)? {
-                tags.entry(id).or_default().insert(k, v);
-            }
+        let sql = format!(
+            "SELECT {} FROM tags WHERE snapshot_id IN ({selected})",
+            decode::select(decode::TAG_COLUMNS)
+        );
+        for (id, k, v) in self.read("reading tags", &sql, args![&ids], decode::tag)? {
+            tags.entry(id).or_default().insert(k, v);
         }
         for s in &mut out {
             s.payloads = payloads.remove(&s.id).unwrap_or_default();
@@ -244,7 +306,7 @@ impl Catalog {
 
     /// A snapshot by id.
     pub fn get(&self, id: &str) -> Result<Option<Snapshot>> {
-        Ok(self.snapshots_where("WHERE s.id = ?1", &[&id])?.pop())
+        Ok(self.snapshots_where("WHERE s.id = ?1", args![id])?.pop())
     }
 
     /// Resolve `spec`: a snapshot id, `VM/NAME`, or `VM` (its current snapshot).
@@ -257,7 +319,7 @@ impl Catalog {
             return self
                 .snapshots_where(
                     "WHERE (v.name = ?1 OR v.id = ?1) AND s.name = ?2 AND s.status != 'deleted'",
-                    &[&vm, &name],
+                    args![vm, name],
                 )?
                 .pop()
                 .ok_or_else(|| {
@@ -287,9 +349,9 @@ impl Catalog {
     /// Snapshots matching `f`.
     pub fn list_filtered(&self, f: &ListFilter) -> Result<Vec<Snapshot>> {
         let mut clauses: Vec<String> = Vec::new();
-        let mut args: Vec<String> = Vec::new();
-        let arg = |v: String, args: &mut Vec<String>| {
-            args.push(v);
+        let mut args: Vec<Value> = Vec::new();
+        let arg = |v: String, args: &mut Vec<Value>| {
+            args.push(Value::Text(v));
             format!("?{}", args.len())
         };
         if let Some(vm) = &f.vm {
@@ -339,9 +401,7 @@ impl Catalog {
         if let Some(n) = f.limit {
             sql.push_str(&format!(" LIMIT {n}"));
         }
-        let refs: Vec<&dyn rusqlite::ToSql> =
-            args.iter().map(|a| a as &dyn rusqlite::ToSql).collect();
-        self.snapshots_where(&sql, &refs)
+        self.snapshots_where(&sql, &args)
     }
 
     /// Live (not deleted) snapshots, oldest first, of one VM or all.
@@ -354,34 +414,18 @@ impl Catalog {
 
     /// Ids of the live children of a snapshot.
     pub fn children(&self, id: &str) -> Result<Vec<String>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT id FROM snapshots WHERE parent_id = ?1 AND status != 'deleted' ORDER BY created_at, rowid")
-            .map_err(db("reading children"))?;
-        let rows = st.query([id]).map_err(db("reading children"))?;
-        decode::all(rows, "reading children", decode::snapshot_id)
+        live_children(&mut *self.db()?, id)
     }
 
     /// Tags of a snapshot.
     pub fn tags(&self, id: &str) -> Result<BTreeMap<String, String>> {
-        let mut st = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {} FROM tags WHERE snapshot_id = ?1",
-                decode::select(decode::TAG_COLUMNS)
-            ))
-            .map_err(db("reading tags"))?;
-        let rows = st.query([id]).map_err(db("reading tags"))?;
-        Ok(decode::all(rows, "reading tags", decode::tag)?
-            .into_iter()
-            .map(|(_, k, v)| (k, v))
-            .collect())
+        tags_of(&mut *self.db()?, id)
     }
 
     /// The payloads of a snapshot.
     pub fn payloads(&self, snapshot_id: &str) -> Result<Vec<Payload>> {
         Ok(self
-            .payloads_where("snapshot_id = ?1", [snapshot_id])?
+            .payloads_where("snapshot_id = ?1", args![snapshot_id])?
             .into_iter()
             .map(|(_, p)| p)
             .collect())
@@ -389,37 +433,48 @@ impl Catalog {
 
     /// Payload rows matching `filter` (an SQL condition on the payloads table), in
     /// order, with their snapshot ids; each row is checked against its stored check.
-    fn payloads_where(
-        &self,
-        filter: &str,
-        params: impl rusqlite::Params,
-    ) -> Result<Vec<(String, Payload)>> {
-        let mut st = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {} FROM payloads WHERE {filter} ORDER BY snapshot_id, position",
-                decode::select(decode::PAYLOAD_COLUMNS)
-            ))
-            .map_err(db("reading payloads"))?;
-        let rows = st.query(params).map_err(db("reading payloads"))?;
-        decode::all(rows, "reading payloads", decode::payload)
+    fn payloads_where(&self, filter: &str, args: &[Value]) -> Result<Vec<(String, Payload)>> {
+        let sql = format!(
+            "SELECT {} FROM payloads WHERE {filter} ORDER BY snapshot_id, position",
+            decode::select(decode::PAYLOAD_COLUMNS)
+        );
+        self.read("reading payloads", &sql, args, decode::payload)
     }
 
-    /// SQLite's own structural check of the database file (`PRAGMA quick_check`):
-    /// the problems it names, empty when it finds none.
+    /// The problems found in the catalog, empty when there are none: on SQLite its own
+    /// structural check of the file (`PRAGMA quick_check`), and on both the tree's own
+    /// rules (a current snapshot that is live and of its VM, parents that exist).
     pub fn check_integrity(&self) -> Result<Vec<String>> {
-        let mut st = self
-            .conn
-            .prepare("PRAGMA quick_check")
-            .map_err(db("checking the database"))?;
-        let rows = st
-            .query_map([], |r| r.get::<_, String>("quick_check"))
-            .map_err(db("checking the database"))?;
+        let mut db = self.db()?;
         let mut out = Vec::new();
-        for r in rows {
-            let line = r.map_err(db("checking the database"))?;
-            if line != "ok" {
-                out.push(line);
+        if db.dialect() == Dialect::Sqlite {
+            for r in db.rows("checking the database", "PRAGMA quick_check", &[])? {
+                match r.get("quick_check") {
+                    Some(Value::Text(line)) if line == "ok" => {}
+                    Some(Value::Text(line)) => out.push(line.clone()),
+                    other => out.push(format!("quick_check answered {other:?}")),
+                }
+            }
+        }
+        let rules = [
+            (
+                "SELECT v.name AS problem FROM vms v LEFT JOIN snapshots s ON s.id = v.current_id \
+                 WHERE v.current_id IS NOT NULL AND (s.id IS NULL OR s.status = 'deleted' OR s.vm_id != v.id)",
+                "VM {}: its current snapshot is missing, deleted or another VM's",
+            ),
+            (
+                "SELECT s.id AS problem FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id \
+                 WHERE s.parent_id IS NOT NULL AND s.status != 'deleted' AND (p.id IS NULL OR p.status = 'deleted')",
+                "snapshot {}: its parent is missing or deleted",
+            ),
+        ];
+        for (sql, says) in rules {
+            for r in db.rows("checking the tree", sql, &[])? {
+                let who = match r.get("problem") {
+                    Some(Value::Text(t)) => t.clone(),
+                    other => format!("{other:?}"),
+                };
+                out.push(says.replace("{}", &who));
             }
         }
         Ok(out)
@@ -427,20 +482,16 @@ impl Catalog {
 
     /// The timeline of a snapshot, oldest first.
     pub fn events(&self, id: &str) -> Result<Vec<Event>> {
-        let mut st = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {} FROM events WHERE snapshot_id = ?1 ORDER BY id",
-                decode::select(decode::EVENT_COLUMNS)
-            ))
-            .map_err(db("reading events"))?;
-        let rows = st.query([id]).map_err(db("reading events"))?;
-        decode::all(rows, "reading events", decode::event)
+        let sql = format!(
+            "SELECT {} FROM events WHERE snapshot_id = ?1 ORDER BY id",
+            decode::select(decode::EVENT_COLUMNS)
+        );
+        self.read("reading events", &sql, args![id], decode::event)
     }
 
     /// Append to a snapshot's timeline (e.g. `verified`).
     pub fn record_event(&self, id: &str, action: &str, actor: &str, detail: &str) -> Result<()> {
-        event(&self.conn, id, action, actor, detail)
+        event(&mut *self.db()?, id, action, actor, detail)
     }
 
     /// Check what [`Catalog::create`] would refuse, without changing anything.
@@ -451,7 +502,7 @@ impl Catalog {
         let vm = self.vm(&new.vm)?;
         if let Some(vm) = &vm {
             check_tenant(vm, new.tenant.as_deref())?;
-            check_name_free(&self.conn, &vm.id, new)?;
+            check_name_free(&mut *self.db()?, &vm.id, new)?;
         }
         if let Some(p) = &new.parent_id {
             let parent = self.get(p)?.ok_or_else(|| {
@@ -487,28 +538,6 @@ impl Catalog {
         self.check_new(new)?;
         let id = new_id();
         let now = now();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let vm_id = ensure_vm(&tx, &new.vm, &now, None, new.tenant.as_deref())?;
-        // What another process may have changed since `check_new`, checked again under
-        // the write lock: the name and the parent.
-        check_name_free(&tx, &vm_id, new)?;
-        if let Some(p) = &new.parent_id {
-            let status: Option<String> = tx
-                .query_row("SELECT status FROM snapshots WHERE id = ?1", [p], |r| {
-                    r.get("status")
-                })
-                .optional()
-                .map_err(db("checking the parent"))?;
-            if status.as_deref().is_none_or(|s| s == "deleted") {
-                return Err(Error::new(
-                    ErrorKind::NotFound,
-                    format!("parent snapshot {p} was deleted meanwhile"),
-                ));
-            }
-        }
         let compression =
             serde_json::to_string(&new.compression).map_err(|e| Error::corrupt(e.to_string()))?;
         let cstate = if new.compression.enabled {
@@ -518,95 +547,111 @@ impl Catalog {
         };
         let size: u64 = new.payloads.iter().map(|p| p.manifest.size).sum();
         let includes_memory = new.payloads.iter().any(|p| p.role == Role::Memory);
-        tx.execute(
-            "INSERT INTO snapshots (id, vm_id, name, parent_id, created_at, status, created_by, description, \
-             compression, size_bytes, uncompressed_size_bytes, compressed_size_bytes, added_bytes, kind, \
-             source_hypervisor, includes_memory, quiesced, power_state, datastore, expires_at, compression_state) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
-            params![
-                id,
-                vm_id,
-                new.name,
-                new.parent_id,
-                now,
-                new.created_by,
-                new.description,
-                compression,
-                size as i64,
-                new.uncompressed_size_bytes as i64,
-                new.compressed_size_bytes as i64,
-                new.added_bytes as i64,
-                new.kind.as_str(),
-                new.source_hypervisor.map(|h| h.as_str()),
-                includes_memory,
-                new.quiesced,
-                new.power_state.map(|p| p.as_str()),
-                new.datastore,
-                new.expires_at,
-                cstate.as_str(),
-            ],
-        )
-        .map_err(db("inserting the snapshot"))?;
-        for (pos, p) in new.payloads.iter().enumerate() {
-            let root = root_to_text(&p.manifest);
-            let check = payload_check(
-                &id,
-                &p.name,
-                p.role.name(),
-                p.manifest.size as i64,
-                p.allocated as i64,
-                p.data_bytes as i64,
-                i64::from(p.manifest.block_size),
-                i64::from(p.manifest.fanout),
-                &root,
-            );
-            tx.execute(
-                "INSERT INTO payloads (snapshot_id, position, name, role, size, allocated, data_bytes, block_size, fanout, root) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    id,
-                    pos as i64,
-                    p.name,
+        self.write(|db| {
+            let vm_id = ensure_vm(db, &new.vm, &now, None, new.tenant.as_deref())?;
+            // What another connection may have changed since `check_new`, checked again
+            // under the write lock: the name and the parent.
+            check_name_free(db, &vm_id, new)?;
+            if let Some(p) = &new.parent_id {
+                match status_of(db, p)? {
+                    None | Some(Status::Deleted) => {
+                        return Err(Error::new(
+                            ErrorKind::NotFound,
+                            format!("parent snapshot {p} was deleted meanwhile"),
+                        ));
+                    }
+                    Some(Status::Consolidating) => {
+                        return Err(conflict(format!(
+                            "parent snapshot {p} is being deleted; create from its parent or a child"
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+            db.exec(
+                "inserting the snapshot",
+                "INSERT INTO snapshots (id, vm_id, name, parent_id, created_at, status, created_by, description, \
+                 compression, size_bytes, uncompressed_size_bytes, compressed_size_bytes, added_bytes, kind, \
+                 source_hypervisor, includes_memory, quiesced, power_state, datastore, expires_at, compression_state) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                args![
+                    &id,
+                    &vm_id,
+                    &new.name,
+                    &new.parent_id,
+                    &now,
+                    &new.created_by,
+                    &new.description,
+                    &compression,
+                    size as i64,
+                    new.uncompressed_size_bytes as i64,
+                    new.compressed_size_bytes as i64,
+                    new.added_bytes as i64,
+                    new.kind.as_str(),
+                    new.source_hypervisor.map(|h| h.as_str()),
+                    includes_memory,
+                    new.quiesced,
+                    new.power_state.map(|p| p.as_str()),
+                    &new.datastore,
+                    &new.expires_at,
+                    cstate.as_str(),
+                ],
+            )?;
+            for (pos, p) in new.payloads.iter().enumerate() {
+                let root = root_to_text(&p.manifest);
+                let check = payload_check(
+                    &id,
+                    &p.name,
                     p.role.name(),
                     p.manifest.size as i64,
                     p.allocated as i64,
                     p.data_bytes as i64,
                     i64::from(p.manifest.block_size),
                     i64::from(p.manifest.fanout),
-                    format!("{root}#{check}")
-                ],
-            )
-            .map_err(db("inserting a payload"))?;
-        }
-        for (k, v) in &new.tags {
-            tx.execute(
-                "INSERT INTO tags (snapshot_id, key, value) VALUES (?1, ?2, ?3)",
-                params![id, k, v],
-            )
-            .map_err(db("inserting a tag"))?;
-        }
-        event(
-            &tx,
-            &id,
-            "created",
-            &new.created_by,
-            &format!("{} payload(s), {size} bytes", new.payloads.len()),
-        )?;
-        if new.make_current {
-            tx.execute(
-                "UPDATE vms SET current_id = ?1 WHERE id = ?2",
-                params![id, vm_id],
-            )
-            .map_err(db("setting the current snapshot"))?;
+                    &root,
+                );
+                db.exec(
+                    "inserting a payload",
+                    "INSERT INTO payloads (snapshot_id, position, name, role, size, allocated, data_bytes, block_size, fanout, root) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    args![
+                        &id,
+                        pos as i64,
+                        &p.name,
+                        p.role.name(),
+                        p.manifest.size as i64,
+                        p.allocated as i64,
+                        p.data_bytes as i64,
+                        i64::from(p.manifest.block_size),
+                        i64::from(p.manifest.fanout),
+                        format!("{root}#{check}")
+                    ],
+                )?;
+            }
+            for (k, v) in &new.tags {
+                db.exec(
+                    "inserting a tag",
+                    "INSERT INTO tags (snapshot_id, key, value) VALUES (?1, ?2, ?3)",
+                    args![&id, k, v],
+                )?;
+            }
             event(
-                &tx,
+                db,
                 &id,
-                "became_current",
+                "created",
                 &new.created_by,
-                "created as current",
+                &format!("{} payload(s), {size} bytes", new.payloads.len()),
             )?;
-        }
-        tx.commit().map_err(db("committing the snapshot"))?;
+            if new.make_current {
+                db.exec(
+                    "setting the current snapshot",
+                    "UPDATE vms SET current_id = ?1 WHERE id = ?2",
+                    args![&id, &vm_id],
+                )?;
+                event(db, &id, "became_current", &new.created_by, "created as current")?;
+            }
+            Ok(())
+        })?;
         self.get(&id)?
             .ok_or_else(|| Error::corrupt("the new snapshot vanished"))
     }
@@ -631,17 +676,21 @@ impl Catalog {
                 format!("snapshot {} is {}, not active", s.id, s.status),
             ));
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        tx.execute(
-            "UPDATE vms SET current_id = ?1 WHERE id = ?2",
-            params![s.id, s.source_instance_id],
-        )
-        .map_err(db("setting the current snapshot"))?;
-        event(&tx, &s.id, "became_current", actor, "reverted to")?;
-        tx.commit().map_err(db("committing the revert"))?;
+        self.write(|db| {
+            let n = db.exec(
+                "setting the current snapshot",
+                "UPDATE vms SET current_id = ?1 WHERE id = ?2 \
+                 AND EXISTS (SELECT 1 FROM snapshots WHERE id = ?1 AND status = 'active')",
+                args![&s.id, &s.source_instance_id],
+            )?;
+            if n == 0 {
+                return Err(conflict(format!(
+                    "snapshot {} was deleted or changed meanwhile",
+                    s.id
+                )));
+            }
+            event(db, &s.id, "became_current", actor, "reverted to")
+        })?;
         self.get(&s.id)?
             .ok_or_else(|| Error::corrupt("the snapshot vanished"))
     }
@@ -655,27 +704,8 @@ impl Catalog {
         actor: &str,
     ) -> Result<Snapshot> {
         let s = self.live(spec)?;
-        let mut tags = s.tags.clone();
-        for k in remove {
-            tags.remove(k);
-        }
         for (k, v) in set {
             fields::validate_tag(k, v)?;
-            tags.insert(k.clone(), v.clone());
-        }
-        fields::validate_tags(&tags)?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        tx.execute("DELETE FROM tags WHERE snapshot_id = ?1", [&s.id])
-            .map_err(db("updating tags"))?;
-        for (k, v) in &tags {
-            tx.execute(
-                "INSERT INTO tags (snapshot_id, key, value) VALUES (?1, ?2, ?3)",
-                params![s.id, k, v],
-            )
-            .map_err(db("updating tags"))?;
         }
         let detail = format!(
             "set {}; removed {}",
@@ -693,8 +723,33 @@ impl Catalog {
                 remove.join(",")
             }
         );
-        event(&tx, &s.id, "tagged", actor, &detail)?;
-        tx.commit().map_err(db("committing tags"))?;
+        self.write(|db| {
+            // From the tags as they are under the lock, so another host's tags stay.
+            if matches!(status_of(db, &s.id)?, None | Some(Status::Deleted)) {
+                return Err(conflict(format!("snapshot {} was deleted meanwhile", s.id)));
+            }
+            let mut tags = tags_of(db, &s.id)?;
+            for k in remove {
+                tags.remove(k);
+            }
+            for (k, v) in set {
+                tags.insert(k.clone(), v.clone());
+            }
+            fields::validate_tags(&tags)?;
+            db.exec(
+                "updating tags",
+                "DELETE FROM tags WHERE snapshot_id = ?1",
+                args![&s.id],
+            )?;
+            for (k, v) in &tags {
+                db.exec(
+                    "updating tags",
+                    "INSERT INTO tags (snapshot_id, key, value) VALUES (?1, ?2, ?3)",
+                    args![&s.id, k, v],
+                )?;
+            }
+            event(db, &s.id, "tagged", actor, &detail)
+        })?;
         self.get(&s.id)?
             .ok_or_else(|| Error::corrupt("the snapshot vanished"))
     }
@@ -712,89 +767,97 @@ impl Catalog {
         recompute: &mut dyn FnMut(&Snapshot, Option<&Snapshot>) -> Result<AddedSizes>,
     ) -> Result<Vec<String>> {
         let s = self.live(spec)?;
-        let children = self.children(&s.id)?;
         if recursive {
-            // Every live descendant, found without recursion.
-            let mut order = vec![s.id.clone()];
-            let mut i = 0;
-            while i < order.len() {
-                let kids = self.children(&order[i])?;
-                order.extend(kids);
-                i += 1;
-            }
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db("starting a transaction"))?;
-            for id in order.iter().rev() {
-                mark_deleted(
-                    &tx,
-                    id,
-                    actor,
-                    if *id == s.id {
-                        "deleted with its subtree"
-                    } else {
-                        "deleted with an ancestor"
-                    },
-                )?;
-            }
-            tx.commit().map_err(db("committing the delete"))?;
-            return Ok(order);
+            return self.write(|db| {
+                // Every live descendant as they are under the lock, found without
+                // recursion.
+                let mut order = vec![s.id.clone()];
+                let mut i = 0;
+                while i < order.len() {
+                    let kids = live_children(db, &order[i])?;
+                    order.extend(kids);
+                    i += 1;
+                }
+                for id in order.iter().rev() {
+                    mark_deleted(
+                        db,
+                        id,
+                        actor,
+                        if *id == s.id {
+                            "deleted with its subtree"
+                        } else {
+                            "deleted with an ancestor"
+                        },
+                    )?;
+                }
+                Ok(order)
+            });
         }
-        if !children.is_empty() {
-            self.conn
-                .execute(
-                    "UPDATE snapshots SET status = 'consolidating' WHERE id = ?1",
-                    [&s.id],
-                )
-                .map_err(db("marking consolidating"))?;
+        // A leaf, if it still is one under the lock.
+        let children = self.write(|db| {
+            let children = live_children(db, &s.id)?;
+            if children.is_empty() {
+                mark_deleted(db, &s.id, actor, "deleted")?;
+                return Ok(None);
+            }
+            // No child can be added from now on (create refuses a consolidating
+            // parent), so these are all the children to re-parent. A delete that
+            // stopped here is taken up again by the next one.
+            let n = db.exec(
+                "marking consolidating",
+                "UPDATE snapshots SET status = 'consolidating' WHERE id = ?1 AND status != 'deleted'",
+                args![&s.id],
+            )?;
+            if n == 0 {
+                return Err(conflict(format!("snapshot {} was deleted meanwhile", s.id)));
+            }
             event(
-                &self.conn,
+                db,
                 &s.id,
                 "consolidating",
                 actor,
                 &format!("re-parenting {} child(ren)", children.len()),
             )?;
-            let parent = match &s.parent_id {
-                Some(p) => self.get(p)?,
-                None => None,
-            };
-            let mut updates = Vec::new();
-            for c in &children {
-                let child = self
-                    .get(c)?
-                    .ok_or_else(|| Error::corrupt(format!("child {c} vanished")))?;
-                updates.push((c.clone(), recompute(&child, parent.as_ref())?));
+            Ok(Some(children))
+        })?;
+        let Some(children) = children else {
+            return Ok(vec![s.id]);
+        };
+        let parent = match &s.parent_id {
+            Some(p) => self.get(p)?,
+            None => None,
+        };
+        let mut updates = Vec::new();
+        for c in &children {
+            let child = self
+                .get(c)?
+                .ok_or_else(|| Error::corrupt(format!("child {c} vanished")))?;
+            updates.push((c.clone(), recompute(&child, parent.as_ref())?));
+        }
+        self.write(|db| {
+            if live_children(db, &s.id)? != children {
+                return Err(conflict(format!(
+                    "the children of snapshot {} changed meanwhile; delete it again",
+                    s.id
+                )));
             }
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db("starting a transaction"))?;
             for (c, sz) in &updates {
-                tx.execute(
+                db.exec(
+                    "re-parenting a child",
                     "UPDATE snapshots SET parent_id = ?1, added_bytes = ?2, uncompressed_size_bytes = ?3, compressed_size_bytes = ?4 WHERE id = ?5",
-                    params![s.parent_id, sz.added_bytes as i64, sz.uncompressed_size_bytes as i64, sz.compressed_size_bytes as i64, c],
-                )
-                .map_err(db("re-parenting a child"))?;
+                    args![&s.parent_id, sz.added_bytes as i64, sz.uncompressed_size_bytes as i64, sz.compressed_size_bytes as i64, c],
+                )?;
                 let to = s.parent_id.as_deref().unwrap_or("no parent");
                 event(
-                    &tx,
+                    db,
                     c,
                     "reparented",
                     actor,
                     &format!("parent {} deleted; now {to}", s.id),
                 )?;
             }
-            mark_deleted(&tx, &s.id, actor, "consolidated into its children")?;
-            tx.commit().map_err(db("committing the delete"))?;
-            return Ok(vec![s.id]);
-        }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        mark_deleted(&tx, &s.id, actor, "deleted")?;
-        tx.commit().map_err(db("committing the delete"))?;
+            mark_deleted(db, &s.id, actor, "consolidated into its children")
+        })?;
         Ok(vec![s.id])
     }
 
@@ -816,35 +879,29 @@ impl Catalog {
     /// Mark a live snapshot failed, with why (it stays listable). No change (and no
     /// event) if it is already in error.
     pub fn mark_error(&mut self, id: &str, actor: &str, why: &str) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        let n = tx
-            .execute(
+        self.write(|db| {
+            let n = db.exec(
+                "marking error",
                 "UPDATE snapshots SET status = 'error' WHERE id = ?1 AND status = 'active'",
-                [id],
-            )
-            .map_err(db("marking error"))?;
-        if n > 0 {
-            event(&tx, id, "error", actor, why)?;
-        }
-        tx.commit().map_err(db("committing"))
+                args![id],
+            )?;
+            if n > 0 {
+                event(db, id, "error", actor, why)?;
+            }
+            Ok(())
+        })
     }
 
     /// Record a clean full check; a snapshot in error becomes active again.
     pub fn mark_verified(&mut self, id: &str, actor: &str, detail: &str) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        tx.execute(
-            "UPDATE snapshots SET status = 'active' WHERE id = ?1 AND status = 'error'",
-            [id],
-        )
-        .map_err(db("marking verified"))?;
-        event(&tx, id, "verified", actor, detail)?;
-        tx.commit().map_err(db("committing"))
+        self.write(|db| {
+            db.exec(
+                "marking verified",
+                "UPDATE snapshots SET status = 'active' WHERE id = ?1 AND status = 'error'",
+                args![id],
+            )?;
+            event(db, id, "verified", actor, detail)
+        })
     }
 
     /// Record `new_vm` as forked from snapshot `spec` (created if new); it may then use
@@ -852,28 +909,37 @@ impl Catalog {
     pub fn fork_vm(&mut self, spec: &str, new_vm: &str, actor: &str) -> Result<Vm> {
         validate_name(new_vm).map_err(|e| e.context("VM name"))?;
         let s = self.live(spec)?;
+        let exists = || conflict(format!("VM {new_vm} already exists"));
         if self.vm(new_vm)?.is_some() {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!("VM {new_vm} already exists"),
-            ));
+            return Err(exists());
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db("starting a transaction"))?;
-        // A fork belongs to the tenant of the VM it was forked from.
-        ensure_vm(&tx, new_vm, &now(), Some(&s.id), Some(&s.tenant))?;
-        event(
-            &tx,
-            &s.id,
-            "forked",
-            actor,
-            &format!("VM {new_vm} forked from it"),
-        )?;
-        tx.commit().map_err(db("committing the fork"))?;
+        self.write(|db| {
+            if vm_named(db, new_vm)?.is_some() {
+                return Err(exists());
+            }
+            if matches!(status_of(db, &s.id)?, None | Some(Status::Deleted)) {
+                return Err(conflict(format!("snapshot {} was deleted meanwhile", s.id)));
+            }
+            // A fork belongs to the tenant of the VM it was forked from.
+            ensure_vm(db, new_vm, &now(), Some(&s.id), Some(&s.tenant))?;
+            event(
+                db,
+                &s.id,
+                "forked",
+                actor,
+                &format!("VM {new_vm} forked from it"),
+            )
+        })?;
         self.vm(new_vm)?
             .ok_or_else(|| Error::corrupt("the new VM vanished"))
+    }
+
+    /// The SQLite connection itself (tests that damage rows behind the catalog's back).
+    #[cfg(test)]
+    pub(crate) fn raw_sqlite(&self) -> RefMut<'_, rusqlite::Connection> {
+        RefMut::map(self.db.borrow_mut(), |db| {
+            db.as_sqlite().expect("a SQLite catalog")
+        })
     }
 }
 
@@ -892,43 +958,87 @@ pub fn check_payload_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Resu
     Ok(())
 }
 
+/// Ids of the live children of snapshot `id`, oldest first.
+fn live_children(db: &mut Db, id: &str) -> Result<Vec<String>> {
+    let rows = db.rows(
+        "reading children",
+        "SELECT id FROM snapshots WHERE parent_id = ?1 AND status != 'deleted' ORDER BY created_at, rowid",
+        args![id],
+    )?;
+    decode::all(&rows, decode::snapshot_id)
+}
+
+/// The tags of snapshot `id`.
+fn tags_of(db: &mut Db, id: &str) -> Result<BTreeMap<String, String>> {
+    let sql = format!(
+        "SELECT {} FROM tags WHERE snapshot_id = ?1",
+        decode::select(decode::TAG_COLUMNS)
+    );
+    let rows = db.rows("reading tags", &sql, args![id])?;
+    Ok(decode::all(&rows, decode::tag)?
+        .into_iter()
+        .map(|(_, k, v)| (k, v))
+        .collect())
+}
+
+/// The status of snapshot `id`, if it exists.
+fn status_of(db: &mut Db, id: &str) -> Result<Option<Status>> {
+    let rows = db.rows(
+        "reading a snapshot's status",
+        "SELECT id, status FROM snapshots WHERE id = ?1",
+        args![id],
+    )?;
+    decode::first(&rows, decode::status)
+}
+
+/// The VM named `name`.
+fn vm_named(db: &mut Db, name: &str) -> Result<Option<Vm>> {
+    let sql = format!(
+        "SELECT {} FROM vms WHERE name = ?1",
+        decode::select(decode::VM_COLUMNS)
+    );
+    let rows = db.rows("reading a VM", &sql, args![name])?;
+    decode::first(&rows, decode::vm)
+}
+
 /// Refuse a snapshot name its VM already uses (deleted snapshots keep theirs until gc).
-fn check_name_free(conn: &Connection, vm_id: &str, new: &NewSnapshot) -> Result<()> {
-    let taken: bool = conn
-        .query_row(
-            "SELECT EXISTS(SELECT 1 FROM snapshots WHERE vm_id = ?1 AND name = ?2) AS taken",
-            params![vm_id, new.name],
-            |r| r.get("taken"),
-        )
-        .map_err(db("checking the name"))?;
-    if taken {
-        return Err(Error::new(
-            ErrorKind::Conflict,
-            format!("VM {} already has a snapshot named {:?}", new.vm, new.name),
-        ));
+fn check_name_free(db: &mut Db, vm_id: &str, new: &NewSnapshot) -> Result<()> {
+    let rows = db.rows(
+        "checking the name",
+        "SELECT id FROM snapshots WHERE vm_id = ?1 AND name = ?2",
+        args![vm_id, &new.name],
+    )?;
+    if !rows.is_empty() {
+        return Err(conflict(format!(
+            "VM {} already has a snapshot named {:?}",
+            new.vm, new.name
+        )));
     }
     Ok(())
 }
 
-fn mark_deleted(tx: &Transaction<'_>, id: &str, actor: &str, detail: &str) -> Result<()> {
-    tx.execute(
-        "UPDATE snapshots SET status = 'deleted' WHERE id = ?1",
-        [id],
-    )
-    .map_err(db("marking deleted"))?;
+fn mark_deleted(db: &mut Db, id: &str, actor: &str, detail: &str) -> Result<()> {
+    let n = db.exec(
+        "marking deleted",
+        "UPDATE snapshots SET status = 'deleted' WHERE id = ?1 AND status != 'deleted'",
+        args![id],
+    )?;
+    if n == 0 {
+        return Err(conflict(format!("snapshot {id} was deleted meanwhile")));
+    }
     // The current snapshot moves to the parent (or none).
-    tx.execute(
+    db.exec(
+        "moving the current snapshot",
         "UPDATE vms SET current_id = (SELECT parent_id FROM snapshots WHERE id = ?1) WHERE current_id = ?1",
-        [id],
-    )
-    .map_err(db("moving the current snapshot"))?;
+        args![id],
+    )?;
     // A parent that is itself deleted (recursive deletes) cannot be current.
-    tx.execute(
+    db.exec(
+        "moving the current snapshot",
         "UPDATE vms SET current_id = NULL WHERE current_id IN (SELECT id FROM snapshots WHERE status = 'deleted')",
-        [],
-    )
-    .map_err(db("moving the current snapshot"))?;
-    event(tx, id, "deleted", actor, detail)
+        &[],
+    )?;
+    event(db, id, "deleted", actor, detail)
 }
 
 /// A VM of another tenant is, to this one, a VM that does not exist.
@@ -943,32 +1053,24 @@ fn check_tenant(vm: &Vm, tenant: Option<&str>) -> Result<()> {
 }
 
 fn ensure_vm(
-    tx: &Transaction<'_>,
+    db: &mut Db,
     name: &str,
     now: &str,
     forked_from: Option<&str>,
     tenant: Option<&str>,
 ) -> Result<String> {
-    let mut st = tx
-        .prepare_cached(&format!(
-            "SELECT {} FROM vms WHERE name = ?1",
-            decode::select(decode::VM_COLUMNS)
-        ))
-        .map_err(db("reading a VM"))?;
-    let rows = st.query([name]).map_err(db("reading a VM"))?;
-    let existing = decode::first(rows, "reading a VM", decode::vm)?;
-    if let Some(vm) = existing {
+    if let Some(vm) = vm_named(db, name)? {
         check_tenant(&vm, tenant)?;
         return Ok(vm.id);
     }
     let tenant = tenant.unwrap_or(DEFAULT_TENANT);
     validate_name(tenant).map_err(|e| e.context("tenant"))?;
     let id = new_id();
-    tx.execute(
+    db.exec(
+        "creating the VM",
         "INSERT INTO vms (id, name, created_at, forked_from, tenant) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, name, now, forked_from, tenant],
-    )
-    .map_err(db("creating the VM"))?;
+        args![&id, name, now, forked_from, tenant],
+    )?;
     Ok(id)
 }
 

@@ -1,8 +1,9 @@
-//! The schema and its migrations (`PRAGMA user_version` counts the applied ones).
-
-use rusqlite::Connection;
+//! The schema and its migrations, one list for both databases (see [`in_dialect`]).
+//! SQLite's `PRAGMA user_version` counts the applied ones; on PostgreSQL the one row of
+//! `stasis_schema` does.
 
 use crate::error::{Error, Result};
+use crate::sql::{Db, Dialect, Row, Value, args};
 
 /// Migration `i` takes the schema from version `i` to `i + 1`. Never edit a released
 /// one; append a new one.
@@ -97,40 +98,158 @@ ALTER TABLE tokens ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
 ",
 ];
 
-/// Bring the database up to the current schema.
-pub fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get("user_version"))
-        .map_err(|e| Error::db("reading the schema version", e))?;
-    let version =
-        usize::try_from(version).map_err(|_| Error::corrupt("negative schema version"))?;
-    if version > MIGRATIONS.len() {
+/// Bring the database up to the current schema: nothing to do when it is current;
+/// otherwise every missing migration, in one transaction under the write lock (so of
+/// two connections opening an old catalog at once, one migrates and the other sees it
+/// done).
+pub(crate) fn migrate(db: &mut Db) -> Result<()> {
+    if check(version(db)?)? == MIGRATIONS.len() {
+        return Ok(());
+    }
+    db.write(|db| {
+        if db.dialect() == Dialect::Postgres {
+            db.batch(
+                "creating the schema version table",
+                "CREATE TABLE IF NOT EXISTS stasis_schema (version BIGINT NOT NULL)",
+            )?;
+        }
+        let have = check(version(db)?)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(have) {
+            db.batch(
+                &format!("migration {}", i + 1),
+                &in_dialect(db.dialect(), sql),
+            )?;
+            set_version(db, i as i64 + 1)?;
+        }
+        Ok(())
+    })
+}
+
+/// `version`, if this stasis knows it.
+fn check(version: i64) -> Result<usize> {
+    let v = usize::try_from(version).map_err(|_| Error::corrupt("negative schema version"))?;
+    if v > MIGRATIONS.len() {
         return Err(Error::corrupt(format!(
-            "the catalog has schema version {version}; this stasis knows up to {} (upgrade stasis)",
+            "the catalog has schema version {v}; this stasis knows up to {} (upgrade stasis)",
             MIGRATIONS.len()
         )));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn
-            .transaction()
-            .map_err(|e| Error::db("starting a migration", e))?;
-        tx.execute_batch(sql)
-            .map_err(|e| Error::db(format!("migration {}", i + 1), e))?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)
-            .map_err(|e| Error::db("setting the schema version", e))?;
-        tx.commit()
-            .map_err(|e| Error::db("committing a migration", e))?;
+    Ok(v)
+}
+
+fn int(rows: &[Row], column: &str) -> Result<i64> {
+    match rows.first().and_then(|r| r.get(column)) {
+        Some(Value::Int(i)) => Ok(*i),
+        other => Err(Error::corrupt(format!(
+            "the schema version reads as {other:?}, not an integer"
+        ))),
     }
-    Ok(())
+}
+
+/// The number of migrations applied.
+fn version(db: &mut Db) -> Result<i64> {
+    const WHAT: &str = "reading the schema version";
+    match db.dialect() {
+        Dialect::Sqlite => int(&db.rows(WHAT, "PRAGMA user_version", &[])?, "user_version"),
+        Dialect::Postgres => {
+            let present = db.rows(
+                WHAT,
+                "SELECT to_regclass('stasis_schema') IS NOT NULL AS present",
+                &[],
+            )?;
+            if int(&present, "present")? == 0 {
+                return Ok(0);
+            }
+            let rows = db.rows(WHAT, "SELECT version FROM stasis_schema", &[])?;
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            int(&rows, "version")
+        }
+    }
+}
+
+fn set_version(db: &mut Db, v: i64) -> Result<()> {
+    const WHAT: &str = "setting the schema version";
+    match db.dialect() {
+        Dialect::Sqlite => db.batch(WHAT, &format!("PRAGMA user_version = {v}")),
+        Dialect::Postgres => {
+            db.exec(WHAT, "DELETE FROM stasis_schema", &[])?;
+            db.exec(
+                WHAT,
+                "INSERT INTO stasis_schema (version) VALUES (?1)",
+                args![v],
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// A migration as `dialect` takes it. The migrations are written for SQLite; for
+/// PostgreSQL an `INTEGER` is a `BIGINT` (SQLite's integers are 64-bit), an `INTEGER
+/// PRIMARY KEY` is an identity column (SQLite's alias of the row id), and every other
+/// table gets the `rowid` column SQLite gives it implicitly (it orders rows of equal
+/// timestamps by insertion).
+pub(crate) fn in_dialect(dialect: Dialect, sql: &str) -> String {
+    if dialect == Dialect::Sqlite {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 128);
+    for statement in sql.split(';') {
+        let st = statement.trim();
+        if st.is_empty() {
+            continue;
+        }
+        let mut st = st.replace(
+            "INTEGER PRIMARY KEY",
+            "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+        );
+        if st.starts_with("CREATE TABLE")
+            && !st.contains("AS IDENTITY PRIMARY KEY")
+            && let Some(open) = st.find('(')
+        {
+            st.insert_str(open + 1, "\n    rowid BIGINT GENERATED ALWAYS AS IDENTITY,");
+        }
+        out.push_str(&whole_word(&st, "INTEGER", "BIGINT"));
+        out.push_str(";\n");
+    }
+    out
+}
+
+/// `text` with every `word` that stands alone (not inside a longer name) as `with`.
+fn whole_word(text: &str, word: &str, with: &str) -> String {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at].chars().next_back();
+        let after = rest[at + word.len()..].chars().next();
+        out.push_str(&rest[..at]);
+        if before.is_some_and(ident) || after.is_some_and(ident) {
+            out.push_str(word);
+        } else {
+            out.push_str(with);
+        }
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
+
+    /// Migrate a SQLite connection; the connection back.
+    fn migrated(conn: Connection) -> (Result<()>, Db) {
+        let mut db = Db::sqlite(conn);
+        (migrate(&mut db), db)
+    }
 
     #[test]
     fn a_version_1_database_migrates_and_keeps_its_rows() {
-        let mut conn = Connection::open_in_memory().expect("open");
+        let conn = Connection::open_in_memory().expect("open");
         conn.execute_batch(MIGRATIONS[0]).expect("v1");
         conn.pragma_update(None, "user_version", 1)
             .expect("version");
@@ -139,7 +258,9 @@ mod tests {
             [],
         )
         .expect("vm");
-        migrate(&mut conn).expect("migrate");
+        let (r, mut db) = migrated(conn);
+        r.expect("migrate");
+        let conn = db.as_sqlite().expect("sqlite");
         let v: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .expect("version");
@@ -153,12 +274,12 @@ mod tests {
             .expect("count");
         assert_eq!(n, 1);
         // Migrating again is a no-op.
-        migrate(&mut conn).expect("again");
+        migrate(&mut db).expect("again");
     }
 
     #[test]
     fn a_version_2_database_gets_tenants_and_tokens() {
-        let mut conn = Connection::open_in_memory().expect("open");
+        let conn = Connection::open_in_memory().expect("open");
         conn.execute_batch(MIGRATIONS[0]).expect("v1");
         conn.execute_batch(MIGRATIONS[1]).expect("v2");
         conn.pragma_update(None, "user_version", 2)
@@ -168,7 +289,9 @@ mod tests {
             [],
         )
         .expect("vm");
-        migrate(&mut conn).expect("migrate");
+        let (r, mut db) = migrated(conn);
+        r.expect("migrate");
+        let conn = db.as_sqlite().expect("sqlite");
         let tenant: String = conn
             .query_row("SELECT tenant FROM vms WHERE id = 'v'", [], |r| r.get(0))
             .expect("tenant");
@@ -184,9 +307,35 @@ mod tests {
 
     #[test]
     fn a_newer_database_is_refused() {
-        let mut conn = Connection::open_in_memory().expect("open");
+        let conn = Connection::open_in_memory().expect("open");
         conn.pragma_update(None, "user_version", 99)
             .expect("version");
-        assert!(migrate(&mut conn).is_err());
+        assert!(migrated(conn).0.is_err());
+    }
+
+    #[test]
+    fn postgres_gets_bigints_identities_and_row_ids() {
+        let pg = in_dialect(Dialect::Postgres, MIGRATIONS[0]);
+        assert!(!pg.contains("INTEGER"), "{pg}");
+        assert!(pg.contains("id          BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"));
+        assert!(
+            pg.contains("CREATE TABLE snapshots (\n    rowid BIGINT GENERATED ALWAYS AS IDENTITY,")
+        );
+        assert!(!pg.contains("CREATE TABLE events (\n    rowid"), "{pg}");
+        assert_eq!(
+            pg.matches("rowid").count(),
+            3,
+            "vms, snapshots, payloads: {pg}"
+        );
+        let later = in_dialect(Dialect::Postgres, MIGRATIONS[1]);
+        assert!(
+            later.contains("includes_memory BIGINT NOT NULL DEFAULT 0;"),
+            "{later}"
+        );
+        assert_eq!(in_dialect(Dialect::Sqlite, MIGRATIONS[0]), MIGRATIONS[0]);
+        assert_eq!(
+            whole_word("INTEGERS INTEGER _INTEGER", "INTEGER", "X"),
+            "INTEGERS X _INTEGER"
+        );
     }
 }

@@ -2,11 +2,10 @@
 //! `stasis_<64 hex>`; the catalog keeps only the blake3 hash of that text, so a leaked
 //! catalog gives no usable token.
 
-use rusqlite::params;
-
 use crate::error::{Error, ErrorKind, Result};
 use crate::record::{Token, TokenMode};
-use crate::{Catalog, db, decode, ids, now, validate_name};
+use crate::sql::args;
+use crate::{Catalog, decode, ids, now, validate_name};
 
 /// Every token's text starts with this, so it can be recognised (and scanned for).
 pub const TOKEN_PREFIX: &str = "stasis_";
@@ -47,46 +46,36 @@ impl Catalog {
             created_at: now(),
             revoked_at: None,
         };
-        self.conn
-            .execute(
-                "INSERT INTO tokens (id, hash, tenant, read_only, admin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![token.id, hash(&secret), token.tenant, token.read_only, token.admin, token.created_at],
-            )
-            .map_err(db("storing a token"))?;
+        self.db()?.exec(
+            "storing a token",
+            "INSERT INTO tokens (id, hash, tenant, read_only, admin, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            args![&token.id, hash(&secret), &token.tenant, token.read_only, token.admin, &token.created_at],
+        )?;
         Ok((token, secret))
     }
 
     /// Every token, revoked ones too, oldest first.
     pub fn tokens(&self) -> Result<Vec<Token>> {
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT {} FROM tokens ORDER BY created_at, rowid",
-                decode::select(decode::TOKEN_COLUMNS)
-            ))
-            .map_err(db("listing tokens"))?;
-        let rows = st.query([]).map_err(db("listing tokens"))?;
-        decode::all(rows, "listing tokens", decode::token)
+        let sql = format!(
+            "SELECT {} FROM tokens ORDER BY created_at, rowid",
+            decode::select(decode::TOKEN_COLUMNS)
+        );
+        self.read("listing tokens", &sql, &[], decode::token)
     }
 
     /// Revoke a token by id; it authenticates nothing from now on. Revoking a revoked
     /// token changes nothing.
     pub fn revoke_token(&mut self, id: &str) -> Result<Token> {
-        self.conn
-            .execute(
-                "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
-                params![now(), id],
-            )
-            .map_err(db("revoking a token"))?;
-        let mut st = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {} FROM tokens WHERE id = ?1",
-                decode::select(decode::TOKEN_COLUMNS)
-            ))
-            .map_err(db("reading a token"))?;
-        let rows = st.query([id]).map_err(db("reading a token"))?;
-        decode::first(rows, "reading a token", decode::token)?
+        self.db()?.exec(
+            "revoking a token",
+            "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+            args![now(), id],
+        )?;
+        let sql = format!(
+            "SELECT {} FROM tokens WHERE id = ?1",
+            decode::select(decode::TOKEN_COLUMNS)
+        );
+        self.read_one("reading a token", &sql, args![id], decode::token)?
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no token {id:?}")))
     }
 
@@ -95,15 +84,11 @@ impl Catalog {
         if !secret.starts_with(TOKEN_PREFIX) {
             return Ok(None);
         }
-        let mut st = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {} FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
-                decode::select(decode::TOKEN_COLUMNS)
-            ))
-            .map_err(db("checking a token"))?;
-        let rows = st.query([hash(secret)]).map_err(db("checking a token"))?;
-        decode::first(rows, "checking a token", decode::token)
+        let sql = format!(
+            "SELECT {} FROM tokens WHERE hash = ?1 AND revoked_at IS NULL",
+            decode::select(decode::TOKEN_COLUMNS)
+        );
+        self.read_one("checking a token", &sql, args![hash(secret)], decode::token)
     }
 }
 
@@ -126,7 +111,7 @@ mod tests {
 
         // The secret appears nowhere in the database; its hash does.
         let stored: String = cat
-            .conn
+            .raw_sqlite()
             .query_row("SELECT hash FROM tokens WHERE id = ?1", [&tok.id], |r| {
                 r.get(0)
             })
@@ -134,7 +119,7 @@ mod tests {
         assert_ne!(stored, secret);
         assert_eq!(stored, hash(&secret));
         let leaks: i64 = cat
-            .conn
+            .raw_sqlite()
             .query_row(
                 "SELECT count(*) FROM tokens WHERE hash = ?1 OR id = ?1 OR tenant = ?1",
                 [&secret],

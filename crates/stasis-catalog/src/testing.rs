@@ -1,0 +1,659 @@
+//! For tests of this crate and of its users (feature `testing`): the behaviour every
+//! catalog has, whatever its database ([`conformance`]), and a real PostgreSQL server
+//! in a temporary directory ([`Postgres`], started by `tools/postgres.sh`).
+//!
+//! The scenarios assert; a failing one panics with what it expected.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+
+use stasis_store::{BlockRef, Compression, Manifest, Role};
+
+use crate::{
+    AddedSizes, Catalog, DEFAULT_TENANT, ErrorKind, Hypervisor, Kind, ListFilter, NewPayload,
+    NewSnapshot, Result, Snapshot, SortField, Status, TokenMode, parse_expiry,
+};
+
+/// Opens another connection to one database.
+pub type Opener = Arc<dyn Fn() -> Catalog + Send + Sync>;
+
+/// Run every scenario, each on a new empty database from `fresh` (which answers an
+/// [`Opener`] of it: scenarios with two connections call it twice).
+pub fn conformance(fresh: &dyn Fn() -> Opener) {
+    type Scenario = (&'static str, fn(&mut Catalog));
+    let scenarios: [Scenario; 7] = [
+        ("create_resolve_list", create_resolve_list),
+        ("refusals_change_nothing", refusals_change_nothing),
+        (
+            "delete_leaf_middle_and_subtree",
+            delete_leaf_middle_and_subtree,
+        ),
+        ("revert_tags_filters_expiry", revert_tags_filters_expiry),
+        (
+            "only_a_forked_vm_may_branch_from_another_vms_snapshot",
+            only_a_forked_vm_may_branch_from_another_vms_snapshot,
+        ),
+        (
+            "every_vm_has_a_tenant_and_a_foreign_one_is_not_found",
+            every_vm_has_a_tenant_and_a_foreign_one_is_not_found,
+        ),
+        (
+            "tokens_authenticate_until_revoked",
+            tokens_authenticate_until_revoked,
+        ),
+    ];
+    for (name, scenario) in scenarios {
+        eprintln!("catalog conformance: {name}");
+        let open = fresh();
+        let mut c = open();
+        scenario(&mut c);
+        assert!(
+            c.check_integrity().expect("check").is_empty(),
+            "{name}: the catalog's own check"
+        );
+    }
+    eprintln!("catalog conformance: racing_writers");
+    racing_writers(&fresh());
+    eprintln!("catalog conformance: a second connection sees every commit");
+    second_connection_sees_commits(&fresh());
+}
+
+fn new_snap(vm: &str, name: &str, parent: Option<&str>) -> NewSnapshot {
+    let payload = NewPayload {
+        name: "root".into(),
+        role: Role::Disk,
+        allocated: 10,
+        data_bytes: 10,
+        manifest: Manifest {
+            size: 123,
+            block_size: 65536,
+            fanout: 64,
+            root: BlockRef::Zero,
+        },
+    };
+    NewSnapshot {
+        parent_id: parent.map(String::from),
+        compression: Compression::default().into(),
+        ..NewSnapshot::new(vm, name, "test", vec![payload])
+    }
+}
+
+fn no_recompute(_: &Snapshot, _: Option<&Snapshot>) -> Result<AddedSizes> {
+    Ok(AddedSizes::default())
+}
+
+fn create_resolve_list(c: &mut Catalog) {
+    let a = c.create(&new_snap("vm1", "base", None)).expect("create");
+    assert!(a.is_current);
+    assert_eq!(a.payloads.len(), 1);
+    assert_eq!(a.payloads[0].manifest.size, 123);
+    let b = c
+        .create(&new_snap("vm1", "child", Some(&a.id)))
+        .expect("create");
+    assert_eq!(c.resolve("vm1").expect("vm").id, b.id);
+    assert_eq!(c.resolve("vm1/base").expect("name").id, a.id);
+    assert_eq!(c.resolve(&a.id).expect("id").name, "base");
+    assert!(!c.get(&a.id).expect("get").expect("some").is_current);
+    assert_eq!(c.list(Some("vm1")).expect("list").len(), 2);
+    assert_eq!(
+        c.resolve("nope").map_err(|e| e.kind()).err(),
+        Some(ErrorKind::NotFound)
+    );
+}
+
+fn refusals_change_nothing(c: &mut Catalog) {
+    let a = c.create(&new_snap("vm1", "base", None)).expect("create");
+    assert_eq!(
+        c.create(&new_snap("vm1", "base", None))
+            .map_err(|e| e.kind())
+            .err(),
+        Some(ErrorKind::Conflict)
+    );
+    assert_eq!(
+        c.create(&new_snap("vm1", "Bad", None))
+            .map_err(|e| e.kind())
+            .err(),
+        Some(ErrorKind::InvalidInput)
+    );
+    assert_eq!(
+        c.create(&new_snap("vm1", "x", Some("nope")))
+            .map_err(|e| e.kind())
+            .err(),
+        Some(ErrorKind::NotFound)
+    );
+    assert_eq!(
+        c.create(&new_snap("vm2", "x", Some(&a.id)))
+            .map_err(|e| e.kind())
+            .err(),
+        Some(ErrorKind::InvalidInput)
+    );
+    assert_eq!(c.list(None).expect("list").len(), 1);
+    assert!(c.vm("vm2").expect("vm").is_none());
+}
+
+fn delete_leaf_middle_and_subtree(c: &mut Catalog) {
+    let a = c.create(&new_snap("vm", "a", None)).expect("a");
+    let b = c.create(&new_snap("vm", "b", Some(&a.id))).expect("b");
+    let c1 = c.create(&new_snap("vm", "c1", Some(&b.id))).expect("c1");
+    let c2 = c.create(&new_snap("vm", "c2", Some(&b.id))).expect("c2");
+    // Middle: children move to a, b is consolidated then deleted.
+    let mut asked = Vec::new();
+    let gone = c
+        .delete("vm/b", false, "t", &mut |child, parent| {
+            asked.push((child.id.clone(), parent.map(|p| p.id.clone())));
+            Ok(AddedSizes {
+                added_bytes: 7,
+                ..AddedSizes::default()
+            })
+        })
+        .expect("delete b");
+    assert_eq!(gone, vec![b.id.clone()]);
+    assert_eq!(asked.len(), 2);
+    assert!(
+        asked
+            .iter()
+            .all(|(_, p)| p.as_deref() == Some(a.id.as_str()))
+    );
+    let c1n = c.get(&c1.id).expect("get").expect("c1");
+    assert_eq!(c1n.parent_id.as_deref(), Some(a.id.as_str()));
+    assert_eq!(c1n.added_bytes, 7);
+    assert_eq!(
+        c.get(&b.id).expect("get").expect("b").status,
+        Status::Deleted
+    );
+    let actions: Vec<String> = c
+        .events(&b.id)
+        .expect("events")
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        ["created", "became_current", "consolidating", "deleted"]
+    );
+    assert_eq!(c.list(Some("vm")).expect("list").len(), 3);
+    let all = c
+        .list_filtered(&ListFilter {
+            all: true,
+            ..ListFilter::default()
+        })
+        .expect("all");
+    assert_eq!(all.len(), 4, "deleted rows stay listable with all");
+    // Leaf c2 is current; deleting it makes its parent current.
+    assert!(c.get(&c2.id).expect("get").expect("c2").is_current);
+    c.delete(&c2.id, false, "t", &mut no_recompute)
+        .expect("delete c2");
+    assert!(c.get(&a.id).expect("get").expect("a").is_current);
+    // A deleted snapshot cannot be deleted, reverted or tagged again.
+    assert!(c.delete(&c2.id, false, "t", &mut no_recompute).is_err());
+    assert!(c.revert(&c2.id, "t").is_err());
+    // Recursive: a and c1 go together.
+    let gone = c
+        .delete("vm/a", true, "t", &mut no_recompute)
+        .expect("recursive");
+    assert_eq!(gone.len(), 2);
+    assert!(c.list(Some("vm")).expect("list").is_empty());
+    assert!(
+        c.vm("vm")
+            .expect("vm")
+            .expect("exists")
+            .current_id
+            .is_none()
+    );
+}
+
+fn revert_tags_filters_expiry(c: &mut Catalog) {
+    let mut n = new_snap("vm", "a", None);
+    n.tags.insert("env".into(), "prod".into());
+    n.expires_at = Some(parse_expiry("2000-01-01").expect("date"));
+    n.kind = Kind::Standby;
+    n.source_hypervisor = Some(Hypervisor::Firecracker);
+    let a = c.create(&n).expect("a");
+    let b = c.create(&new_snap("vm", "b", Some(&a.id))).expect("b");
+    assert!(b.is_current);
+    let a2 = c.revert("vm/a", "t").expect("revert");
+    assert!(a2.is_current);
+    assert!(!c.get(&b.id).expect("get").expect("b").is_current);
+    assert_eq!(c.resolve("vm").expect("current").id, a.id);
+
+    let f = |tags: Vec<(&str, &str)>| ListFilter {
+        tags: tags
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect(),
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        c.list_filtered(&f(vec![("env", "prod")]))
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        c.list_filtered(&f(vec![("env", "dev")]))
+            .expect("list")
+            .len(),
+        0
+    );
+    c.tag(
+        &b.id,
+        &[("env".into(), "dev".into()), ("team".into(), "x".into())],
+        &[],
+        "t",
+    )
+    .expect("tag");
+    c.tag(&b.id, &[], &["team".into()], "t").expect("untag");
+    assert_eq!(c.get(&b.id).expect("get").expect("b").tags.len(), 1);
+    assert_eq!(
+        c.list_filtered(&f(vec![("env", "dev")]))
+            .expect("list")
+            .len(),
+        1
+    );
+    assert!(
+        c.tag(&b.id, &[("bad;key".into(), "v".into())], &[], "t")
+            .is_err()
+    );
+    let many: Vec<(String, String)> = (0..50).map(|i| (format!("k{i}"), String::new())).collect();
+    assert!(c.tag(&b.id, &many, &[], "t").is_err(), "51 tags in all");
+
+    let kind = ListFilter {
+        kind: Some(Kind::Standby),
+        ..ListFilter::default()
+    };
+    assert_eq!(c.list_filtered(&kind).expect("list").len(), 1);
+    let hv = ListFilter {
+        hypervisor: Some(Hypervisor::Qemu),
+        ..ListFilter::default()
+    };
+    assert_eq!(c.list_filtered(&hv).expect("list").len(), 0);
+    let expired = ListFilter {
+        expired: true,
+        ..ListFilter::default()
+    };
+    assert_eq!(c.list_filtered(&expired).expect("list").len(), 1);
+    assert!(
+        c.expired_leaves().expect("leaves").is_empty(),
+        "a has a child, so it is not an expired leaf"
+    );
+    let limited = ListFilter {
+        limit: Some(1),
+        sort: SortField::Name,
+        ..ListFilter::default()
+    };
+    assert_eq!(c.list_filtered(&limited).expect("list")[0].name, "a");
+}
+
+fn only_a_forked_vm_may_branch_from_another_vms_snapshot(c: &mut Catalog) {
+    let a = c.create(&new_snap("vm", "a", None)).expect("a");
+    assert!(c.create(&new_snap("other", "x", Some(&a.id))).is_err());
+    c.fork_vm(&a.id, "clone", "t").expect("fork");
+    let x = c
+        .create(&new_snap("clone", "x", Some(&a.id)))
+        .expect("forked child");
+    assert_eq!(x.parent_id.as_deref(), Some(a.id.as_str()));
+    assert!(c.fork_vm(&a.id, "clone", "t").is_err(), "VM exists");
+    assert!(
+        c.events(&a.id)
+            .expect("events")
+            .iter()
+            .any(|e| e.action == "forked")
+    );
+}
+
+fn every_vm_has_a_tenant_and_a_foreign_one_is_not_found(c: &mut Catalog) {
+    // Without a tenant (the CLI), a new VM is the default tenant's.
+    let a = c.create(&new_snap("cli-vm", "base", None)).expect("create");
+    assert_eq!(a.tenant, DEFAULT_TENANT);
+    assert_eq!(c.vm("cli-vm").expect("vm").expect("some").tenant, "default");
+
+    let mut acme = new_snap("acme-vm", "base", None);
+    acme.tenant = Some("acme".into());
+    let b = c.create(&acme).expect("create");
+    assert_eq!(b.tenant, "acme");
+
+    // Another tenant cannot add to acme's VM, by name: it does not exist for it.
+    let mut intruder = new_snap("acme-vm", "mine", None);
+    intruder.tenant = Some("other".into());
+    assert_eq!(
+        c.check_new(&intruder).map_err(|e| e.kind()).err(),
+        Some(ErrorKind::NotFound)
+    );
+    assert_eq!(
+        c.create(&intruder).map_err(|e| e.kind()).err(),
+        Some(ErrorKind::NotFound)
+    );
+    // Without a tenant (the CLI, an admin) the VM's own tenant is kept.
+    let admin = c
+        .create(&new_snap("acme-vm", "admin", Some(&b.id)))
+        .expect("admin create");
+    assert_eq!(admin.tenant, "acme");
+    // A bad tenant name is refused for a new VM.
+    let mut bad = new_snap("new-vm", "base", None);
+    bad.tenant = Some("Not A Name".into());
+    assert_eq!(
+        c.create(&bad).map_err(|e| e.kind()).err(),
+        Some(ErrorKind::InvalidInput)
+    );
+
+    // Lists filter by tenant and by snapshot name.
+    let only = |tenant: &str, name: Option<&str>| -> Vec<String> {
+        c.list_filtered(&ListFilter {
+            tenant: Some(tenant.into()),
+            name: name.map(String::from),
+            ..ListFilter::default()
+        })
+        .expect("list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
+    };
+    assert_eq!(only("default", None), vec![a.id.clone()]);
+    assert_eq!(only("acme", None), vec![b.id.clone(), admin.id.clone()]);
+    assert_eq!(only("acme", Some("admin")), vec![admin.id.clone()]);
+    assert!(only("other", None).is_empty());
+
+    // A fork belongs to the tenant of the VM it came from.
+    let forked = c.fork_vm(&b.id, "acme-fork", "test").expect("fork");
+    assert_eq!(forked.tenant, "acme");
+    let fork_snap = {
+        let mut n = new_snap("acme-fork", "first", Some(&b.id));
+        n.tenant = Some("acme".into());
+        c.create(&n).expect("create in the fork")
+    };
+    assert_eq!(fork_snap.tenant, "acme");
+}
+
+fn tokens_authenticate_until_revoked(c: &mut Catalog) {
+    let (a, sa) = c.create_token("default", TokenMode::ReadWrite).expect("a");
+    let (b, sb) = c.create_token("acme", TokenMode::ReadOnly).expect("b");
+    let (adm, sadm) = c.create_token("ops", TokenMode::Admin).expect("admin");
+    assert_ne!(sa, sb);
+    assert_eq!(
+        c.tokens().expect("list"),
+        vec![a.clone(), b.clone(), adm.clone()]
+    );
+    assert_eq!(c.authenticate(&sb).expect("auth"), Some(b.clone()));
+    assert!(
+        c.authenticate(&sadm)
+            .expect("auth")
+            .is_some_and(|t| t.admin)
+    );
+    assert!(c.authenticate(&sa[..sa.len() - 1]).expect("auth").is_none());
+    assert!(c.authenticate("").expect("auth").is_none());
+    let revoked = c.revoke_token(&a.id).expect("revoke");
+    assert!(revoked.revoked_at.is_some());
+    assert!(c.authenticate(&sa).expect("auth").is_none());
+    assert_eq!(c.revoke_token(&a.id).expect("again"), revoked);
+    assert_eq!(
+        c.revoke_token("nope").map_err(|e| e.kind()).err(),
+        Some(ErrorKind::NotFound)
+    );
+}
+
+/// What one connection commits, another sees at once (no cache in between).
+fn second_connection_sees_commits(open: &Opener) {
+    let mut a = open();
+    let b = open();
+    let s = a.create(&new_snap("vm", "base", None)).expect("create");
+    assert_eq!(b.resolve("vm").expect("resolve").id, s.id);
+    a.delete(&s.id, false, "t", &mut no_recompute)
+        .expect("delete");
+    assert_eq!(
+        b.get(&s.id).expect("get").map(|s| s.status),
+        Some(Status::Deleted)
+    );
+    assert!(b.list(Some("vm")).expect("list").is_empty());
+}
+
+/// Two connections (two hosts) create, delete, revert and tag in one VM at once, in
+/// lockstep (a barrier before each step, so their writes overlap). Every step either
+/// works or fails as a conflict, a missing or an invalid snapshot (never a database
+/// error); afterwards the tree holds: one current snapshot at most and a live one,
+/// every live snapshot's parent live, every name once, what each side was told
+/// happened did.
+fn racing_writers(open: &Opener) {
+    const STEPS: usize = 40;
+    let mut first = open();
+    let base = first.create(&new_snap("race", "base", None)).expect("base");
+    drop(first);
+    let barrier = Arc::new(Barrier::new(2));
+    let sides: Vec<_> = (0..2u64)
+        .map(|side| {
+            let open = open.clone();
+            let barrier = barrier.clone();
+            let base = base.id.clone();
+            std::thread::spawn(move || {
+                let mut c = open();
+                let mut made = Vec::new();
+                let mut gone = Vec::new();
+                // A small deterministic generator: the two sides take different paths.
+                let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ side;
+                for step in 0..STEPS {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    barrier.wait();
+                    let live: Vec<Snapshot> = c.list(Some("race")).expect("list");
+                    let pick = live
+                        .get((x >> 8) as usize % live.len().max(1))
+                        .map(|s| s.id.clone());
+                    let r: Result<()> = match x % 5 {
+                        0 | 1 => {
+                            // Both sides may take the same name: one of them wins.
+                            let name = if x.is_multiple_of(5) {
+                                format!("same-{step}")
+                            } else {
+                                format!("s{side}-{step}")
+                            };
+                            let parent = c.resolve("race").ok().map(|s| s.id);
+                            c.create(&new_snap("race", &name, parent.as_deref()))
+                                .map(|s| made.push(s.id))
+                        }
+                        2 => match pick {
+                            Some(id) if id != base => c
+                                .delete(&id, false, "t", &mut no_recompute)
+                                .map(|ids| gone.extend(ids)),
+                            _ => Ok(()),
+                        },
+                        3 => match pick {
+                            Some(id) => c.revert(&id, "t").map(drop),
+                            None => Ok(()),
+                        },
+                        _ => match pick {
+                            Some(id) => c
+                                .tag(&id, &[(format!("s{side}"), step.to_string())], &[], "t")
+                                .map(drop),
+                            None => Ok(()),
+                        },
+                    };
+                    if let Err(e) = r {
+                        assert!(
+                            matches!(
+                                e.kind(),
+                                ErrorKind::Conflict | ErrorKind::NotFound | ErrorKind::InvalidInput
+                            ),
+                            "side {side}, step {step}: {e}"
+                        );
+                    }
+                }
+                (made, gone)
+            })
+        })
+        .collect();
+    let mut made = Vec::new();
+    let mut gone = Vec::new();
+    for s in sides {
+        let (m, g) = s.join().expect("a side panicked");
+        made.extend(m);
+        gone.extend(g);
+    }
+    assert!(!made.is_empty(), "no create went through");
+    let c = open();
+    assert!(c.check_integrity().expect("check").is_empty());
+    let all = c
+        .list_filtered(&ListFilter {
+            vm: Some("race".into()),
+            all: true,
+            ..ListFilter::default()
+        })
+        .expect("all");
+    let by_id = |id: &str| all.iter().find(|s| s.id == id);
+    for id in &made {
+        assert!(by_id(id).is_some(), "created {id} is missing");
+    }
+    for id in &gone {
+        assert_eq!(
+            by_id(id).map(|s| s.status),
+            Some(Status::Deleted),
+            "{id} was deleted"
+        );
+    }
+    let live: Vec<&Snapshot> = all.iter().filter(|s| s.status != Status::Deleted).collect();
+    assert!(live.iter().filter(|s| s.is_current).count() <= 1);
+    for s in &live {
+        assert_eq!(s.status, Status::Active, "{} is left {}", s.id, s.status);
+        if let Some(p) = &s.parent_id {
+            assert!(
+                live.iter().any(|l| &l.id == p),
+                "{}'s parent {p} is not live",
+                s.id
+            );
+        }
+    }
+    let mut names: Vec<&str> = all.iter().map(|s| s.name.as_str()).collect();
+    let n = names.len();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), n, "a name repeats");
+    if let Some(cur) = c.vm("race").expect("vm").and_then(|v| v.current_id) {
+        assert!(
+            live.iter().any(|s| s.id == cur),
+            "the current snapshot is live"
+        );
+    }
+}
+
+/// A PostgreSQL server in a temporary directory (`tools/postgres.sh`), stopped when
+/// dropped.
+#[derive(Debug)]
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    url: String,
+    databases: AtomicUsize,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/postgres.sh")
+}
+
+fn run_script(cmd: &str, dir: &Path) -> std::process::Output {
+    let out = Command::new("bash")
+        .arg(script())
+        .arg(cmd)
+        .arg(dir)
+        .output()
+        .expect("running tools/postgres.sh");
+    assert!(
+        out.status.success(),
+        "tools/postgres.sh {cmd} failed (apt-get install postgresql, as .ci/run does, \
+         or set STASIS_SKIP_POSTGRES=1): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Postgres {
+    /// Start one; `None` (and a line saying so) when `STASIS_SKIP_POSTGRES` is set.
+    pub fn start() -> Option<Postgres> {
+        if std::env::var_os("STASIS_SKIP_POSTGRES").is_some() {
+            eprintln!("skipped: STASIS_SKIP_POSTGRES is set");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = run_script("start", dir.path());
+        let url = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("STASIS_TEST_PG=").map(String::from))
+            .expect("tools/postgres.sh printed no STASIS_TEST_PG");
+        Some(Postgres {
+            dir,
+            url,
+            databases: AtomicUsize::new(0),
+        })
+    }
+
+    /// The URL of its database `stasis` (user `stasis`, no password).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A connection of the superuser's, to look, make databases and kill connections.
+    pub fn admin(&self) -> postgres::Client {
+        let mut cfg: postgres::Config = self.url.parse().expect("url");
+        cfg.user("postgres")
+            .dbname("postgres")
+            .application_name("test-admin");
+        cfg.connect(postgres::NoTls).expect("connect as postgres")
+    }
+
+    /// A new empty database owned by `stasis`: its URL.
+    pub fn database(&self) -> String {
+        let n = self.databases.fetch_add(1, Ordering::SeqCst);
+        let name = format!("test_{n}");
+        self.admin()
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER stasis"))
+            .expect("create database");
+        match self.url.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("no database in {}", self.url),
+        }
+    }
+
+    /// An [`Opener`] of a new empty database.
+    pub fn fresh(&self) -> Opener {
+        let url = self.database();
+        Arc::new(move || Catalog::open_postgres(&url).expect("open the PostgreSQL catalog"))
+    }
+
+    /// Stop and start it again on the same port (every connection is cut).
+    pub fn restart(&self) {
+        Postgres::restart_in(self.dir.path());
+    }
+
+    /// Its directory (for [`Postgres::restart_in`] from where `self` cannot go).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Restart the server whose directory is `dir`.
+    pub fn restart_in(dir: &Path) {
+        run_script("restart", dir);
+    }
+
+    /// Cut every connection of stasis's (`application_name` stasis), as a host that
+    /// died would lose them, waiting (bounded) until each is gone; how many.
+    pub fn kill_stasis_connections(&self) -> i64 {
+        self.admin()
+            .query_one(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 30000)) \
+                 FROM pg_stat_activity \
+                 WHERE application_name = 'stasis' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .expect("terminate")
+            .get(0)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
