@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use stasis_repo::{DamagedIndex, OpenOptions, RepoConfig, Repository};
+use stasis_repo::{DamagedIndex, Initialised, OpenOptions, RepoConfig, Repository};
 use stasis_store::StoreConfig;
 
 /// Global options.
@@ -49,12 +49,21 @@ impl Context {
     pub fn init(&self, store: StoreConfig) -> Result<Repository> {
         let path = self.path()?;
         let path = std::fs::canonicalize(&path).unwrap_or(path);
-        self.init_at(&RepoConfig::embedded(&path), store)
+        Ok(Repository::init_with(
+            &RepoConfig::embedded(&path),
+            store,
+            &options(false),
+        )?)
     }
 
-    /// Create the repository `config` describes, with `store`.
-    pub fn init_at(&self, config: &RepoConfig, store: StoreConfig) -> Result<Repository> {
-        Ok(Repository::init_with(config, store, &options(false))?)
+    /// Create the repository `config` describes with `store` (the defaults when
+    /// `None`), or join it when another host made it in a shared store.
+    pub fn init_at(
+        &self,
+        config: &RepoConfig,
+        store: Option<StoreConfig>,
+    ) -> Result<(Repository, Initialised)> {
+        Ok(Repository::init_or_join(config, store, &options(false))?)
     }
 
     /// Open the repository; the default one is created on first use.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use stasis_repo::{CatalogUrl, RepoConfig, StoreUrl};
+use stasis_repo::{CatalogUrl, Initialised, RepoConfig, StoreUrl};
 use stasis_store::{Algorithm, Compression, Role, StoreConfig};
 
 use crate::output::{human, parse_size, print_json};
@@ -15,9 +15,9 @@ pub struct Args {
     /// Block size, for every role (`64KiB`) or one role (`memory=4KiB`); repeatable.
     #[arg(long = "block-size", value_name = "[ROLE=]SIZE")]
     block_size: Vec<String>,
-    /// Default compression: zstd, lz4 or none.
-    #[arg(long, default_value = "zstd")]
-    compression: String,
+    /// Default compression: zstd (the default), lz4 or none.
+    #[arg(long)]
+    compression: Option<String>,
     /// Compression level (zstd 1-19, default 1; lz4 0-9, default 0).
     #[arg(long)]
     level: Option<i32>,
@@ -35,7 +35,10 @@ pub struct Args {
     /// AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP).
     #[arg(long, value_name = "URL")]
     store: Option<String>,
-    /// Where the catalog goes (`sqlite:///PATH`, default `REPO/catalog.db`).
+    /// Where the catalog goes: a SQLite file (`sqlite:///PATH`, default
+    /// `REPO/catalog.db`) or a PostgreSQL database every host shares
+    /// (`postgres://USER[:PASSWORD]@HOST:PORT/DB`, or PGPASSWORD). With a shared catalog,
+    /// a store that already holds a repository is joined as it is.
     #[arg(long, value_name = "URL")]
     catalog: Option<String>,
     /// For an s3:// store: this host's cache of its pieces (default `REPO/cache`).
@@ -65,7 +68,7 @@ pub fn apply_block_sizes(config: &mut StoreConfig, specs: &[String]) -> Result<(
 pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let mut config = StoreConfig::default();
     apply_block_sizes(&mut config, &a.block_size)?;
-    let algo: Algorithm = a.compression.parse()?;
+    let algo: Algorithm = a.compression.as_deref().unwrap_or("zstd").parse()?;
     if algo == Algorithm::None && a.level.is_some() {
         bail!("--level makes no sense with --compression none");
     }
@@ -83,13 +86,19 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
             _ => bail!("--frame-size must be at most 16MiB, not {f}"),
         };
     }
+    // Whether any setting of the store was given (a host joining takes the store's).
+    let explicit = !a.block_size.is_empty()
+        || a.compression.is_some()
+        || a.level.is_some()
+        || a.pack_size.is_some()
+        || a.frame_size.is_some();
     let path = ctx.path()?;
-    let repo = if a.store.is_none()
+    let (repo, how) = if a.store.is_none()
         && a.catalog.is_none()
         && a.cache_dir.is_none()
         && a.cache_size.is_none()
     {
-        ctx.init(config)?
+        (ctx.init(config)?, Initialised::Created)
     } else {
         let dir = std::path::absolute(&path)?;
         let store: StoreUrl = match &a.store {
@@ -99,7 +108,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         let catalog: Option<CatalogUrl> = a.catalog.as_deref().map(str::parse).transpose()?;
         let cache_size = a.cache_size.as_deref().map(parse_size).transpose()?;
         let repo_config = RepoConfig::new(&dir, store, catalog, a.cache_dir.clone(), cache_size)?;
-        ctx.init_at(&repo_config, config)?
+        ctx.init_at(&repo_config, explicit.then_some(config))?
     };
     let c = repo.store().config();
     let (store, catalog) = (
@@ -109,12 +118,19 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     if ctx.json {
         return print_json(&serde_json::json!({
             "path": path, "store": store, "catalog": catalog, "config": c,
+            "joined": how == Initialised::Joined,
         }));
     }
-    println!(
-        "initialised {} (store {store}, catalog {catalog})",
-        path.display()
-    );
+    match how {
+        Initialised::Created => println!(
+            "initialised {} (store {store}, catalog {catalog})",
+            path.display()
+        ),
+        Initialised::Joined => println!(
+            "joined the repository in {store} (catalog {catalog}) at {}; its settings:",
+            path.display()
+        ),
+    }
     println!(
         "  blocks disk {} memory {} state {}, compression {}, frames {}",
         human(c.block_sizes.disk.into()),

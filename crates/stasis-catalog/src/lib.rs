@@ -57,6 +57,7 @@ pub use record::{
     CompressionInfo, Event, NewPayload, NewSnapshot, Payload, Snapshot, Status, Token, TokenMode,
     Vm,
 };
+pub use sql::redact as redact_url;
 
 /// The tenant of VMs made without one (by the CLI, and every VM from before tenants).
 pub const DEFAULT_TENANT: &str = "default";
@@ -932,6 +933,26 @@ impl Catalog {
         })?;
         self.vm(new_vm)?
             .ok_or_else(|| Error::corrupt("the new VM vanished"))
+    }
+
+    /// Record that this is the catalog of the store at `url` (when the store is made).
+    pub fn claim_store(&mut self, url: &str) -> Result<()> {
+        self.db()?.exec(
+            "recording the store",
+            "INSERT INTO stores (url, created_at) VALUES (?1, ?2) ON CONFLICT (url) DO NOTHING",
+            args![url, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Whether this is the catalog of the store at `url` ([`Catalog::claim_store`]).
+    pub fn knows_store(&self, url: &str) -> Result<bool> {
+        let rows = self.db()?.rows(
+            "reading the stores",
+            "SELECT url FROM stores WHERE url = ?1",
+            args![url],
+        )?;
+        Ok(!rows.is_empty())
     }
 
     /// The SQLite connection itself (tests that damage rows behind the catalog's back).

@@ -96,6 +96,14 @@ CREATE TABLE tokens (
     r"
 ALTER TABLE tokens ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
 ",
+    // The stores whose catalog this is (a host joining a store in an object store
+    // must find it here, or the store's catalog is another one).
+    r"
+CREATE TABLE stores (
+    url         TEXT PRIMARY KEY,
+    created_at  TEXT NOT NULL
+);
+",
 ];
 
 /// Bring the database up to the current schema: nothing to do when it is current;

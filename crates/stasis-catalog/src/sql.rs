@@ -538,8 +538,8 @@ impl Drop for Open<'_> {
     }
 }
 
-/// `url` as messages show it: without a password.
-pub(crate) fn redact(url: &str) -> String {
+/// `url` as messages show it: without its password.
+pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let user = &url[s + 3..at];

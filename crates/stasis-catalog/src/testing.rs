@@ -367,6 +367,11 @@ fn every_vm_has_a_tenant_and_a_foreign_one_is_not_found(c: &mut Catalog) {
 }
 
 fn tokens_authenticate_until_revoked(c: &mut Catalog) {
+    assert!(!c.knows_store("s3://b/p").expect("stores"));
+    c.claim_store("s3://b/p").expect("claim");
+    c.claim_store("s3://b/p").expect("claim again");
+    assert!(c.knows_store("s3://b/p").expect("stores"));
+    assert!(!c.knows_store("s3://b/other").expect("stores"));
     let (a, sa) = c.create_token("default", TokenMode::ReadWrite).expect("a");
     let (b, sb) = c.create_token("acme", TokenMode::ReadOnly).expect("b");
     let (adm, sadm) = c.create_token("ops", TokenMode::Admin).expect("admin");
@@ -593,9 +598,7 @@ impl Postgres {
     /// A connection of the superuser's, to look, make databases and kill connections.
     pub fn admin(&self) -> postgres::Client {
         let mut cfg: postgres::Config = self.url.parse().expect("url");
-        cfg.user("postgres")
-            .dbname("postgres")
-            .application_name("test-admin");
+        cfg.user("postgres").application_name("test-admin");
         cfg.connect(postgres::NoTls).expect("connect as postgres")
     }
 

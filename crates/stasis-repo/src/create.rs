@@ -487,6 +487,9 @@ pub fn create(
     new.added_bytes = sizes.added_bytes;
     new.compressed_size_bytes = sizes.compressed_size_bytes;
     new.uncompressed_size_bytes = sizes.uncompressed_size_bytes;
+    committed
+        .still_registered()
+        .map_err(|e| e.context("the write session"))?;
     let snapshot = catalog.create(&new)?;
     drop(committed);
     Ok(Created {

@@ -41,8 +41,8 @@ use stasis_store::Store;
 pub use error::{Error, ErrorKind, Result};
 pub use pg_locks::PgLocks;
 pub use repository::{
-    CacheConfig, CatalogOpener, CatalogUrl, DEFAULT_CACHE_BYTES, DamagedIndex, Hooks, OpenOptions,
-    RepoConfig, Repository, StoreUrl,
+    CacheConfig, CatalogOpener, CatalogUrl, DEFAULT_CACHE_BYTES, DamagedIndex, Hooks, Initialised,
+    OpenOptions, RepoConfig, Repository, StoreUrl,
 };
 pub use stasis_s3::CacheStats;
 

@@ -21,7 +21,7 @@ use std::fmt;
 use std::sync::Mutex;
 
 use postgres::{Client, NoTls};
-use stasis_store::{Error as StoreError, ErrorKind as StoreKind, Guard, Locks, Result};
+use stasis_store::{Error as StoreError, ErrorKind as StoreKind, Guard, Held, Locks, Result};
 
 /// Locks in a PostgreSQL database (`postgres://USER[:PASSWORD]@HOST:PORT/DB`; `PGPASSWORD`
 /// when the URL has no password).
@@ -50,6 +50,35 @@ struct Session {
     client: Mutex<Client>,
     namespace: i32,
     key: i32,
+}
+
+impl Held for Session {
+    /// The session's connection still answers and still holds its lock.
+    fn still_held(&self) -> Result<()> {
+        let mut c = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        let held: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+                 AND pid = pg_backend_pid() AND granted AND classid::bigint = ($1::int4::bigint & 4294967295) \
+                 AND objid::bigint = ($2::int4::bigint & 4294967295) AND objsubid = 2)",
+                &[&self.namespace, &self.key],
+            )
+            .map_err(|e| {
+                StoreError::new(
+                    StoreKind::Io,
+                    format!("the write session's connection to the catalog was lost ({e}); nothing was recorded"),
+                )
+            })?
+            .get(0);
+        if held {
+            Ok(())
+        } else {
+            Err(StoreError::new(
+                StoreKind::Io,
+                "the write session lost its lock in the catalog; nothing was recorded",
+            ))
+        }
+    }
 }
 
 impl Drop for Session {
@@ -85,7 +114,7 @@ impl PgLocks {
         let locks = PgLocks {
             config,
             namespace,
-            name: redact(url),
+            name: stasis_catalog::redact_url(url),
         };
         locks.setup()?;
         Ok(locks)
@@ -129,20 +158,6 @@ impl PgLocks {
     }
 }
 
-/// `url` without a password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 impl Locks for PgLocks {
     fn register_session(&self) -> Result<Guard> {
         let mut c = self.connect()?;
@@ -167,7 +182,7 @@ impl Locks for PgLocks {
                 &[&self.namespace, &key, &pid],
             )
             .map_err(|e| pg_error("registering a session", e))?;
-            return Ok(Guard::new(Session {
+            return Ok(Guard::checked(Session {
                 client: Mutex::new(c),
                 namespace: self.namespace,
                 key,
@@ -246,19 +261,5 @@ impl PgLocks {
         )
         .map_err(|e| pg_error("removing an ended session", e))?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_not_shown() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

@@ -41,11 +41,21 @@ pub enum StoreUrl {
 }
 
 /// Where a repository keeps its catalog.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CatalogUrl {
     /// A SQLite database file: `sqlite:///path`, or a bare path.
     Sqlite(PathBuf),
+    /// A PostgreSQL database every host of a fleet shares:
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (`PGPASSWORD` when it has none).
+    Postgres(String),
+}
+
+impl fmt::Debug for CatalogUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Through Display: never a password.
+        write!(f, "CatalogUrl({self})")
+    }
 }
 
 fn scheme(s: &str) -> Option<(&str, &str)> {
@@ -82,8 +92,13 @@ impl FromStr for CatalogUrl {
             Some(("sqlite", path)) if !path.is_empty() => {
                 Ok(CatalogUrl::Sqlite(PathBuf::from(path)))
             }
+            Some(("postgres" | "postgresql", rest)) if !rest.is_empty() => {
+                Ok(CatalogUrl::Postgres(s.to_owned()))
+            }
             Some((other, _)) => Err(Error::Invalid(format!(
-                "catalog {s:?}: this build keeps the catalog in a SQLite file only (sqlite://PATH), not {other}://"
+                "catalog {}: the catalog is a SQLite file (sqlite://PATH) or a PostgreSQL \
+                 database (postgres://USER@HOST:PORT/DB), not {other}://",
+                stasis_catalog::redact_url(s)
             ))),
             None if !s.is_empty() => Ok(CatalogUrl::Sqlite(PathBuf::from(s))),
             None => Err(Error::Invalid("the catalog URL is empty".into())),
@@ -104,6 +119,7 @@ impl fmt::Display for CatalogUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CatalogUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            CatalogUrl::Postgres(url) => f.write_str(&stasis_catalog::redact_url(url)),
         }
     }
 }
@@ -113,7 +129,21 @@ impl CatalogUrl {
     fn connect(&self) -> Result<Catalog> {
         match self {
             CatalogUrl::Sqlite(p) => Ok(Catalog::open(p)?),
+            CatalogUrl::Postgres(url) => Ok(Catalog::open_postgres(url)?),
         }
+    }
+
+    /// The URL as `repository.json` keeps it (with a password if it was given one).
+    fn saved(&self) -> String {
+        match self {
+            CatalogUrl::Sqlite(_) => self.to_string(),
+            CatalogUrl::Postgres(url) => url.clone(),
+        }
+    }
+
+    /// Whether every host of a fleet may share it.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, CatalogUrl::Postgres(_))
     }
 
     /// Bytes the catalog takes where this host can see them (the database and its log).
@@ -128,6 +158,8 @@ impl CatalogUrl {
                     .map(|m| m.len())
                     .sum()
             }
+            // On its server, not on this host.
+            CatalogUrl::Postgres(_) => 0,
         }
     }
 }
@@ -259,15 +291,28 @@ impl RepoConfig {
         }
         let f = ConfigFile {
             store: self.store.to_string(),
-            catalog: self.catalog.to_string(),
+            catalog: self.catalog.saved(),
             cache: self.cache.clone(),
         };
         let path = self.dir.join(CONFIG_FILE);
         let tmp = self.dir.join(format!("{CONFIG_FILE}.tmp"));
         let text = serde_json::to_string_pretty(&f)
             .map_err(|e| Error::Invalid(format!("encoding {}: {e}", path.display())))?;
-        std::fs::write(&tmp, text + "\n")
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        // It may hold the catalog's password: for this host's administrator only.
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()
+        };
+        write()
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
@@ -294,9 +339,13 @@ impl RepoConfig {
             size: DEFAULT_CACHE_BYTES,
         });
         let pieces = PieceCache::open(&cache.dir, cache.size, PIECE_SIZE)?;
-        // With a catalog of this host's own, the store is this host's alone (init
+        // With a shared catalog, the locks are in its database, where every host sees
+        // them; with a catalog of this host's own, the store is this host's alone (init
         // refuses to join one), so its locks are this host's too.
-        let locks = Arc::new(FileLocks::new(self.dir.join("locks")));
+        let locks: Arc<dyn stasis_store::Locks> = match &self.catalog {
+            CatalogUrl::Postgres(url) => Arc::new(crate::PgLocks::new(url, &l.to_string())?),
+            CatalogUrl::Sqlite(_) => Arc::new(FileLocks::new(self.dir.join("locks"))),
+        };
         Ok(RemoteBackend::new(
             l.client()?,
             l.to_string(),
@@ -376,6 +425,28 @@ pub struct Repository {
     opener: CatalogOpener,
 }
 
+/// What [`Repository::init_or_join`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Initialised {
+    /// Made a new repository.
+    Created,
+    /// Joined the one another host made in a shared store.
+    Joined,
+}
+
+/// A store's settings in a message.
+fn describe_settings(c: &StoreConfig) -> String {
+    format!(
+        "blocks disk {} memory {} state {}, compression {}, packs {}, frames {}",
+        c.block_sizes.disk,
+        c.block_sizes.memory,
+        c.block_sizes.state,
+        c.compression,
+        c.pack_size,
+        c.frame_size
+    )
+}
+
 /// Index files left out when opening with [`OpenOptions::damaged`], with why.
 pub type DamagedIndex = Vec<(String, stasis_store::Error)>;
 
@@ -391,17 +462,33 @@ impl Repository {
         store_config: StoreConfig,
         opts: &OpenOptions,
     ) -> Result<Repository> {
-        if config.dir.join(CONFIG_FILE).exists()
-            || (matches!(config.store, StoreUrl::Dir(_)) && config.exists()?)
-        {
-            return Err(Error::Conflict(format!(
+        Repository::init_or_join(config, Some(store_config), opts).map(|(r, _)| r)
+    }
+
+    /// Create the repository `config` names, or join it when its store already holds
+    /// one and its catalog is shared (another host made it): the host then takes the
+    /// store's settings as they are, and refuses `store_config` if it says otherwise.
+    /// A store whose catalog does not know it (its hosts keep their catalog elsewhere)
+    /// is never joined. `None` takes the defaults for a new store.
+    pub fn init_or_join(
+        config: &RepoConfig,
+        store_config: Option<StoreConfig>,
+        opts: &OpenOptions,
+    ) -> Result<(Repository, Initialised)> {
+        let taken = || {
+            Error::Conflict(format!(
                 "a repository already exists at {}",
                 config.dir.display()
-            )));
+            ))
+        };
+        if config.dir.join(CONFIG_FILE).exists() {
+            return Err(taken());
         }
-        std::fs::create_dir_all(&config.dir)
-            .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
-        if !matches!(config.store, StoreUrl::Dir(_)) && config.exists()? {
+        let exists = config.exists()?;
+        if exists && !config.catalog.is_shared() {
+            if matches!(config.store, StoreUrl::Dir(_)) {
+                return Err(taken());
+            }
             // Another host's repository: joining it needs a catalog every host shares,
             // or one host's gc would remove the blocks of the other's snapshots.
             return Err(Error::Conflict(format!(
@@ -410,14 +497,58 @@ impl Repository {
                 config.store, config.catalog
             )));
         }
-        let backend = config.store.backend(config, true)?;
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| Error::io(format!("creating {}", config.dir.display()), e))?;
+        let backend = config.store.backend(config, !exists)?;
         let backend = match &opts.hooks {
             Some(h) => h.backend(backend),
             None => backend,
         };
-        let store = Store::init(backend, store_config)?;
+        let opener = CatalogOpener {
+            url: config.catalog.clone(),
+            hooks: opts.hooks.clone(),
+        };
+        let mut catalog = opener.open()?;
+        let store_url = config.store.to_string();
+        let (store, how) = if exists {
+            let store = Store::open(backend)?;
+            if let Some(want) = &store_config
+                && want != store.config()
+            {
+                return Err(Error::Conflict(format!(
+                    "{store_url} holds a repository with other settings ({}); leave out the \
+                     store options (--block-size, --compression, --level, --pack-size, \
+                     --frame-size) to join it as it is",
+                    describe_settings(store.config())
+                )));
+            }
+            if !catalog.knows_store(&store_url)? {
+                return Err(Error::Conflict(format!(
+                    "{store_url} holds a repository that the catalog {} does not know: its \
+                     hosts keep their catalog elsewhere",
+                    config.catalog
+                )));
+            }
+            (store, Initialised::Joined)
+        } else {
+            // The catalog learns of the store first: a store it does not know is never
+            // joined, so an init stopped in between is done again, not joined.
+            if config.catalog.is_shared() {
+                catalog.claim_store(&store_url)?;
+            }
+            let store = Store::init(backend, store_config.unwrap_or_default())?;
+            (store, Initialised::Created)
+        };
         config.save()?;
-        Repository::with(config, store, opts)
+        Ok((
+            Repository {
+                config: config.clone(),
+                store: Arc::new(store),
+                catalog,
+                opener,
+            },
+            how,
+        ))
     }
 
     /// Open the repository `config` names.

@@ -113,7 +113,7 @@ pub use ingest::{
     FullOptions, IngestStats, LayerSource, Progress, ingest_diff, ingest_full, ingest_full_with,
     ingest_layer,
 };
-pub use lock::{FileLocks, Guard, Locks, MemoryLocks};
+pub use lock::{FileLocks, Guard, Held, Locks, MemoryLocks};
 pub use manifest::{BlockRef, Manifest, TreeBuilder, apply_changes, visit_blocks};
 pub use pack::{PackBuilder, read_entries};
 pub use reader::{PayloadReader, RestoreStats};

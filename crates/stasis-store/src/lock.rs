@@ -35,13 +35,38 @@ use rustix::fs::{FlockOperation, flock};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 
 /// Something held until dropped (a session registration or the maintenance lock).
-pub struct Guard(#[allow(dead_code)] Box<dyn Send + Sync>);
+pub struct Guard(Box<dyn Held>);
+
+/// What a [`Guard`] holds: released when dropped.
+pub trait Held: Send + Sync {
+    /// Whether it is still held. A lock on a local file is held until it is dropped;
+    /// one held through a connection (a database's) is lost with the connection, and
+    /// a session that lost its lock must not record what it wrote.
+    fn still_held(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Anything kept until dropped, held as long as it exists.
+struct Kept<T>(#[allow(dead_code)] T);
+
+impl<T: Send + Sync> Held for Kept<T> {}
 
 impl Guard {
     /// A guard that holds `held` (a lock, a connection, a file) until it drops: for
     /// [`Locks`] implementations outside this crate.
     pub fn new(held: impl Send + Sync + 'static) -> Self {
+        Guard(Box::new(Kept(held)))
+    }
+
+    /// A guard over `held`, which can tell whether it is still held.
+    pub fn checked(held: impl Held + 'static) -> Self {
         Guard(Box::new(held))
+    }
+
+    /// An error if what it guards was lost (see [`Held::still_held`]).
+    pub fn still_held(&self) -> Result<()> {
+        self.0.still_held()
     }
 }
 
@@ -122,7 +147,7 @@ impl Locks for FileLocks {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        Ok(Guard(Box::new(SessionFile { path, _file: file })))
+        Ok(Guard::new(SessionFile { path, _file: file }))
     }
 
     fn wait_for_sessions(&self, waiting: &dyn Fn(usize)) -> Result<usize> {
@@ -189,7 +214,7 @@ impl Locks for FileLocks {
             .open(&path)
             .ctx(|| format!("opening {}", path.display()))?;
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(Guard(Box::new(file)))),
+            Ok(()) => Ok(Some(Guard::new(file))),
             Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
             Err(e) => Err(Error::io(format!("locking {}", path.display()), e.into())),
         }
@@ -240,10 +265,10 @@ impl Locks for MemoryLocks {
         let n = s.next;
         s.next += 1;
         s.sessions.insert(n);
-        Ok(Guard(Box::new(MemRelease {
+        Ok(Guard::new(MemRelease {
             locks: self.clone(),
             session: Some(n),
-        })))
+        }))
     }
 
     fn wait_for_sessions(&self, waiting: &dyn Fn(usize)) -> Result<usize> {
@@ -264,10 +289,10 @@ impl Locks for MemoryLocks {
             return Ok(None);
         }
         s.maintenance = true;
-        Ok(Some(Guard(Box::new(MemRelease {
+        Ok(Some(Guard::new(MemRelease {
             locks: self.clone(),
             session: None,
-        }))))
+        })))
     }
 }
 

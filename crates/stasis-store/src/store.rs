@@ -658,6 +658,18 @@ pub struct Committed {
     _session: Option<Guard>,
 }
 
+impl Committed {
+    /// An error if the session's registration was lost meanwhile (a lock held through a
+    /// database connection that broke): gc may then have collected what the session
+    /// wrote, so the caller must not record it. Call right before recording.
+    pub fn still_registered(&self) -> Result<()> {
+        match &self._session {
+            Some(g) => g.still_held(),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A writer hands its packs to storage in pieces of at least this many bytes, as they
 /// fill, instead of whole when they are sealed: the bytes start towards the disk
 /// while later blocks are compressed, and a commit waits only for the last piece.
