@@ -7,6 +7,11 @@
 //! catalog commit; one count covers them all. `N` past the last step lets the command
 //! finish. Nothing else changes.
 //!
+//! With `STASIS_STALL_AT=N:PATH` instead, the process stops before its N-th step: it
+//! creates the file PATH and waits until someone removes it (at most ten minutes), so
+//! that a test can act at that exact point (restart a server, stop a node) and let it
+//! go on.
+//!
 //! Built only with the `faults` feature (the tests turn it on); a release binary has
 //! none of it.
 
@@ -26,9 +31,25 @@ fn kill_at() -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-/// One step; the process dies here if it is the chosen one.
+fn stall_at() -> Option<(u64, std::path::PathBuf)> {
+    let v = std::env::var("STASIS_STALL_AT").ok()?;
+    let (n, path) = v.split_once(':')?;
+    Some((n.parse().ok()?, path.into()))
+}
+
+/// One step; the process dies (or stalls) here if it is the chosen one.
 fn step() {
-    if Some(COUNT.fetch_add(1, Ordering::SeqCst)) == kill_at() {
+    let n = COUNT.fetch_add(1, Ordering::SeqCst);
+    if let Some((at, path)) = stall_at()
+        && at == n
+    {
+        let _ = std::fs::write(&path, std::process::id().to_string());
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(600);
+        while path.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    if Some(n) == kill_at() {
         // SAFETY: kill and getpid have no preconditions.
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
@@ -36,9 +57,10 @@ fn step() {
     }
 }
 
-/// The hooks that die at the chosen step, when `STASIS_KILL_AT` is set.
+/// The hooks that die or stall at the chosen step, when `STASIS_KILL_AT` or
+/// `STASIS_STALL_AT` is set.
 pub fn hooks() -> Option<Arc<dyn Hooks>> {
-    kill_at().map(|_| Arc::new(Steps) as Arc<dyn Hooks>)
+    (kill_at().is_some() || stall_at().is_some()).then(|| Arc::new(Steps) as Arc<dyn Hooks>)
 }
 
 /// Counts the backend's mutating calls and the catalog's row writes and commits.

@@ -2,7 +2,7 @@
 //! `init --store s3://...`, create, restore, mount, verify, delete and gc work as on a
 //! local directory; the cache is bounded, can be cleared and read cold again; `du`
 //! shows it; and a second host's `init` on the same store is refused without a shared
-//! catalog.
+//! catalog. With the catalog on a real PostgreSQL, two hosts share one repository.
 
 mod common;
 #[path = "common/mount.rs"]
@@ -170,4 +170,344 @@ fn a_repository_on_garage_works_like_a_local_one() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bucket"));
+}
+
+/// A snapshot's files: name and bytes, by name.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// Restore `snap` on `repo` into a new directory under `dir`; its files by name.
+fn restored(g: &Garage, repo: &Path, dir: &Path, snap: &str) -> Files {
+    let to = dir.join(format!(
+        "restore-{}-{}",
+        repo.file_name().and_then(|n| n.to_str()).unwrap_or("repo"),
+        snap.replace('/', "-")
+    ));
+    ok(g, repo, &["restore", snap, to.to_str().expect("utf8")]);
+    let mut files: Files = fs::read_dir(&to)
+        .expect("restored dir")
+        .map(|e| {
+            let e = e.expect("entry");
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, fs::read(e.path()).expect("read"))
+        })
+        .filter(|(n, _)| !n.starts_with('.'))
+        .collect();
+    files.sort();
+    files
+}
+
+/// `stasis` with the cluster's variables and more, started (not waited for).
+fn spawn(g: &Garage, repo: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    Command::new(STASIS_BIN)
+        .arg("--repo")
+        .arg(repo)
+        .args(args)
+        .env_remove("STASIS_REPO")
+        .envs(g.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run stasis")
+}
+
+/// Wait (bounded) until `path` exists: a stalled process says it reached its step.
+fn wait_for(path: &Path, child: &mut std::process::Child) {
+    for _ in 0..6000 {
+        if path.exists() {
+            return;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("the process exited ({st}) before its stall");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{} never appeared", path.display());
+}
+
+/// Two hosts (two repository directories, caches of their own) share one repository:
+/// blocks on Garage, the catalog on PostgreSQL. What A creates, B lists, restores,
+/// mounts and forks; B's commit of the fork is A's to see; B's sibling image adds only
+/// its own blocks; creates on both at once with a gc on A and a reader on B's mount
+/// lose nothing; a restarted PostgreSQL fails a create cleanly; a stopped Garage node
+/// stops neither an ingest nor the mount's reads.
+#[test]
+fn two_hosts_share_one_repository() {
+    let Some(g) = Garage::start(3) else { return };
+    let Some(pg) = stasis_catalog::testing::Postgres::start() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let url = g.url("two-hosts");
+    let catalog = pg.database();
+    let (a, b) = (dir.join("host-a"), dir.join("host-b"));
+    let init = |repo: &Path, more: &[&str]| {
+        let mut args = vec!["init", "--store", &url, "--catalog", &catalog];
+        args.extend_from_slice(more);
+        run(&g, repo, &args)
+    };
+    let out = init(&a, &["--cache-size", "256MiB", "--block-size", "64KiB"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("initialised"));
+    let out = init(&b, &["--cache-size", "256MiB"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("joined"), "{said}");
+    // Joining with other settings, or through a catalog that does not know the store,
+    // is refused; nothing is written for that host.
+    let out = init(&dir.join("host-c"), &["--block-size", "16KiB"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("other settings"));
+    assert!(!dir.join("host-c/repository.json").exists());
+    let elsewhere = pg.database();
+    let out = run(
+        &g,
+        &dir.join("host-d"),
+        &["init", "--store", &url, "--catalog", &elsewhere],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not know"));
+
+    // A: base, child1 and child2 of a real ext4 image, and a memory snapshot.
+    let img = make_ext4(dir, "rootfs.ext4", "96M");
+    let disk = img.to_str().expect("utf8");
+    let mut want: Vec<(String, Files)> = Vec::new();
+    for (i, name) in ["base", "child1", "child2"].into_iter().enumerate() {
+        if i > 0 {
+            modify_ext4(dir, &img, i as u64);
+        }
+        ok(&g, &a, &["create", "web", name, "--disk", disk]);
+        let bytes = fs::read(&img).expect("read");
+        want.push((format!("web/{name}"), vec![("rootfs.ext4".into(), bytes)]));
+    }
+    let child1 = want[1].1[0].1.clone();
+    let child2 = want[2].1[0].1.clone();
+    let mem = dir.join("mem");
+    let mut mem_bytes = common::noise(8 << 20, 5);
+    mem_bytes.resize(24 << 20, 0);
+    fs::write(&mem, &mem_bytes).expect("write");
+    ok(
+        &g,
+        &a,
+        &[
+            "create",
+            "vm-mem",
+            "standby",
+            "--memory",
+            mem.to_str().expect("utf8"),
+        ],
+    );
+    want.push(("vm-mem/standby".into(), vec![("mem".into(), mem_bytes)]));
+
+    // B lists them and restores each byte-identical.
+    let listed = json(&g, &b, &["list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(4), "{listed}");
+    for (snap, files) in &want {
+        assert!(restored(&g, &b, dir, snap) == *files, "{snap} on host B");
+    }
+
+    // B mounts and reads them, forks child1 as a qcow2 overlay on its mount, writes
+    // through it and commits it back as a child; A sees the child and restores it.
+    let point = dir.join("mnt-b");
+    let m = Mount::start_with_env(&b, &point, &g.vars);
+    assert!(fs::read(point.join("vms/web/child2/rootfs.ext4")).expect("read") == child2);
+    let clone = dir.join("clone");
+    ok(
+        &g,
+        &b,
+        &["fork", "web/child1", "web-b", clone.to_str().expect("utf8")],
+    );
+    let overlay = clone.join("rootfs.ext4.qcow2");
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0xab 1048576 65536"])
+        .arg(&overlay)
+        .output()
+        .expect("qemu-io (qemu-utils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut forked = child1.clone();
+    forked[1 << 20..(1 << 20) + 65536].fill(0xab);
+    let child1_id = json(&g, &a, &["show", "web/child1"])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    ok(
+        &g,
+        &b,
+        &[
+            "create",
+            "web-b",
+            "first",
+            "--parent",
+            &child1_id,
+            "--disk",
+            overlay.to_str().expect("utf8"),
+        ],
+    );
+    let seen = json(&g, &a, &["show", "web-b/first"]);
+    assert_eq!(seen["parent_id"], child1_id.as_str(), "{seen}");
+    assert!(restored(&g, &a, dir, "web-b/first") == vec![("rootfs.ext4".into(), forked)]);
+
+    // A sibling image ingested on B adds to the bucket only what it does not share.
+    let sibling = dir.join("sibling.ext4");
+    fs::write(&sibling, &child2).expect("write");
+    modify_ext4(dir, &sibling, 9);
+    let before = objects(&g, &b);
+    ok(
+        &g,
+        &b,
+        &[
+            "create",
+            "sib",
+            "base",
+            "--disk",
+            sibling.to_str().expect("utf8"),
+        ],
+    );
+    let grown = objects(&g, &b) - before;
+    eprintln!(
+        "sibling of {} MiB added {grown} bytes to the bucket",
+        child2.len() >> 20
+    );
+    // Its unique data: 2 MiB of random bytes, a compressible log, a few metadata blocks.
+    assert!(
+        (2 << 20..4 << 20).contains(&grown),
+        "the sibling added {grown} bytes"
+    );
+
+    // Creates on A and B at once, a gc on A (of a deleted snapshot's blocks) and a
+    // reader on B's mount: nothing is lost, both verify clean.
+    ok(&g, &a, &["delete", "vm-mem/standby"]);
+    let (ia, ib) = (dir.join("ia.ext4"), dir.join("ib.ext4"));
+    for (p, seed) in [(&ia, 11), (&ib, 12)] {
+        fs::write(p, &child2).expect("write");
+        modify_ext4(dir, p, seed);
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let reads = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut n = 0;
+            while n == 0 || !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let got = fs::read(point.join("vms/web/child2/rootfs.ext4")).expect("read");
+                assert!(
+                    got == child2,
+                    "the mount read wrong bytes during the writes"
+                );
+                n += 1;
+            }
+            n
+        });
+        let jobs = [
+            spawn(
+                &g,
+                &a,
+                &["create", "web", "c-a", "--disk", ia.to_str().expect("utf8")],
+                &[],
+            ),
+            spawn(
+                &g,
+                &b,
+                &["create", "web", "c-b", "--disk", ib.to_str().expect("utf8")],
+                &[],
+            ),
+            spawn(&g, &a, &["gc"], &[]),
+        ];
+        for j in jobs {
+            let out = j.wait_with_output().expect("wait");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        reader.join().expect("reader")
+    });
+    eprintln!("{reads} reads through B's mount during the creates and gc");
+    // (A payload is named after its file.)
+    assert!(
+        restored(&g, &a, dir, "web/c-b") == vec![("ib.ext4".into(), fs::read(&ib).expect("read"))]
+    );
+    assert!(
+        restored(&g, &b, dir, "web/c-a") == vec![("ia.ext4".into(), fs::read(&ia).expect("read"))]
+    );
+    for host in [&a, &b] {
+        ok(&g, host, &["verify", "--read-data"]);
+    }
+
+    // One Garage node stopped (not the one the hosts talk to) during B's cold mount
+    // reads: replication factor 3 answers from the other two.
+    ok(&g, &b, &["cache", "clear"]);
+    g.stop_node(3);
+    assert!(fs::read(point.join("vms/web/child1/rootfs.ext4")).expect("read") == child1);
+    g.restart_node(3);
+    m.stop();
+
+    if cfg!(feature = "faults") {
+        let stall = dir.join("stall");
+        let stalled = |g: &Garage, repo: &Path, name: &str, disk: &Path| {
+            let at = format!("0:{}", stall.display());
+            spawn(
+                g,
+                repo,
+                &[
+                    "create",
+                    "web",
+                    name,
+                    "--disk",
+                    disk.to_str().expect("utf8"),
+                ],
+                &[("STASIS_STALL_AT", &at)],
+            )
+        };
+        // A Garage node stops in the middle of an ingest: it goes on.
+        let ic = dir.join("ic.ext4");
+        fs::write(&ic, &child2).expect("write");
+        modify_ext4(dir, &ic, 13);
+        let mut c = stalled(&g, &a, "node-down", &ic);
+        wait_for(&stall, &mut c);
+        g.stop_node(2);
+        fs::remove_file(&stall).expect("resume");
+        let out = c.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        g.restart_node(2);
+        assert!(
+            restored(&g, &b, dir, "web/node-down")
+                == vec![("ic.ext4".into(), fs::read(&ic).expect("read"))]
+        );
+
+        // PostgreSQL restarts in the middle of a create: a clear error, no snapshot,
+        // and what it uploaded is garbage for gc.
+        modify_ext4(dir, &ic, 14);
+        let mut c = stalled(&g, &a, "pg-cut", &ic);
+        wait_for(&stall, &mut c);
+        pg.restart();
+        fs::remove_file(&stall).expect("resume");
+        let out = c.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "the create went on after losing its session"
+        );
+        assert!(err.contains("nothing was recorded"), "{err}");
+        let list = ok(&g, &b, &["list"]);
+        assert!(!list.contains("pg-cut"), "{list}");
+        ok(&g, &b, &["gc"]);
+        let unindexed = json(&g, &b, &["verify"])["unindexed_packs"]
+            .as_array()
+            .map(Vec::len);
+        assert_eq!(unindexed, Some(0), "gc left the cut create's packs");
+        ok(&g, &a, &["verify", "--read-data"]);
+    }
 }
