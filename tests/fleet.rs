@@ -225,6 +225,54 @@ fn wait_for(path: &Path, child: &mut std::process::Child) {
     panic!("{} never appeared", path.display());
 }
 
+/// `stasis serve` on `repo`, and its base URL once it listens (a bounded wait).
+fn serve(g: &Garage, repo: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = spawn(
+        g,
+        repo,
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[("STASIS_LOG", "info")],
+    );
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("stasis serve said where it listens");
+        if let Some(addr) = line.split("http://").nth(1) {
+            return (child, format!("http://{}", addr.trim()));
+        }
+    }
+}
+
+/// GET `url` with a bearer token: the status and the body as JSON (null if none).
+fn get_as(url: &str, token: &str) -> (u16, serde_json::Value) {
+    let r = match ureq::get(url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .call()
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("GET {url}: {e}"),
+    };
+    let status = r.status();
+    let mut body = Vec::new();
+    std::io::Read::read_to_end(&mut r.into_reader(), &mut body).expect("read the body");
+    (
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// Two hosts (two repository directories, caches of their own) share one repository:
 /// blocks on Garage, the catalog on PostgreSQL. What A creates, B lists, restores,
 /// mounts and forks; B's commit of the fork is A's to see; B's sibling image adds only
@@ -441,6 +489,50 @@ fn two_hosts_share_one_repository() {
     for host in [&a, &b] {
         ok(&g, host, &["verify", "--read-data"]);
     }
+
+    // Tokens and tenants are the fleet's: tokens made on A authenticate at B's server,
+    // with their tenant's view; one revoked on A is refused by B at once.
+    let reader = ok(
+        &g,
+        &a,
+        &["token", "create", "--tenant", "default", "--read-only"],
+    )
+    .trim()
+    .to_string();
+    let stranger = ok(&g, &a, &["token", "create", "--tenant", "acme"])
+        .trim()
+        .to_string();
+    let (mut server, base) = serve(&g, &b);
+    let (status, list) = get_as(&format!("{base}/snapshots"), &reader);
+    assert_eq!(status, 200, "{list}");
+    assert!(
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|s| s["name"] == "c-a")),
+        "A's snapshot in B's answer: {list}"
+    );
+    let (status, list) = get_as(&format!("{base}/snapshots"), &stranger);
+    assert_eq!(
+        (status, list.as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{list}"
+    );
+    let (status, _) = get_as(&format!("{base}/snapshots/{child1_id}"), &stranger);
+    assert_eq!(
+        status, 404,
+        "another tenant's snapshot does not exist for acme"
+    );
+    let tokens = json(&g, &a, &["token", "list"]);
+    let reader_id = tokens
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["read_only"] == true))
+        .and_then(|t| t["id"].as_str())
+        .expect("the read-only token's id")
+        .to_string();
+    ok(&g, &a, &["token", "revoke", &reader_id]);
+    let (status, _) = get_as(&format!("{base}/snapshots"), &reader);
+    assert_eq!(status, 401, "a token revoked on A still works on B");
+    let _ = server.kill();
+    let _ = server.wait();
 
     // One Garage node stopped (not the one the hosts talk to) during B's cold mount
     // reads: replication factor 3 answers from the other two.
