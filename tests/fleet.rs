@@ -225,8 +225,21 @@ fn wait_for(path: &Path, child: &mut std::process::Child) {
     panic!("{} never appeared", path.display());
 }
 
-/// `stasis serve` on `repo`, and its base URL once it listens (a bounded wait).
-fn serve(g: &Garage, repo: &Path) -> (std::process::Child, String) {
+/// A running `stasis serve`, stopped when dropped.
+struct Served {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `stasis serve` on `repo`, once it says where it listens (a bounded wait).
+fn serve(g: &Garage, repo: &Path) -> Served {
     use std::io::BufRead;
     let mut child = spawn(
         g,
@@ -244,14 +257,19 @@ fn serve(g: &Garage, repo: &Path) -> (std::process::Child, String) {
             let _ = tx.send(line);
         }
     });
-    loop {
+    let mut served = Served {
+        child,
+        base: String::new(),
+    };
+    while served.base.is_empty() {
         let line = rx
             .recv_timeout(std::time::Duration::from_secs(120))
             .expect("stasis serve said where it listens");
         if let Some(addr) = line.split("http://").nth(1) {
-            return (child, format!("http://{}", addr.trim()));
+            served.base = format!("http://{}", addr.trim());
         }
     }
+    served
 }
 
 /// GET `url` with a bearer token: the status and the body as JSON (null if none).
@@ -502,7 +520,8 @@ fn two_hosts_share_one_repository() {
     let stranger = ok(&g, &a, &["token", "create", "--tenant", "acme"])
         .trim()
         .to_string();
-    let (mut server, base) = serve(&g, &b);
+    let server = serve(&g, &b);
+    let base = server.base.clone();
     let (status, list) = get_as(&format!("{base}/snapshots"), &reader);
     assert_eq!(status, 200, "{list}");
     assert!(
@@ -531,8 +550,7 @@ fn two_hosts_share_one_repository() {
     ok(&g, &a, &["token", "revoke", &reader_id]);
     let (status, _) = get_as(&format!("{base}/snapshots"), &reader);
     assert_eq!(status, 401, "a token revoked on A still works on B");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 
     // One Garage node stopped (not the one the hosts talk to) during B's cold mount
     // reads: replication factor 3 answers from the other two.
