@@ -254,6 +254,20 @@ impl Catalog {
         }
     }
 
+    /// Refresh the statistics the database plans queries with (PostgreSQL `ANALYZE`,
+    /// SQLite `PRAGMA optimize`): after loading many rows at once, before autovacuum
+    /// would get to it.
+    pub fn optimize(&self) -> Result<()> {
+        let mut db = self.db()?;
+        match db.dialect() {
+            Dialect::Sqlite => db.batch("optimizing", "PRAGMA optimize"),
+            Dialect::Postgres => db.batch(
+                "analyzing",
+                "ANALYZE vms, snapshots, payloads, tags, events, tokens",
+            ),
+        }
+    }
+
     /// A VM by name or id.
     pub fn vm(&self, name: &str) -> Result<Option<Vm>> {
         let sql = format!(
@@ -285,14 +299,14 @@ impl Catalog {
         // snapshot: a 10,000-snapshot list was 20,000 queries), by the selected ids.
         let ids = serde_json::to_string(&out.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
             .map_err(|e| Error::corrupt(format!("listing snapshot ids: {e}")))?;
-        let selected = self.db()?.dialect().json_array("?1");
+        let selected = self.db()?.dialect().in_json_array("snapshot_id", "?1");
         let mut payloads: HashMap<String, Vec<Payload>> = HashMap::new();
-        for (id, p) in self.payloads_where(&format!("snapshot_id IN ({selected})"), args![&ids])? {
+        for (id, p) in self.payloads_where(&selected, args![&ids])? {
             payloads.entry(id).or_default().push(p);
         }
         let mut tags: HashMap<String, BTreeMap<String, String>> = HashMap::new();
         let sql = format!(
-            "SELECT {} FROM tags WHERE snapshot_id IN ({selected})",
+            "SELECT {} FROM tags WHERE {selected}",
             decode::select(decode::TAG_COLUMNS)
         );
         for (id, k, v) in self.read("reading tags", &sql, args![&ids], decode::tag)? {

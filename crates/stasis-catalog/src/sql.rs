@@ -3,7 +3,7 @@
 //!
 //! Statements are written in the SQL the two share, with numbered parameters `?1`,
 //! `?2`, ... (rewritten to `$1`, `$2`, ... for PostgreSQL). The few places where the
-//! dialects differ are methods of [`Dialect`] ([`Dialect::json_array`]) or of
+//! dialects differ are methods of [`Dialect`] ([`Dialect::in_json_array`]) or of
 //! [`Db`] (the schema version, the database's own check). Values travel as
 //! [`Value`]s both ways: integers are 64-bit on both sides (the migrations'
 //! `INTEGER` is PostgreSQL's `BIGINT`), flags are 0 or 1, a PostgreSQL boolean result
@@ -113,13 +113,16 @@ pub(crate) enum Dialect {
 }
 
 impl Dialect {
-    /// A subquery yielding the text elements of the JSON array in parameter `param`.
-    pub(crate) fn json_array(self, param: &str) -> String {
+    /// The condition "`column` is one of the texts of the JSON array in parameter
+    /// `param`". On PostgreSQL an array (`= ANY`), which the planner matches against an
+    /// index whatever its statistics say, where a subquery was a hash join over a
+    /// sequential scan of a table not analysed yet.
+    pub(crate) fn in_json_array(self, column: &str, param: &str) -> String {
         match self {
-            Dialect::Sqlite => format!("SELECT value FROM json_each({param})"),
-            Dialect::Postgres => {
-                format!("SELECT json_array_elements_text(CAST({param} AS text)::json)")
-            }
+            Dialect::Sqlite => format!("{column} IN (SELECT value FROM json_each({param}))"),
+            Dialect::Postgres => format!(
+                "{column} = ANY (ARRAY(SELECT json_array_elements_text(CAST({param} AS text)::json)))"
+            ),
         }
     }
 }
