@@ -314,12 +314,31 @@ impl PieceCache {
 
     /// Remove every piece of `key` (an object of `object_size` bytes), when it is deleted.
     pub fn remove_object(&self, key: &str, object_size: u64) {
+        self.remove_pieces(key, object_size);
+    }
+
+    /// Remove every piece of `key` because bytes read from them failed the store's
+    /// checks; counted as dropped. How many files there were.
+    pub fn drop_damaged(&self, key: &str, object_size: u64) -> u64 {
+        let n = self.remove_pieces(key, object_size);
+        if n > 0 {
+            tracing::warn!(key, pieces = n, "cached pieces failed a check: dropped");
+            self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+        }
+        n
+    }
+
+    fn remove_pieces(&self, key: &str, object_size: u64) -> u64 {
         let pieces = object_size.div_ceil(self.piece_size.max(1));
+        let mut removed = 0;
         for index in 0..pieces.max(1) {
             let name = Self::name(key, index);
-            let _ = fs::remove_file(self.path(&name));
+            if fs::remove_file(self.path(&name)).is_ok() {
+                removed += 1;
+            }
             self.state().forget(&name);
         }
+        removed
     }
 
     /// Remove every piece.
@@ -437,12 +456,11 @@ mod tests {
         let s = c.stats().expect("stats");
         assert!(s.bytes <= 4 * 180, "{s:?}");
 
-        // A flipped byte: dropped, not served.
+        // A flipped byte in what the header says: dropped, not served.
         let name = PieceCache::name("packs/aa/x.pack", 3);
         let p = c.path(&name);
         let mut bytes = fs::read(&p).expect("read");
-        let last = bytes.len() - 1;
-        bytes[last] ^= 1;
+        bytes[9] ^= 1;
         fs::write(&p, &bytes).expect("write");
         assert!(c.get("packs/aa/x.pack", 3).is_none());
         assert!(!p.exists());
@@ -451,11 +469,19 @@ mod tests {
         fs::copy(c.path(&PieceCache::name("packs/aa/x.pack", 4)), &p).expect("copy");
         assert!(c.get("packs/aa/x.pack", 3).is_none());
 
+        // The pieces of an object whose bytes failed the store's checks go, all of
+        // them (4 of its 10 are here), counted as dropped.
+        c.put("packs/aa/x.pack", 3, 1000, &[3; 100]);
+        assert_eq!(c.drop_damaged("packs/aa/x.pack", 1000), 3);
+        assert!((0..10).all(|i| c.get("packs/aa/x.pack", i).is_none()));
+        c.put("packs/aa/x.pack", 4, 1000, &[4; 100]);
+        c.put("packs/aa/x.pack", 0, 1000, &[0; 100]);
+
         // The order survives a restart (mtimes), and the counters are kept.
         drop(c);
         let c = PieceCache::open(d.path(), 4 * 180, 100).expect("open");
         let s = c.stats().expect("stats");
-        assert_eq!((s.pieces, s.dropped), (2, 2));
+        assert_eq!((s.pieces, s.dropped), (2, 5));
         c.clear().expect("clear");
         assert_eq!(c.stats().expect("stats").pieces, 0);
     }

@@ -32,12 +32,17 @@
 //! ## The cache (`--cache-dir`, `--cache-size`)
 //! One file per piece, `pieces/<2 hex>/<blake3(key) in 32 hex>-<piece>`, holding a
 //! fixed header (magic, piece number, object size, length, the key's length), the key,
-//! and the piece's bytes; the header ends with the blake3 of itself, the key and the bytes. A
+//! and the piece's bytes; the header ends with the blake3 of itself and the key. A
 //! piece is written to `tmp/<pid>-<random>` and renamed into place, so a crash leaves a
-//! whole file or a temporary (removed when its process is gone); no fsync is needed,
-//! because every read of a piece checks its header, key and checksum: a damaged,
-//! truncated or foreign file is removed and the piece fetched again, never served.
-//! Above that, the store checks every block against its id, as on any backend.
+//! whole file or a temporary (removed when its process is gone); no fsync is needed.
+//! Every read of a piece checks its header, key and checksum: a truncated or foreign
+//! file, or one whose header is damaged, is removed and the piece fetched again. The
+//! bytes are checked where every read's are, by the store: each block against its id,
+//! packs and index files against their names. When those checks fail, the store asks
+//! the backend to `evict` the object: its pieces are dropped from memory and disk, and
+//! the read is done once more from the object store, so a damaged cache file is never
+//! served; damage in the bucket itself fails both reads. (Hashing each piece's bytes on
+//! every read as well cost a restore from the cache as much as decoding its blocks.)
 //!
 //! Only objects named by their content are cached: never `config` (written once per
 //! repository, but a wiped and re-made repository at the same prefix has another).

@@ -29,8 +29,8 @@ pub const IN_FLIGHT: usize = 8;
 pub const PART_SIZE: usize = 8 << 20;
 /// Packs uploading behind their writer at once (each held in memory until it is up).
 pub const UPLOADS: usize = 2;
-/// Checked pieces kept in memory, so reads of neighbouring blocks do not read and check
-/// the same cache file again.
+/// Pieces kept in memory, so reads of neighbouring blocks do not open and map the same
+/// cache file again.
 const HOT_BYTES: u64 = 32 << 20;
 
 #[derive(Clone, Debug)]
@@ -528,6 +528,23 @@ impl Backend for RemoteBackend {
 
     fn get(&self, key: &str, range: Option<Range<u64>>) -> Result<Bytes> {
         self.inner.read(key, range)
+    }
+
+    fn evict(&self, key: &str) -> bool {
+        if check_key(key).is_err() || !cacheable(key) {
+            return false;
+        }
+        let inner = &self.inner;
+        let Ok(size) = inner.size_of(key) else {
+            return false;
+        };
+        for index in 0..size.div_ceil(PIECE_SIZE).max(1) {
+            inner.hot.remove(&(key.to_string(), index));
+        }
+        inner.cache.drop_damaged(key, size);
+        // What was read may have come from memory (the hot pieces) as well as from
+        // files: the next read fetches from the object store either way.
+        true
     }
 
     fn size(&self, key: &str) -> Result<u64> {

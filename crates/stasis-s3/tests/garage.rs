@@ -152,7 +152,8 @@ fn the_store_works_on_garage_through_the_cache() {
     let warm = b.cache_stats().expect("stats");
     assert_eq!(warm.requests, cold.requests, "a warm restore sent requests");
 
-    // A flipped byte in one of B's cache files: dropped and fetched again, never served.
+    // A flipped byte in one of B's cache files: the block it holds fails its id, the
+    // pack's pieces are dropped and fetched again; never served.
     let pieces = tmp.path().join("cache-b/pieces");
     let victim = fs::read_dir(&pieces)
         .expect("pieces")
@@ -171,7 +172,7 @@ fn the_store_works_on_garage_through_the_cache() {
     let store_b = Arc::new(Store::open(b_dyn).expect("reopen on B"));
     assert!(restore(store_b, &m, &out, &|| {}).expect("restore with a damaged cache") == bytes);
     let after = b.cache_stats().expect("stats");
-    assert_eq!(after.dropped, warm.dropped + 1);
+    assert!(after.dropped > warm.dropped, "{after:?}");
     assert!(after.requests > warm.requests);
 
     // A flipped byte in a pack in the bucket: an error on a host with an empty cache,

@@ -98,6 +98,11 @@ impl FrameCache {
         self.frames.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forget every decoded frame of `pack` (its bytes failed a check).
+    pub fn forget_pack(&self, pack: &PackId) {
+        self.lock().retain(|((p, _), _)| p != pack);
+    }
+
     /// Whether the frame at `offset` in `pack` is decoded here now.
     pub fn contains(&self, pack: &PackId, offset: u64) -> bool {
         self.lock().iter().any(|(k, _)| *k == (*pack, offset))

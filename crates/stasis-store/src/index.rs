@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use rustc_hash::FxBuildHasher;
 
 use crate::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::codec::Codec;
 use crate::format::index_file;
 use crate::format::keys;
@@ -107,20 +107,25 @@ impl Index {
         let mut bad = Vec::new();
         for meta in backend.list(keys::INDEX_PREFIX)? {
             idx.files.push(meta.key.clone());
-            let bytes = backend.get(&meta.key, None)?;
-            let (packs, entries) = match index_file::decode_file(&bytes) {
-                Ok(d) if keys::index_key_names(&meta.key, &bytes) => d,
-                Ok(_) => {
-                    let e = Error::corrupt(format!("{}: name does not match content", meta.key));
-                    bad.push((meta.key, e));
-                    continue;
+            let read = || {
+                let bytes = backend.get(&meta.key, None)?;
+                if !keys::index_key_names(&meta.key, &bytes) {
+                    return Err(Error::corrupt(format!(
+                        "{}: name does not match content",
+                        meta.key
+                    )));
                 }
-                Err(e) => {
-                    let e = e.context(&meta.key);
-                    bad.push((meta.key, e));
-                    continue;
-                }
+                index_file::decode_file(&bytes).map_err(|e| e.context(&meta.key))
             };
+            let (packs, entries) =
+                match crate::backend::read_again_if_damaged(backend, &meta.key, read) {
+                    Ok(d) => d,
+                    Err(e) if e.kind() == ErrorKind::Corrupt => {
+                        bad.push((meta.key, e));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
             idx.blobs.reserve(entries.len());
             for (pack_id, pe) in entries.iter().map(|(p, e)| (packs[*p as usize], e)) {
                 idx.insert(pack_id, pe);

@@ -251,6 +251,11 @@ impl PackBuilder {
 /// Read and check a pack's entry table (reads only the table and trailer).
 pub fn read_entries(backend: &dyn Backend, id: &PackId) -> Result<Vec<PackEntry>> {
     let key = pack_key(id);
+    crate::backend::read_again_if_damaged(backend, &key, || read_entries_once(backend, &key))
+}
+
+fn read_entries_once(backend: &dyn Backend, key: &str) -> Result<Vec<PackEntry>> {
+    let key = key.to_string();
     let size = backend.size(&key)?;
     let (hsize, tsize) = (layout::HEADER_LEN, layout::TRAILER_LEN);
     if size < hsize + tsize {

@@ -22,13 +22,16 @@ pub(crate) type IdSet = HashSet<BlockId, FxBuildHasher>;
 pub(crate) fn load_masks(backend: &dyn Backend) -> Result<IdSet> {
     let mut out = IdSet::default();
     for meta in backend.list(PLAN_PREFIX)? {
-        let bytes = match backend.get(&meta.key, None) {
-            Ok(b) => b,
+        let read = || {
+            let bytes = backend.get(&meta.key, None)?;
+            Plan::decode(&bytes).map_err(|e| e.context(&meta.key))
+        };
+        let plan = match crate::backend::read_again_if_damaged(backend, &meta.key, read) {
+            Ok(p) => p,
             // Its gc finished between the listing and now.
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let plan = Plan::decode(&bytes).map_err(|e| e.context(&meta.key))?;
         out.extend(plan.dead);
     }
     Ok(out)

@@ -298,6 +298,18 @@ impl Store {
             None if self.refresh_index()? => self.locate(id).ok_or_else(not_indexed)?,
             None => return Err(not_indexed()),
         };
+        // Damage read from a cached copy is dropped and read from storage once more
+        // (with the pack's decoded frames forgotten too).
+        let mut read = |pack: &PackId, loc: &Location| {
+            crate::backend::read_again_if_damaged(&*self.backend, &keys::pack_key(pack), || {
+                read(pack, loc)
+            })
+            .inspect_err(|e| {
+                if e.kind() == ErrorKind::Corrupt {
+                    self.frames.forget_pack(pack);
+                }
+            })
+        };
         match read(&pack, &loc) {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.reload_index()?;
@@ -1343,6 +1355,97 @@ mod tests {
             let err = store.read_blob(&id).expect_err(what);
             assert!(err.to_string().contains(what), "{err}");
         }
+    }
+
+    /// A backend holding a damaged copy (a cache) of every pack until it evicts it.
+    #[derive(Debug)]
+    struct DamagedCopies {
+        inner: MemoryBackend,
+        evicted: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Backend for DamagedCopies {
+        fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+            self.inner.put(key, data)
+        }
+        fn get(&self, key: &str, range: Option<std::ops::Range<u64>>) -> Result<Bytes> {
+            let good = self.inner.get(key, range)?;
+            let evicted = self
+                .evicted
+                .lock()
+                .expect("lock")
+                .contains(&key.to_string());
+            if !key.starts_with("packs/") || evicted || good.is_empty() {
+                return Ok(good);
+            }
+            let mut bad = good.to_vec();
+            let mid = bad.len() / 2;
+            bad[mid] ^= 0x20;
+            Ok(Bytes::from(bad))
+        }
+        fn size(&self, key: &str) -> Result<u64> {
+            self.inner.size(key)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<crate::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key)
+        }
+        fn sync(&self) -> Result<()> {
+            self.inner.sync()
+        }
+        fn locks(&self) -> &dyn crate::Locks {
+            self.inner.locks()
+        }
+        fn create(&self, prefix: &str) -> Result<Box<dyn crate::PartialObject + '_>> {
+            self.inner.create(prefix)
+        }
+        fn evict(&self, key: &str) -> bool {
+            self.evicted.lock().expect("lock").push(key.to_string());
+            true
+        }
+    }
+
+    /// A block read from a damaged copy fails its id: the backend evicts the copy and
+    /// the block is read again, right; without a copy to evict, the damage is an error.
+    #[test]
+    fn damage_in_a_copy_is_evicted_and_read_again() {
+        let be = Arc::new(DamagedCopies {
+            inner: MemoryBackend::new(),
+            evicted: std::sync::Mutex::new(Vec::new()),
+        });
+        let store =
+            Store::init(Arc::clone(&be) as Arc<dyn Backend>, StoreConfig::default()).expect("init");
+        let block = noise(64 << 10, 3);
+        let id = Id::of(&block);
+        let mut w = store.writer(Compression::default()).expect("writer");
+        w.add(id, BlobKind::Data, &block).expect("add");
+        drop(w.commit().expect("commit"));
+        be.evicted.lock().expect("lock").clear();
+        assert_eq!(&store.read_blob(&id).expect("read again")[..], &block[..]);
+        let evicted = be.evicted.lock().expect("lock").clone();
+        assert_eq!(evicted.len(), 1, "{evicted:?}");
+        assert!(evicted[0].starts_with("packs/"));
+        // The whole store verifies clean through the copies (each evicted once found).
+        be.evicted.lock().expect("lock").clear();
+        let report = crate::verify::verify_store(&store, true, &|_| {}).expect("verify");
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        // The same damage in storage itself: an error, never the wrong bytes.
+        let plain = MemoryBackend::new();
+        for m in be.inner.list("").expect("list") {
+            let mut bytes = be.inner.get(&m.key, None).expect("get").to_vec();
+            if m.key.starts_with("packs/") {
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x20;
+            }
+            plain.put(&m.key, &bytes).expect("put");
+        }
+        let damaged = Store::open(Arc::new(plain)).expect("open");
+        assert_eq!(
+            damaged.read_blob(&id).map_err(|e| e.kind()).err(),
+            Some(ErrorKind::Corrupt)
+        );
     }
 
     /// Once the flusher fails, the session is over: later adds and the commit fail,

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::format::keys;
 use crate::frame::{self, FrameCache};
 use crate::id::{BlockId, Id, PackId};
@@ -93,16 +93,20 @@ pub fn verify_store(
         };
         report.blobs += entries.len() as u64;
         if read_data {
-            match backend.get(&meta.key, None) {
-                Ok(bytes) => {
-                    report.bytes_read += bytes.len() as u64;
-                    if Id::of(&bytes) != pid {
-                        report.damaged_packs.insert(pid);
-                        report.problems.push(problem(
-                            &meta.key,
-                            "pack bytes do not match the pack's name",
-                        ));
-                    }
+            let read = || {
+                let bytes = backend.get(&meta.key, None)?;
+                let n = bytes.len() as u64;
+                if Id::of(&bytes) == pid {
+                    Ok(n)
+                } else {
+                    Err(Error::corrupt("pack bytes do not match the pack's name"))
+                }
+            };
+            match crate::backend::read_again_if_damaged(backend, &meta.key, read) {
+                Ok(n) => report.bytes_read += n,
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    report.damaged_packs.insert(pid);
+                    report.problems.push(problem(&meta.key, e.to_string()));
                 }
                 Err(e) => report.problems.push(problem(&meta.key, e.to_string())),
             }

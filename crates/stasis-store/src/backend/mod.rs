@@ -74,6 +74,14 @@ pub trait Backend: Send + Sync + Debug {
     /// temporary that gc removes, after a crash).
     fn create(&self, prefix: &str) -> Result<Box<dyn PartialObject + '_>>;
 
+    /// Forget every copy of object `key` this backend keeps besides the storage itself
+    /// (a cache): what was read of it failed its check against its name or its block
+    /// ids. Returns whether a read may now give other bytes (so one more read is worth
+    /// it; see [`read_again_if_damaged`]). By default there is no copy: false.
+    fn evict(&self, _key: &str) -> bool {
+        false
+    }
+
     /// A hint that `ranges` (sorted) of object `key` will be read soon: a backend may
     /// start fetching them so the reads that follow find them in memory. It changes
     /// nothing a read returns; by default it does nothing.
@@ -151,6 +159,24 @@ pub fn check_prefix(prefix: &str) -> Result<()> {
             ErrorKind::InvalidInput,
             format!("bad object key prefix {prefix:?}: not a directory"),
         )),
+    }
+}
+
+/// `read()`, and when it fails as damage ([`ErrorKind::Corrupt`]: bytes of object `key`
+/// did not match their checks), once more after the backend evicted its copy of the
+/// object: a damaged cache entry is dropped and the object read from storage, never
+/// served. Damage in storage itself fails both times.
+pub fn read_again_if_damaged<T>(
+    backend: &dyn Backend,
+    key: &str,
+    mut read: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    match read() {
+        Err(e) if e.kind() == ErrorKind::Corrupt && backend.evict(key) => {
+            tracing::warn!(key, "read again from storage after a failed check: {e}");
+            read()
+        }
+        r => r,
     }
 }
 
