@@ -597,6 +597,36 @@ fn two_hosts_share_one_repository() {
                 == vec![("ic.ext4".into(), fs::read(&ic).expect("read"))]
         );
 
+        // A's create killed (SIGKILL) after its first upload: B never sees a snapshot,
+        // and B's gc removes what it left in the bucket.
+        modify_ext4(dir, &ic, 15);
+        let c = spawn(
+            &g,
+            &a,
+            &[
+                "create",
+                "web",
+                "killed",
+                "--disk",
+                ic.to_str().expect("utf8"),
+            ],
+            &[("STASIS_KILL_AT", "1")],
+        );
+        let out = c.wait_with_output().expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "the create was not killed"
+        );
+        let list = ok(&g, &b, &["list", "--all"]);
+        assert!(!list.contains("killed"), "{list}");
+        ok(&g, &b, &["gc"]);
+        let unindexed = json(&g, &b, &["verify"])["unindexed_packs"]
+            .as_array()
+            .map(Vec::len);
+        assert_eq!(unindexed, Some(0), "gc left the killed create's packs");
+
         // PostgreSQL restarts in the middle of a create: a clear error, no snapshot,
         // and what it uploaded is garbage for gc.
         modify_ext4(dir, &ic, 14);
