@@ -69,6 +69,8 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Create, list or revoke the HTTP API's bearer tokens.
     Token(cmd::serve::TokenArgs),
+    /// Register VMs by their files, hypervisor and snapshot hooks: `instance add|list|show|remove`.
+    Instance(cmd::instance::Args),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +115,7 @@ fn main() -> ExitCode {
         Command::Gc(a) => cmd::gc::run(&ctx, a),
         Command::Serve(a) => cmd::serve::serve(&ctx, a),
         Command::Token(a) => cmd::serve::token(&ctx, a),
+        Command::Instance(a) => cmd::instance::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

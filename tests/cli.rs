@@ -965,3 +965,166 @@ fn ten_thousand_deep_chain_works_everywhere() {
         0
     );
 }
+
+/// An instance registered with its files and hooks is snapshotted by name: the
+/// pre-snapshot hook runs first (here it writes the memory file) with the VM, snapshot,
+/// kind and hypervisor in its environment, then the files are stored, then the
+/// post-snapshot hook; a failing hook records nothing, and the post-snapshot hook runs
+/// even when storing failed (so the VM is resumed).
+#[test]
+fn instances_are_snapshotted_by_name_between_their_hooks() {
+    let env = Env::new();
+    let img = make_ext4(&env, "root.ext4");
+    let mem = env.path("guest.mem");
+    let log = env.path("hooks.log");
+    let (img_s, mem_s, log_s) = (
+        img.to_str().expect("utf8"),
+        mem.to_str().expect("utf8"),
+        log.to_str().expect("utf8"),
+    );
+    let pre = format!(
+        "echo \"pre $STASIS_VM $STASIS_SNAPSHOT $STASIS_KIND $STASIS_HYPERVISOR $STASIS_TENANT\" >> {log_s}; \
+         head -c 1048576 /dev/urandom > {mem_s}"
+    );
+    let post = format!("echo \"post $STASIS_SNAPSHOT\" >> {log_s}");
+    env.ok(&["init"]);
+    let added = env.json(&[
+        "instance",
+        "add",
+        "web",
+        "--hypervisor",
+        "qemu",
+        "--disk",
+        &format!("rootfs={img_s}"),
+        "--memory",
+        mem_s,
+        "--pre-snapshot",
+        &pre,
+        "--post-snapshot",
+        &post,
+    ]);
+    assert_eq!(added["vm"]["name"], "web");
+    assert_eq!(added["files"][1]["name"], "guest.mem");
+    assert_eq!(added["files"][1]["role"], "memory");
+    assert!(!mem.exists(), "registering touches no file");
+    env.fails(
+        &[
+            "instance",
+            "add",
+            "web",
+            "--hypervisor",
+            "qemu",
+            "--disk",
+            img_s,
+        ],
+        "an instance already",
+    );
+    env.fails(
+        &[
+            "instance",
+            "add",
+            "x",
+            "--hypervisor",
+            "nope",
+            "--disk",
+            img_s,
+        ],
+        "hypervisor",
+    );
+    env.fails(
+        &["instance", "add", "x", "--hypervisor", "qemu"],
+        "at least one file",
+    );
+    let listed = env.ok(&["instance", "list"]);
+    assert!(
+        listed.contains("web") && listed.contains("rootfs, guest.mem"),
+        "{listed}"
+    );
+
+    // By name: the hooks around it, the files stored, the instance's hypervisor.
+    let snap = env.json(&["create", "web", "s1"]);
+    assert_eq!(snap["kind"], "Standby");
+    assert_eq!(snap["source_hypervisor"], "qemu");
+    let names: Vec<&str> = snap["payloads"]
+        .as_array()
+        .expect("payloads")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["rootfs", "guest.mem"]);
+    assert_eq!(
+        fs::read_to_string(&log).expect("log"),
+        "pre web s1 Standby qemu default\npost s1\n"
+    );
+    let out = env.path("out");
+    env.ok(&["restore", "web/s1", out.to_str().expect("utf8")]);
+    assert!(same(&out.join("rootfs"), &img));
+    assert!(same(&out.join("guest.mem"), &mem));
+
+    // A failing pre-snapshot hook: nothing stored, nothing recorded, nothing else run.
+    fs::remove_file(&log).expect("rm");
+    env.ok(&[
+        "instance",
+        "add",
+        "paused",
+        "--hypervisor",
+        "firecracker",
+        "--disk",
+        img_s,
+        "--pre-snapshot",
+        &format!("echo cannot pause >&2; echo pre >> {log_s}; exit 7"),
+        "--post-snapshot",
+        &format!("echo post >> {log_s}"),
+    ]);
+    env.fails(
+        &["create", "paused", "s1"],
+        "pre-snapshot hook failed (exit status: 7): cannot pause",
+    );
+    assert_eq!(fs::read_to_string(&log).expect("log"), "pre\n");
+    // A failing post-snapshot hook: the blocks are stored, nothing is recorded.
+    env.ok(&["instance", "remove", "paused"]);
+    env.ok(&[
+        "instance",
+        "add",
+        "paused",
+        "--hypervisor",
+        "firecracker",
+        "--disk",
+        img_s,
+        "--post-snapshot",
+        "exit 9",
+    ]);
+    env.fails(&["create", "paused", "s2"], "post-snapshot hook failed");
+    // A file that is not there: the post-snapshot hook still runs (the VM resumes).
+    fs::remove_file(&log).expect("rm");
+    let gone = env.path("gone.img");
+    env.ok(&[
+        "instance",
+        "add",
+        "lost",
+        "--hypervisor",
+        "qemu",
+        "--disk",
+        gone.to_str().expect("utf8"),
+        "--post-snapshot",
+        &format!("echo post >> {log_s}"),
+    ]);
+    env.fails(&["create", "lost", "s1"], "gone.img");
+    assert_eq!(fs::read_to_string(&log).expect("log"), "post\n");
+    let all = env.json(&["list", "--all"]);
+    let vms: Vec<&str> = all
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["source_instance_name"].as_str())
+        .collect();
+    assert_eq!(vms, ["web"], "only web's snapshot was recorded");
+    env.ok(&["verify"]);
+
+    // Removed, the instance is gone and its snapshots stay; without files, a VM that
+    // is no instance has nothing to store.
+    env.ok(&["instance", "remove", "web"]);
+    env.fails(&["instance", "show", "web"], "no instance");
+    env.fails(&["create", "web", "s2"], "stasis instance add");
+    assert_eq!(env.json(&["show", "web/s1"])["name"], "s1");
+}

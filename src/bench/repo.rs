@@ -285,6 +285,7 @@ pub fn run(ctx: &Context, opts: &Options) -> Result<Report> {
             &img,
             Format::Raw,
         )?],
+        before_record: None,
     };
     let pb = progress(ctx.json, 0, true);
     pb.set_message("ingesting");

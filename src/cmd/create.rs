@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use stasis_catalog::parse_tag;
 use stasis_repo::create::{self, CreateSpec, Format, InputSpec, Paths, Progress};
+use stasis_repo::instance;
 
 use crate::output::{bar, human, print_json, ratio};
 use crate::repo::Context;
@@ -112,9 +113,6 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     for s in &a.state {
         inputs.push(input("state", s, &a.format));
     }
-    if inputs.is_empty() {
-        bail!("nothing to store: give at least one --disk, --memory or --state");
-    }
     let mut tags = BTreeMap::new();
     for t in &a.tags {
         let (k, v) = parse_tag(t)?;
@@ -144,19 +142,35 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
         tenant: None,
         inputs,
     };
-    let req = spec.into_request(repo.store().config(), Paths::Host)?;
-    if a.diff && create::parent_of(repo.catalog(), &req)?.is_none() {
-        bail!(
-            "--diff needs a parent: give --parent SNAP (or create a full snapshot of {} first)",
-            a.vm
-        );
-    }
     let pb = bar(0, "storing");
     let progress = |p: Progress| match p {
         Progress::Total(n) => pb.set_length(n),
         Progress::Advanced(n) => pb.inc(n),
     };
-    let created = repo.create(req, &progress)?;
+    let created = if spec.inputs.is_empty() {
+        // No files named: the VM's registered ones, with its hooks.
+        let Some(instance) = repo.catalog().instance(&a.vm)? else {
+            bail!(
+                "nothing to store: give at least one --disk, --memory or --state, or \
+                 register {} (stasis instance add) to snapshot its files by name",
+                a.vm
+            );
+        };
+        if a.diff {
+            bail!("--diff takes the layers as files: give them with --disk/--memory/--state");
+        }
+        let (store, catalog) = repo.parts();
+        instance::snapshot(store, catalog, &instance, spec, Paths::Host, &progress)?
+    } else {
+        let req = spec.into_request(repo.store().config(), Paths::Host)?;
+        if a.diff && create::parent_of(repo.catalog(), &req)?.is_none() {
+            bail!(
+                "--diff needs a parent: give --parent SNAP (or create a full snapshot of {} first)",
+                a.vm
+            );
+        }
+        repo.create(req, &progress)?
+    };
     pb.finish_and_clear();
     let snap = &created.snapshot;
     let stats = &created.ingest;

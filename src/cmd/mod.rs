@@ -7,6 +7,7 @@ pub mod du;
 pub mod fork;
 pub mod gc;
 pub mod init;
+pub mod instance;
 pub mod list;
 pub mod mount;
 pub mod restore;

@@ -129,6 +129,19 @@ pub(crate) const TOKEN_COLUMNS: &[Column] = &[
     col("revoked_at"),
 ];
 
+/// A row of `instances` (see [`instance`]).
+pub(crate) const INSTANCE_COLUMNS: &[Column] = &[
+    col("vm_id"),
+    col("hypervisor"),
+    col("pre_snapshot"),
+    col("post_snapshot"),
+    col("created_at"),
+];
+
+/// A row of `instance_files` (see [`instance_file`]).
+pub(crate) const INSTANCE_FILE_COLUMNS: &[Column] =
+    &[col("vm_id"), col("role"), col("name"), col("path")];
+
 /// Every row of `rows`, decoded by `decode`.
 pub(crate) fn all<T>(rows: &[Row], decode: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
     rows.iter().map(decode).collect()
@@ -488,6 +501,39 @@ pub(crate) fn event(row: &Row) -> Result<Event> {
     })
 }
 
+/// The `instances` row of a VM.
+pub(crate) struct InstanceRow {
+    pub(crate) hypervisor: crate::Hypervisor,
+    pub(crate) pre_snapshot: Option<String>,
+    pub(crate) post_snapshot: Option<String>,
+    pub(crate) created_at: String,
+}
+
+/// A row of [`INSTANCE_COLUMNS`].
+pub(crate) fn instance(row: &Row) -> Result<InstanceRow> {
+    let f = Fields::new("instances", row, &["vm_id"])?;
+    Ok(InstanceRow {
+        hypervisor: f.parsed("hypervisor")?,
+        pre_snapshot: f.opt_text("pre_snapshot")?,
+        post_snapshot: f.opt_text("post_snapshot")?,
+        created_at: f.timestamp("created_at")?,
+    })
+}
+
+/// A row of [`INSTANCE_FILE_COLUMNS`].
+pub(crate) fn instance_file(row: &Row) -> Result<crate::InstanceFile> {
+    let f = Fields::new("instance_files", row, &["vm_id", "name"])?;
+    let path = f.text("path")?;
+    if !path.starts_with('/') {
+        return Err(f.row_error(format_args!("path {path:?} is not absolute")));
+    }
+    Ok(crate::InstanceFile {
+        role: f.parsed("role")?,
+        name: f.checked("name", validate_file_name)?,
+        path,
+    })
+}
+
 /// A row of [`TOKEN_COLUMNS`].
 pub(crate) fn token(row: &Row) -> Result<Token> {
     let f = Fields::new("tokens", row, &["id"])?;
@@ -724,6 +770,46 @@ mod tests {
             ];
             damaged(&c, &sql, &victim.id, &expect, &tags, &get_good);
             damaged(&c, &sql, &victim.id, &expect, &get_snapshot, &get_good);
+        }
+    }
+
+    #[test]
+    fn bad_instance_columns_are_corrupt_and_named() {
+        use crate::{Hypervisor, InstanceFile, NewInstance};
+        let (mut c, _, _) = two();
+        let new = |vm: &str| NewInstance {
+            vm: vm.into(),
+            tenant: None,
+            hypervisor: Hypervisor::Qemu,
+            files: vec![InstanceFile {
+                role: stasis_store::Role::Disk,
+                name: "root".into(),
+                path: format!("/srv/{vm}/root"),
+            }],
+            pre_snapshot: None,
+            post_snapshot: None,
+        };
+        let good = c.register_instance(&new("good-vm")).expect("good");
+        let victim = c.register_instance(&new("victim-vm")).expect("victim");
+        let read = |c: &Catalog| c.instance("victim-vm").map(drop);
+        let get_good = |c: &Catalog| {
+            c.instance("good-vm")
+                .map(|i| assert_eq!(i.as_ref(), Some(&good)))
+        };
+        for (table, column, value, shown) in [
+            ("instances", "hypervisor", "'hyperv'", "\"hyperv\""),
+            ("instances", "created_at", "'yesterday'", "\"yesterday\""),
+            ("instance_files", "role", "'swap'", "\"swap\""),
+            ("instance_files", "name", "'a/b'", "\"a/b\""),
+            ("instance_files", "path", "'relative'", "relative"),
+        ] {
+            let sql = format!("UPDATE {table} SET {column} = {value} WHERE vm_id = ?1");
+            let expect = [
+                &format!("table {table}"),
+                &format!("row {}", victim.vm.id),
+                shown,
+            ];
+            damaged(&c, &sql, &victim.vm.id, &expect, &read, &get_good);
         }
     }
 

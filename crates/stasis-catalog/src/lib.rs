@@ -33,6 +33,7 @@ mod error;
 pub mod fields;
 mod filter;
 mod ids;
+mod instances;
 pub mod layout;
 mod record;
 mod schema;
@@ -53,6 +54,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use fields::{CompressionState, Hypervisor, Kind, PowerState, now, parse_expiry, parse_tag};
 pub use filter::{ListFilter, SortField};
 pub use ids::{new_id, validate_file_name, validate_name};
+pub use instances::{Instance, InstanceFile, NewInstance};
 pub use record::{
     CompressionInfo, Event, NewPayload, NewSnapshot, Payload, Snapshot, Status, Token, TokenMode,
     Vm,

@@ -104,6 +104,24 @@ CREATE TABLE stores (
     created_at  TEXT NOT NULL
 );
 ",
+    // Instances: VMs registered with their hypervisor, files and snapshot hooks.
+    r"
+CREATE TABLE instances (
+    vm_id         TEXT PRIMARY KEY REFERENCES vms(id),
+    hypervisor    TEXT NOT NULL,
+    pre_snapshot  TEXT,
+    post_snapshot TEXT,
+    created_at    TEXT NOT NULL
+);
+CREATE TABLE instance_files (
+    vm_id     TEXT NOT NULL REFERENCES vms(id),
+    position  INTEGER NOT NULL,
+    role      TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    path      TEXT NOT NULL,
+    PRIMARY KEY (vm_id, name)
+);
+",
 ];
 
 /// Bring the database up to the current schema: nothing to do when it is current;

@@ -23,7 +23,7 @@ pub type Opener = Arc<dyn Fn() -> Catalog + Send + Sync>;
 /// [`Opener`] of it: scenarios with two connections call it twice).
 pub fn conformance(fresh: &dyn Fn() -> Opener) {
     type Scenario = (&'static str, fn(&mut Catalog));
-    let scenarios: [Scenario; 7] = [
+    let scenarios: [Scenario; 8] = [
         ("create_resolve_list", create_resolve_list),
         ("refusals_change_nothing", refusals_change_nothing),
         (
@@ -43,6 +43,7 @@ pub fn conformance(fresh: &dyn Fn() -> Opener) {
             "tokens_authenticate_until_revoked",
             tokens_authenticate_until_revoked,
         ),
+        ("instances_register_and_go", instances_register_and_go),
     ];
     for (name, scenario) in scenarios {
         eprintln!("catalog conformance: {name}");
@@ -394,6 +395,104 @@ fn tokens_authenticate_until_revoked(c: &mut Catalog) {
     assert_eq!(c.revoke_token(&a.id).expect("again"), revoked);
     assert_eq!(
         c.revoke_token("nope").map_err(|e| e.kind()).err(),
+        Some(ErrorKind::NotFound)
+    );
+}
+
+fn instances_register_and_go(c: &mut Catalog) {
+    use crate::{InstanceFile, NewInstance};
+    let file = |role, name: &str, path: &str| InstanceFile {
+        role,
+        name: name.into(),
+        path: path.into(),
+    };
+    let new = |vm: &str, files: Vec<InstanceFile>| NewInstance {
+        vm: vm.into(),
+        tenant: Some("acme".into()),
+        hypervisor: Hypervisor::CloudHypervisor,
+        files,
+        pre_snapshot: Some("ch-remote pause".into()),
+        post_snapshot: None,
+    };
+    let files = vec![
+        file(Role::Disk, "rootfs.ext4", "/srv/vms/acme/web/rootfs.ext4"),
+        file(
+            Role::Memory,
+            "memory-ranges",
+            "/srv/vms/acme/web/snap/memory-ranges",
+        ),
+        file(
+            Role::State,
+            "state.json",
+            "/srv/vms/acme/web/snap/state.json",
+        ),
+    ];
+    let i = c
+        .register_instance(&new("web", files.clone()))
+        .expect("register");
+    assert_eq!(i.vm.name, "web");
+    assert_eq!(i.vm.tenant, "acme");
+    assert_eq!(i.files, files, "files in the order given");
+    assert_eq!(i.hypervisor, Hypervisor::CloudHypervisor);
+    assert_eq!(i.pre_snapshot.as_deref(), Some("ch-remote pause"));
+    assert_eq!(c.instance(&i.vm.id).expect("by id"), Some(i.clone()));
+    assert_eq!(
+        c.instance_of("web", Some("acme")).expect("own"),
+        Some(i.clone())
+    );
+    assert_eq!(c.instance_of("web", Some("other")).expect("foreign"), None);
+    assert_eq!(c.instance("nope").expect("missing"), None);
+    let kind = |r: Result<crate::Instance>| r.map_err(|e| e.kind()).err();
+    assert_eq!(
+        kind(c.register_instance(&new("web", files.clone()))),
+        Some(ErrorKind::Conflict)
+    );
+    let mut foreign = new("web", files.clone());
+    foreign.tenant = Some("other".into());
+    assert_eq!(
+        kind(c.register_instance(&foreign)),
+        Some(ErrorKind::NotFound)
+    );
+    for bad in [
+        vec![],
+        vec![file(Role::Disk, "d", "relative/d")],
+        vec![file(Role::Disk, "d", "/a"), file(Role::State, "d", "/b")],
+        vec![
+            file(Role::Memory, "m1", "/a"),
+            file(Role::Memory, "m2", "/b"),
+        ],
+        vec![file(Role::Disk, "a/b", "/a")],
+    ] {
+        assert_eq!(
+            kind(c.register_instance(&new("db", bad.clone()))),
+            Some(ErrorKind::InvalidInput),
+            "{bad:?}"
+        );
+    }
+    assert!(
+        c.vm("db").expect("vm").is_none(),
+        "a refused registration makes no VM"
+    );
+    // A VM with snapshots becomes an instance and keeps them; removed, it keeps them too.
+    let mut snap = new_snap("old", "base", None);
+    snap.tenant = Some("acme".into());
+    let s = c.create(&snap).expect("snapshot");
+    let old = c
+        .register_instance(&new("old", vec![file(Role::Disk, "root", "/srv/old/root")]))
+        .expect("register an existing VM");
+    assert_eq!(old.vm.current_id.as_deref(), Some(s.id.as_str()));
+    let names: Vec<String> = c
+        .instances()
+        .expect("list")
+        .into_iter()
+        .map(|i| i.vm.name)
+        .collect();
+    assert_eq!(names, ["old", "web"]);
+    c.unregister_instance("old").expect("remove");
+    assert_eq!(c.instance("old").expect("gone"), None);
+    assert_eq!(c.resolve("old").expect("the VM's snapshot stays").id, s.id);
+    assert_eq!(
+        c.unregister_instance("old").map_err(|e| e.kind()).err(),
         Some(ErrorKind::NotFound)
     );
 }

@@ -236,6 +236,7 @@ impl CreateSpec {
             diff: self.diff,
             compression,
             inputs,
+            before_record: None,
         })
     }
 }
@@ -316,8 +317,11 @@ impl Input {
     }
 }
 
+/// Run right before a snapshot is recorded (all its blocks are stored); an error
+/// aborts it with nothing recorded.
+pub type BeforeRecord = Box<dyn FnOnce() -> Result<()> + Send>;
+
 /// What to create.
-#[derive(Debug)]
 pub struct Request {
     /// The record's fields (VM, name, tenant, metadata). Its `parent_id`, `payloads`
     /// and sizes are filled in by [`create`].
@@ -330,6 +334,21 @@ pub struct Request {
     pub compression: Option<Compression>,
     /// The files.
     pub inputs: Vec<Input>,
+    /// See [`BeforeRecord`] (an instance's post-snapshot hook).
+    pub before_record: Option<BeforeRecord>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("new", &self.new)
+            .field("parent", &self.parent)
+            .field("diff", &self.diff)
+            .field("compression", &self.compression)
+            .field("inputs", &self.inputs)
+            .field("before_record", &self.before_record.is_some())
+            .finish()
+    }
 }
 
 /// Progress of an ingest.
@@ -487,6 +506,9 @@ pub fn create(
     new.added_bytes = sizes.added_bytes;
     new.compressed_size_bytes = sizes.compressed_size_bytes;
     new.uncompressed_size_bytes = sizes.uncompressed_size_bytes;
+    if let Some(f) = req.before_record {
+        f()?;
+    }
     committed
         .still_registered()
         .map_err(|e| e.context("the write session"))?;

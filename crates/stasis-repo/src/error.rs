@@ -55,6 +55,9 @@ pub enum Error {
     /// It clashes with something that exists.
     #[error("{0}")]
     Conflict(String),
+    /// An instance's snapshot hook failed (see [`crate::instance`]).
+    #[error("{0}")]
+    Hook(String),
     /// An OS call failed.
     #[error("{context}: {source}")]
     Io {
@@ -94,7 +97,7 @@ impl Error {
             Error::Refused(_) => ErrorKind::Refused,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Conflict(_) => ErrorKind::Conflict,
-            Error::Io { .. } => ErrorKind::Failed,
+            Error::Io { .. } | Error::Hook(_) => ErrorKind::Failed,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod create;
 mod error;
 pub mod fork;
 pub mod gc;
+pub mod instance;
 pub mod mounts;
 mod pg_locks;
 pub mod qcow2;

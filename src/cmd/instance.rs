@@ -1,0 +1,175 @@
+//! `stasis instance add|list|show|remove`: the registry of VMs whose files stasis
+//! snapshots by name (`stasis create VM NAME`, the API's create by instance).
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use stasis_catalog::{Hypervisor, Instance, InstanceFile, NewInstance};
+use stasis_store::Role;
+
+use crate::output::print_json;
+use crate::repo::Context;
+
+/// Register, list, show or remove instances.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Register a VM's files, hypervisor and snapshot hooks.
+    Add(AddArgs),
+    /// List instances.
+    List,
+    /// Show one instance.
+    Show {
+        /// The VM (name or id).
+        vm: String,
+    },
+    /// Forget an instance (its VM and snapshots stay).
+    Remove {
+        /// The VM (name or id).
+        vm: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct AddArgs {
+    /// The VM's name (made if new; a VM with snapshots keeps them).
+    vm: String,
+    /// The hypervisor that runs it: cloud-hypervisor, firecracker, qemu, qemu-microvm, vz.
+    #[arg(long)]
+    hypervisor: String,
+    /// Its tenant (default: `default` for a new VM, else the VM's own).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// A disk image: NAME=PATH, or PATH (named after its file); repeatable.
+    #[arg(long, value_name = "[NAME=]PATH")]
+    disk: Vec<String>,
+    /// The guest memory file.
+    #[arg(long, value_name = "[NAME=]PATH")]
+    memory: Option<String>,
+    /// A state file (vmstate, config.json, state.json, memory-ranges, ...); repeatable.
+    #[arg(long, value_name = "[NAME=]PATH")]
+    state: Vec<String>,
+    /// Run by `sh -c` before each snapshot (pause the VM, write its state out), with
+    /// STASIS_VM, STASIS_SNAPSHOT, STASIS_KIND and STASIS_HYPERVISOR in its
+    /// environment; failing, it aborts the snapshot.
+    #[arg(long, value_name = "CMD")]
+    pre_snapshot: Option<String>,
+    /// Run by `sh -c` after the snapshot's files were read (resume the VM), with the
+    /// same environment.
+    #[arg(long, value_name = "CMD")]
+    post_snapshot: Option<String>,
+}
+
+/// `[NAME=]PATH` as a file of `role`, its path made absolute (it need not exist yet:
+/// a pre-snapshot hook may write it).
+fn file(role: Role, spec: &str) -> Result<InstanceFile> {
+    let (name, path) = match spec.split_once('=') {
+        Some((n, p)) if !n.contains('/') && !n.is_empty() => (Some(n.to_string()), p),
+        _ => (None, spec),
+    };
+    let abs = std::path::absolute(Path::new(path))
+        .with_context(|| format!("--{} {spec:?}: not a usable path", role.name()))?;
+    let name = match name {
+        Some(n) => n,
+        None => abs
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(String::from)
+            .with_context(|| format!("--{} {spec:?}: give it a name (NAME=PATH)", role.name()))?,
+    };
+    let path = abs
+        .to_str()
+        .with_context(|| format!("--{} {spec:?}: the path is not UTF-8", role.name()))?
+        .to_string();
+    Ok(InstanceFile { role, name, path })
+}
+
+fn print_instance(i: &Instance) {
+    println!(
+        "instance {} ({}), tenant {}",
+        i.vm.name, i.vm.id, i.vm.tenant
+    );
+    println!("  hypervisor {}", i.hypervisor);
+    for f in &i.files {
+        println!("  {:<6} {:<20} {}", f.role.name(), f.name, f.path);
+    }
+    if let Some(h) = &i.pre_snapshot {
+        println!("  pre-snapshot  {h}");
+    }
+    if let Some(h) = &i.post_snapshot {
+        println!("  post-snapshot {h}");
+    }
+}
+
+/// Run it.
+pub fn run(ctx: &Context, a: Args) -> Result<()> {
+    let mut repo = ctx.open()?;
+    match a.command {
+        Command::Add(a) => {
+            let hypervisor: Hypervisor = a.hypervisor.parse()?;
+            let mut files = Vec::new();
+            for d in &a.disk {
+                files.push(file(Role::Disk, d)?);
+            }
+            if let Some(m) = &a.memory {
+                files.push(file(Role::Memory, m)?);
+            }
+            for s in &a.state {
+                files.push(file(Role::State, s)?);
+            }
+            let i = repo.catalog_mut().register_instance(&NewInstance {
+                vm: a.vm,
+                tenant: a.tenant,
+                hypervisor,
+                files,
+                pre_snapshot: a.pre_snapshot,
+                post_snapshot: a.post_snapshot,
+            })?;
+            if ctx.json {
+                return print_json(&i);
+            }
+            print_instance(&i);
+        }
+        Command::List => {
+            let all = repo.catalog().instances()?;
+            if ctx.json {
+                return print_json(&all);
+            }
+            println!("{:<24} {:<20} {:<17} FILES", "NAME", "TENANT", "HYPERVISOR");
+            for i in &all {
+                let files: Vec<&str> = i.files.iter().map(|f| f.name.as_str()).collect();
+                println!(
+                    "{:<24} {:<20} {:<17} {}",
+                    i.vm.name,
+                    i.vm.tenant,
+                    i.hypervisor.to_string(),
+                    files.join(", ")
+                );
+            }
+        }
+        Command::Show { vm } => {
+            let i = repo
+                .catalog()
+                .instance(&vm)?
+                .with_context(|| format!("no instance {vm:?} (stasis instance add)"))?;
+            if ctx.json {
+                return print_json(&i);
+            }
+            print_instance(&i);
+        }
+        Command::Remove { vm } => {
+            repo.catalog_mut().unregister_instance(&vm)?;
+            if !ctx.json {
+                println!("removed instance {vm} (its snapshots stay)");
+            } else {
+                print_json(&serde_json::json!({ "removed": vm }))?;
+            }
+        }
+    }
+    Ok(())
+}
