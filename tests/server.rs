@@ -1338,3 +1338,94 @@ fn tenant_boundary() {
     let err = serve_refused(&repo, &["--payload-root".into(), "Bad=/tmp".into()]);
     assert!(err.contains("tenant"), "{err}");
 }
+
+/// hypeman's body alone (`{kind, name}`) snapshots a registered instance: its files,
+/// between its hooks, each opened beneath the tenant's roots. Another tenant's instance
+/// does not exist for the caller; a file outside the roots is refused; a failing hook is
+/// `hook_failed` with nothing recorded and nothing of its output sent.
+#[test]
+fn an_instance_is_snapshotted_by_name_through_the_api() {
+    let f = fixture();
+    let log = f.files.join("hooks.log");
+    stasis(
+        &f.repo,
+        &[
+            "instance",
+            "add",
+            "web",
+            "--hypervisor",
+            "firecracker",
+            "--disk",
+            &format!("root={}", f.files.join("disk.img").display()),
+            "--memory",
+            &format!("mem={}", f.files.join("mem").display()),
+            "--pre-snapshot",
+            &format!("echo \"pre $STASIS_SNAPSHOT\" >> {}", log.display()),
+            "--post-snapshot",
+            &format!("echo \"post $STASIS_SNAPSHOT\" >> {}", log.display()),
+        ],
+    );
+    // acme's VM whose file lies in the default tenant's root, and one whose hook fails.
+    for (vm, hook) in [
+        ("stray", "true"),
+        ("stuck", "echo /secret/host/path >&2; exit 4"),
+    ] {
+        stasis(
+            &f.repo,
+            &[
+                "instance",
+                "add",
+                vm,
+                "--tenant",
+                "acme",
+                "--hypervisor",
+                "qemu",
+                "--disk",
+                &format!("root={}", f.files.join("disk.img").display()),
+                "--pre-snapshot",
+                hook,
+            ],
+        );
+    }
+    let s = f.serve(&[]);
+    let mine = token(&f.repo, "default", false);
+    let acme = token(&f.repo, "acme", false);
+    let body = json!({"kind": "Standby", "name": "by-name"});
+    let r = post_json(&s, "/instances/web/snapshots", Some(&mine), &body);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let snap = r.json();
+    assert_eq!(snap["source_hypervisor"], "firecracker");
+    assert_eq!(snap["kind"], "Standby");
+    assert_eq!(
+        fs::read_to_string(&log).expect("hook log"),
+        "pre by-name\npost by-name\n"
+    );
+    let id = id_of(&snap);
+    let back = tempfile::tempdir().expect("tempdir");
+    stasis(
+        &f.repo,
+        &["restore", &id, back.path().to_str().expect("utf8")],
+    );
+    assert!(fs::read(back.path().join("root")).expect("root") == f.disk);
+    assert!(fs::read(back.path().join("mem")).expect("mem") == f.mem);
+
+    // Another tenant's instance is one that does not exist; so is a VM that is no
+    // instance, for a body without payloads.
+    not_found_shape(
+        &post_json(&s, "/instances/web/snapshots", Some(&acme), &body),
+        "web",
+    );
+    not_found_shape(
+        &post_json(&s, "/instances/nope/snapshots", Some(&mine), &body),
+        "nope",
+    );
+    // acme's instance names a file of the default tenant's root: refused.
+    let r = post_json(&s, "/instances/stray/snapshots", Some(&acme), &body);
+    r.error(403, "path_refused");
+    // A failing hook: 500 hook_failed, its output in the log only, nothing recorded.
+    let r = post_json(&s, "/instances/stuck/snapshots", Some(&acme), &body);
+    let e = r.error(500, "hook_failed");
+    assert!(!e.to_string().contains("/secret/host/path"), "{e}");
+    let list = get(&s, "/snapshots?source_instance_id=stuck", Some(&acme)).json();
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+}

@@ -350,8 +350,9 @@ pub struct CreateSnapshotRequest {
     /// Where it is stored (free text).
     #[serde(default)]
     pub datastore: Option<String>,
-    /// The files, on the server's host.
-    #[schema(min_items = 1)]
+    /// The files, on the server's host. Left out (hypeman's body), the instance's
+    /// registered files are taken, between its hooks.
+    #[serde(default)]
     pub payloads: Vec<PayloadSource>,
 }
 

@@ -171,6 +171,15 @@ impl From<stasis_repo::Error> for ApiError {
     fn from(e: stasis_repo::Error) -> Self {
         use stasis_repo::ErrorKind as K;
         let msg = e.to_string();
+        if let stasis_repo::Error::Hook(why) = &e {
+            // The hook's output is the operator's (host paths, tools): logged, not sent.
+            tracing::warn!("{why}");
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "hook_failed",
+                "the instance's snapshot hook failed; nothing was recorded (the server's log says why)",
+            );
+        }
         match e.kind() {
             K::Refused => ApiError::refused(&msg),
             K::InvalidInput => ApiError::bad_request(msg),

@@ -5,8 +5,10 @@
 //!
 //! - `GET /snapshots` (filters `source_instance_id`, `kind`, `name`, `tags[K]=V`,
 //!   `status`, `parent_id`, `expired`, `limit`), `GET`/`DELETE /snapshots/{id}`,
-//!   `POST /instances/{id}/snapshots` (payloads are files on the server's host, under
-//!   the caller's tenant's roots: [`stasis_repo::roots`]), `POST /snapshots/{id}/fork`
+//!   `POST /instances/{id}/snapshots` (hypeman's body alone: a registered instance's
+//!   files, between its hooks, [`stasis_repo::instance`]; or `payloads`, files on the
+//!   server's host; either way opened under the caller's tenant's roots:
+//!   [`stasis_repo::roots`]), `POST /snapshots/{id}/fork`
 //!   (into `INSTANCES/TENANT/NAME/`), `GET`/`HEAD
 //!   /snapshots/{id}/payloads/{name}` with `Range`, `GET /health`, `GET /openapi.json`
 //!   (OpenAPI 3.1, generated from the handlers and types in this crate).
@@ -15,7 +17,8 @@
 //!   tenant's are answered exactly as missing ones (404). A read-only token gets 403 on
 //!   writes. A payload path the caller may not use, for whatever reason, gets one
 //!   answer: 403 `path_refused`, "payload path refused".
-//! - Errors are `{code, message, details}`; client mistakes are 4xx, never 500.
+//! - Errors are `{code, message, details}`; client mistakes are 4xx, never 500. A failed
+//!   snapshot hook is 500 `hook_failed`, its output in the server's log only.
 //! - SIGTERM or SIGINT stops accepting connections and lets running requests finish;
 //!   a snapshot exists only once its catalog row commits, so an interrupted one is
 //!   never half-made.

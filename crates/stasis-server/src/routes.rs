@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use stasis_catalog::{Catalog, Hypervisor, Kind, ListFilter, Snapshot, Status, validate_name};
 use stasis_repo::create::{self, CreateSpec, InputSpec, Paths, Progress};
 use stasis_repo::fork::{self, Files};
+use stasis_repo::instance;
 use stasis_store::PayloadReader;
 
 use crate::api::{
@@ -264,14 +265,13 @@ fn compression(
     }
 }
 
-/// The request as a [`CreateSpec`], checked, its payloads opened beneath the caller's
-/// roots and read from those descriptors only.
-fn check_create(
+/// The request as a [`CreateSpec`] (its payloads, if any, still paths).
+fn create_spec(
     st: &AppState,
     p: &Principal,
     vm: &str,
     r: CreateSnapshotRequest,
-) -> Result<create::Request, ApiError> {
+) -> Result<CreateSpec, ApiError> {
     let (algorithm, level) = compression(r.compression.as_ref())?;
     let inputs = r
         .payloads
@@ -307,7 +307,7 @@ fn check_create(
         tenant: Some(p.tenant.clone()),
         inputs,
     };
-    Ok(spec.into_request(st.store.config(), Paths::Roots(&st.config.roots, p.scope()))?)
+    Ok(spec)
 }
 
 fn too_many() -> ApiError {
@@ -318,8 +318,10 @@ fn too_many() -> ApiError {
     )
 }
 
-/// Create a snapshot of an instance (VM, by id or name; a new name makes a VM of the
-/// caller's tenant) from files on the server's host.
+/// Create a snapshot of an instance (VM, by id or name). With hypeman's body alone (no
+/// `payloads`), of a registered instance (`stasis instance add`): its files, between its
+/// hooks. With `payloads`, of those files on the server's host (a new name makes a VM
+/// of the caller's tenant). Every file is opened beneath the caller's roots.
 #[utoipa::path(post, path = "/instances/{id}/snapshots", tag = "snapshots", security(("bearerAuth" = [])),
     params(("id" = String, Path, description = "VM id or name")),
     request_body = CreateSnapshotRequest,
@@ -328,7 +330,8 @@ fn too_many() -> ApiError {
         (status = 400, description = "Bad input: JSON, name, enum, tag, path", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
         (status = 403, description = "Read-only token (forbidden), or a payload path this token may not use (path_refused)", body = ErrorBody),
-        (status = 404, description = "The VM or the parent is not the caller's", body = ErrorBody),
+        (status = 404, description = "The VM (an instance, without payloads) or the parent is not the caller's", body = ErrorBody),
+        (status = 500, description = "An instance's snapshot hook failed (nothing recorded)", body = ErrorBody),
         (status = 409, description = "The VM already has a snapshot of that name", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
@@ -350,6 +353,26 @@ pub async fn create_snapshot(
     let snap = blocking(move || {
         let _permit = permit;
         let mut cat = st.catalogs.get()?;
+        let roots = Paths::Roots(&st.config.roots, p.scope());
+        if body.payloads.is_empty() {
+            // hypeman's body: the server knows the instance's files.
+            let Some(instance) = cat.instance_of(&vm, Some(&p.tenant))? else {
+                return Err(match cat.vm(&vm)? {
+                    Some(v) if v.tenant == p.tenant => ApiError::bad_request(format!(
+                        "VM {vm} has no registered files and the request names no payloads"
+                    )),
+                    _ => ApiError::no_instance(&vm),
+                });
+            };
+            let spec = create_spec(&st, &p, &instance.vm.name, body)?;
+            if let Some(pid) = &spec.parent {
+                own_snapshot(&cat, &p, pid)?;
+            }
+            let (store, cat) = (&st.store, &mut *cat);
+            let created =
+                instance::snapshot(store, cat, &instance, spec, roots, &|_: Progress| {})?;
+            return Ok(created.snapshot);
+        }
         // The VM: the caller's (by id or name), or a new one named `vm`.
         let vm_name = match cat.vm(&vm)? {
             Some(v) if v.tenant == p.tenant => v.name,
@@ -359,7 +382,7 @@ pub async fn create_snapshot(
                 vm.clone()
             }
         };
-        let req = check_create(&st, &p, &vm_name, body)?;
+        let req = create_spec(&st, &p, &vm_name, body)?.into_request(st.store.config(), roots)?;
         if let Some(pid) = &req.parent {
             own_snapshot(&cat, &p, pid)?;
         }
