@@ -77,7 +77,7 @@ pub trait Backend: Send + Sync + Debug {
     /// Forget every copy of object `key` this backend keeps besides the storage itself
     /// (a cache): what was read of it failed its check against its name or its block
     /// ids. Returns whether a read may now give other bytes (so one more read is worth
-    /// it; see [`read_again_if_damaged`]). By default there is no copy: false.
+    /// it; see `read_again_if_damaged`). By default there is no copy: false.
     fn evict(&self, _key: &str) -> bool {
         false
     }
