@@ -746,9 +746,25 @@ mod tests {
         for bad in ["", "s3://B", "gs://bucket", "file://"] {
             assert!(bad.parse::<StoreUrl>().is_err(), "{bad:?}");
         }
-        for bad in ["", "postgres://u@h/db", "sqlite://"] {
+        for bad in ["", "mysql://u@h/db", "sqlite://", "postgres://"] {
             assert!(bad.parse::<CatalogUrl>().is_err(), "{bad:?}");
         }
+        // A shared catalog: kept as given (password too), shown without its password.
+        let c: CatalogUrl = "postgres://u:secret@h:5432/db"
+            .parse()
+            .expect("postgres url");
+        assert_eq!(
+            c,
+            CatalogUrl::Postgres("postgres://u:secret@h:5432/db".into())
+        );
+        assert!(c.is_shared());
+        assert_eq!(c.to_string(), "postgres://u:***@h:5432/db");
+        assert!(!format!("{c:?}").contains("secret"));
+        assert_eq!(c.saved(), "postgres://u:secret@h:5432/db");
+        let e = "mysql://u:secret@h/db"
+            .parse::<CatalogUrl>()
+            .expect_err("refused");
+        assert!(!e.to_string().contains("secret"), "{e}");
         let e = RepoConfig::embedded(Path::new("/r"));
         assert_eq!(e.store.to_string(), "file:///r/store");
         assert_eq!(e.catalog.to_string(), "sqlite:///r/catalog.db");
