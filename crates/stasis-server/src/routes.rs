@@ -185,20 +185,40 @@ pub async fn list_snapshots(
     Ok(Json(snaps.iter().map(ApiSnapshot::from).collect()))
 }
 
-/// One snapshot (deleted ones too, until gc, with `status: deleted`).
+/// `GET /snapshots/{id}`'s query.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct GetQuery {
+    /// Answer a deleted snapshot (kept until gc, with `status: deleted`) instead of 404.
+    #[serde(default)]
+    pub include_deleted: bool,
+}
+
+/// One snapshot. A deleted one is gone (404), as hypeman's clients expect, unless
+/// `include_deleted=true` asks for it (kept until gc, with `status: deleted`).
 #[utoipa::path(get, path = "/snapshots/{id}", tag = "snapshots", security(("bearerAuth" = [])),
-    params(("id" = String, Path, description = "Snapshot id")),
+    params(("id" = String, Path, description = "Snapshot id"), GetQuery),
     responses(
         (status = 200, description = "The snapshot", body = ApiSnapshot),
+        (status = 400, description = "A bad query", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
-        (status = 404, description = "No such snapshot in the caller's tenant", body = ErrorBody),
+        (status = 404, description = "No such snapshot in the caller's tenant (or deleted)", body = ErrorBody),
     ))]
 pub async fn get_snapshot(
     p: Principal,
     State(st): AppStateRef,
     Path(id): Path<String>,
+    RawQuery(q): RawQuery,
 ) -> Result<Json<ApiSnapshot>, ApiError> {
-    let s = blocking(move || own_snapshot(&*st.catalogs.get()?, &p, &id)).await?;
+    let q: GetQuery = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let s = blocking(move || {
+        let s = own_snapshot(&*st.catalogs.get()?, &p, &id)?;
+        if s.status == stasis_catalog::Status::Deleted && !q.include_deleted {
+            return Err(ApiError::no_snapshot(&id));
+        }
+        Ok(s)
+    })
+    .await?;
     Ok(Json(ApiSnapshot::from(&s)))
 }
 
