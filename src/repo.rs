@@ -79,14 +79,18 @@ impl Context {
 
     fn open_with(&self, damaged: bool) -> Result<(Repository, DamagedIndex)> {
         let config = self.config()?;
-        if !config.exists()? {
-            if self.repo.is_some() {
+        // Opened at once (one look for the store, not two: on an object store each is
+        // a client and requests).
+        match Repository::open_with(&config, &options(damaged)) {
+            Err(stasis_repo::Error::NotFound(_)) if self.repo.is_some() => {
                 let p = config.dir.display();
                 bail!("no repository at {p} (create one with `stasis --repo {p} init`)");
             }
-            return Ok((self.init(StoreConfig::default())?, Vec::new()));
+            Err(stasis_repo::Error::NotFound(_)) => {
+                Ok((self.init(StoreConfig::default())?, Vec::new()))
+            }
+            r => Ok(r?),
         }
-        Ok(Repository::open_with(&config, &options(damaged))?)
     }
 
     /// The repository path that `open` would use.

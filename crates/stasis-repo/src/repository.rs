@@ -561,13 +561,15 @@ impl Repository {
         config: &RepoConfig,
         opts: &OpenOptions,
     ) -> Result<(Repository, DamagedIndex)> {
-        if !config.exists()? {
-            return Err(Error::NotFound(format!(
-                "no repository at {}",
-                config.dir.display()
-            )));
+        let missing = || Error::NotFound(format!("no repository at {}", config.dir.display()));
+        if matches!(&config.store, StoreUrl::Dir(p) if !p.is_dir()) {
+            return Err(missing());
         }
+        // One backend for the check and the store (a remote one is a client and a cache).
         let backend = config.store.backend(config, false)?;
+        if !Store::exists(&*backend)? {
+            return Err(missing());
+        }
         let backend = match &opts.hooks {
             Some(h) => h.backend(backend),
             None => backend,
