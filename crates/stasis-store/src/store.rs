@@ -299,15 +299,16 @@ impl Store {
             None => return Err(not_indexed()),
         };
         // Damage read from a cached copy is dropped and read from storage once more
-        // (with the pack's decoded frames forgotten too).
+        // (with the pack's decoded frames forgotten first: a frame decoded from the
+        // damaged copy would fail the second read too).
         let mut read = |pack: &PackId, loc: &Location| {
+            let mut again = false;
             crate::backend::read_again_if_damaged(&*self.backend, &keys::pack_key(pack), || {
-                read(pack, loc)
-            })
-            .inspect_err(|e| {
-                if e.kind() == ErrorKind::Corrupt {
+                if again {
                     self.frames.forget_pack(pack);
                 }
+                again = true;
+                read(pack, loc)
             })
         };
         match read(&pack, &loc) {
@@ -1419,11 +1420,22 @@ mod tests {
             Store::init(Arc::clone(&be) as Arc<dyn Backend>, StoreConfig::default()).expect("init");
         let block = noise(64 << 10, 3);
         let id = Id::of(&block);
+        // Small blocks written together share a compressed frame.
+        let small: Vec<Vec<u8>> = (0..8u64).map(|i| noise(4096, 10 + i)).collect();
         let mut w = store.writer(Compression::default()).expect("writer");
         w.add(id, BlobKind::Data, &block).expect("add");
+        for b in &small {
+            w.add(Id::of(b), BlobKind::Data, b).expect("add");
+        }
         drop(w.commit().expect("commit"));
         be.evicted.lock().expect("lock").clear();
         assert_eq!(&store.read_blob(&id).expect("read again")[..], &block[..]);
+        for b in &small {
+            assert_eq!(
+                &store.read_blob(&Id::of(b)).expect("read again")[..],
+                &b[..]
+            );
+        }
         let evicted = be.evicted.lock().expect("lock").clone();
         assert_eq!(evicted.len(), 1, "{evicted:?}");
         assert!(evicted[0].starts_with("packs/"));
