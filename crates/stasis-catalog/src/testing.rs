@@ -61,7 +61,8 @@ pub fn conformance(fresh: &dyn Fn() -> Opener) {
     second_connection_sees_commits(&fresh());
 }
 
-fn new_snap(vm: &str, name: &str, parent: Option<&str>) -> NewSnapshot {
+/// A snapshot of `vm` with one small disk payload, branching from `parent`.
+pub(crate) fn new_snap(vm: &str, name: &str, parent: Option<&str>) -> NewSnapshot {
     let payload = NewPayload {
         name: "root".into(),
         role: Role::Disk,
@@ -716,7 +717,11 @@ impl Postgres {
 
     /// An [`Opener`] of a new empty database.
     pub fn fresh(&self) -> Opener {
-        let url = self.database();
+        Postgres::opener(self.database())
+    }
+
+    /// An [`Opener`] of the database at `url`.
+    pub fn opener(url: String) -> Opener {
         Arc::new(move || Catalog::open_postgres(&url).expect("open the PostgreSQL catalog"))
     }
 

@@ -1,25 +1,5 @@
 use super::*;
-use stasis_store::{BlockRef, Compression};
-
-fn new_snap(vm: &str, name: &str, parent: Option<&str>) -> NewSnapshot {
-    let payload = NewPayload {
-        name: "root".into(),
-        role: Role::Disk,
-        allocated: 10,
-        data_bytes: 10,
-        manifest: Manifest {
-            size: 123,
-            block_size: 65536,
-            fanout: 64,
-            root: BlockRef::Zero,
-        },
-    };
-    NewSnapshot {
-        parent_id: parent.map(String::from),
-        compression: Compression::default().into(),
-        ..NewSnapshot::new(vm, name, "test", vec![payload])
-    }
-}
+use crate::testing::new_snap;
 
 #[test]
 fn reopen_keeps_everything() {
@@ -98,16 +78,12 @@ fn postgres_restart_fails_cleanly_and_reconnects() {
     let Some(pg) = testing::Postgres::start() else {
         return;
     };
-    let open = pg.fresh();
+    let url = pg.database();
+    let open = testing::Postgres::opener(url.clone());
     let mut c = open();
     let a = c.create(&new_snap("vm", "a", None)).expect("a");
     let versions = || -> i64 {
-        let url = pg
-            .url()
-            .rsplit_once('/')
-            .map(|(s, _)| s.to_owned())
-            .expect("url");
-        let mut cfg: postgres::Config = format!("{url}/test_0").parse().expect("url");
+        let mut cfg: postgres::Config = url.parse().expect("url");
         cfg.user("postgres");
         let mut admin = cfg.connect(postgres::NoTls).expect("admin");
         admin
@@ -161,14 +137,10 @@ fn postgres_write_lock_dies_with_its_holder() {
     let Some(pg) = testing::Postgres::start() else {
         return;
     };
-    let open = pg.fresh();
+    let url = pg.database();
+    let open = testing::Postgres::opener(url.clone());
     drop(open());
-    let url = pg
-        .url()
-        .rsplit_once('/')
-        .map(|(s, _)| s.to_owned())
-        .expect("url");
-    let mut cfg: postgres::Config = format!("{url}/test_0").parse().expect("url");
+    let mut cfg: postgres::Config = url.parse().expect("url");
     cfg.application_name("stasis");
     let mut holder = cfg.connect(postgres::NoTls).expect("holder");
     holder
