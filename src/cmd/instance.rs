@@ -63,6 +63,15 @@ struct AddArgs {
     /// same environment.
     #[arg(long, value_name = "CMD")]
     post_snapshot: Option<String>,
+    /// Run by `sh -c` before a restore replaces the files (stop the VM), with
+    /// STASIS_VM, STASIS_SNAPSHOT, STASIS_SNAPSHOT_ID, STASIS_KIND, STASIS_HYPERVISOR
+    /// and STASIS_TARGET_STATE set; failing, it aborts the restore with nothing changed.
+    #[arg(long, value_name = "CMD")]
+    pre_restore: Option<String>,
+    /// Run by `sh -c` after a restore put the files in place (start the VM from them in
+    /// STASIS_TARGET_STATE: Running, Standby or Stopped), with the same environment.
+    #[arg(long, value_name = "CMD")]
+    post_restore: Option<String>,
 }
 
 /// `[NAME=]PATH` as a file of `role`, its path made absolute (it need not exist yet:
@@ -104,6 +113,12 @@ fn print_instance(i: &Instance) {
     if let Some(h) = &i.post_snapshot {
         println!("  post-snapshot {h}");
     }
+    if let Some(h) = &i.pre_restore {
+        println!("  pre-restore   {h}");
+    }
+    if let Some(h) = &i.post_restore {
+        println!("  post-restore  {h}");
+    }
 }
 
 /// Run it.
@@ -129,6 +144,8 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
                 files,
                 pre_snapshot: a.pre_snapshot,
                 post_snapshot: a.post_snapshot,
+                pre_restore: a.pre_restore,
+                post_restore: a.post_restore,
             })?;
             if ctx.json {
                 return print_json(&i);

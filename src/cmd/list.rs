@@ -37,6 +37,9 @@ pub struct ListArgs {
     /// At most N snapshots.
     #[arg(long, value_name = "N")]
     limit: Option<u64>,
+    /// Only snapshots created after this one (its id): the next page after a --limit.
+    #[arg(long, value_name = "ID")]
+    after: Option<String>,
 }
 
 /// Show one snapshot.
@@ -70,6 +73,7 @@ pub fn filter(a: &ListArgs) -> Result<ListFilter> {
             .transpose()?
             .unwrap_or_default(),
         limit: a.limit,
+        after: a.after.clone(),
     })
 }
 

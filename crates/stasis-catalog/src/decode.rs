@@ -135,6 +135,8 @@ pub(crate) const INSTANCE_COLUMNS: &[Column] = &[
     col("hypervisor"),
     col("pre_snapshot"),
     col("post_snapshot"),
+    col("pre_restore"),
+    col("post_restore"),
     col("created_at"),
 ];
 
@@ -506,6 +508,8 @@ pub(crate) struct InstanceRow {
     pub(crate) hypervisor: crate::Hypervisor,
     pub(crate) pre_snapshot: Option<String>,
     pub(crate) post_snapshot: Option<String>,
+    pub(crate) pre_restore: Option<String>,
+    pub(crate) post_restore: Option<String>,
     pub(crate) created_at: String,
 }
 
@@ -516,6 +520,8 @@ pub(crate) fn instance(row: &Row) -> Result<InstanceRow> {
         hypervisor: f.parsed("hypervisor")?,
         pre_snapshot: f.opt_text("pre_snapshot")?,
         post_snapshot: f.opt_text("post_snapshot")?,
+        pre_restore: f.opt_text("pre_restore")?,
+        post_restore: f.opt_text("post_restore")?,
         created_at: f.timestamp("created_at")?,
     })
 }
@@ -788,6 +794,8 @@ mod tests {
             }],
             pre_snapshot: None,
             post_snapshot: None,
+            pre_restore: None,
+            post_restore: None,
         };
         let good = c.register_instance(&new("good-vm")).expect("good");
         let victim = c.register_instance(&new("victim-vm")).expect("victim");

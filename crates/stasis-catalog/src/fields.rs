@@ -173,6 +173,81 @@ pub fn validate_tags(tags: &BTreeMap<String, String>) -> Result<()> {
     tags.iter().try_for_each(|(k, v)| validate_tag(k, v))
 }
 
+/// Parse a Go duration (`time.ParseDuration`, as hypeman's schedules take them): a
+/// sequence of decimal numbers, each with an optional fraction and a unit of `ns`,
+/// `us` (or `µs`, `μs`), `ms`, `s`, `m`, `h`, such as `1h30m` or `1.5h`. No sign (a
+/// schedule's durations are never negative); `0` alone is zero.
+pub fn parse_go_duration(text: &str) -> Result<std::time::Duration> {
+    let bad = |why: &str| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("invalid duration {text:?}: {why} (a Go duration such as 90s, 15m, 1h30m)"),
+        )
+    };
+    if text == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    if text.is_empty() {
+        return Err(bad("empty"));
+    }
+    let mut rest = text;
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(|| bad("a number without a unit"))?;
+        let (number, tail) = rest.split_at(digits);
+        let (whole, frac) = match number.split_once('.') {
+            Some((w, f)) => (w, f),
+            None => (number, ""),
+        };
+        if (whole.is_empty() && frac.is_empty()) || frac.contains('.') {
+            return Err(bad("expected a number"));
+        }
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_len);
+        let nanos: u128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            "" => return Err(bad("a number without a unit")),
+            _ => return Err(bad(&format!("unknown unit {unit:?}"))),
+        };
+        let too_long = || bad("too long");
+        let w: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| too_long())?
+        };
+        let mut part = w.checked_mul(nanos).ok_or_else(too_long)?;
+        // The fraction, to the nanosecond (further digits are dropped, as Go does).
+        let mut scale = nanos;
+        for d in frac.bytes() {
+            scale /= 10;
+            if scale == 0 {
+                break;
+            }
+            part += u128::from(d - b'0') * scale;
+        }
+        total = total.checked_add(part).ok_or_else(too_long)?;
+        rest = next;
+    }
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| bad("too long"))?;
+    // Go's durations end at about 290 years.
+    if total > i64::MAX as u128 {
+        return Err(bad("too long"));
+    }
+    Ok(std::time::Duration::new(
+        secs,
+        (total % 1_000_000_000) as u32,
+    ))
+}
+
 /// Parse an expiry: an RFC 3339 date-time (`2026-12-01T10:00:00Z`, any offset), a
 /// date-time without offset (taken as UTC), or a date (midnight UTC). Returns RFC 3339
 /// in UTC.
@@ -206,6 +281,37 @@ pub fn now() -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn go_durations_parse_as_go_does() {
+        use std::time::Duration;
+        let ok = |s: &str| parse_go_duration(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        assert_eq!(ok("1m"), Duration::from_secs(60));
+        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
+        assert_eq!(ok("1.5h"), Duration::from_secs(5400));
+        assert_eq!(ok("90s"), Duration::from_secs(90));
+        assert_eq!(ok("2h45m0.5s"), Duration::from_millis(9_900_500));
+        assert_eq!(ok("300ms"), Duration::from_millis(300));
+        assert_eq!(ok("1us"), Duration::from_micros(1));
+        assert_eq!(ok("1\u{b5}s"), Duration::from_micros(1));
+        assert_eq!(ok(".5m"), Duration::from_secs(30));
+        assert_eq!(ok("0"), Duration::ZERO);
+        for bad in [
+            "",
+            "1",
+            "1d",
+            "h",
+            "-1h",
+            "+1h",
+            "1.2.3s",
+            ".s",
+            "1h 30m",
+            "99999999999999999999h",
+            "3000000h",
+        ] {
+            assert!(parse_go_duration(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 
     #[test]
     fn enums_use_the_api_values() {

@@ -80,4 +80,7 @@ pub struct ListFilter {
     pub sort: SortField,
     /// At most this many.
     pub limit: Option<u64>,
+    /// Only snapshots after this one (its id) in the [`SortField::CreatedAt`] order: the
+    /// next page of a list. Other orders refuse it.
+    pub after: Option<String>,
 }

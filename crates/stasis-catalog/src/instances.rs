@@ -42,6 +42,11 @@ pub struct Instance {
     pub pre_snapshot: Option<String>,
     /// Run after the snapshot's files are read: resumes the VM.
     pub post_snapshot: Option<String>,
+    /// Run before a restore replaces its files: stops the VM.
+    pub pre_restore: Option<String>,
+    /// Run after a restore put its files in place: starts the VM from them in the
+    /// state asked for (`STASIS_TARGET_STATE`).
+    pub post_restore: Option<String>,
     /// When it was registered.
     pub registered_at: String,
 }
@@ -61,6 +66,10 @@ pub struct NewInstance {
     pub pre_snapshot: Option<String>,
     /// See [`Instance::post_snapshot`].
     pub post_snapshot: Option<String>,
+    /// See [`Instance::pre_restore`].
+    pub pre_restore: Option<String>,
+    /// See [`Instance::post_restore`].
+    pub post_restore: Option<String>,
 }
 
 fn check_new(new: &NewInstance) -> Result<()> {
@@ -86,9 +95,14 @@ fn check_new(new: &NewInstance) -> Result<()> {
             "an instance has at most one memory file",
         ));
     }
-    for hook in [&new.pre_snapshot, &new.post_snapshot]
-        .into_iter()
-        .flatten()
+    for hook in [
+        &new.pre_snapshot,
+        &new.post_snapshot,
+        &new.pre_restore,
+        &new.post_restore,
+    ]
+    .into_iter()
+    .flatten()
     {
         if hook.trim().is_empty() || hook.contains('\0') {
             return Err(Error::new(
@@ -116,9 +130,10 @@ impl Catalog {
             }
             db.exec(
                 "registering the instance",
-                "INSERT INTO instances (vm_id, hypervisor, pre_snapshot, post_snapshot, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                args![&vm_id, new.hypervisor.as_str(), &new.pre_snapshot, &new.post_snapshot, &at],
+                "INSERT INTO instances (vm_id, hypervisor, pre_snapshot, post_snapshot, \
+                 pre_restore, post_restore, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                args![&vm_id, new.hypervisor.as_str(), &new.pre_snapshot, &new.post_snapshot,
+                    &new.pre_restore, &new.post_restore, &at],
             )?;
             for (pos, f) in new.files.iter().enumerate() {
                 db.exec(
@@ -157,6 +172,8 @@ impl Catalog {
             files,
             pre_snapshot: row.pre_snapshot,
             post_snapshot: row.post_snapshot,
+            pre_restore: row.pre_restore,
+            post_restore: row.post_restore,
             registered_at: row.created_at,
         }))
     }
@@ -187,6 +204,28 @@ impl Catalog {
             }
         }
         Ok(out)
+    }
+
+    /// Record that instance `vm` now runs on `hypervisor` (a Stopped snapshot restored
+    /// for another hypervisor).
+    pub fn set_instance_hypervisor(&mut self, vm: &str, hypervisor: Hypervisor) -> Result<()> {
+        let v = self
+            .vm(vm)?
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance {vm:?}")))?;
+        let n = self.write(|db| {
+            db.exec(
+                "changing the instance's hypervisor",
+                "UPDATE instances SET hypervisor = ?1 WHERE vm_id = ?2",
+                args![hypervisor.as_str(), &v.id],
+            )
+        })?;
+        if n == 0 {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no instance {vm:?}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Forget that VM `vm` is an instance; its VM and snapshots stay.

@@ -51,7 +51,9 @@ use stasis_store::{BlockRef, Manifest, Role};
 use crate::sql::{Db, Dialect, Row, Value, args};
 
 pub use error::{Error, ErrorKind, Result};
-pub use fields::{CompressionState, Hypervisor, Kind, PowerState, now, parse_expiry, parse_tag};
+pub use fields::{
+    CompressionState, Hypervisor, Kind, PowerState, now, parse_expiry, parse_go_duration, parse_tag,
+};
 pub use filter::{ListFilter, SortField};
 pub use ids::{new_id, validate_file_name, validate_name};
 pub use instances::{Instance, InstanceFile, NewInstance};
@@ -406,6 +408,26 @@ impl Catalog {
             clauses.push(format!(
                 "s.expires_at IS NOT NULL AND s.expires_at <= {}",
                 arg(now(), &mut args)
+            ));
+        }
+        if let Some(after) = &f.after {
+            if f.sort != SortField::CreatedAt {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "a list continues after a snapshot only in the order of creation",
+                ));
+            }
+            if self.get(after)?.is_none() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "the list's cursor names no snapshot (it was purged): start again",
+                ));
+            }
+            let a = arg(after.clone(), &mut args);
+            clauses.push(format!(
+                "(s.created_at > (SELECT created_at FROM snapshots WHERE id = {a}) \
+                 OR (s.created_at = (SELECT created_at FROM snapshots WHERE id = {a}) \
+                 AND s.rowid > (SELECT rowid FROM snapshots WHERE id = {a})))"
             ));
         }
         let mut sql = String::new();

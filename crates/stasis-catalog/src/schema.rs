@@ -122,6 +122,31 @@ CREATE TABLE instance_files (
     PRIMARY KEY (vm_id, name)
 );
 ",
+    // Restore hooks of instances; snapshot schedules and the snapshots they made.
+    r"
+ALTER TABLE instances ADD COLUMN pre_restore TEXT;
+ALTER TABLE instances ADD COLUMN post_restore TEXT;
+CREATE TABLE schedules (
+    vm_id             TEXT PRIMARY KEY REFERENCES vms(id),
+    every             TEXT NOT NULL,
+    max_count         INTEGER,
+    max_age           TEXT,
+    name_prefix       TEXT,
+    metadata          TEXT NOT NULL,
+    created_at        TEXT NOT NULL,
+    updated_at        TEXT NOT NULL,
+    next_run_at       TEXT NOT NULL,
+    last_run_at       TEXT,
+    last_snapshot_id  TEXT,
+    last_error        TEXT
+);
+CREATE TABLE scheduled_snapshots (
+    snapshot_id  TEXT PRIMARY KEY REFERENCES snapshots(id),
+    vm_id        TEXT NOT NULL REFERENCES vms(id),
+    made_at      TEXT NOT NULL
+);
+CREATE INDEX scheduled_snapshots_vm ON scheduled_snapshots(vm_id);
+",
 ];
 
 /// Bring the database up to the current schema: nothing to do when it is current;

@@ -103,6 +103,55 @@ fn create_resolve_list(c: &mut Catalog) {
         c.resolve("nope").map_err(|e| e.kind()).err(),
         Some(ErrorKind::NotFound)
     );
+    // Pages: `limit` plus `after` the last one seen walks every snapshot once, in order.
+    for i in 0..5 {
+        c.create(&new_snap("vm2", &format!("p{i}"), None))
+            .expect("page snap");
+    }
+    let page = |after: Option<String>| {
+        c.list_filtered(&ListFilter {
+            limit: Some(3),
+            after,
+            ..ListFilter::default()
+        })
+        .expect("page")
+    };
+    let first = page(None);
+    let second = page(first.last().map(|s| s.id.clone()));
+    let third = page(second.last().map(|s| s.id.clone()));
+    let walked: Vec<String> = first
+        .iter()
+        .chain(&second)
+        .chain(&third)
+        .map(|s| s.id.clone())
+        .collect();
+    let whole: Vec<String> = c
+        .list(None)
+        .expect("all")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!((first.len(), second.len(), third.len()), (3, 3, 1));
+    assert_eq!(
+        walked, whole,
+        "pages walk the whole list once, in its order"
+    );
+    let refused = |f: ListFilter| c.list_filtered(&f).map_err(|e| e.kind()).err();
+    assert_eq!(
+        refused(ListFilter {
+            after: Some("nope".into()),
+            ..ListFilter::default()
+        }),
+        Some(ErrorKind::InvalidInput)
+    );
+    assert_eq!(
+        refused(ListFilter {
+            after: Some(a.id.clone()),
+            sort: crate::SortField::Name,
+            ..ListFilter::default()
+        }),
+        Some(ErrorKind::InvalidInput)
+    );
 }
 
 fn refusals_change_nothing(c: &mut Catalog) {
@@ -414,6 +463,8 @@ fn instances_register_and_go(c: &mut Catalog) {
         files,
         pre_snapshot: Some("ch-remote pause".into()),
         post_snapshot: None,
+        pre_restore: None,
+        post_restore: Some("ch-remote restore".into()),
     };
     let files = vec![
         file(Role::Disk, "rootfs.ext4", "/srv/vms/acme/web/rootfs.ext4"),
@@ -436,6 +487,7 @@ fn instances_register_and_go(c: &mut Catalog) {
     assert_eq!(i.files, files, "files in the order given");
     assert_eq!(i.hypervisor, Hypervisor::CloudHypervisor);
     assert_eq!(i.pre_snapshot.as_deref(), Some("ch-remote pause"));
+    assert_eq!(i.post_restore.as_deref(), Some("ch-remote restore"));
     assert_eq!(c.instance(&i.vm.id).expect("by id"), Some(i.clone()));
     assert_eq!(
         c.instance_of("web", Some("acme")).expect("own"),
