@@ -144,6 +144,22 @@ pub(crate) const INSTANCE_COLUMNS: &[Column] = &[
 pub(crate) const INSTANCE_FILE_COLUMNS: &[Column] =
     &[col("vm_id"), col("role"), col("name"), col("path")];
 
+/// A row of `schedules` (see [`schedule`]).
+pub(crate) const SCHEDULE_COLUMNS: &[Column] = &[
+    col("vm_id"),
+    col("every"),
+    col("max_count"),
+    col("max_age"),
+    col("name_prefix"),
+    col("metadata"),
+    col("created_at"),
+    col("updated_at"),
+    col("next_run_at"),
+    col("last_run_at"),
+    col("last_snapshot_id"),
+    col("last_error"),
+];
+
 /// Every row of `rows`, decoded by `decode`.
 pub(crate) fn all<T>(rows: &[Row], decode: impl Fn(&Row) -> Result<T>) -> Result<Vec<T>> {
     rows.iter().map(decode).collect()
@@ -537,6 +553,66 @@ pub(crate) fn instance_file(row: &Row) -> Result<crate::InstanceFile> {
         role: f.parsed("role")?,
         name: f.checked("name", validate_file_name)?,
         path,
+    })
+}
+
+/// The `schedules` row of a VM.
+pub(crate) struct ScheduleRow {
+    pub(crate) interval: String,
+    pub(crate) max_count: Option<u32>,
+    pub(crate) max_age: Option<String>,
+    pub(crate) name_prefix: Option<String>,
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) created_at: String,
+    pub(crate) updated_at: String,
+    pub(crate) next_run_at: String,
+    pub(crate) last_run_at: Option<String>,
+    pub(crate) last_snapshot_id: Option<String>,
+    pub(crate) last_error: Option<String>,
+}
+
+/// A row of [`SCHEDULE_COLUMNS`].
+pub(crate) fn schedule(row: &Row) -> Result<ScheduleRow> {
+    let f = Fields::new("schedules", row, &["vm_id"])?;
+    let duration = |column: &str| -> Result<Option<String>> {
+        match f.opt_text(column)? {
+            Some(d) => match crate::fields::parse_go_duration(&d) {
+                Ok(_) => Ok(Some(d)),
+                Err(e) => Err(f.bad(column, &Value::Text(d.clone()), format_args!("{e}"))),
+            },
+            None => Ok(None),
+        }
+    };
+    let interval = duration("every")?.ok_or_else(|| f.row_error("its interval is NULL"))?;
+    let metadata: BTreeMap<String, String> = f.json("metadata")?;
+    if let Err(e) = crate::fields::validate_tags(&metadata) {
+        return Err(f.row_error(format_args!("metadata: {e}")));
+    }
+    let max_count = match f.value("max_count")? {
+        Value::Null => None,
+        _ => Some(f.u32("max_count")?),
+    };
+    Ok(ScheduleRow {
+        interval,
+        max_count,
+        max_age: duration("max_age")?,
+        name_prefix: f.opt_text("name_prefix")?,
+        metadata,
+        created_at: f.timestamp("created_at")?,
+        updated_at: f.timestamp("updated_at")?,
+        next_run_at: f.timestamp("next_run_at")?,
+        last_run_at: f.opt_timestamp("last_run_at")?,
+        last_snapshot_id: f.opt_text("last_snapshot_id")?,
+        last_error: f.opt_text("last_error")?,
+    })
+}
+
+/// A row of `scheduled_snapshots` selected as `id` and `made_at`.
+pub(crate) fn scheduled_snapshot(row: &Row) -> Result<crate::ScheduledSnapshot> {
+    let f = Fields::new("scheduled_snapshots", row, &["id"])?;
+    Ok(crate::ScheduledSnapshot {
+        snapshot_id: f.text("id")?,
+        made_at: f.timestamp("made_at")?,
     })
 }
 

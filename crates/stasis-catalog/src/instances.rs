@@ -228,12 +228,18 @@ impl Catalog {
         Ok(())
     }
 
-    /// Forget that VM `vm` is an instance; its VM and snapshots stay.
+    /// Forget that VM `vm` is an instance (and its schedule); its VM and snapshots stay.
     pub fn unregister_instance(&mut self, vm: &str) -> Result<()> {
         let v = self
             .vm(vm)?
             .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no instance {vm:?}")))?;
         self.write(|db| {
+            // Its schedule goes with it (a schedule snapshots an instance's files).
+            db.exec(
+                "removing the instance's schedule",
+                "DELETE FROM schedules WHERE vm_id = ?1",
+                args![&v.id],
+            )?;
             db.exec(
                 "removing the instance's files",
                 "DELETE FROM instance_files WHERE vm_id = ?1",

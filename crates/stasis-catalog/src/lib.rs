@@ -36,6 +36,7 @@ mod ids;
 mod instances;
 pub mod layout;
 mod record;
+mod schedules;
 mod schema;
 mod sql;
 #[cfg(any(test, feature = "testing"))]
@@ -60,6 +61,9 @@ pub use instances::{Instance, InstanceFile, NewInstance};
 pub use record::{
     CompressionInfo, Event, NewPayload, NewSnapshot, Payload, Snapshot, Status, Token, TokenMode,
     Vm,
+};
+pub use schedules::{
+    MAX_NAME_PREFIX, MIN_INTERVAL, NewSchedule, Schedule, ScheduledSnapshot, after as time_after,
 };
 pub use sql::redact as redact_url;
 

@@ -23,7 +23,7 @@ pub type Opener = Arc<dyn Fn() -> Catalog + Send + Sync>;
 /// [`Opener`] of it: scenarios with two connections call it twice).
 pub fn conformance(fresh: &dyn Fn() -> Opener) {
     type Scenario = (&'static str, fn(&mut Catalog));
-    let scenarios: [Scenario; 8] = [
+    let scenarios: [Scenario; 9] = [
         ("create_resolve_list", create_resolve_list),
         ("refusals_change_nothing", refusals_change_nothing),
         (
@@ -44,6 +44,10 @@ pub fn conformance(fresh: &dyn Fn() -> Opener) {
             tokens_authenticate_until_revoked,
         ),
         ("instances_register_and_go", instances_register_and_go),
+        (
+            "schedules_set_claim_and_remember_their_snapshots",
+            schedules_set_claim_and_remember_their_snapshots,
+        ),
     ];
     for (name, scenario) in scenarios {
         eprintln!("catalog conformance: {name}");
@@ -815,4 +819,150 @@ impl Drop for Postgres {
             .arg(self.dir.path())
             .status();
     }
+}
+
+fn schedules_set_claim_and_remember_their_snapshots(c: &mut Catalog) {
+    use crate::{NewInstance, NewSchedule};
+    let t0: jiff::Timestamp = "2026-12-01T10:00:00Z".parse().expect("t0");
+    let minutes = |n: i64| t0 + jiff::SignedDuration::from_mins(n);
+    let kind = |r: Result<crate::Schedule>| r.map_err(|e| e.kind()).err();
+    let new = NewSchedule {
+        interval: "1m".into(),
+        max_count: Some(2),
+        max_age: None,
+        name_prefix: Some("nightly".into()),
+        metadata: [("team".to_string(), "web".to_string())].into(),
+    };
+    // Only an instance has a schedule.
+    assert_eq!(
+        kind(c.set_schedule("web", &new, t0)),
+        Some(ErrorKind::NotFound)
+    );
+    c.register_instance(&NewInstance {
+        vm: "web".into(),
+        tenant: None,
+        hypervisor: Hypervisor::Qemu,
+        files: vec![crate::InstanceFile {
+            role: Role::Disk,
+            name: "root".into(),
+            path: "/srv/web/root.img".into(),
+        }],
+        pre_snapshot: None,
+        post_snapshot: None,
+        pre_restore: None,
+        post_restore: None,
+    })
+    .expect("instance");
+    for bad in [
+        NewSchedule {
+            interval: "59s".into(),
+            ..new.clone()
+        },
+        NewSchedule {
+            interval: "1x".into(),
+            ..new.clone()
+        },
+        NewSchedule {
+            max_count: Some(0),
+            ..new.clone()
+        },
+        NewSchedule {
+            max_age: Some("-1h".into()),
+            ..new.clone()
+        },
+        NewSchedule {
+            name_prefix: Some("x".repeat(48)),
+            ..new.clone()
+        },
+        NewSchedule {
+            name_prefix: Some("Bad Prefix".into()),
+            ..new.clone()
+        },
+        NewSchedule {
+            metadata: [("".to_string(), "v".to_string())].into(),
+            ..new.clone()
+        },
+    ] {
+        assert_eq!(
+            kind(c.set_schedule("web", &bad, t0)),
+            Some(ErrorKind::InvalidInput),
+            "{bad:?}"
+        );
+    }
+    assert_eq!(c.schedule("web").expect("none yet"), None);
+    let s = c.set_schedule("web", &new, t0).expect("set");
+    assert_eq!(s.vm.name, "web");
+    assert_eq!(s.next_run().expect("next"), minutes(1));
+    assert_eq!(s.metadata.get("team").map(String::as_str), Some("web"));
+    assert_eq!((s.max_count, s.last_run_at.clone()), (Some(2), None));
+    // Two runners read the same due time; only the first claim wins.
+    assert!(
+        c.claim_run(&s.vm.id, &s.next_run_at, minutes(2))
+            .expect("claim")
+    );
+    assert!(
+        !c.claim_run(&s.vm.id, &s.next_run_at, minutes(2))
+            .expect("again")
+    );
+    let snap = c.create(&new_snap("web", "nightly-1", None)).expect("snap");
+    c.mark_scheduled(&snap.id, &s.vm.id, minutes(1))
+        .expect("mark");
+    c.finish_run(&s.vm.id, minutes(1), Ok(&snap.id))
+        .expect("finish");
+    let s = c.schedule(&s.vm.id).expect("read").expect("some");
+    assert_eq!(s.last_snapshot_id.as_deref(), Some(snap.id.as_str()));
+    assert_eq!(s.next_run().expect("next"), minutes(2));
+    // A failure keeps the last snapshot and says why; a success clears it.
+    c.finish_run(&s.vm.id, minutes(2), Err("hook failed"))
+        .expect("fail");
+    let s = c.schedule("web").expect("read").expect("some");
+    assert_eq!(s.last_error.as_deref(), Some("hook failed"));
+    assert_eq!(s.last_snapshot_id.as_deref(), Some(snap.id.as_str()));
+    // The same interval keeps the next run; another one starts over from now.
+    let same = c
+        .set_schedule(
+            "web",
+            &NewSchedule {
+                max_count: Some(3),
+                ..new.clone()
+            },
+            minutes(30),
+        )
+        .expect("same interval");
+    assert_eq!(
+        (same.next_run_at.clone(), same.max_count),
+        (s.next_run_at.clone(), Some(3))
+    );
+    let hourly = c
+        .set_schedule(
+            "web",
+            &NewSchedule {
+                interval: "1h".into(),
+                ..new.clone()
+            },
+            minutes(30),
+        )
+        .expect("new interval");
+    assert_eq!(hourly.next_run().expect("next"), minutes(90));
+    assert_eq!(hourly.created_at, s.created_at);
+    assert_eq!(c.schedules().expect("all").len(), 1);
+    // Scheduled snapshots are remembered until deleted; others are not among them.
+    c.create(&new_snap("web", "by-hand", Some(&snap.id)))
+        .expect("by hand");
+    let listed = c.scheduled_snapshots(&s.vm.id).expect("scheduled");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].snapshot_id, snap.id);
+    c.delete(&snap.id, false, "t", &mut no_recompute)
+        .expect("delete");
+    assert!(c.scheduled_snapshots(&s.vm.id).expect("after").is_empty());
+    c.remove_schedule("web").expect("remove");
+    assert_eq!(c.schedule("web").expect("gone"), None);
+    assert_eq!(
+        c.remove_schedule("web").map_err(|e| e.kind()).err(),
+        Some(ErrorKind::NotFound)
+    );
+    // Removing the instance removes its schedule.
+    c.set_schedule("web", &new, t0).expect("again");
+    c.unregister_instance("web").expect("unregister");
+    assert!(c.schedules().expect("none").is_empty());
 }
