@@ -19,7 +19,8 @@ use crate::{Catalog, Vm};
 
 /// The shortest interval a schedule may have (hypeman's).
 pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
-/// The longest `name_prefix` (hypeman's: room for the time stamp in a 63-character name).
+/// The longest `name_prefix` (hypeman's): a run names its snapshot
+/// `PREFIX-YYYYMMDD-HHMMSS`, at most 63 characters.
 pub const MAX_NAME_PREFIX: usize = 47;
 
 /// What a schedule is asked to be (see [`Schedule`] for the fields).
@@ -130,7 +131,7 @@ fn check_new(new: &NewSchedule) -> Result<Duration> {
             )));
         }
         // The prefix starts a snapshot name: the same characters, checked on a sample.
-        crate::validate_name(&format!("{p}-20260101t000000z"))
+        crate::validate_name(&format!("{p}-20260101-000000"))
             .map_err(|e| bad(format!("name_prefix {p:?}: {e}")))?;
     }
     validate_tags(&new.metadata)?;
@@ -267,21 +268,19 @@ impl Catalog {
         Ok(n == 1)
     }
 
-    /// Record how the run of `vm_id`'s schedule at `at` went: the snapshot it made, or
-    /// why it failed. A schedule removed meanwhile is left removed.
+    /// Record how the run of `vm_id`'s schedule at `at` went: the snapshot it made (if
+    /// it made one) and what failed (if anything did: the snapshot, or retention after
+    /// it). A schedule removed meanwhile is left removed.
     pub fn finish_run(
         &mut self,
         vm_id: &str,
         at: jiff::Timestamp,
-        outcome: std::result::Result<&str, &str>,
+        snapshot: Option<&str>,
+        error: Option<&str>,
     ) -> Result<()> {
         let at = at.to_string();
-        let (snapshot, error) = match outcome {
-            Ok(id) => (Some(id), None),
-            Err(why) => (None, Some(why)),
-        };
         self.write(|db| {
-            // A failed run keeps the last snapshot a run made; a success clears the error.
+            // A run that made nothing keeps the last snapshot a run made.
             db.exec(
                 "recording a scheduled run",
                 "UPDATE schedules SET last_run_at = ?1, \

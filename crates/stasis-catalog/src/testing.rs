@@ -907,13 +907,13 @@ fn schedules_set_claim_and_remember_their_snapshots(c: &mut Catalog) {
     let snap = c.create(&new_snap("web", "nightly-1", None)).expect("snap");
     c.mark_scheduled(&snap.id, &s.vm.id, minutes(1))
         .expect("mark");
-    c.finish_run(&s.vm.id, minutes(1), Ok(&snap.id))
+    c.finish_run(&s.vm.id, minutes(1), Some(&snap.id), None)
         .expect("finish");
     let s = c.schedule(&s.vm.id).expect("read").expect("some");
     assert_eq!(s.last_snapshot_id.as_deref(), Some(snap.id.as_str()));
     assert_eq!(s.next_run().expect("next"), minutes(2));
     // A failure keeps the last snapshot and says why; a success clears it.
-    c.finish_run(&s.vm.id, minutes(2), Err("hook failed"))
+    c.finish_run(&s.vm.id, minutes(2), None, Some("hook failed"))
         .expect("fail");
     let s = c.schedule("web").expect("read").expect("some");
     assert_eq!(s.last_error.as_deref(), Some("hook failed"));

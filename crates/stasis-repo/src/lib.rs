@@ -13,6 +13,8 @@
 //! - [`fork`]: prepare a new VM's files from a snapshot and record it; [`restore`]: a
 //!   snapshot's files back into a directory; [`delete`]: with children re-parented and
 //!   their sizes recomputed.
+//! - [`schedule`]: run due snapshot schedules; [`retention`]: restic's keep policy
+//!   and `forget`.
 //! - [`gc`] (its roots come from the catalog), [`verify`] (and repair), [`usage`].
 //! - [`roots`]: which files a tenant may name; [`mounts`]: the registry of running
 //!   mounts that a fork finds.
@@ -32,7 +34,9 @@ mod pg_locks;
 pub mod qcow2;
 mod repository;
 pub mod restore;
+pub mod retention;
 pub mod roots;
+pub mod schedule;
 pub mod usage;
 pub mod verify;
 
