@@ -71,6 +71,11 @@ enum Command {
     Token(cmd::serve::TokenArgs),
     /// Register VMs by their files, hypervisor and snapshot hooks: `instance add|list|show|remove`.
     Instance(cmd::instance::Args),
+    /// Snapshot instances on a schedule, with retention: `schedule set|show|list|remove|run`.
+    Schedule(cmd::schedule::Args),
+    /// Keep some of a VM's snapshots by restic's policy (--keep-last, --keep-daily, ...)
+    /// and delete the rest.
+    Forget(cmd::schedule::ForgetArgs),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +121,8 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::serve(&ctx, a),
         Command::Token(a) => cmd::serve::token(&ctx, a),
         Command::Instance(a) => cmd::instance::run(&ctx, a),
+        Command::Schedule(a) => cmd::schedule::run(&ctx, a),
+        Command::Forget(a) => cmd::schedule::forget(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,7 +20,7 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Register a VM's files, hypervisor and snapshot hooks.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List instances.
     List,
     /// Show one instance.
@@ -126,6 +126,7 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
     let mut repo = ctx.open()?;
     match a.command {
         Command::Add(a) => {
+            let a = *a;
             let hypervisor: Hypervisor = a.hypervisor.parse()?;
             let mut files = Vec::new();
             for d in &a.disk {

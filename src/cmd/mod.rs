@@ -11,6 +11,7 @@ pub mod instance;
 pub mod list;
 pub mod mount;
 pub mod restore;
+pub mod schedule;
 pub mod serve;
 pub mod tree;
 pub mod verify;

@@ -20,6 +20,7 @@ use stasis_store::Store;
 
 use crate::create::{CreateSpec, Paths, Progress};
 use crate::error::{Error, Result};
+use crate::roots::{Roots, Scope};
 
 /// The prefix of a scheduled snapshot's name when its schedule gives none.
 pub const DEFAULT_PREFIX: &str = "scheduled";
@@ -63,13 +64,15 @@ pub fn next_due(catalog: &Catalog) -> Result<Option<Timestamp>> {
     Ok(next)
 }
 
-/// Run every schedule due at `now`; the files are opened as `paths` allows. A failed
-/// run is recorded on its schedule (`last_error`) and reported, never an error of this
-/// call; only the catalog failing is.
+/// Run every schedule due at `now`. Its instance's files are opened beneath `roots`
+/// for the instance's tenant (as that tenant's own create would open them), or, with
+/// no roots (the CLI), as any file of this process. A failed run is recorded on its
+/// schedule (`last_error`) and reported, never an error of this call; only the
+/// catalog failing is.
 pub fn run_due(
     store: &Store,
     catalog: &mut Catalog,
-    paths: Paths<'_>,
+    roots: Option<&Roots>,
     now: Timestamp,
 ) -> Result<Vec<Run>> {
     let mut runs = Vec::new();
@@ -82,6 +85,14 @@ pub fn run_due(
         if !catalog.claim_run(&s.vm.id, &s.next_run_at, next_after(due, now, every)?)? {
             continue;
         }
+        let scope = Scope {
+            tenant: &s.vm.tenant,
+            admin: false,
+        };
+        let paths = match roots {
+            Some(r) => Paths::Roots(r, scope),
+            None => Paths::Host,
+        };
         runs.push(run_one(store, catalog, paths, &s, now)?);
     }
     Ok(runs)
@@ -246,11 +257,7 @@ mod tests {
             )
             .expect("schedule");
         // Not due yet: nothing runs.
-        assert!(
-            run_due(store, cat, Paths::Host, t0)
-                .expect("early")
-                .is_empty()
-        );
+        assert!(run_due(store, cat, None, t0).expect("early").is_empty());
         let by_hand = crate::instance::snapshot(
             store,
             cat,
@@ -269,16 +276,12 @@ mod tests {
         for tick in 1..=4 {
             std::fs::write(&disk, vec![tick as u8; 200_000]).expect("change disk");
             let now = minutes(t0, tick);
-            let runs = run_due(store, cat, Paths::Host, now).expect("run");
+            let runs = run_due(store, cat, None, now).expect("run");
             assert_eq!(runs.len(), 1, "tick {tick}: one run");
             let id = runs[0].snapshot.clone().expect("snapshot made");
             made.push(id);
             // The same tick again: claimed already, nothing runs twice.
-            assert!(
-                run_due(store, cat, Paths::Host, now)
-                    .expect("again")
-                    .is_empty()
-            );
+            assert!(run_due(store, cat, None, now).expect("again").is_empty());
         }
         let left: Vec<String> = cat
             .scheduled_snapshots(&s.vm.id)
@@ -352,14 +355,14 @@ mod tests {
         )
         .expect("schedule");
         let late = minutes(t0, 60 * 5 + 7);
-        let runs = run_due(store, cat, Paths::Host, late).expect("late");
+        let runs = run_due(store, cat, None, late).expect("late");
         assert_eq!(runs.len(), 1, "one run for five missed ticks");
         let first = runs[0].snapshot.clone().expect("made");
         let s = cat.schedule("db").expect("read").expect("s");
         assert_eq!(s.next_run().expect("next"), minutes(late, 60));
         // The disk goes away: the run fails, says why, and keeps the last snapshot.
         std::fs::remove_file(&disk).expect("rm");
-        let runs = run_due(store, cat, Paths::Host, minutes(late, 60)).expect("fails");
+        let runs = run_due(store, cat, None, minutes(late, 60)).expect("fails");
         assert!(runs[0].snapshot.is_err());
         let s = cat.schedule("db").expect("read").expect("s");
         assert!(
@@ -370,7 +373,7 @@ mod tests {
         );
         assert_eq!(s.last_snapshot_id.as_deref(), Some(first.as_str()));
         // Two hours after the first snapshot, max_age 90m has deleted it.
-        let runs = run_due(store, cat, Paths::Host, minutes(late, 120)).expect("ages");
+        let runs = run_due(store, cat, None, minutes(late, 120)).expect("ages");
         assert_eq!(runs[0].deleted, std::slice::from_ref(&first));
         assert!(cat.scheduled_snapshots(&s.vm.id).expect("none").is_empty());
     }

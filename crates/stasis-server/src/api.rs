@@ -397,6 +397,9 @@ pub struct Instance {
     pub id: String,
     /// Its name.
     pub name: String,
+    /// What its disks come from: `stasis:snapshots/<id>` (hypeman names an OCI image
+    /// here; a stasis instance's image is the snapshot its files were made from).
+    pub image: String,
     /// `Stopped` or `Standby`: its files are ready, no VM runs.
     #[schema(schema_with = fork_state_schema)]
     pub state: String,
@@ -414,6 +417,89 @@ pub struct Instance {
     pub dir: String,
     /// Its files.
     pub files: Vec<InstanceFile>,
+}
+
+/// A schedule's retention (hypeman `SnapshotScheduleRetention`): at least one of the
+/// two, and it deletes only snapshots the schedule made.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleRetention {
+    /// Keep at most this many scheduled snapshots (0: no limit by count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub max_count: Option<u32>,
+    /// Delete scheduled snapshots older than this Go duration (`168h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+/// `PUT /instances/{id}/snapshot-schedule` (hypeman `SnapshotScheduleUpdateParams`).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetScheduleRequest {
+    /// How often, a Go duration of at least `1m` (`15m`, `1h30m`).
+    pub interval: String,
+    /// What to keep.
+    pub retention: ScheduleRetention,
+    /// Names of its snapshots start with this (at most 47 characters; default
+    /// `scheduled`), then `-YYYYMMDD-HHMMSS` (UTC).
+    #[serde(default)]
+    #[schema(max_length = 47)]
+    pub name_prefix: Option<String>,
+    /// Tags of its snapshots.
+    #[serde(default)]
+    pub metadata: Option<Tags>,
+}
+
+/// A snapshot schedule (hypeman `SnapshotSchedule`).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ApiSchedule {
+    /// The instance's id.
+    pub instance_id: String,
+    /// How often, as given.
+    pub interval: String,
+    /// What it keeps.
+    pub retention: ScheduleRetention,
+    /// The prefix of its snapshots' names.
+    pub name_prefix: Option<String>,
+    /// The tags of its snapshots.
+    pub metadata: Tags,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// When it runs next (RFC 3339).
+    #[schema(format = DateTime)]
+    pub next_run_at: String,
+    /// When it last ran.
+    #[schema(format = DateTime)]
+    pub last_run_at: Option<String>,
+    /// The snapshot its last successful run made.
+    pub last_snapshot_id: Option<String>,
+    /// Why its last run failed.
+    pub last_error: Option<String>,
+}
+
+impl From<&stasis_catalog::Schedule> for ApiSchedule {
+    fn from(s: &stasis_catalog::Schedule) -> Self {
+        ApiSchedule {
+            instance_id: s.vm.id.clone(),
+            interval: s.interval.clone(),
+            retention: ScheduleRetention {
+                max_count: s.max_count,
+                max_age: s.max_age.clone(),
+            },
+            name_prefix: s.name_prefix.clone(),
+            metadata: Tags(s.metadata.clone()),
+            created_at: s.created_at.clone(),
+            updated_at: s.updated_at.clone(),
+            next_run_at: s.next_run_at.clone(),
+            last_run_at: s.last_run_at.clone(),
+            last_snapshot_id: s.last_snapshot_id.clone(),
+            last_error: s.last_error.clone(),
+        }
+    }
 }
 
 /// `GET /health`.

@@ -12,6 +12,9 @@
 //!   (into `INSTANCES/TENANT/NAME/`), `GET`/`HEAD
 //!   /snapshots/{id}/payloads/{name}` with `Range`, `GET /health`, `GET /openapi.json`
 //!   (OpenAPI 3.1, generated from the handlers and types in this crate).
+//! - `PUT`/`GET`/`DELETE /instances/{id}/snapshot-schedule`: hypeman's schedules, run
+//!   by the server itself (a task that wakes when one is due; the schedules and their
+//!   next runs live in the catalog, so they survive a restart).
 //! - Every route but `/health` needs `Authorization: Bearer <token>` (see
 //!   `stasis token`). A token sees only its tenant's VMs and snapshots: another
 //!   tenant's are answered exactly as missing ones (404). A read-only token gets 403 on
@@ -27,6 +30,7 @@ pub mod api;
 mod error;
 pub mod range;
 mod routes;
+mod scheduler;
 mod state;
 
 use std::sync::Arc;
@@ -83,6 +87,9 @@ pub enum Error {
         routes::delete_snapshot,
         routes::create_snapshot,
         routes::fork_snapshot,
+        routes::put_schedule,
+        routes::get_schedule,
+        routes::delete_schedule,
         routes::get_payload,
         routes::head_payload,
     ),
@@ -136,6 +143,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/snapshots/{id}/fork", post(routes::fork_snapshot))
         .route("/instances/{id}/snapshots", post(routes::create_snapshot))
+        .route(
+            "/instances/{id}/snapshot-schedule",
+            get(routes::get_schedule)
+                .put(routes::put_schedule)
+                .delete(routes::delete_schedule),
+        )
         .route(
             "/snapshots/{id}/payloads/{name}",
             get(routes::get_payload).head(routes::head_payload),
@@ -197,13 +210,22 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| Error::Io {
-            context: "serving".into(),
-            source,
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let schedules = tokio::spawn(scheduler::run(state.clone(), stopped));
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop.send(true);
         })
+        .await;
+    // A run under way finishes (its blocking work is never cut); the loop then ends.
+    if let Err(e) = schedules.await {
+        tracing::error!("the schedule runner failed: {e}");
+    }
+    served.map_err(|source| Error::Io {
+        context: "serving".into(),
+        source,
+    })
 }
 
 async fn signalled() {

@@ -21,7 +21,8 @@ use stasis_repo::instance;
 use stasis_store::PayloadReader;
 
 use crate::api::{
-    ApiSnapshot, CreateSnapshotRequest, ForkSnapshotRequest, Health, Instance, InstanceFile, Tags,
+    ApiSchedule, ApiSnapshot, CreateSnapshotRequest, ForkSnapshotRequest, Health, Instance,
+    InstanceFile, SetScheduleRequest, Tags,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::range::{self, Plan};
@@ -509,6 +510,7 @@ pub async fn fork_snapshot(
         Ok(Instance {
             id: forked.vm.id,
             name: forked.vm.name,
+            image: format!("stasis:snapshots/{}", snap.id),
             state,
             created_at: forked.vm.created_at,
             hypervisor: hypervisor.map(|h| h.as_str().to_string()),
@@ -530,6 +532,108 @@ pub async fn fork_snapshot(
     })
     .await?;
     Ok((StatusCode::CREATED, Json(inst)).into_response())
+}
+
+/// The instance `vm` of the caller's tenant; 404 for a missing or foreign one.
+fn own_instance(
+    cat: &Catalog,
+    p: &Principal,
+    vm: &str,
+) -> Result<stasis_catalog::Instance, ApiError> {
+    cat.instance_of(vm, Some(&p.tenant))?
+        .ok_or_else(|| ApiError::no_instance(vm))
+}
+
+/// Set an instance's snapshot schedule (replacing one it has), as hypeman's. `stasis
+/// serve` runs it: each run snapshots the instance as `POST /instances/{id}/snapshots`
+/// does, then deletes the scheduled snapshots its retention no longer keeps (never one
+/// made otherwise; one with children is consolidated into them).
+#[utoipa::path(put, path = "/instances/{id}/snapshot-schedule", tag = "schedules", security(("bearerAuth" = [])),
+    params(("id" = String, Path, description = "Instance (VM) id or name")),
+    request_body = SetScheduleRequest,
+    responses(
+        (status = 200, description = "The schedule", body = ApiSchedule),
+        (status = 400, description = "Bad interval, retention, prefix or metadata", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No such instance in the caller's tenant", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+    ))]
+pub async fn put_schedule(
+    p: Principal,
+    State(st): AppStateRef,
+    Path(vm): Path<String>,
+    body: Result<ApiJson<SetScheduleRequest>, ApiError>,
+) -> Result<Json<ApiSchedule>, ApiError> {
+    p.require_write()?;
+    let ApiJson(body) = body?;
+    let new = stasis_catalog::NewSchedule {
+        interval: body.interval,
+        max_count: body.retention.max_count,
+        max_age: body.retention.max_age,
+        name_prefix: body.name_prefix,
+        metadata: body.metadata.map(|t| t.0).unwrap_or_default(),
+    };
+    let s = blocking(move || {
+        let mut cat = st.catalogs.get()?;
+        let i = own_instance(&cat, &p, &vm)?;
+        Ok(cat.set_schedule(&i.vm.id, &new, jiff::Timestamp::now())?)
+    })
+    .await?;
+    Ok(Json(ApiSchedule::from(&s)))
+}
+
+/// An instance's snapshot schedule.
+#[utoipa::path(get, path = "/instances/{id}/snapshot-schedule", tag = "schedules", security(("bearerAuth" = [])),
+    params(("id" = String, Path, description = "Instance (VM) id or name")),
+    responses(
+        (status = 200, description = "The schedule", body = ApiSchedule),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 404, description = "No such instance in the caller's tenant, or it has no schedule", body = ErrorBody),
+    ))]
+pub async fn get_schedule(
+    p: Principal,
+    State(st): AppStateRef,
+    Path(vm): Path<String>,
+) -> Result<Json<ApiSchedule>, ApiError> {
+    let s = blocking(move || {
+        let cat = st.catalogs.get()?;
+        let i = own_instance(&cat, &p, &vm)?;
+        cat.schedule(&i.vm.id)?
+            .ok_or_else(|| ApiError::not_found(format!("instance {vm:?} has no snapshot schedule")))
+    })
+    .await?;
+    Ok(Json(ApiSchedule::from(&s)))
+}
+
+/// Remove an instance's snapshot schedule; the snapshots it made stay.
+#[utoipa::path(delete, path = "/instances/{id}/snapshot-schedule", tag = "schedules", security(("bearerAuth" = [])),
+    params(("id" = String, Path, description = "Instance (VM) id or name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Read-only token", body = ErrorBody),
+        (status = 404, description = "No such instance in the caller's tenant, or it has no schedule", body = ErrorBody),
+    ))]
+pub async fn delete_schedule(
+    p: Principal,
+    State(st): AppStateRef,
+    Path(vm): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    p.require_write()?;
+    blocking(move || {
+        let mut cat = st.catalogs.get()?;
+        let i = own_instance(&cat, &p, &vm)?;
+        cat.remove_schedule(&i.vm.id).map_err(|e| match e.kind() {
+            stasis_catalog::ErrorKind::NotFound => {
+                ApiError::not_found(format!("instance {vm:?} has no snapshot schedule"))
+            }
+            _ => e.into(),
+        })
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Ranges at most this long are read in one piece; longer ones are streamed.
