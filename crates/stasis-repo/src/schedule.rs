@@ -210,6 +210,24 @@ mod tests {
     use super::*;
     use crate::{RepoConfig, Repository};
 
+    /// An instance of one disk at `disk`, without hooks.
+    fn disk_instance(vm: &str, hypervisor: Hypervisor, disk: &std::path::Path) -> NewInstance {
+        NewInstance {
+            vm: vm.into(),
+            tenant: None,
+            hypervisor,
+            files: vec![InstanceFile {
+                role: Role::Disk,
+                name: "root.img".into(),
+                path: disk.display().to_string(),
+            }],
+            pre_snapshot: None,
+            post_snapshot: None,
+            pre_restore: None,
+            post_restore: None,
+        }
+    }
+
     fn minutes(t0: Timestamp, n: i64) -> Timestamp {
         t0 + jiff::SignedDuration::from_mins(n)
     }
@@ -227,21 +245,8 @@ mod tests {
         let disk = d.path().join("root.img");
         std::fs::write(&disk, vec![7u8; 200_000]).expect("disk");
         let (store, cat) = repo.parts();
-        cat.register_instance(&NewInstance {
-            vm: "web".into(),
-            tenant: None,
-            hypervisor: Hypervisor::Qemu,
-            files: vec![InstanceFile {
-                role: Role::Disk,
-                name: "root.img".into(),
-                path: disk.display().to_string(),
-            }],
-            pre_snapshot: None,
-            post_snapshot: None,
-            pre_restore: None,
-            post_restore: None,
-        })
-        .expect("instance");
+        cat.register_instance(&disk_instance("web", Hypervisor::Qemu, &disk))
+            .expect("instance");
         let t0: Timestamp = "2026-12-01T10:00:00Z".parse().expect("t0");
         let s = cat
             .set_schedule(
@@ -328,21 +333,8 @@ mod tests {
         let disk = d.path().join("root.img");
         std::fs::write(&disk, b"disk").expect("disk");
         let (store, cat) = repo.parts();
-        cat.register_instance(&NewInstance {
-            vm: "db".into(),
-            tenant: None,
-            hypervisor: Hypervisor::Firecracker,
-            files: vec![InstanceFile {
-                role: Role::Disk,
-                name: "root.img".into(),
-                path: disk.display().to_string(),
-            }],
-            pre_snapshot: None,
-            post_snapshot: None,
-            pre_restore: None,
-            post_restore: None,
-        })
-        .expect("instance");
+        cat.register_instance(&disk_instance("db", Hypervisor::Firecracker, &disk))
+            .expect("instance");
         let t0: Timestamp = "2026-12-01T10:00:00Z".parse().expect("t0");
         cat.set_schedule(
             "db",
