@@ -1437,3 +1437,268 @@ fn an_instance_is_snapshotted_by_name_through_the_api() {
     let list = get(&s, "/snapshots?source_instance_id=stuck", Some(&acme)).json();
     assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
 }
+
+fn send_json(s: &Server, method: &str, path: &str, token: Option<&str>, body: &Value) -> Resp {
+    req(
+        method,
+        &s.url(path),
+        token,
+        &[("Content-Type", "application/json")],
+        Some(body.to_string().as_bytes()),
+    )
+}
+
+/// hypeman's restore: a registered instance's files are put back from its snapshot
+/// between its restore hooks, with hypeman's defaults and refusals of target state and
+/// hypervisor; the snapshot becomes the VM's current one, on its timeline.
+#[test]
+fn an_instance_is_restored_to_its_snapshot_through_the_api() {
+    let f = fixture();
+    let log = f.files.join("restore.log");
+    let (disk, mem) = (f.files.join("app.img"), f.files.join("app.mem"));
+    fs::write(&disk, &f.disk).expect("disk");
+    fs::write(&mem, &f.mem).expect("mem");
+    stasis(
+        &f.repo,
+        &[
+            "instance",
+            "add",
+            "app",
+            "--hypervisor",
+            "firecracker",
+            "--disk",
+            &format!("root={}", disk.display()),
+            "--memory",
+            &format!("mem={}", mem.display()),
+            "--pre-restore",
+            &format!(
+                "echo \"pre $STASIS_TARGET_STATE $STASIS_HYPERVISOR $STASIS_SNAPSHOT_ID\" >> {}",
+                log.display()
+            ),
+            "--post-restore",
+            &format!("echo \"post $STASIS_TARGET_STATE\" >> {}", log.display()),
+        ],
+    );
+    let s = f.serve(&[]);
+    let mine = token(&f.repo, "default", false);
+    let acme = token(&f.repo, "acme", false);
+    let ro = token(&f.repo, "default", true);
+    let r = post_json(
+        &s,
+        "/instances/app/snapshots",
+        Some(&mine),
+        &json!({"kind": "Standby", "name": "s1"}),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = id_of(&r.json());
+    let path = format!("/instances/app/snapshots/{id}/restore");
+
+    // The VM ran on: both files changed. The default for a Standby snapshot with a
+    // post-restore hook is Running.
+    fs::write(&disk, noise(f.disk.len(), 99)).expect("disk");
+    fs::write(&mem, noise(1000, 98)).expect("mem");
+    let r = post_json(&s, &path, Some(&mine), &json!({}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let inst = r.json();
+    for k in ["id", "name", "image", "state", "created_at"] {
+        assert!(
+            inst[k].as_str().is_some_and(|v| !v.is_empty()),
+            "{k}: {inst}"
+        );
+    }
+    assert_eq!(inst["name"], "app");
+    assert_eq!(inst["state"], "Running");
+    assert_eq!(inst["hypervisor"], "firecracker");
+    assert_eq!(inst["restored_from"], id.as_str());
+    assert!(fs::read(&disk).expect("disk") == f.disk, "disk restored");
+    assert!(fs::read(&mem).expect("mem") == f.mem, "memory restored");
+    assert_eq!(
+        fs::read_to_string(&log).expect("log"),
+        format!("pre Running firecracker {id}\npost Running\n")
+    );
+    let timeline = stasis(&f.repo, &["log", &id]);
+    assert!(timeline.contains("restored"), "{timeline}");
+
+    // A Standby snapshot resumes only on its own hypervisor; Stopped boots anywhere
+    // and puts back the disks only, leaving the memory file alone.
+    let r = post_json(
+        &s,
+        &path,
+        Some(&mine),
+        &json!({"target_state": "Standby", "target_hypervisor": "qemu"}),
+    );
+    r.error(409, "conflict");
+    fs::write(&disk, noise(f.disk.len(), 97)).expect("disk");
+    fs::write(&mem, b"left alone").expect("mem");
+    let r = post_json(
+        &s,
+        &path,
+        Some(&mine),
+        &json!({"target_state": "Stopped", "target_hypervisor": "qemu"}),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["state"], "Stopped");
+    assert_eq!(r.json()["hypervisor"], "qemu");
+    assert!(fs::read(&disk).expect("disk") == f.disk, "disk restored");
+    assert_eq!(fs::read(&mem).expect("mem"), b"left alone");
+    let shown = stasis(&f.repo, &["instance", "show", "app"]);
+    assert!(shown.contains("hypervisor qemu"), "{shown}");
+    // No temporary file is left beside the targets.
+    let stray: Vec<_> = fs::read_dir(&f.files)
+        .expect("files")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("stasis-restore"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+
+    // Bad input, another VM's snapshot, another tenant, a read-only token, a deleted
+    // snapshot.
+    post_json(&s, &path, Some(&mine), &json!({"target_state": "Paused"})).error(400, "bad_request");
+    let web = get(&s, "/snapshots?source_instance_id=web", Some(&mine)).json();
+    let other = id_of(&web[0]);
+    post_json(
+        &s,
+        &format!("/instances/app/snapshots/{other}/restore"),
+        Some(&mine),
+        &json!({}),
+    )
+    .error(409, "conflict");
+    not_found_shape(&post_json(&s, &path, Some(&acme), &json!({})), "app");
+    post_json(&s, &path, Some(&ro), &json!({})).error(403, "forbidden");
+    let r = req(
+        "DELETE",
+        &s.url(&format!("/snapshots/{id}")),
+        Some(&mine),
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 204);
+    not_found_shape(&post_json(&s, &path, Some(&mine), &json!({})), &id);
+}
+
+/// hypeman's snapshot-schedule routes: set, read, replace and remove, with its
+/// validation of interval and retention; another tenant's instance is not there.
+/// (Runs are tested with a clock in stasis-repo and in real time by the SDK test.)
+#[test]
+fn schedules_are_set_read_and_removed_through_the_api() {
+    let f = fixture();
+    stasis(
+        &f.repo,
+        &[
+            "instance",
+            "add",
+            "app",
+            "--hypervisor",
+            "qemu",
+            "--disk",
+            &format!("root={}", f.files.join("disk.img").display()),
+        ],
+    );
+    let s = f.serve(&[]);
+    let mine = token(&f.repo, "default", false);
+    let acme = token(&f.repo, "acme", false);
+    let ro = token(&f.repo, "default", true);
+    let path = "/instances/app/snapshot-schedule";
+    get(&s, path, Some(&mine)).error(404, "not_found");
+    for bad in [
+        json!({"interval": "30s", "retention": {"max_count": 2}}),
+        json!({"interval": "an hour", "retention": {"max_count": 2}}),
+        json!({"interval": "1h", "retention": {}}),
+        json!({"interval": "1h", "retention": {"max_age": "forever"}}),
+        json!({"interval": "1h", "retention": {"max_count": 1}, "name_prefix": "x".repeat(48)}),
+    ] {
+        let r = send_json(&s, "PUT", path, Some(&mine), &bad);
+        assert_eq!(r.status, 400, "{bad}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let body = json!({
+        "interval": "1h30m",
+        "retention": {"max_count": 3, "max_age": "168h"},
+        "name_prefix": "nightly",
+        "metadata": {"team": "infra"},
+    });
+    send_json(&s, "PUT", path, Some(&ro), &body).error(403, "forbidden");
+    not_found_shape(&send_json(&s, "PUT", path, Some(&acme), &body), "app");
+    let r = send_json(&s, "PUT", path, Some(&mine), &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let set = r.json();
+    assert_eq!(set["interval"], "1h30m");
+    assert_eq!(set["retention"]["max_count"], 3);
+    assert_eq!(set["name_prefix"], "nightly");
+    assert_eq!(set["metadata"]["team"], "infra");
+    assert!(set["next_run_at"].as_str().is_some(), "{set}");
+    assert!(set["last_run_at"].is_null(), "{set}");
+    let got = get(&s, path, Some(&mine));
+    assert_eq!(got.status, 200);
+    assert_eq!(got.json(), set);
+    not_found_shape(&get(&s, path, Some(&acme)), "app");
+    // Replaced, then removed; removing again is a 404.
+    let r = send_json(
+        &s,
+        "PUT",
+        path,
+        Some(&mine),
+        &json!({"interval": "2h", "retention": {"max_count": 1}}),
+    );
+    assert_eq!(r.json()["interval"], "2h", "{}", r.json());
+    let r = req("DELETE", &s.url(path), Some(&mine), &[], None);
+    assert_eq!(r.status, 204);
+    get(&s, path, Some(&mine)).error(404, "not_found");
+    req("DELETE", &s.url(path), Some(&mine), &[], None).error(404, "not_found");
+}
+
+/// `GET /snapshots` stays a plain array; with `limit`, full pages name the next in a
+/// `Link` header, and following them lists every snapshot once, in the same order.
+#[test]
+fn snapshot_lists_page_with_an_opaque_cursor() {
+    let f = fixture();
+    for n in ["b", "c", "d", "e"] {
+        stasis(
+            &f.repo,
+            &[
+                "create",
+                "web",
+                n,
+                "--disk",
+                &format!("root={}", f.files.join("disk.img").display()),
+            ],
+        );
+    }
+    let s = f.serve(&[]);
+    let mine = token(&f.repo, "default", false);
+    let all: Vec<String> = get(&s, "/snapshots", Some(&mine))
+        .json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(all.len(), 5);
+    let mut seen = Vec::new();
+    let mut next = Some("/snapshots?source_instance_id=web&limit=2".to_string());
+    let mut pages = 0;
+    while let Some(p) = next.take() {
+        pages += 1;
+        assert!(pages <= 5, "pages never end");
+        let r = get(&s, &p, Some(&mine));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        seen.extend(r.json().as_array().expect("array").iter().map(id_of));
+        if let Some(link) = r.header("link") {
+            assert!(link.ends_with("; rel=\"next\""), "{link}");
+            let url = link
+                .strip_prefix('<')
+                .and_then(|l| l.split_once('>'))
+                .map(|(u, _)| u.to_string())
+                .expect("a URL in <>");
+            assert!(
+                url.contains("limit=2") && url.contains("source_instance_id=web"),
+                "{url}"
+            );
+            next = Some(url);
+        }
+    }
+    assert_eq!(seen, all);
+    get(&s, "/snapshots?cursor=nope&limit=2", Some(&mine)).error(400, "bad_request");
+    // Another tenant's snapshot is no cursor for acme.
+    let acme = token(&f.repo, "acme", false);
+    get(&s, &format!("/snapshots?cursor={}", all[0]), Some(&acme)).error(400, "bad_request");
+}

@@ -1,4 +1,4 @@
-//! `stasis instance add|list|show|remove`: the registry of VMs whose files stasis
+//! `stasis instance add|list|show|remove|restore`: the registry of VMs whose files stasis
 //! snapshots by name (`stasis create VM NAME`, the API's create by instance).
 
 use std::path::Path;
@@ -8,7 +8,7 @@ use stasis_catalog::{Hypervisor, Instance, InstanceFile, NewInstance};
 use stasis_store::Role;
 
 use crate::output::print_json;
-use crate::repo::Context;
+use crate::repo::{Context, actor};
 
 /// Register, list, show or remove instances.
 #[derive(Debug, clap::Args)]
@@ -33,6 +33,28 @@ enum Command {
         /// The VM (name or id).
         vm: String,
     },
+    /// Put one of the instance's snapshots back at its paths, between its restore
+    /// hooks, and make it the VM's current snapshot (hypeman's restore).
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// The VM (name or id).
+    vm: String,
+    /// The snapshot: an id, or a name of the VM's.
+    snap: String,
+    /// Stopped (disks only), Standby (memory and state too) or Running (Standby, then
+    /// the post-restore hook starts it). Default: Running for a Standby snapshot when
+    /// the instance has a post-restore hook, else its kind.
+    #[arg(long, value_name = "STATE")]
+    target_state: Option<String>,
+    /// Another hypervisor (only to restore Stopped).
+    #[arg(long, value_name = "HYPERVISOR")]
+    target_hypervisor: Option<String>,
+    /// Copy every disk (sparse) even when a mount runs.
+    #[arg(long)]
+    copy: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,6 +201,47 @@ pub fn run(ctx: &Context, a: Args) -> Result<()> {
                 return print_json(&i);
             }
             print_instance(&i);
+        }
+        Command::Restore(r) => {
+            let files = match (r.copy, repo.running_mount()) {
+                (false, Some(m)) => stasis_repo::fork::Files::Mount(m),
+                _ => stasis_repo::fork::Files::Copy,
+            };
+            let who = actor();
+            let req = stasis_repo::instance::RestoreRequest {
+                target_state: r.target_state.as_deref().map(str::parse).transpose()?,
+                target_hypervisor: r
+                    .target_hypervisor
+                    .as_deref()
+                    .map(str::parse::<Hypervisor>)
+                    .transpose()?,
+                files: &files,
+                paths: stasis_repo::create::Paths::Host,
+                actor: &who,
+            };
+            let (snap, done) = repo.restore_instance(&r.vm, &r.snap, &req)?;
+            if ctx.json {
+                print_json(&done)?;
+            } else {
+                println!(
+                    "restored instance {} to {}/{} ({}): {} on {}",
+                    done.instance.vm.name,
+                    snap.source_instance_name,
+                    snap.name,
+                    snap.id,
+                    done.state,
+                    done.hypervisor
+                );
+                for p in &done.files {
+                    match &p.backing {
+                        Some(b) => println!("  {}  {} of {}", p.path.display(), p.how, b.display()),
+                        None => println!("  {}  {}", p.path.display(), p.how),
+                    }
+                }
+            }
+            if let Some(why) = done.post_restore_error {
+                anyhow::bail!("the files are restored, but {why}");
+            }
         }
         Command::Remove { vm } => {
             repo.catalog_mut().unregister_instance(&vm)?;

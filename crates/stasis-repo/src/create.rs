@@ -217,6 +217,17 @@ impl CreateSpec {
                 e => e,
             })?);
         }
+        // Unless told, the files themselves may say which hypervisor wrote them.
+        let hypervisor = hypervisor.or_else(|| {
+            let heads: Vec<Vec<u8>> = inputs.iter().map(Input::head).collect();
+            crate::hypervisor::detect(inputs.iter().zip(&heads).map(|(i, h)| {
+                crate::hypervisor::Seen {
+                    role: i.role,
+                    name: &i.name,
+                    head: h,
+                }
+            }))
+        });
         let new = NewSnapshot {
             description: self.description,
             make_current: self.make_current,
@@ -262,6 +273,25 @@ pub struct Input {
 }
 
 impl Input {
+    /// The first [`crate::hypervisor::HEAD`] bytes of a memory or state file (fewer if
+    /// shorter or unreadable; none of a disk's), for telling its hypervisor.
+    fn head(&self) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        if self.role == Role::Disk || self.qcow2 {
+            return Vec::new();
+        }
+        let mut buf = vec![0u8; crate::hypervisor::HEAD];
+        let mut n = 0;
+        while n < buf.len() {
+            match self.file.read_at(&mut buf[n..], n as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+        buf.truncate(n);
+        buf
+    }
+
     /// Open the input at `path` (a regular file or block device) named `name`
     /// (default: the file's base name, less `.qcow2` for a qcow2 image, so a fork's
     /// `root.qcow2` commits back as `root`).

@@ -16,6 +16,7 @@
 //! - [`schedule`]: run due snapshot schedules; [`retention`]: restic's keep policy
 //!   and `forget`.
 //! - [`gc`] (its roots come from the catalog), [`verify`] (and repair), [`usage`].
+//! - [`hypervisor`]: which hypervisor wrote a snapshot's files, from the files.
 //! - [`roots`]: which files a tenant may name; [`mounts`]: the registry of running
 //!   mounts that a fork finds.
 //! - [`PgLocks`]: the store's locks as PostgreSQL advisory locks, for hosts that share
@@ -28,6 +29,7 @@ pub mod create;
 mod error;
 pub mod fork;
 pub mod gc;
+pub mod hypervisor;
 pub mod instance;
 pub mod mounts;
 mod pg_locks;

@@ -678,6 +678,30 @@ impl Repository {
         Ok((snap, forked))
     }
 
+    /// Restore instance `vm` to its snapshot `spec` ([`crate::instance::restore`]):
+    /// `spec` may also be a snapshot name of the instance's VM.
+    pub fn restore_instance(
+        &mut self,
+        vm: &str,
+        spec: &str,
+        req: &crate::instance::RestoreRequest<'_>,
+    ) -> Result<(stasis_catalog::Snapshot, crate::instance::Restored)> {
+        let instance = self
+            .catalog
+            .instance(vm)?
+            .ok_or_else(|| Error::NotFound(format!("no instance {vm:?} (stasis instance add)")))?;
+        let snap = match self.catalog.get(spec)? {
+            Some(s) => s,
+            None if !spec.contains('/') => self
+                .catalog
+                .resolve(&format!("{}/{spec}", instance.vm.name))?,
+            None => self.catalog.resolve(spec)?,
+        };
+        let restored =
+            crate::instance::restore(&self.store, &mut self.catalog, &instance, &snap, req)?;
+        Ok((snap, restored))
+    }
+
     /// Restore snapshot `spec`'s files into `dir` ([`crate::restore::restore`]).
     pub fn restore(
         &self,

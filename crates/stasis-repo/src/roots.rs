@@ -277,68 +277,8 @@ impl Roots {
     /// (for an admin also a block device) that a tenant alone can name.
     pub fn open(&self, scope: Scope<'_>, path: &str) -> Result<Opened, Refused> {
         let p = Path::new(path);
-        if !p.is_absolute() {
-            return Err(refused(format!("{path:?} is not absolute")));
-        }
-        if p.components().any(|c| matches!(c, Component::ParentDir)) {
-            // The kernel would refuse a `..` out of the root; one that stays inside is
-            // refused too, as a lexical match of the root could not be trusted.
-            return Err(refused(format!("{path:?} holds '..'")));
-        }
-        let tenant_resolve =
-            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV;
         let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-        // The most specific root wins: roots of one tenant may nest.
-        let mut candidates: Vec<(&Root, &Path, bool)> = Vec::new();
-        for r in self.tenants.get(scope.tenant).into_iter().flatten() {
-            if let Some(rest) = r.rest(p) {
-                candidates.push((r, rest, false));
-            }
-        }
-        if scope.admin {
-            for r in &self.admin {
-                if let Some(rest) = r.rest(p) {
-                    candidates.push((r, rest, true));
-                }
-            }
-        }
-        let fd = if let Some((root, rest, admin)) = candidates
-            .into_iter()
-            .max_by_key(|(_, rest, _)| std::cmp::Reverse(rest.components().count()))
-        {
-            if rest.as_os_str().is_empty() {
-                return Err(refused(format!("{path:?} is a root itself")));
-            }
-            let resolve = if admin {
-                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
-            } else {
-                tenant_resolve
-            };
-            open_beneath(&root.dir, rest, flags, resolve)
-                .map_err(|e| refused(format!("{path:?} beneath {}: {e}", root.real.display())))?
-        } else if let Some(rest) = self.instance_rest(scope.tenant, p) {
-            // The tenant's instances directory: opened first (it may not exist yet,
-            // and must itself be no link), then the rest beneath it.
-            let dir = open_beneath(
-                &self.instances.dir,
-                Path::new(scope.tenant),
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                tenant_resolve | ResolveFlags::NO_SYMLINKS,
-            )
-            .map_err(|e| refused(format!("{path:?}: instances of {}: {e}", scope.tenant)))?;
-            open_beneath(&dir, rest, flags, tenant_resolve)
-                .map_err(|e| refused(format!("{path:?}: {e}")))?
-        } else {
-            return Err(refused(format!(
-                "{path:?} is under no root of tenant {}{}",
-                scope.tenant,
-                if scope.admin {
-                    " nor a server-wide one"
-                } else {
-                    ""
-                }
-            )));
-        };
+        let fd = self.open_beneath_root(scope, p, flags, false)?;
         let st = rustix::fs::fstat(&fd).map_err(|e| refused(format!("{path:?}: fstat: {e}")))?;
         let ft = FileType::from_raw_mode(st.st_mode);
         let size = match ft {
@@ -370,14 +310,107 @@ impl Roots {
         })
     }
 
+    /// The directory `path` (absolute) beneath one of `scope`'s roots, as
+    /// [`Roots::open`] finds a file, opened `O_RDONLY | O_DIRECTORY`: files are then made
+    /// in it with `openat` and `renameat`, never by name. A root itself may be named.
+    pub fn open_dir(&self, scope: Scope<'_>, path: &Path) -> Result<OwnedFd, Refused> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        self.open_beneath_root(scope, path, flags, true)
+    }
+
+    /// `p` opened with `flags` beneath the root of `scope` it is under (the most specific),
+    /// or beneath the tenant's instances directory; `root_itself`: `p` may be a root.
+    fn open_beneath_root(
+        &self,
+        scope: Scope<'_>,
+        p: &Path,
+        flags: OFlags,
+        root_itself: bool,
+    ) -> Result<OwnedFd, Refused> {
+        let path = p.display();
+        if !p.is_absolute() {
+            return Err(refused(format!("{path:?} is not absolute")));
+        }
+        if p.components().any(|c| matches!(c, Component::ParentDir)) {
+            // The kernel would refuse a `..` out of the root; one that stays inside is
+            // refused too, as a lexical match of the root could not be trusted.
+            return Err(refused(format!("{path:?} holds '..'")));
+        }
+        let tenant_resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV;
+        // The most specific root wins: roots of one tenant may nest.
+        let mut candidates: Vec<(&Root, &Path, bool)> = Vec::new();
+        for r in self.tenants.get(scope.tenant).into_iter().flatten() {
+            if let Some(rest) = r.rest(p) {
+                candidates.push((r, rest, false));
+            }
+        }
+        if scope.admin {
+            for r in &self.admin {
+                if let Some(rest) = r.rest(p) {
+                    candidates.push((r, rest, true));
+                }
+            }
+        }
+        let fd = if let Some((root, rest, admin)) = candidates
+            .into_iter()
+            .max_by_key(|(_, rest, _)| std::cmp::Reverse(rest.components().count()))
+        {
+            let rest = match (rest.as_os_str().is_empty(), root_itself) {
+                (false, _) => rest,
+                (true, true) => Path::new("."),
+                (true, false) => return Err(refused(format!("{path:?} is a root itself"))),
+            };
+            let resolve = if admin {
+                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
+            } else {
+                tenant_resolve
+            };
+            open_beneath(&root.dir, rest, flags, resolve)
+                .map_err(|e| refused(format!("{path:?} beneath {}: {e}", root.real.display())))?
+        } else if let Some(rest) = self.instance_rest(scope.tenant, p, root_itself) {
+            // The tenant's instances directory: opened first (it may not exist yet,
+            // and must itself be no link), then the rest beneath it.
+            let dir = open_beneath(
+                &self.instances.dir,
+                Path::new(scope.tenant),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                tenant_resolve | ResolveFlags::NO_SYMLINKS,
+            )
+            .map_err(|e| refused(format!("{path:?}: instances of {}: {e}", scope.tenant)))?;
+            open_beneath(&dir, rest, flags, tenant_resolve)
+                .map_err(|e| refused(format!("{path:?}: {e}")))?
+        } else {
+            return Err(refused(format!(
+                "{path:?} is under no root of tenant {}{}",
+                scope.tenant,
+                if scope.admin {
+                    " nor a server-wide one"
+                } else {
+                    ""
+                }
+            )));
+        };
+        Ok(fd)
+    }
+
     /// What of `path` lies beneath `INSTANCES/TENANT`, if it is lexically there.
-    fn instance_rest<'p>(&self, tenant: &str, path: &'p Path) -> Option<&'p Path> {
+    fn instance_rest<'p>(
+        &self,
+        tenant: &str,
+        path: &'p Path,
+        root_itself: bool,
+    ) -> Option<&'p Path> {
         let rest = self.instances.rest(path)?;
         let mut c = rest.components();
         match c.next() {
             Some(Component::Normal(t)) if t == tenant => {
                 let r = c.as_path();
-                (!r.as_os_str().is_empty()).then_some(r)
+                match (r.as_os_str().is_empty(), root_itself) {
+                    (false, _) => Some(r),
+                    (true, true) => Some(Path::new(".")),
+                    (true, false) => None,
+                }
             }
             _ => None,
         }

@@ -75,9 +75,6 @@ fn format_schema() -> Schema {
 fn instance_state_schema() -> Schema {
     string_enum(["Stopped", "Standby", "Running"], false)
 }
-fn fork_state_schema() -> Schema {
-    string_enum(["Stopped", "Standby"], false)
-}
 
 /// A snapshot kind, for documenting parameters (`Standby` or `Stopped`).
 #[derive(Debug)]
@@ -374,7 +371,23 @@ pub struct ForkSnapshotRequest {
     pub target_hypervisor: Option<String>,
 }
 
-/// One file of a forked instance.
+/// Restore an instance to one of its snapshots (hypeman `SnapshotRestoreParams`).
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+pub struct RestoreSnapshotRequest {
+    /// `Stopped` (disks only), `Standby` (a Standby snapshot's memory and state too) or
+    /// `Running` (as Standby, then the instance's post-restore hook starts it; 409
+    /// without one). Default: Standby snapshots `Running` when the instance has a
+    /// post-restore hook, else `Standby`; Stopped snapshots `Stopped`.
+    #[serde(default)]
+    #[schema(schema_with = instance_state_schema)]
+    pub target_state: Option<String>,
+    /// Another hypervisor: only to restore `Stopped`. Default: the snapshot's.
+    #[serde(default)]
+    #[schema(schema_with = hypervisor_schema)]
+    pub target_hypervisor: Option<String>,
+}
+
+/// One file of a forked or restored instance.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct InstanceFile {
     /// The payload's name.
@@ -390,7 +403,7 @@ pub struct InstanceFile {
     pub backing: Option<String>,
 }
 
-/// A forked instance (hypeman `Instance`: the fields stasis knows).
+/// A forked or restored instance (hypeman `Instance`: the fields stasis knows).
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct Instance {
     /// The new VM's id.
@@ -400,8 +413,9 @@ pub struct Instance {
     /// What its disks come from: `stasis:snapshots/<id>` (hypeman names an OCI image
     /// here; a stasis instance's image is the snapshot its files were made from).
     pub image: String,
-    /// `Stopped` or `Standby`: its files are ready, no VM runs.
-    #[schema(schema_with = fork_state_schema)]
+    /// `Stopped` or `Standby`: its files are ready, no VM runs; `Running` (a restore
+    /// only): its post-restore hook started it.
+    #[schema(schema_with = instance_state_schema)]
     pub state: String,
     /// RFC 3339.
     #[schema(format = DateTime)]
@@ -411,10 +425,15 @@ pub struct Instance {
     pub hypervisor: Option<String>,
     /// Tags (none yet).
     pub tags: Tags,
-    /// The snapshot it was forked from.
-    pub forked_from: String,
-    /// The directory holding its files, on the server's host.
-    pub dir: String,
+    /// The snapshot it was forked from (a fork only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<String>,
+    /// The snapshot it was restored to (a restore only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+    /// The directory holding its files, on the server's host (a fork only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
     /// Its files.
     pub files: Vec<InstanceFile>,
 }

@@ -177,7 +177,7 @@ impl From<stasis_repo::Error> for ApiError {
             return ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "hook_failed",
-                "the instance's snapshot hook failed; nothing was recorded (the server's log says why)",
+                "the instance's hook failed, so nothing was done or recorded (the server's log says why)",
             );
         }
         match e.kind() {

@@ -87,6 +87,7 @@ pub enum Error {
         routes::delete_snapshot,
         routes::create_snapshot,
         routes::fork_snapshot,
+        routes::restore_instance,
         routes::put_schedule,
         routes::get_schedule,
         routes::delete_schedule,
@@ -143,6 +144,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/snapshots/{id}/fork", post(routes::fork_snapshot))
         .route("/instances/{id}/snapshots", post(routes::create_snapshot))
+        .route(
+            "/instances/{id}/snapshots/{snapshot_id}/restore",
+            post(routes::restore_instance),
+        )
         .route(
             "/instances/{id}/snapshot-schedule",
             get(routes::get_schedule)

@@ -22,7 +22,7 @@ use stasis_store::PayloadReader;
 
 use crate::api::{
     ApiSchedule, ApiSnapshot, CreateSnapshotRequest, ForkSnapshotRequest, Health, Instance,
-    InstanceFile, SetScheduleRequest, Tags,
+    InstanceFile, RestoreSnapshotRequest, SetScheduleRequest, Tags,
 };
 use crate::error::{ApiError, ErrorBody};
 use crate::range::{self, Plan};
@@ -139,6 +139,7 @@ fn list_filter(query: Option<&str>, p: &Principal) -> Result<ListFilter, ApiErro
                     _ => return Err(bad(&"expected true or false")),
                 }
             }
+            "cursor" => f.after = Some(v),
             "limit" => {
                 let n: u64 = v
                     .parse()
@@ -169,10 +170,12 @@ fn list_filter(query: Option<&str>, p: &Principal) -> Result<ListFilter, ApiErro
         ("status" = Option<crate::api::StatusName>, Query, description = "Only this status (stasis)"),
         ("parent_id" = Option<String>, Query, description = "Only children of this snapshot (stasis)"),
         ("expired" = Option<bool>, Query, description = "Only expired snapshots (stasis)"),
-        ("limit" = Option<u32>, Query, minimum = 0, maximum = 1000000, description = "At most this many (stasis)"),
+        ("limit" = Option<u32>, Query, minimum = 0, maximum = 1000000, description = "At most this many; when a page is full, a `Link` header (`rel=\"next\"`) names the next"),
+        ("cursor" = Option<String>, Query, description = "Where the page starts: the opaque value of the previous page's `Link rel=\"next\"`"),
     ),
     responses(
-        (status = 200, description = "Matching snapshots", body = Vec<ApiSnapshot>),
+        (status = 200, description = "Matching snapshots, oldest first (ties in creation order)", body = Vec<ApiSnapshot>,
+            headers(("Link" = String, description = "`<URL>; rel=\"next\"` when `limit` filled the page"))),
         (status = 400, description = "Bad filter", body = ErrorBody),
         (status = 401, description = "No or bad token", body = ErrorBody),
     ))]
@@ -180,10 +183,38 @@ pub async fn list_snapshots(
     p: Principal,
     State(st): AppStateRef,
     RawQuery(q): RawQuery,
-) -> Result<Json<Vec<ApiSnapshot>>, ApiError> {
+) -> Result<Response, ApiError> {
     let f = list_filter(q.as_deref(), &p)?;
-    let snaps = blocking(move || Ok(st.catalogs.get()?.list_filtered(&f)?)).await?;
-    Ok(Json(snaps.iter().map(ApiSnapshot::from).collect()))
+    let limit = f.limit;
+    let snaps = blocking(move || {
+        let cat = st.catalogs.get()?;
+        if let Some(c) = &f.after {
+            // Another tenant's snapshot is no place to continue from.
+            own_snapshot(&cat, &p, c)
+                .map_err(|_| ApiError::bad_request("cursor: not one this list gave"))?;
+        }
+        Ok(cat.list_filtered(&f)?)
+    })
+    .await?;
+    let mut headers = HeaderMap::new();
+    if let (Some(n), Some(last)) = (limit, snaps.last())
+        && n > 0
+        && snaps.len() as u64 == n
+    {
+        let mut pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(q.as_deref().unwrap_or("")).unwrap_or_default();
+        pairs.retain(|(k, _)| k != "cursor");
+        pairs.push(("cursor".into(), last.id.clone()));
+        let query = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+        if let Ok(v) = HeaderValue::from_str(&format!("</snapshots?{query}>; rel=\"next\"")) {
+            headers.insert(header::LINK, v);
+        }
+    }
+    Ok((
+        headers,
+        Json(snaps.iter().map(ApiSnapshot::from).collect::<Vec<_>>()),
+    )
+        .into_response())
 }
 
 /// `GET /snapshots/{id}`'s query.
@@ -515,23 +546,114 @@ pub async fn fork_snapshot(
             created_at: forked.vm.created_at,
             hypervisor: hypervisor.map(|h| h.as_str().to_string()),
             tags: Tags(BTreeMap::new()),
-            forked_from: snap.id,
-            dir: dir.display().to_string(),
-            files: forked
-                .files
-                .into_iter()
-                .map(|f| InstanceFile {
-                    name: f.name,
-                    role: f.role.name().into(),
-                    path: f.path.display().to_string(),
-                    how: f.how.into(),
-                    backing: f.backing.map(|b| b.display().to_string()),
-                })
-                .collect(),
+            forked_from: Some(snap.id),
+            restored_from: None,
+            dir: Some(dir.display().to_string()),
+            files: instance_files(forked.files),
         })
     })
     .await?;
     Ok((StatusCode::CREATED, Json(inst)).into_response())
+}
+
+fn instance_files(files: Vec<fork::Prepared>) -> Vec<InstanceFile> {
+    files
+        .into_iter()
+        .map(|f| InstanceFile {
+            name: f.name,
+            role: f.role.name().into(),
+            path: f.path.display().to_string(),
+            how: f.how.into(),
+            backing: f.backing.map(|b| b.display().to_string()),
+        })
+        .collect()
+}
+
+/// Restore a registered instance (`stasis instance add`) to one of its snapshots, as
+/// hypeman's: its files are put back at its paths (disks as qcow2 overlays on a running
+/// `stasis mount` when its disk is qcow2, otherwise sparse copies; memory and state as
+/// copies its hypervisor restores from), between its pre- and post-restore hooks, and
+/// the snapshot becomes its current one.
+#[utoipa::path(post, path = "/instances/{id}/snapshots/{snapshot_id}/restore", tag = "snapshots", security(("bearerAuth" = [])),
+    params(
+        ("id" = String, Path, description = "Instance (VM) id or name"),
+        ("snapshot_id" = String, Path, description = "Snapshot id"),
+    ),
+    request_body = RestoreSnapshotRequest,
+    responses(
+        (status = 200, description = "Restored", body = Instance),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 401, description = "No or bad token", body = ErrorBody),
+        (status = 403, description = "Read-only token, or an instance path outside the caller's roots (path_refused)", body = ErrorBody),
+        (status = 404, description = "No such instance or snapshot in the caller's tenant", body = ErrorBody),
+        (status = 409, description = "Not this instance's snapshot, or a target state or hypervisor it cannot have", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 429, description = "Too many creates, forks and restores running", body = ErrorBody),
+        (status = 500, description = "A restore hook failed (the pre-restore hook: nothing changed; the post-restore hook: the files are restored)", body = ErrorBody),
+    ))]
+pub async fn restore_instance(
+    p: Principal,
+    State(st): AppStateRef,
+    Path((vm, id)): Path<(String, String)>,
+    body: Result<ApiJson<RestoreSnapshotRequest>, ApiError>,
+) -> Result<Json<Instance>, ApiError> {
+    p.require_write()?;
+    let ApiJson(body) = body?;
+    let target_state =
+        parse_opt::<instance::TargetState>("target_state", body.target_state.as_deref())?;
+    let target_hypervisor =
+        parse_opt::<Hypervisor>("target_hypervisor", body.target_hypervisor.as_deref())?;
+    let permit = st
+        .ingests
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| too_many())?;
+    let inst = blocking(move || {
+        let _permit = permit;
+        let mut cat = st.catalogs.get()?;
+        let i = own_instance(&cat, &p, &vm)?;
+        let snap = own_snapshot(&cat, &p, &id)?;
+        if snap.status == Status::Deleted {
+            return Err(ApiError::no_snapshot(&id));
+        }
+        let files = match stasis_repo::mounts::running_mount(&st.config.repo.mounts_dir()) {
+            Some(m) => Files::Mount(m),
+            None => Files::Copy,
+        };
+        let who = actor(&p);
+        let req = instance::RestoreRequest {
+            target_state,
+            target_hypervisor,
+            files: &files,
+            paths: Paths::Roots(&st.config.roots, p.scope()),
+            actor: &who,
+        };
+        let r = instance::restore(&st.store, &mut cat, &i, &snap, &req)?;
+        if let Some(why) = &r.post_restore_error {
+            tracing::warn!(vm = %i.vm.name, snapshot = %snap.id, "{why}");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "hook_failed",
+                "the instance's files are restored, but its post-restore hook failed (the server's log says why)",
+            ));
+        }
+        Ok(Instance {
+            id: i.vm.id,
+            name: i.vm.name,
+            image: format!("stasis:snapshots/{}", snap.id),
+            state: r.state.to_string(),
+            created_at: i.vm.created_at,
+            hypervisor: Some(r.hypervisor.as_str().to_string()),
+            tags: Tags(BTreeMap::new()),
+            forked_from: None,
+            restored_from: Some(snap.id),
+            dir: None,
+            files: instance_files(r.files),
+        })
+    })
+    .await?;
+    Ok(Json(inst))
 }
 
 /// The instance `vm` of the caller's tenant; 404 for a missing or foreign one.
