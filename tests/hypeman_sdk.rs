@@ -7,15 +7,13 @@
 //! Without the SDK this test fails, unless `STASIS_SKIP_HYPEMAN_SDK=1` is set.
 
 mod common;
+#[path = "common/serve.rs"]
+mod serve;
 use common::{noise, stasis_ok};
+use serve::Serve;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
-use std::process::{Command, Stdio};
-use std::sync::mpsc::channel;
-use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_stasis");
+use std::process::Command;
 
 fn write_sparse(path: &std::path::Path, size: u64, seed: u64) {
     let f = std::fs::File::create(path).expect("create");
@@ -99,35 +97,9 @@ fn hypemans_python_sdk_drives_every_snapshot_and_schedule_method() {
         token(&["--tenant", "acme"]),
     );
 
-    let mut server = Command::new(BIN)
-        .arg("--repo")
-        .arg(&repo)
-        .args(["serve", "--listen", "127.0.0.1:0", "--payload-root"])
-        .arg(format!("default={}", files.display()))
-        .env("STASIS_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn stasis serve");
-    let (tx, rx) = channel();
-    let stderr = server.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let base = loop {
-        let line = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = server.kill();
-                panic!("stasis serve did not say where it listens: {e}");
-            }
-        };
-        if let Some(addr) = line.split("listening on http://").nth(1) {
-            break format!("http://{}", addr.trim());
-        }
-    };
+    let root = format!("default={}", files.display());
+    let server = Serve::start(&repo, &["--payload-root", &root]);
+    let base = server.base.clone();
     let out = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tools/hypeman-sdk.py"))
         .env("HYPEMAN_BASE_URL", &base)
@@ -136,14 +108,12 @@ fn hypemans_python_sdk_drives_every_snapshot_and_schedule_method() {
         .env("STASIS_OTHER_KEY", &other)
         .output()
         .expect("run tools/hypeman-sdk.py");
-    let _ = server.kill();
-    let _ = server.wait();
+    let log = server.stop();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let log: Vec<String> = rx.try_iter().collect();
     assert!(
         out.status.success(),
         "{text}\nserver log:\n{}",

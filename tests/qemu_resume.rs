@@ -19,6 +19,8 @@
 
 #[path = "common/mount.rs"]
 mod mount;
+#[path = "common/serve.rs"]
+mod serve;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -268,19 +270,19 @@ fn have_qemu() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-#[test]
-fn a_qemu_guest_resumes_from_memory_and_state_in_the_mount() {
+/// The guest's kernel and initramfs (built once, cached next to the build); `None`
+/// when qemu is missing and `STASIS_SKIP_QEMU=1` says to skip.
+fn guest_files() -> Option<PathBuf> {
     if !have_qemu() {
         if std::env::var("STASIS_SKIP_QEMU").is_ok_and(|v| v == "1") {
             eprintln!("SKIPPED: qemu-system-x86_64 is not installed and STASIS_SKIP_QEMU=1");
-            return;
+            return None;
         }
         panic!(
             "this test boots a real guest and needs qemu-system-x86_64: install \
              qemu-system-x86 (.ci/run does), or set STASIS_SKIP_QEMU=1 to skip it"
         );
     }
-    // The kernel and initramfs, built once and cached next to the build.
     let guest = Path::new(env!("CARGO_TARGET_TMPDIR")).join("qemu-guest");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/qemu-guest.sh");
     let out = Command::new(&script)
@@ -292,7 +294,12 @@ fn a_qemu_guest_resumes_from_memory_and_state_in_the_mount() {
         "tools/qemu-guest.sh: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Some(guest)
+}
 
+#[test]
+fn a_qemu_guest_resumes_from_memory_and_state_in_the_mount() {
+    let Some(guest) = guest_files() else { return };
     let dir = tempfile::tempdir().expect("tmp");
     let ram = dir.path().join("guest.ram");
     let vmstate = dir.path().join("guest.vmstate");
@@ -408,4 +415,176 @@ fn a_qemu_guest_resumes_from_memory_and_state_in_the_mount() {
     );
     b.quit(&mut qb);
     m.stop();
+}
+
+/// POST a JSON body; the status and the JSON answer.
+fn post(base: &str, path: &str, token: &str, body: &Value) -> (u16, Value) {
+    let r = ureq::post(&format!("{base}{path}"))
+        .set("Authorization", &format!("Bearer {token}"))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string());
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("POST {path}: {e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}")),
+    )
+}
+
+/// hypeman's flow on a real guest: the guest is a registered instance whose hooks talk
+/// QMP (`tools/qmp.py`): the pre-snapshot hook stops it and saves its device state,
+/// the post-snapshot hook lets it run on. A Standby snapshot through the API, the guest
+/// runs on (its RAM file changes), then a restore through the API: the pre-restore hook
+/// quits it, the snapshot's RAM and state are put back at the instance's paths, and a
+/// QEMU started from those files resumes the guest where the snapshot stopped it.
+#[test]
+fn a_qemu_instance_is_snapshotted_and_restored_through_the_api() {
+    let Some(guest) = guest_files() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let files = dir.path().join("files");
+    fs::create_dir_all(&files).expect("files");
+    let (ram, vmstate) = (files.join("guest.ram"), files.join("guest.vmstate"));
+    let qmp = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/qmp.py");
+    let sock = dir.path().join("live.qmp");
+    let at_snapshot = dir.path().join("console.at-snapshot");
+
+    // QMP serves one client at a time: only the hooks talk to this guest.
+    let mut a = Guest::start(dir.path(), "live", &guest, &ram, true, &[]);
+    a.wait_ticks(BOOT_BOUND, "the booted guest's first ticks", |t| {
+        t.len() >= 2
+    });
+    let q = |cmd: &str| format!("{} {} {cmd}", qmp.display(), sock.display());
+    let pre_snapshot = format!(
+        "{} && cp {} {} && {} && {} --wait-migration",
+        q("stop"),
+        a.console.display(),
+        at_snapshot.display(),
+        q(
+            r#"migrate-set-capabilities '{"capabilities": [{"capability": "x-ignore-shared", "state": true}]}'"#
+        ),
+        q(&format!(
+            r#"migrate '{{"uri": "exec:cat > {}"}}'"#,
+            vmstate.display()
+        )),
+    );
+    let repo = dir.path().join("repo");
+    stasis(&repo, &["init"]);
+    stasis(
+        &repo,
+        &[
+            "instance",
+            "add",
+            "guest",
+            "--hypervisor",
+            "qemu",
+            "--memory",
+            &format!("mem={}", ram.display()),
+            "--state",
+            &format!("vmstate={}", vmstate.display()),
+            "--pre-snapshot",
+            &pre_snapshot,
+            "--post-snapshot",
+            &q("cont"),
+            "--pre-restore",
+            &q("quit"),
+        ],
+    );
+    let token = stasis(&repo, &["token", "create", "--tenant", "default"])
+        .trim()
+        .to_string();
+    let root = format!("default={}", files.display());
+    let server = serve::Serve::start(&repo, &["--payload-root", &root]);
+
+    // 1. A Standby snapshot by name: the hooks stop and save the guest, then resume it.
+    let (status, snap) = post(
+        &server.base,
+        "/instances/guest/snapshots",
+        &token,
+        &json!({"kind": "Standby", "name": "saved"}),
+    );
+    assert_eq!(status, 201, "{snap}\n{}", a.console());
+    assert_eq!(snap["source_hypervisor"], "qemu");
+    let id = snap["id"].as_str().expect("id").to_string();
+    let before: Vec<(String, u64, String)> = {
+        let text = fs::read_to_string(&at_snapshot).expect("console at the snapshot");
+        let complete = text.rsplit_once('\n').map_or("", |(done, _)| done);
+        complete
+            .lines()
+            .filter_map(|l| {
+                let mut w = l[l.find("GUEST-TICK ")?..].split_whitespace().skip(1);
+                let (tok, n, sum) = (w.next()?, w.next()?, w.next()?);
+                Some((tok.to_string(), n.parse().ok()?, sum.to_string()))
+            })
+            .collect()
+    };
+    let (token_at, last, sum) = before.last().cloned().expect("ticks before the snapshot");
+    // The post-snapshot hook let it run on: it ticks past the snapshot.
+    a.wait_ticks(STEP_BOUND, "ticks after the snapshot", |t| {
+        t.last().is_some_and(|l| l.1 >= last + 2)
+    });
+
+    // 2. Restore through the API: the pre-restore hook quits the guest, its files go
+    //    back to what the snapshot holds.
+    let (status, inst) = post(
+        &server.base,
+        &format!("/instances/guest/snapshots/{id}/restore"),
+        &token,
+        &json!({"target_state": "Standby"}),
+    );
+    assert_eq!(status, 200, "{inst}");
+    assert_eq!(inst["state"], "Standby", "{inst}");
+    assert_eq!(inst["hypervisor"], "qemu", "{inst}");
+    let deadline = Instant::now() + STEP_BOUND;
+    while !matches!(a.child.try_wait(), Ok(Some(_))) {
+        assert!(
+            Instant::now() < deadline,
+            "the pre-restore hook did not quit qemu"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.stop();
+
+    // 3. A new QEMU from the restored files at the instance's paths resumes the guest
+    //    where the snapshot stopped it.
+    let mut b = Guest::start(
+        dir.path(),
+        "restored",
+        &guest,
+        &ram,
+        true,
+        &["-incoming", "defer"],
+    );
+    let mut qb = b.qmp();
+    qb.call(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+    );
+    qb.call(
+        "migrate-incoming",
+        Some(json!({"uri": format!("exec:cat {}", vmstate.display())})),
+    );
+    qb.wait_migration(&mut b);
+    qb.call("cont", None);
+    b.wait_ticks(STEP_BOUND, "two ticks after the restore", |t| t.len() >= 2);
+    let after = b.ticks();
+    let first = after[0].1;
+    assert!(
+        first == last + 1 || first == last + 2,
+        "the count continues from the snapshot's {last}, not from where it ran on: {after:?}"
+    );
+    for (k, (tok, n, s)) in after.iter().enumerate() {
+        assert_eq!(tok, &token_at, "same boot (a reboot draws a new token)");
+        assert_eq!(*n, first + k as u64, "consecutive ticks: {after:?}");
+        assert_eq!(s, &sum, "the guest's 32 MiB intact in the restored RAM");
+    }
+    eprintln!(
+        "guest {token_at}: snapshot at tick {last}, ran on, restored: ticks {:?}",
+        after.iter().map(|t| t.1).collect::<Vec<_>>()
+    );
+    b.quit(&mut qb);
 }
