@@ -1128,3 +1128,135 @@ fn instances_are_snapshotted_by_name_between_their_hooks() {
     env.fails(&["create", "web", "s2"], "stasis instance add");
     assert_eq!(env.json(&["show", "web/s1"])["name"], "s1");
 }
+
+/// Without `--hypervisor`, the files tell: QEMU's migration stream, Firecracker's
+/// vmstate, Cloud Hypervisor's snapshot directory; files that tell nothing leave it
+/// unknown.
+#[test]
+fn the_hypervisor_is_told_by_the_files() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let mem = env.path("mem");
+    fs::write(&mem, noise(8192, 1)).expect("mem");
+    let cases: [(&str, &str, Vec<u8>, Option<&str>); 4] = [
+        (
+            "q",
+            "vmstate",
+            b"QEVM\0\0\0\x03\x01\0\0\0".to_vec(),
+            Some("qemu"),
+        ),
+        (
+            "f",
+            "vmstate",
+            0x0710_1984_8664_0000u64.to_le_bytes().to_vec(),
+            Some("firecracker"),
+        ),
+        (
+            "c",
+            "state.json",
+            b"{\"snapshots\": {}}".to_vec(),
+            Some("cloud-hypervisor"),
+        ),
+        ("n", "vmstate", b"nothing known".to_vec(), None),
+    ];
+    for (vm, name, head, want) in cases {
+        let state = env.path(&format!("{vm}-{name}"));
+        fs::write(&state, &head).expect("state");
+        let snap = env.json(&[
+            "create",
+            vm,
+            "s",
+            "--memory",
+            mem.to_str().expect("utf8"),
+            "--state",
+            &format!("{name}={}", state.display()),
+        ]);
+        assert_eq!(snap["source_hypervisor"].as_str(), want, "{vm}: {snap}");
+    }
+    // The flag wins over the files.
+    let state = env.path("q-vmstate");
+    let snap = env.json(&[
+        "create",
+        "q",
+        "t",
+        "--hypervisor",
+        "qemu-microvm",
+        "--state",
+        &format!("vmstate={}", state.display()),
+    ]);
+    assert_eq!(snap["source_hypervisor"], "qemu-microvm");
+}
+
+/// `stasis instance restore`: the snapshot's files back at the instance's paths (its
+/// owner and mode kept), between the restore hooks, refused with nothing changed when
+/// the pre-restore hook fails or the target state cannot be had.
+#[test]
+fn an_instance_is_restored_to_its_snapshot_on_the_cli() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let (disk, mem) = (env.path("vm.img"), env.path("vm.mem"));
+    fs::write(&disk, noise(300_000, 1)).expect("disk");
+    fs::write(&mem, noise(100_000, 2)).expect("mem");
+    let want_disk = fs::read(&disk).expect("disk");
+    let want_mem = fs::read(&mem).expect("mem");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&disk, fs::Permissions::from_mode(0o640)).expect("chmod");
+    let log = env.path("restore.log");
+    let gate = env.path("gate");
+    let pre = format!(
+        "test -e {} || exit 3; echo \"pre $STASIS_TARGET_STATE\" >> {}",
+        gate.display(),
+        log.display()
+    );
+    env.ok(&[
+        "instance",
+        "add",
+        "vm",
+        "--hypervisor",
+        "firecracker",
+        "--disk",
+        &format!("root={}", disk.display()),
+        "--memory",
+        &format!("mem={}", mem.display()),
+        "--pre-restore",
+        &pre,
+    ]);
+    env.ok(&["create", "vm", "s1"]);
+    fs::write(&disk, b"changed").expect("disk");
+    fs::write(&mem, b"changed").expect("mem");
+    // The pre-restore hook refuses: nothing changed, no temporary file left.
+    env.fails(
+        &["instance", "restore", "vm", "s1"],
+        "pre-restore hook failed",
+    );
+    assert_eq!(fs::read(&disk).expect("disk"), b"changed");
+    let stray = fs::read_dir(env.path("."))
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().contains("stasis-restore"));
+    assert!(!stray, "a temporary file was left");
+    // Running needs a post-restore hook to start the VM.
+    env.fails(
+        &[
+            "instance",
+            "restore",
+            "vm",
+            "s1",
+            "--target-state",
+            "Running",
+        ],
+        "no post-restore hook",
+    );
+    fs::write(&gate, b"").expect("gate");
+    let done = env.json(&["instance", "restore", "vm", "s1"]);
+    assert_eq!(done["state"], "Standby", "{done}");
+    assert!(fs::read(&disk).expect("disk") == want_disk);
+    assert!(fs::read(&mem).expect("mem") == want_mem);
+    assert_eq!(
+        fs::metadata(&disk).expect("meta").permissions().mode() & 0o777,
+        0o640
+    );
+    assert_eq!(fs::read_to_string(&log).expect("log"), "pre Standby\n");
+    let timeline = env.ok(&["log", "vm/s1"]);
+    assert!(timeline.contains("restored"), "{timeline}");
+}
