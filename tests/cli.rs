@@ -1248,6 +1248,20 @@ fn an_instance_is_restored_to_its_snapshot_on_the_cli() {
         "no post-restore hook",
     );
     fs::write(&gate, b"").expect("gate");
+    // While another holds the instance's directory lock, a restore is refused.
+    let held = Command::new("flock")
+        .arg(env.dir.path())
+        .arg(BIN)
+        .arg("--repo")
+        .arg(env.path("repo"))
+        .args(["instance", "restore", "vm", "s1"])
+        .env_remove("STASIS_REPO")
+        .output()
+        .expect("run flock");
+    assert!(!held.status.success());
+    let text = String::from_utf8_lossy(&held.stderr);
+    assert!(text.contains("another restore of instance vm"), "{text}");
+    assert_eq!(fs::read(&disk).expect("disk"), b"changed");
     let done = env.json(&["instance", "restore", "vm", "s1"]);
     assert_eq!(done["state"], "Standby", "{done}");
     assert!(fs::read(&disk).expect("disk") == want_disk);

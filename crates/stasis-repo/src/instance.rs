@@ -22,8 +22,10 @@
 //!    `openat` in its directory, opened beneath the tenant's roots when confined): a
 //!    disk as a qcow2 overlay on a running `stasis mount` when one runs and the
 //!    instance's disk is qcow2 (or missing), else a sparse copy; memory and state as
-//!    sparse copies the hypervisor can restore from. Failing, the temporary files
-//!    are removed and nothing else changed.
+//!    sparse copies the hypervisor can restore from (a Stopped restore puts back the
+//!    disks only), with the mode and owner of the files they replace. The first
+//!    file's directory is `flock`ed meanwhile: a second restore of the instance is
+//!    refused. Failing, the temporary files are removed and nothing else changed.
 //! 3. the **pre-restore hook** (`STASIS_SNAPSHOT_ID` and `STASIS_TARGET_STATE` set as
 //!    well): stops the VM. Failing, the temporary files are removed.
 //! 4. each temporary file is renamed over its target, and the directory synced.
@@ -424,14 +426,28 @@ impl Target {
             }
         };
         if let Some((st, _)) = existing {
-            // Keep the owner the hypervisor runs as (only root may give files away).
-            let _ = rustix::fs::chownat(
+            // Keep the mode (whatever the umask) and the owner the hypervisor runs as
+            // (only root may give files away), through a descriptor of the file just
+            // made: never a name a tenant could have turned into a link meanwhile.
+            let kept = rustix::fs::openat(
                 &self.dir,
                 self.tmp.as_str(),
-                Some(rustix::fs::Uid::from_raw(st.st_uid)),
-                Some(rustix::fs::Gid::from_raw(st.st_gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            );
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+                Mode::empty(),
+            )
+            .and_then(|fd| {
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+                let _ = rustix::fs::fchown(
+                    &fd,
+                    Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                    Some(rustix::fs::Gid::from_raw(st.st_gid)),
+                );
+                Ok(())
+            });
+            if let Err(e) = kept {
+                self.remove_tmp();
+                return Err(rio(format!("writing beside {}", self.shown.display()), e));
+            }
         }
         Ok(how)
     }
@@ -505,6 +521,18 @@ pub fn restore(
             continue;
         }
         targets.push((open_target(req.paths, Path::new(&f.path), p)?, f.role));
+    }
+    // One restore of an instance at a time (in any process): the first file's
+    // directory is locked while its temporary files exist.
+    if let Some((t, _)) = targets.first() {
+        rustix::fs::flock(&t.dir, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                Error::Conflict(format!(
+                    "another restore of instance {} is running",
+                    instance.vm.name
+                ))
+            },
+        )?;
     }
     let mount = match req.files {
         Files::Copy => None,
