@@ -1274,3 +1274,115 @@ fn an_instance_is_restored_to_its_snapshot_on_the_cli() {
     let timeline = env.ok(&["log", "vm/s1"]);
     assert!(timeline.contains("restored"), "{timeline}");
 }
+
+/// `stasis forget` keeps what restic's policy keeps (a dry run removes nothing), and a
+/// snapshot with children is consolidated into them, so no data is lost; `stasis
+/// schedule` sets, shows, lists and removes an instance's schedule.
+#[test]
+fn forget_keeps_the_policy_and_schedules_are_managed() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let img = env.path("d.img");
+    let mut ids = Vec::new();
+    for n in 0..5u64 {
+        fs::write(&img, noise(100_000, n)).expect("img");
+        let s = env.json(&[
+            "create",
+            "vm",
+            &format!("s{n}"),
+            "--disk",
+            &format!("root={}", img.display()),
+        ]);
+        ids.push(s["id"].as_str().expect("id").to_string());
+    }
+    env.fails(&["forget", "vm"], "keep");
+    let dry = env.json(&["forget", "vm", "--keep-last", "2", "--dry-run"]);
+    let kept: Vec<&str> = dry["decisions"]
+        .as_array()
+        .expect("decisions")
+        .iter()
+        .filter(|d| d["kept_by"].as_array().is_some_and(|k| !k.is_empty()))
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(kept.len(), 2, "{dry}");
+    assert!(
+        kept.contains(&ids[4].as_str()) && kept.contains(&ids[3].as_str()),
+        "{dry}"
+    );
+    assert_eq!(
+        env.json(&["list", "--vm", "vm"]).as_array().map(Vec::len),
+        Some(5)
+    );
+    env.json(&["forget", "vm", "--keep-last", "2"]);
+    let left: Vec<String> = env
+        .json(&["list", "--vm", "vm"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(String::from))
+        .collect();
+    assert_eq!(left, ids[3..].to_vec());
+    // The newest still restores byte-identical: its ancestors' blocks were kept for it.
+    let out = env.path("out");
+    env.ok(&["restore", &ids[4], out.to_str().expect("utf8")]);
+    assert!(fs::read(out.join("root")).expect("root") == fs::read(&img).expect("img"));
+    env.ok(&["verify"]);
+
+    env.ok(&[
+        "instance",
+        "add",
+        "vm",
+        "--hypervisor",
+        "qemu",
+        "--disk",
+        &format!("root={}", img.display()),
+    ]);
+    env.fails(
+        &[
+            "schedule",
+            "set",
+            "vm",
+            "--interval",
+            "30s",
+            "--max-count",
+            "2",
+        ],
+        "1m",
+    );
+    env.fails(
+        &[
+            "schedule",
+            "set",
+            "nope",
+            "--interval",
+            "1h",
+            "--max-count",
+            "2",
+        ],
+        "nope",
+    );
+    let s = env.json(&[
+        "schedule",
+        "set",
+        "vm",
+        "--interval",
+        "1h",
+        "--max-count",
+        "2",
+        "--name-prefix",
+        "hourly",
+        "--tag",
+        "team=infra",
+    ]);
+    assert_eq!(s["interval"], "1h", "{s}");
+    let shown = env.ok(&["schedule", "show", "vm"]);
+    assert!(
+        shown.contains("keeps       the newest 2") && shown.contains("hourly-"),
+        "{shown}"
+    );
+    assert!(env.ok(&["schedule", "list"]).contains("vm"));
+    // Not due for an hour: a run now makes nothing.
+    assert!(env.ok(&["schedule", "run"]).contains("no schedule is due"));
+    env.ok(&["schedule", "remove", "vm"]);
+    env.fails(&["schedule", "show", "vm"], "no schedule");
+}

@@ -1631,6 +1631,10 @@ fn schedules_are_set_read_and_removed_through_the_api() {
     assert_eq!(got.status, 200);
     assert_eq!(got.json(), set);
     not_found_shape(&get(&s, path, Some(&acme)), "app");
+    // It lives in the catalog: a restarted server has it, due at the same time.
+    drop(s);
+    let s = f.serve(&[]);
+    assert_eq!(get(&s, path, Some(&mine)).json(), set);
     // Replaced, then removed; removing again is a 404.
     let r = send_json(
         &s,
