@@ -73,6 +73,12 @@ enum Command {
     Instance(cmd::instance::Args),
     /// Snapshot instances on a schedule, with retention: `schedule set|show|list|remove|run`.
     Schedule(cmd::schedule::Args),
+    /// List the guest's files inside a snapshot's disk: `ls SNAP[:DISK[/pN]]:/PATH [-l]`.
+    Ls(cmd::guest::LsArgs),
+    /// Write a guest file of a snapshot's disk to stdout.
+    Cat(cmd::guest::CatArgs),
+    /// Copy a guest file or tree out of a snapshot's disk (modes and mtimes kept).
+    Cp(cmd::guest::CpArgs),
     /// Keep some of a VM's snapshots by restic's policy (--keep-last, --keep-daily, ...)
     /// and delete the rest.
     Forget(cmd::schedule::ForgetArgs),
@@ -123,6 +129,9 @@ fn main() -> ExitCode {
         Command::Instance(a) => cmd::instance::run(&ctx, a),
         Command::Schedule(a) => cmd::schedule::run(&ctx, a),
         Command::Forget(a) => cmd::schedule::forget(&ctx, a),
+        Command::Ls(a) => cmd::guest::ls(&ctx, a),
+        Command::Cat(a) => cmd::guest::cat(&ctx, a),
+        Command::Cp(a) => cmd::guest::cp(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ pub mod create;
 pub mod du;
 pub mod fork;
 pub mod gc;
+pub mod guest;
 pub mod init;
 pub mod instance;
 pub mod list;

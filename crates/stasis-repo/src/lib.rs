@@ -16,6 +16,8 @@
 //! - [`schedule`]: run due snapshot schedules; [`retention`]: restic's keep policy
 //!   and `forget`.
 //! - [`gc`] (its roots come from the catalog), [`verify`] (and repair), [`usage`].
+//! - [`guest`]: the guest's files in a snapshot's disks (`SNAP:DISK:/path`), listed,
+//!   read and copied out without root ([`stasis_guestfs`]).
 //! - [`hypervisor`]: which hypervisor wrote a snapshot's files, from the files.
 //! - [`roots`]: which files a tenant may name; [`mounts`]: the registry of running
 //!   mounts that a fork finds.
@@ -29,6 +31,7 @@ pub mod create;
 mod error;
 pub mod fork;
 pub mod gc;
+pub mod guest;
 pub mod hypervisor;
 pub mod instance;
 pub mod mounts;
